@@ -1,0 +1,159 @@
+// enlighten: the command-line front end.
+//
+//   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
+//                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--log-level LEVEL]
+//
+// Exit status: see src/vmm/exit_codes.hpp.
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/sysinfo.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "common/fd.hpp"
+#include "common/size.hpp"
+#include "kvm/kvm.hpp"
+#include "vmm/config.hpp"
+#include "vmm/exit_codes.hpp"
+#include "vmm/machine.hpp"
+
+using namespace enlighten;
+
+namespace {
+
+int error(const Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "enlighten: error: %s\n", e.message().c_str());
+    return exit_code::kError;
+}
+
+uint64_t host_memory() {
+    struct sysinfo si {};
+    if (::sysinfo(&si) != 0) return 0;
+    return static_cast<uint64_t>(si.totalram) * si.mem_unit;
+}
+
+// Accepts "512M" and the Cloud Hypervisor form "size=512M".
+Result<uint64_t> parse_memory(std::string text) {
+    if (text.starts_with("size=")) text = text.substr(5);
+    auto size = parse_size(text);
+    if (!size) return std::unexpected(size.error().context("--memory"));
+    return size;
+}
+
+Result<uint32_t> parse_cpus(std::string text) {
+    if (text.starts_with("boot=")) text = text.substr(5);
+    uint32_t n = 0;
+    const auto* end = text.data() + text.size();
+    auto [p, ec] = std::from_chars(text.data(), end, n);
+    if (text.empty() || ec != std::errc() || p != end) return fail("--cpus '{}': expected a number", text);
+    return n;
+}
+
+int run_vm(const VmConfig& cfg) {
+    // SIGINT/SIGTERM are read from a signalfd by the event loop; blocked here before any
+    // thread exists, so every thread inherits the mask.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
+    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    UniqueFd sfd(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!sfd.valid()) return error(Error::from_errno("signalfd"));
+
+    auto kvm = Kvm::open();
+    if (!kvm) return error(kvm.error());
+    auto console = Console::create(cfg.serial);
+    if (!console) return error(console.error());
+
+    for (unsigned boot = 1;; ++boot) {
+        auto machine = Machine::create(*kvm, cfg, **console, sfd.get());
+        if (!machine) return error(machine.error());
+        const VmExit exit = (*machine)->run();
+        machine->reset();
+        (*console)->flush();
+        switch (exit.kind) {
+            case VmExit::Kind::PowerOff:
+                spdlog::info("guest powered off");
+                break;
+            case VmExit::Kind::Reset:
+                if (cfg.on_reboot == OnReboot::Restart) {
+                    spdlog::info("guest reset; restarting (boot {})", boot + 1);
+                    continue;
+                }
+                spdlog::info("guest reset; exiting (--on-reboot=exit)");
+                break;
+            case VmExit::Kind::Error:
+                return error(Error(exit.message));
+            case VmExit::Kind::Crash:
+                spdlog::error("guest crashed: {}", exit.message);
+                break;
+            case VmExit::Kind::Signal:
+                break;
+        }
+        return exit_status(exit);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto logger = spdlog::stderr_logger_mt("enlighten");
+    logger->set_pattern("enlighten: %l: %v");
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::warn);
+
+    CLI::App app{"Enlighten: a virtual machine monitor that gives guests the Hyper-V platform on KVM"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "enlighten 0.1.0");
+
+    VmConfig cfg;
+    std::string memory = "512M", cpus = "1", serial = "stdio", on_reboot = "restart", log_level = "warn";
+    auto* run = app.add_subcommand("run", "Boot a Linux guest");
+    run->add_option("--kernel", cfg.kernel, "Linux bzImage to boot")->required();
+    run->add_option("--initrd,--initramfs", cfg.initrd, "Initial ramdisk");
+    run->add_option("--cmdline", cfg.cmdline, "Kernel command line")->default_str("console=ttyS0");
+    run->add_option("--memory", memory, "Guest RAM, e.g. 512M or 2G (also size=512M)")->capture_default_str();
+    run->add_option("--cpus", cpus, "Number of vCPUs (also boot=N)")->capture_default_str();
+    run->add_option("--serial", serial, "Serial console: stdio, file:PATH or off")->capture_default_str();
+    run->add_option("--on-reboot", on_reboot, "What a guest reset does: restart the VM, or exit with status 3")
+        ->check(CLI::IsMember({"restart", "exit"}))
+        ->capture_default_str();
+    std::string hyperv = "on";
+    run->add_option("--hyperv", hyperv, "Give the guest the Hyper-V interface and VMBus (off: KVM's own paravirtual interface)")
+        ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
+    run->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+        ->capture_default_str();
+    cfg.cmdline = "console=ttyS0";
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        if (e.get_exit_code() == 0) return app.exit(e);
+        std::fprintf(stderr, "enlighten: error: %s\n", e.what());
+        return exit_code::kUsage;
+    }
+    spdlog::set_level(spdlog::level::from_str(log_level));
+
+    auto mem = parse_memory(memory);
+    if (!mem) return error(mem.error());
+    cfg.memory = *mem;
+    auto n = parse_cpus(cpus);
+    if (!n) return error(n.error());
+    cfg.cpus = *n;
+    auto console = parse_console(serial);
+    if (!console) return error(console.error());
+    cfg.serial = *console;
+    cfg.on_reboot = on_reboot == "exit" ? OnReboot::Exit : OnReboot::Restart;
+    cfg.hyperv = hyperv == "on";
+    if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
+
+    return run_vm(cfg);
+}

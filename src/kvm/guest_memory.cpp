@@ -1,0 +1,96 @@
+#include "kvm/guest_memory.hpp"
+
+#include <sys/mman.h>
+
+#include <utility>
+
+namespace enlighten {
+
+Result<GuestMemory> GuestMemory::allocate(std::vector<MemoryRegion> layout) {
+    GuestMemory mem;
+    mem.owned_ = true;
+    for (auto& r : layout) {
+        if (r.size == 0) continue;
+        void* p = ::mmap(nullptr, r.size, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED)
+            return fail("cannot reserve {} MiB of guest memory: {}", r.size >> 20, std::strerror(errno));
+        // Guest RAM is not part of a core dump of the VMM and need not be inherited.
+        ::madvise(p, r.size, MADV_DONTDUMP);
+        ::madvise(p, r.size, MADV_DONTFORK);
+        r.host = static_cast<uint8_t*>(p);
+        mem.regions_.push_back(r);
+    }
+    return mem;
+}
+
+GuestMemory GuestMemory::borrow(std::vector<MemoryRegion> regions) {
+    GuestMemory mem;
+    mem.regions_ = std::move(regions);
+    mem.owned_ = false;
+    return mem;
+}
+
+GuestMemory::GuestMemory(GuestMemory&& o) noexcept
+    : regions_(std::move(o.regions_)), owned_(std::exchange(o.owned_, false)) {
+    o.regions_.clear();
+}
+
+GuestMemory& GuestMemory::operator=(GuestMemory&& o) noexcept {
+    if (this != &o) {
+        release();
+        regions_ = std::move(o.regions_);
+        o.regions_.clear();
+        owned_ = std::exchange(o.owned_, false);
+    }
+    return *this;
+}
+
+GuestMemory::~GuestMemory() { release(); }
+
+void GuestMemory::release() {
+    if (owned_)
+        for (auto& r : regions_) ::munmap(r.host, r.size);
+    regions_.clear();
+    owned_ = false;
+}
+
+uint64_t GuestMemory::total_size() const {
+    uint64_t total = 0;
+    for (const auto& r : regions_) total += r.size;
+    return total;
+}
+
+uint8_t* GuestMemory::host_ptr(uint64_t gpa, uint64_t len) const {
+    for (const auto& r : regions_) {
+        // Written so that no addition can overflow: gpa >= r.gpa, then compare offsets.
+        if (gpa < r.gpa) continue;
+        const uint64_t off = gpa - r.gpa;
+        if (off > r.size || len > r.size - off) continue;
+        return r.host + off;
+    }
+    return nullptr;
+}
+
+Result<> GuestMemory::read(uint64_t gpa, std::span<uint8_t> out) const {
+    uint8_t* p = host_ptr(gpa, out.size());
+    if (!p) return fail("guest address range {:#x}+{:#x} is not RAM", gpa, out.size());
+    std::memcpy(out.data(), p, out.size());
+    return {};
+}
+
+Result<> GuestMemory::write(uint64_t gpa, std::span<const uint8_t> in) const {
+    uint8_t* p = host_ptr(gpa, in.size());
+    if (!p) return fail("guest address range {:#x}+{:#x} is not RAM", gpa, in.size());
+    std::memcpy(p, in.data(), in.size());
+    return {};
+}
+
+Result<> GuestMemory::fill(uint64_t gpa, uint8_t byte, uint64_t len) const {
+    uint8_t* p = host_ptr(gpa, len);
+    if (!p) return fail("guest address range {:#x}+{:#x} is not RAM", gpa, len);
+    std::memset(p, byte, len);
+    return {};
+}
+
+}  // namespace enlighten

@@ -1,0 +1,180 @@
+#include "platform/boot/linux_loader.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/fd.hpp"
+#include "common/size.hpp"
+#include "platform/layout.hpp"
+
+namespace enlighten::boot {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t align_down(uint64_t v, uint64_t a) { return v & ~(a - 1); }
+constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+struct OpenFile {
+    UniqueFd fd;
+    uint64_t size = 0;
+};
+
+Result<OpenFile> open_regular(const std::string& path, std::string_view what) {
+    OpenFile f;
+    f.fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!f.fd.valid()) return fail("{} '{}': {}", what, path, std::strerror(errno));
+    struct stat st {};
+    if (::fstat(f.fd.get(), &st) < 0) return fail("{} '{}': {}", what, path, std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail("{} '{}': not a regular file", what, path);
+    f.size = static_cast<uint64_t>(st.st_size);
+    return f;
+}
+
+// Reads exactly `len` bytes at `offset` of the file into `dst`.
+Result<> read_exact(const OpenFile& f, uint64_t offset, uint8_t* dst, uint64_t len, std::string_view what) {
+    while (len > 0) {
+        const size_t chunk = static_cast<size_t>(std::min<uint64_t>(len, 1ULL << 30));
+        const ssize_t n = ::pread(f.fd.get(), dst, chunk, static_cast<off_t>(offset));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fail("reading {}: {}", what, std::strerror(errno));
+        }
+        if (n == 0) return fail("reading {}: file is shorter than expected", what);
+        const auto got = static_cast<uint64_t>(n);
+        dst += got;
+        offset += got;
+        len -= got;
+    }
+    return {};
+}
+
+}  // namespace
+
+Result<KernelInfo> parse_bzimage(std::span<const uint8_t> head, uint64_t file_size) {
+    constexpr size_t kHdrEnd = kSetupHeaderOffset + sizeof(SetupHeader);
+    if (head.size() < kHdrEnd || file_size < kHdrEnd)
+        return fail("not a bzImage: the file is too small ({} bytes)", file_size);
+    KernelInfo info;
+    std::memcpy(&info.hdr, head.data() + kSetupHeaderOffset, sizeof(SetupHeader));
+    const SetupHeader& h = info.hdr;
+    if (h.boot_flag != kBootFlag || h.header != kHdrSMagic)
+        return fail("not a bzImage: no Linux boot header (\"HdrS\" magic missing)");
+    if (h.version < 0x020c)
+        return fail("kernel uses boot protocol {}.{:02}; 2.12 or later is required",
+                    h.version >> 8, h.version & 0xff);
+    if (!(h.loadflags & kLoadedHigh)) return fail("not a bzImage: zImage kernels are not supported");
+    if (!(h.xloadflags & kXlfKernel64)) return fail("kernel has no 64-bit entry point (XLF_KERNEL_64 is clear)");
+    const uint64_t setup_sects = h.setup_sects == 0 ? 4 : h.setup_sects;
+    info.setup_bytes = (setup_sects + 1) * 512;
+    if (info.setup_bytes >= file_size) return fail("not a bzImage: setup code ({} bytes) fills the whole file", info.setup_bytes);
+    info.payload_bytes = file_size - info.setup_bytes;
+    info.init_size = std::max<uint64_t>(h.init_size, info.payload_bytes);
+    info.cmdline_max = h.cmdline_size;
+    info.initrd_addr_max = h.initrd_addr_max;
+    return info;
+}
+
+std::vector<MemoryRegion> ram_layout(uint64_t mem_size) {
+    std::vector<MemoryRegion> regions;
+    const uint64_t low = std::min(mem_size, layout::kMmioHoleStart);
+    regions.push_back({0, low, nullptr});
+    if (mem_size > low) regions.push_back({layout::kFourGiB, mem_size - low, nullptr});
+    return regions;
+}
+
+std::vector<E820Entry> build_e820(uint64_t mem_size) {
+    std::vector<E820Entry> map;
+    map.push_back({0, layout::kEbdaStart, kE820Ram});
+    map.push_back({layout::kEbdaStart, layout::kHighMemory - layout::kEbdaStart, kE820Reserved});
+    const auto regions = ram_layout(mem_size);
+    map.push_back({layout::kHighMemory, regions[0].size - layout::kHighMemory, kE820Ram});
+    if (regions.size() > 1) map.push_back({regions[1].gpa, regions[1].size, kE820Ram});
+    return map;
+}
+
+Result<uint64_t> place_initrd(uint64_t size, uint64_t kernel_end, uint64_t mem_size, uint64_t addr_max) {
+    const uint64_t low_end = std::min(mem_size, layout::kMmioHoleStart);
+    // initrd_addr_max is the highest address of the last byte.
+    const uint64_t limit = std::min(low_end, addr_max == 0 ? low_end : addr_max + 1);
+    const uint64_t start = align_up(kernel_end, kPage);
+    if (size > limit || limit - size < start)
+        return fail("initrd ({} KiB) does not fit in guest memory ({} MiB) above the kernel; "
+                    "give the guest more memory",
+                    (size + 1023) / 1024, mem_size / MiB);
+    return align_down(limit - size, kPage);
+}
+
+Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg) {
+    ENL_TRY(OpenFile kernel, open_regular(cfg.kernel_path, "kernel"));
+    std::vector<uint8_t> head(static_cast<size_t>(std::min<uint64_t>(kernel.size, 8192)));
+    ENL_TRY_VOID(read_exact(kernel, 0, head.data(), head.size(), "kernel"));
+    auto info = parse_bzimage(head, kernel.size);
+    if (!info) return std::unexpected(info.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
+
+    const uint64_t kernel_end = layout::kKernelLoad + info->init_size;
+    const uint64_t low_end = std::min(cfg.mem_size, layout::kMmioHoleStart);
+    if (kernel_end > low_end)
+        return fail("kernel '{}' needs {} MiB to boot; the guest has {} MiB", cfg.kernel_path,
+                    (kernel_end + MiB - 1) / MiB, cfg.mem_size / MiB);
+    uint8_t* dst = mem.host_ptr(layout::kKernelLoad, info->payload_bytes);
+    if (!dst) return fail("kernel '{}' does not fit in guest memory", cfg.kernel_path);
+    ENL_TRY_VOID(read_exact(kernel, info->setup_bytes, dst, info->payload_bytes, "kernel"));
+
+    BootEntry entry;
+    entry.rip = layout::kKernelLoad + 0x200;
+    entry.boot_params = layout::kBootParams;
+
+    if (!cfg.initrd_path.empty()) {
+        ENL_TRY(OpenFile initrd, open_regular(cfg.initrd_path, "initrd"));
+        auto where = place_initrd(initrd.size, kernel_end, cfg.mem_size, info->initrd_addr_max);
+        if (!where) return std::unexpected(where.error().context(fmt::format("initrd '{}'", cfg.initrd_path)));
+        entry.initrd_gpa = *where;
+        entry.initrd_size = initrd.size;
+        uint8_t* p = mem.host_ptr(entry.initrd_gpa, initrd.size);
+        if (!p) return fail("initrd '{}' does not fit in guest memory", cfg.initrd_path);
+        ENL_TRY_VOID(read_exact(initrd, 0, p, initrd.size, "initrd"));
+    }
+
+    const uint64_t cmdline_max = std::min(info->cmdline_max, layout::kCmdlineMax - 1);
+    if (cfg.cmdline.size() > cmdline_max)
+        return fail("kernel command line is {} bytes; this kernel accepts at most {}", cfg.cmdline.size(), cmdline_max);
+    if (cfg.cmdline.find('\0') != std::string::npos) return fail("kernel command line contains a NUL byte");
+    ENL_TRY_VOID(mem.fill(layout::kCmdline, 0, cfg.cmdline.size() + 1));
+    ENL_TRY_VOID(mem.write(layout::kCmdline, std::span(reinterpret_cast<const uint8_t*>(cfg.cmdline.data()), cfg.cmdline.size())));
+
+    BootParams bp{};
+    bp.hdr = info->hdr;
+    bp.hdr.type_of_loader = 0xff;  // undefined boot loader
+    bp.hdr.loadflags = static_cast<uint8_t>(bp.hdr.loadflags | kCanUseHeap);
+    bp.hdr.heap_end_ptr = 0xfe00;
+    bp.hdr.cmd_line_ptr = static_cast<uint32_t>(layout::kCmdline);
+    bp.hdr.ramdisk_image = static_cast<uint32_t>(entry.initrd_gpa);
+    bp.hdr.ramdisk_size = static_cast<uint32_t>(entry.initrd_size);
+    bp.ext_ramdisk_image = static_cast<uint32_t>(entry.initrd_gpa >> 32);
+    bp.ext_ramdisk_size = static_cast<uint32_t>(entry.initrd_size >> 32);
+    bp.acpi_rsdp_addr = cfg.acpi_rsdp;
+    const auto e820 = build_e820(cfg.mem_size);
+    bp.e820_entries = static_cast<uint8_t>(e820.size());
+    std::copy(e820.begin(), e820.end(), bp.e820_table);
+    ENL_TRY_VOID(mem.write_obj(layout::kBootParams, bp));
+
+    // GDT for the 64-bit entry.
+    ENL_TRY_VOID(mem.write(layout::kGdt, std::span(reinterpret_cast<const uint8_t*>(kGdtEntries), sizeof(kGdtEntries))));
+    // Identity map of the first 4 GiB with 2 MiB pages: PML4[0] -> PDPT[0..3] -> 4 PDs.
+    ENL_TRY_VOID(mem.write_obj<uint64_t>(layout::kPml4, layout::kPdpt | 0x3));
+    for (uint64_t i = 0; i < 4; ++i) {
+        ENL_TRY_VOID(mem.write_obj<uint64_t>(layout::kPdpt + i * 8, (layout::kPd + i * kPage) | 0x3));
+        for (uint64_t j = 0; j < 512; ++j) {
+            const uint64_t addr = (i * 512 + j) << 21;
+            ENL_TRY_VOID(mem.write_obj<uint64_t>(layout::kPd + i * kPage + j * 8, addr | 0x83));
+        }
+    }
+    return entry;
+}
+
+}  // namespace enlighten::boot

@@ -1,0 +1,32 @@
+// What a VM is made of, as given on the command line (or, later, through the API).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/result.hpp"
+#include "vmm/console.hpp"
+
+namespace enlighten {
+
+enum class OnReboot { Restart, Exit };
+
+struct VmConfig {
+    std::string kernel;
+    std::string initrd;
+    std::string cmdline;
+    uint64_t memory = 0;
+    uint32_t cpus = 1;
+    ConsoleConfig serial;
+    OnReboot on_reboot = OnReboot::Restart;
+    bool hyperv = true;  // the Hyper-V interface and VMBus; off: KVM's own paravirtual interface
+};
+
+// Limits checked before anything is allocated.
+inline constexpr uint64_t kMinMemory = 32ULL << 20;
+inline constexpr uint32_t kMaxCpus = 254;  // xAPIC IDs, one of them left for the I/O APIC
+
+// Checks a configuration against these limits and the host: one clear error per problem.
+Result<> validate(const VmConfig& cfg, uint64_t host_memory);
+
+}  // namespace enlighten

@@ -1,0 +1,426 @@
+#include "vmm/machine.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "hv/partition.hpp"
+#include "platform/acpi/acpi.hpp"
+#include "platform/boot/linux_loader.hpp"
+#include "platform/devices/acpi_pm.hpp"
+#include "platform/devices/cmos_rtc.hpp"
+#include "platform/devices/legacy.hpp"
+#include "platform/devices/serial.hpp"
+#include "platform/layout.hpp"
+#include "common/rate_limit.hpp"
+#include "platform/x86_cpu.hpp"
+#include "vmbus/server.hpp"
+#include "vmm/exit_codes.hpp"
+
+namespace enlighten {
+
+namespace {
+
+constexpr int kKickSignal = SIGUSR1;
+
+void install_kick_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_handler = [](int) {};  // only interrupts KVM_RUN
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+        ::sigaction(kKickSignal, &sa, nullptr);
+    });
+}
+
+// SynIC interrupts: a fixed, edge-triggered MSI to the local APIC of the VP (APIC ID = VP index).
+class MsiInterruptSink final : public hv::InterruptSink {
+public:
+    explicit MsiInterruptSink(const Vm& vm) : vm_(vm) {}
+    void raise(uint32_t vp, uint8_t vector) override {
+        if (auto r = vm_.signal_msi(layout::kLapicBase | (uint64_t{vp} << 12), vector); !r)
+            ENL_LOG_LIMITED(warn, "SynIC interrupt to VP {}: {}", vp, r.error().message());
+    }
+
+private:
+    const Vm& vm_;
+};
+
+// VMBus messages go out through the SynIC message queues.
+class SynicMessageSink final : public vmbus::MessageSink {
+public:
+    explicit SynicMessageSink(hv::Synic& synic) : synic_(synic) {}
+    bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> message) override {
+        return synic_.post_message(vp, sint, hv::kMessageTypeVmbus, message);
+    }
+
+private:
+    hv::Synic& synic_;
+};
+
+}  // namespace
+
+int exit_status(const VmExit& exit) {
+    switch (exit.kind) {
+        case VmExit::Kind::PowerOff: return exit_code::kPowerOff;
+        case VmExit::Kind::Reset: return exit_code::kReset;
+        case VmExit::Kind::Crash: return exit_code::kGuestCrash;
+        case VmExit::Kind::Signal: return exit_code::kSignalBase + exit.signal;
+        case VmExit::Kind::Error: return exit_code::kError;
+    }
+    return exit_code::kError;
+}
+
+Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, const VmConfig& cfg, Console& console,
+                                                 int signal_fd) {
+    std::unique_ptr<Machine> m(new Machine(cfg, console, signal_fd));
+    ENL_TRY_VOID(m->build(kvm));
+    return m;
+}
+
+Result<> Machine::build(const Kvm& kvm) {
+    for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_PIT2, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_EXT_CPUID, KVM_CAP_USER_MEMORY})
+        if (!kvm.check_extension(cap)) return fail("this host's KVM lacks capability {} that Enlighten needs", cap);
+    const int max_vcpus = kvm.check_extension(KVM_CAP_MAX_VCPUS);
+    if (max_vcpus > 0 && cfg_.cpus > static_cast<uint32_t>(max_vcpus))
+        return fail("--cpus {}: this host's KVM supports at most {}", cfg_.cpus, max_vcpus);
+
+    stop_event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!stop_event_.valid()) return fail_errno("eventfd");
+
+    ENL_TRY(vm_, kvm.create_vm());
+    ENL_TRY_VOID(vm_->set_identity_map_addr(layout::kKvmIdentityMap));
+    ENL_TRY_VOID(vm_->set_tss_addr(layout::kKvmTss));
+    ENL_TRY_VOID(vm_->create_irqchip());
+    ENL_TRY_VOID(vm_->create_pit2());
+
+    ENL_TRY(memory_, GuestMemory::allocate(boot::ram_layout(cfg_.memory)));
+    uint32_t slot = 0;
+    for (const auto& r : memory_.regions()) ENL_TRY_VOID(vm_->add_memory(slot++, r));
+
+    acpi::PlatformDescription platform;
+    platform.num_cpus = cfg_.cpus;
+    platform.vmbus = cfg_.hyperv;
+    ENL_TRY(acpi::Tables tables, acpi::build_tables(platform));
+    ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
+
+    boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa};
+    ENL_TRY(boot::BootEntry entry, boot::load_linux(memory_, boot_cfg));
+
+    ENL_TRY(auto supported, kvm.supported_cpuid());
+    for (uint32_t i = 0; i < cfg_.cpus; ++i) {
+        ENL_TRY(auto vcpu, vm_->create_vcpu(i));
+        vcpus_.push_back(std::move(vcpu));
+    }
+
+    std::vector<kvm_cpuid_entry2> hv_leaves;
+    if (cfg_.hyperv) {
+        ENL_TRY_VOID(setup_hyperv(kvm));
+        hv_leaves = partition_->cpuid_leaves();
+        // Hyper-V guests are told the TSC is invariant (CPUID 0x40000003 EAX bit 15); say so
+        // in the architectural leaf too.
+        for (auto& e : supported)
+            if (e.function == 0x80000007) e.edx |= 1U << 8;
+    } else {
+        // Without the Hyper-V interface the guest sees KVM's own paravirtual leaves (kvmclock).
+        for (const auto& e : supported)
+            if (e.function >= 0x40000000 && e.function <= 0x4000ffff) hv_leaves.push_back(e);
+    }
+    const CpuTopology topo{cfg_.cpus};
+    for (uint32_t i = 0; i < cfg_.cpus; ++i) {
+        const Vcpu& vcpu = *vcpus_[i];
+        ENL_TRY_VOID(vcpu.set_cpuid(build_cpuid(supported, i, topo, hv_leaves)));
+        ENL_TRY_VOID(setup_lapic(vcpu));
+        if (i == 0) ENL_TRY_VOID(setup_boot_vcpu(vcpu, entry));
+    }
+    return add_devices();
+}
+
+Result<> Machine::setup_hyperv(const Kvm& kvm) {
+    if (!kvm.check_extension(KVM_CAP_X86_USER_SPACE_MSR) || !kvm.check_extension(KVM_CAP_X86_MSR_FILTER))
+        return fail("the Hyper-V interface needs KVM_CAP_X86_USER_SPACE_MSR and KVM_CAP_X86_MSR_FILTER "
+                    "(Linux 5.10 or later); run with --hyperv off");
+    // Every synthetic MSR access leaves KVM for us, even where KVM has its own Hyper-V code:
+    // a deny filter over the whole range, and exits for MSRs KVM does not know.
+    const uint64_t reasons = KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER;
+    ENL_TRY_VOID(vm_->enable_cap(KVM_CAP_X86_USER_SPACE_MSR, std::span(&reasons, 1)));
+    ENL_TRY_VOID(vm_->deny_msr_range(hv::kMsrRangeFirst, hv::kMsrRangeCount));
+
+    hv::PartitionConfig pc;
+    pc.num_vps = cfg_.cpus;
+    pc.hypercall_port = layout::kHypercallPort;
+    if (auto khz = vcpus_[0]->tsc_khz()) pc.tsc_hz = uint64_t{*khz} * 1000;
+    hv_irq_ = std::make_unique<MsiInterruptSink>(*vm_);
+    partition_ = std::make_unique<hv::Partition>(memory_, *hv_irq_, pc);
+    partition_->on_crash = [this](const hv::CrashReport& crash) {
+        std::string text = fmt::format("guest reported a crash: P0={:#x} P1={:#x} P2={:#x} P3={:#x} P4={:#x}",
+                                       crash.params[0], crash.params[1], crash.params[2], crash.params[3],
+                                       crash.params[4]);
+        if (!crash.message.empty()) text += "\n" + crash.message;
+        request_exit({VmExit::Kind::Crash, 0, std::move(text)});
+    };
+    vmbus_sink_ = std::make_unique<SynicMessageSink>(partition_->synic());
+    vmbus_ = std::make_unique<vmbus::Server>(*vmbus_sink_, cfg_.cpus);
+    partition_->set_handlers(
+        [this](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> payload) {
+            return vmbus_->handle_message(vp, conn, payload);
+        },
+        [this](uint32_t vp, uint32_t conn, uint16_t flag) { return vmbus_->handle_event(vp, conn, flag); });
+    return {};
+}
+
+Result<> Machine::add_devices() {
+    auto irq = [this](uint32_t gsi) -> IrqLine {
+        return [this, gsi](bool level) {
+            if (auto r = vm_->irq_line(gsi, level); !r) spdlog::warn("IRQ {}: {}", gsi, r.error().message());
+        };
+    };
+    serial_ = std::make_shared<Serial>(irq(layout::kCom1Irq), [this](uint8_t b) { console_.write(b); });
+    ENL_TRY_VOID(pio_.add(layout::kCom1Port, 8, serial_));
+    ENL_TRY_VOID(pio_.add(layout::kCmosPort, 2, std::make_shared<CmosRtc>()));
+    pm_ = std::make_shared<AcpiPm>(irq(layout::kSciIrq),
+                                   AcpiPm::Callbacks{
+                                       .power_off = [this] { request_exit({VmExit::Kind::PowerOff, 0, {}}); },
+                                       .reset = [this] { request_exit({VmExit::Kind::Reset, 0, {}}); },
+                                   });
+    ENL_TRY_VOID(pio_.add(layout::kPm1aEventPort, AcpiPm::kSize, pm_));
+    ENL_TRY_VOID(pio_.add(layout::kI8042CommandPort, 1, std::make_shared<I8042Reset>([this] {
+        request_exit({VmExit::Kind::Reset, 0, {}});
+    })));
+    ENL_TRY_VOID(pio_.add(0x80, 1, std::make_shared<SinkDevice>()));  // POST code / I/O delay
+    return {};
+}
+
+Machine::Machine(const VmConfig& cfg, Console& console, int signal_fd)
+    : cfg_(cfg), console_(console), signal_fd_(signal_fd) {}
+
+Machine::~Machine() {
+    if (!threads_.empty()) {
+        stopping_ = true;
+        kick_vcpus();
+        for (auto& t : threads_) t.join();
+    }
+}
+
+void Machine::request_exit(VmExit exit) {
+    {
+        std::lock_guard lock(exit_mu_);
+        if (exit_) return;
+        exit_ = std::move(exit);
+    }
+    stopping_ = true;
+    const uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(stop_event_.get(), &one, sizeof(one));
+}
+
+void Machine::kick_vcpus() {
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+        // immediate_exit covers a vCPU that is about to enter KVM_RUN; the signal one inside it.
+        __atomic_store_n(&vcpus_[i]->run_struct()->immediate_exit, 1, __ATOMIC_SEQ_CST);
+        if (i < threads_.size()) ::pthread_kill(threads_[i].native_handle(), kKickSignal);
+    }
+}
+
+void Machine::handle_hypercall(uint32_t vp, kvm_run* run) {
+    auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+    uint32_t result = static_cast<uint32_t>(hv::Status::InvalidHypercallInput);
+    if (auto regs = vcpus_[vp]->get_regs()) {
+        result = static_cast<uint32_t>(partition_->hypercall(vp, regs->rcx, regs->rdx, regs->r8));
+    } else {
+        ENL_LOG_LIMITED(warn, "hypercall on VP {}: {}", vp, regs.error().message());
+    }
+    std::memcpy(data, &result, sizeof(result));
+}
+
+void Machine::handle_msr(uint32_t vp, kvm_run* run) {
+    const bool is_read = run->exit_reason == KVM_EXIT_X86_RDMSR;
+    const uint32_t index = run->msr.index;
+    bool ok = false;
+    if (partition_ && index >= hv::kMsrRangeFirst && index < hv::kMsrRangeFirst + hv::kMsrRangeCount) {
+        if (is_read) {
+            if (auto v = partition_->read_msr(vp, index)) {
+                run->msr.data = *v;
+                ok = true;
+            }
+        } else {
+            ok = partition_->write_msr(vp, index, run->msr.data);
+        }
+    }
+    if (!ok)
+        ENL_LOG_LIMITED(debug, "VP {}: #GP on {} of MSR {:#x}", vp, is_read ? "read" : "write", index);
+    run->msr.error = ok ? 0 : 1;  // 1: KVM injects #GP
+}
+
+void Machine::handle_io(uint32_t vp, kvm_run* run) {
+    if (partition_ && run->io.port == layout::kHypercallPort && run->io.direction == KVM_EXIT_IO_IN &&
+        run->io.size == 4 && run->io.count == 1) {
+        handle_hypercall(vp, run);
+        return;
+    }
+    auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+    const size_t size = run->io.size;
+    for (uint32_t i = 0; i < run->io.count; ++i) {
+        std::span<uint8_t> bytes(data + i * size, size);
+        const bool handled = run->io.direction == KVM_EXIT_IO_OUT ? pio_.write(run->io.port, bytes)
+                                                                  : pio_.read(run->io.port, bytes);
+        if (!handled) spdlog::trace("unhandled port {} {:#x} size {}", run->io.direction == KVM_EXIT_IO_OUT ? "write" : "read", run->io.port, size);
+    }
+}
+
+void Machine::handle_mmio(kvm_run* run) {
+    std::span<uint8_t> bytes(run->mmio.data, std::min<size_t>(run->mmio.len, sizeof(run->mmio.data)));
+    const bool handled = run->mmio.is_write ? mmio_.write(run->mmio.phys_addr, bytes) : mmio_.read(run->mmio.phys_addr, bytes);
+    if (!handled) spdlog::trace("unhandled MMIO {} {:#x}", run->mmio.is_write ? "write" : "read", run->mmio.phys_addr);
+}
+
+void Machine::vcpu_loop(size_t index) {
+    const Vcpu& vcpu = *vcpus_[index];
+    kvm_run* run = vcpu.run_struct();
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    sigaddset(&unblock, kKickSignal);
+    ::pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
+    while (!stopping_.load(std::memory_order_acquire)) {
+        auto ran = vcpu.run();
+        if (!ran) {
+            request_exit({VmExit::Kind::Error, 0, ran.error().message()});
+            break;
+        }
+        if (!*ran) continue;  // interrupted: re-check for a stop
+        switch (run->exit_reason) {
+            case KVM_EXIT_IO:
+                exit_stats_->io.fetch_add(1, std::memory_order_relaxed);
+                exit_stats_->io_by_port[run->io.port].fetch_add(1, std::memory_order_relaxed);
+                handle_io(static_cast<uint32_t>(index), run);
+                break;
+            case KVM_EXIT_X86_RDMSR:
+            case KVM_EXIT_X86_WRMSR:
+                exit_stats_->msr.fetch_add(1, std::memory_order_relaxed);
+                handle_msr(static_cast<uint32_t>(index), run);
+                break;
+            case KVM_EXIT_MMIO:
+                exit_stats_->mmio.fetch_add(1, std::memory_order_relaxed);
+                handle_mmio(run);
+                break;
+            case KVM_EXIT_SHUTDOWN:  // triple fault: a reset on PC hardware
+                request_exit({VmExit::Kind::Reset, 0, {}});
+                break;
+            case KVM_EXIT_SYSTEM_EVENT:
+                if (run->system_event.type == KVM_SYSTEM_EVENT_RESET)
+                    request_exit({VmExit::Kind::Reset, 0, {}});
+                else
+                    request_exit({VmExit::Kind::PowerOff, 0, {}});
+                break;
+            case KVM_EXIT_INTR:
+                break;
+            case KVM_EXIT_FAIL_ENTRY:
+                request_exit({VmExit::Kind::Error, 0,
+                              fmt::format("vCPU {}: VM entry failed (hardware reason {:#x})", index,
+                                          run->fail_entry.hardware_entry_failure_reason)});
+                break;
+            case KVM_EXIT_INTERNAL_ERROR: {
+                std::string msg = fmt::format("vCPU {}: KVM internal error, suberror {}", index, run->internal.suberror);
+                if (auto regs = vcpu.get_regs()) msg += fmt::format(" at rip {:#x}", regs->rip);
+                request_exit({VmExit::Kind::Error, 0, std::move(msg)});
+                break;
+            }
+            default:
+                request_exit({VmExit::Kind::Error, 0,
+                              fmt::format("vCPU {}: unexpected KVM exit reason {}", index, run->exit_reason)});
+                break;
+        }
+    }
+}
+
+void Machine::event_loop() {
+    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+    auto watch = [&](int fd) {
+        if (fd < 0) return;
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.fd = fd;
+        ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev);
+    };
+    watch(stop_event_.get());
+    watch(signal_fd_);
+    watch(console_.flush_fd());
+    int input_fd = console_.input_fd();
+    watch(input_fd);
+
+    constexpr int kFlushDelayMs = 5;
+    bool flush_due = false;
+    while (!stopping_.load(std::memory_order_acquire)) {
+        epoll_event events[8];
+        const int n = ::epoll_wait(ep.get(), events, 8, flush_due ? kFlushDelayMs : -1);
+        if (n < 0 && errno != EINTR) {
+            request_exit({VmExit::Kind::Error, 0, fmt::format("epoll_wait: {}", std::strerror(errno))});
+            break;
+        }
+        if (n == 0 && flush_due) {
+            console_.flush();
+            flush_due = false;
+        }
+        for (int i = 0; i < n; ++i) {
+            const int fd = events[i].data.fd;
+            if (fd == signal_fd_) {
+                signalfd_siginfo si{};
+                if (::read(signal_fd_, &si, sizeof(si)) == sizeof(si)) {
+                    spdlog::info("received signal {}, stopping the VM", si.ssi_signo);
+                    request_exit({VmExit::Kind::Signal, static_cast<int>(si.ssi_signo), {}});
+                }
+            } else if (fd == console_.flush_fd()) {
+                console_.ack_flush_event();
+                flush_due = true;
+            } else if (fd == input_fd) {
+                uint8_t buf[256];
+                const ssize_t got = ::read(input_fd, buf, sizeof(buf));
+                if (got <= 0) {
+                    // End of input: stop watching; the guest keeps running.
+                    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, input_fd, nullptr);
+                    input_fd = -1;
+                } else {
+                    serial_->push_input(std::span(buf, static_cast<size_t>(got)));
+                }
+            }
+        }
+    }
+    console_.flush();
+}
+
+void Machine::log_exit_stats() const {
+    if (!spdlog::should_log(spdlog::level::debug)) return;
+    const auto& st = *exit_stats_;
+    spdlog::debug("exits: io {} mmio {} msr {}", st.io.load(), st.mmio.load(), st.msr.load());
+    for (size_t port = 0; port < st.io_by_port.size(); ++port)
+        if (const auto n = st.io_by_port[port].load(); n > 0) spdlog::debug("  port {:#06x}: {}", port, n);
+    if (partition_) {
+        const auto hc = partition_->hypercall_stats();
+        const auto sy = partition_->synic().stats();
+        spdlog::debug("hypercalls: post {} signal {} failed {}; synic: delivered {} dropped {} events {}",
+                      hc.post_message, hc.signal_event, hc.failed, sy.messages_delivered, sy.messages_dropped,
+                      sy.events_signalled);
+    }
+}
+
+VmExit Machine::run() {
+    install_kick_handler();
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+        threads_.emplace_back([this, i] { vcpu_loop(i); });
+        ::pthread_setname_np(threads_.back().native_handle(), fmt::format("vcpu{}", i).c_str());
+    }
+    event_loop();
+    kick_vcpus();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    log_exit_stats();
+    std::lock_guard lock(exit_mu_);
+    return exit_.value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
+}
+
+}  // namespace enlighten

@@ -1,0 +1,101 @@
+// One VM: KVM objects, guest memory, the platform devices and the vCPU threads, and the
+// event loop that runs until the guest powers off, resets, or the VMM is told to stop.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/fd.hpp"
+#include "common/result.hpp"
+#include "kvm/guest_memory.hpp"
+#include "kvm/kvm.hpp"
+#include "vmm/config.hpp"
+#include "vmm/console.hpp"
+#include "vmm/io_bus.hpp"
+
+namespace enlighten {
+
+class Serial;
+class AcpiPm;
+namespace hv {
+class Partition;
+class InterruptSink;
+}
+namespace vmbus {
+class Server;
+class MessageSink;
+}
+
+struct VmExit {
+    enum class Kind { PowerOff, Reset, Crash, Signal, Error };
+    Kind kind = Kind::Error;
+    int signal = 0;       // Kind::Signal
+    std::string message;  // Kind::Error / Crash
+};
+
+int exit_status(const VmExit& exit);
+
+class Machine {
+public:
+    // `signal_fd` delivers SIGINT/SIGTERM (blocked in every thread by the caller).
+    static Result<std::unique_ptr<Machine>> create(const Kvm& kvm, const VmConfig& cfg, Console& console,
+                                                   int signal_fd);
+    ~Machine();
+
+    // Runs the guest until it stops.
+    VmExit run();
+
+    // Requests a stop; the first request wins. Safe from any thread.
+    void request_exit(VmExit exit);
+
+private:
+    Machine(const VmConfig& cfg, Console& console, int signal_fd);
+    Result<> build(const Kvm& kvm);
+    Result<> add_devices();
+    void vcpu_loop(size_t index);
+    Result<> setup_hyperv(const Kvm& kvm);
+    void handle_io(uint32_t vp, kvm_run* run);
+    void handle_hypercall(uint32_t vp, kvm_run* run);
+    void handle_msr(uint32_t vp, kvm_run* run);
+    void handle_mmio(kvm_run* run);
+    void kick_vcpus();
+    void event_loop();
+
+    VmConfig cfg_;
+    Console& console_;
+    int signal_fd_;
+    std::unique_ptr<Vm> vm_;
+    GuestMemory memory_;
+    std::vector<std::unique_ptr<Vcpu>> vcpus_;
+    std::vector<std::thread> threads_;
+    IoBus pio_;
+    IoBus mmio_;
+    std::shared_ptr<Serial> serial_;
+    std::shared_ptr<AcpiPm> pm_;
+    // Hyper-V interface (null when cfg_.hyperv is off).
+    std::unique_ptr<hv::InterruptSink> hv_irq_;
+    std::unique_ptr<hv::Partition> partition_;
+    std::unique_ptr<vmbus::MessageSink> vmbus_sink_;
+    std::unique_ptr<vmbus::Server> vmbus_;
+
+    // Exit counters, for --log-level debug and the benchmarks.
+    struct ExitStats {
+        std::atomic<uint64_t> io{0}, mmio{0}, msr{0}, hypercall{0}, other{0};
+        std::array<std::atomic<uint64_t>, 0x10000> io_by_port{};
+    };
+    std::unique_ptr<ExitStats> exit_stats_ = std::make_unique<ExitStats>();
+    void log_exit_stats() const;
+
+    std::atomic<bool> stopping_{false};
+    std::mutex exit_mu_;
+    std::optional<VmExit> exit_;
+    UniqueFd stop_event_;
+};
+
+}  // namespace enlighten
