@@ -25,7 +25,7 @@ void AcpiPm::io_write(uint64_t offset, std::span<const uint8_t> data) {
         bool control_written = false;
         for (size_t i = 0; i < data.size(); ++i) {
             const uint64_t off = offset + i;
-            const auto value = static_cast<uint16_t>(data[i]);
+            const unsigned value = data[i];
             if (off < kEnable) {
                 status_ = static_cast<uint16_t>(status_ & ~(value << (8 * off)));  // write 1 to clear
             } else if (off < kControl) {
