@@ -104,7 +104,7 @@ void Server::on_initiate_contact(uint32_t vp, const InitiateContact& msg) {
     resp.version_supported = 1;
     resp.connection_state = 0;
     resp.msg_conn_id = requested >= kVersionWin10V5 ? kMessageConnectionId4 : kMessageConnectionId;
-    spdlog::info("vmbus: guest connected, protocol version {}", version_string(requested));
+    ENL_LOG_LIMITED(info, "vmbus: guest connected, protocol version {}", version_string(requested));
     send(resp);
     if (on_state_change) on_state_change();
 }
@@ -124,7 +124,7 @@ void Server::on_unload(uint32_t vp) {
     reset_connection();
     MessageHeader resp{static_cast<uint32_t>(MsgType::UnloadResponse), 0};
     send_to(target, std::span(reinterpret_cast<const uint8_t*>(&resp), sizeof(resp)));
-    spdlog::info("vmbus: guest unloaded");
+    ENL_LOG_LIMITED(info, "vmbus: guest unloaded");
     if (on_state_change) on_state_change();
 }
 
