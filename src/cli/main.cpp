@@ -17,6 +17,7 @@
 #include "common/fd.hpp"
 #include "common/size.hpp"
 #include "kvm/kvm.hpp"
+#include "platform/boot/linux_loader.hpp"
 #include "vmm/config.hpp"
 #include "vmm/exit_codes.hpp"
 #include "vmm/machine.hpp"
@@ -154,6 +155,9 @@ int main(int argc, char** argv) {
     cfg.on_reboot = on_reboot == "exit" ? OnReboot::Exit : OnReboot::Restart;
     cfg.hyperv = hyperv == "on";
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
+    // Bad files are reported before KVM is touched.
+    if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0}); !ok)
+        return error(ok.error());
 
     return run_vm(cfg);
 }

@@ -159,10 +159,10 @@ Result<> Machine::setup_hyperv(const Kvm& kvm) {
     hv_irq_ = std::make_unique<MsiInterruptSink>(*vm_);
     partition_ = std::make_unique<hv::Partition>(memory_, *hv_irq_, pc);
     partition_->on_crash = [this](const hv::CrashReport& crash) {
-        std::string text = fmt::format("guest reported a crash: P0={:#x} P1={:#x} P2={:#x} P3={:#x} P4={:#x}",
+        std::string text = fmt::format("P0={:#x} P1={:#x} P2={:#x} P3={:#x} P4={:#x} (Hyper-V crash MSRs)",
                                        crash.params[0], crash.params[1], crash.params[2], crash.params[3],
                                        crash.params[4]);
-        if (!crash.message.empty()) text += "\n" + crash.message;
+        if (!crash.message.empty()) text += "\nguest kernel log:\n" + crash.message;
         request_exit({VmExit::Kind::Crash, 0, std::move(text)});
     };
     vmbus_sink_ = std::make_unique<SynicMessageSink>(partition_->synic());

@@ -109,46 +109,73 @@ Result<uint64_t> place_initrd(uint64_t size, uint64_t kernel_end, uint64_t mem_s
     return align_down(limit - size, kPage);
 }
 
-Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg) {
-    ENL_TRY(OpenFile kernel, open_regular(cfg.kernel_path, "kernel"));
-    std::vector<uint8_t> head(static_cast<size_t>(std::min<uint64_t>(kernel.size, 8192)));
-    ENL_TRY_VOID(read_exact(kernel, 0, head.data(), head.size(), "kernel"));
-    auto info = parse_bzimage(head, kernel.size);
-    if (!info) return std::unexpected(info.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
+namespace {
 
-    const uint64_t kernel_end = layout::kKernelLoad + info->init_size;
+// The checked plan shared by check_linux_files() and load_linux().
+struct Plan {
+    OpenFile kernel;
+    OpenFile initrd;
+    KernelInfo info;
+    uint64_t initrd_gpa = 0;
+};
+
+Result<Plan> plan_linux(const LinuxBootConfig& cfg) {
+    Plan plan;
+    ENL_TRY(plan.kernel, open_regular(cfg.kernel_path, "kernel"));
+    std::vector<uint8_t> head(static_cast<size_t>(std::min<uint64_t>(plan.kernel.size, 8192)));
+    ENL_TRY_VOID(read_exact(plan.kernel, 0, head.data(), head.size(), "kernel"));
+    auto info = parse_bzimage(head, plan.kernel.size);
+    if (!info) return std::unexpected(info.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
+    plan.info = *info;
+
+    const uint64_t kernel_end = layout::kKernelLoad + plan.info.init_size;
     const uint64_t low_end = std::min(cfg.mem_size, layout::kMmioHoleStart);
     if (kernel_end > low_end)
         return fail("kernel '{}' needs {} MiB to boot; the guest has {} MiB", cfg.kernel_path,
                     (kernel_end + MiB - 1) / MiB, cfg.mem_size / MiB);
-    uint8_t* dst = mem.host_ptr(layout::kKernelLoad, info->payload_bytes);
+    if (!cfg.initrd_path.empty()) {
+        ENL_TRY(plan.initrd, open_regular(cfg.initrd_path, "initrd"));
+        auto where = place_initrd(plan.initrd.size, kernel_end, cfg.mem_size, plan.info.initrd_addr_max);
+        if (!where) return std::unexpected(where.error().context(fmt::format("initrd '{}'", cfg.initrd_path)));
+        plan.initrd_gpa = *where;
+    }
+    const uint64_t cmdline_max = std::min(plan.info.cmdline_max, layout::kCmdlineMax - 1);
+    if (cfg.cmdline.size() > cmdline_max)
+        return fail("kernel command line is {} bytes; this kernel accepts at most {}", cfg.cmdline.size(), cmdline_max);
+    if (cfg.cmdline.find('\0') != std::string::npos) return fail("kernel command line contains a NUL byte");
+    return plan;
+}
+
+}  // namespace
+
+Result<> check_linux_files(const LinuxBootConfig& cfg) {
+    ENL_TRY_VOID(plan_linux(cfg));
+    return {};
+}
+
+Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg) {
+    ENL_TRY(Plan plan, plan_linux(cfg));
+    const KernelInfo& info = plan.info;
+    uint8_t* dst = mem.host_ptr(layout::kKernelLoad, info.payload_bytes);
     if (!dst) return fail("kernel '{}' does not fit in guest memory", cfg.kernel_path);
-    ENL_TRY_VOID(read_exact(kernel, info->setup_bytes, dst, info->payload_bytes, "kernel"));
+    ENL_TRY_VOID(read_exact(plan.kernel, info.setup_bytes, dst, info.payload_bytes, "kernel"));
 
     BootEntry entry;
     entry.rip = layout::kKernelLoad + 0x200;
     entry.boot_params = layout::kBootParams;
-
-    if (!cfg.initrd_path.empty()) {
-        ENL_TRY(OpenFile initrd, open_regular(cfg.initrd_path, "initrd"));
-        auto where = place_initrd(initrd.size, kernel_end, cfg.mem_size, info->initrd_addr_max);
-        if (!where) return std::unexpected(where.error().context(fmt::format("initrd '{}'", cfg.initrd_path)));
-        entry.initrd_gpa = *where;
-        entry.initrd_size = initrd.size;
-        uint8_t* p = mem.host_ptr(entry.initrd_gpa, initrd.size);
+    if (plan.initrd.fd.valid()) {
+        entry.initrd_gpa = plan.initrd_gpa;
+        entry.initrd_size = plan.initrd.size;
+        uint8_t* p = mem.host_ptr(entry.initrd_gpa, entry.initrd_size);
         if (!p) return fail("initrd '{}' does not fit in guest memory", cfg.initrd_path);
-        ENL_TRY_VOID(read_exact(initrd, 0, p, initrd.size, "initrd"));
+        ENL_TRY_VOID(read_exact(plan.initrd, 0, p, entry.initrd_size, "initrd"));
     }
 
-    const uint64_t cmdline_max = std::min(info->cmdline_max, layout::kCmdlineMax - 1);
-    if (cfg.cmdline.size() > cmdline_max)
-        return fail("kernel command line is {} bytes; this kernel accepts at most {}", cfg.cmdline.size(), cmdline_max);
-    if (cfg.cmdline.find('\0') != std::string::npos) return fail("kernel command line contains a NUL byte");
     ENL_TRY_VOID(mem.fill(layout::kCmdline, 0, cfg.cmdline.size() + 1));
     ENL_TRY_VOID(mem.write(layout::kCmdline, std::span(reinterpret_cast<const uint8_t*>(cfg.cmdline.data()), cfg.cmdline.size())));
 
     BootParams bp{};
-    bp.hdr = info->hdr;
+    bp.hdr = info.hdr;
     bp.hdr.type_of_loader = 0xff;  // undefined boot loader
     bp.hdr.loadflags = static_cast<uint8_t>(bp.hdr.loadflags | kCanUseHeap);
     bp.hdr.heap_end_ptr = 0xfe00;

@@ -54,6 +54,11 @@ struct BootEntry {
     uint64_t initrd_size = 0;
 };
 
+// Everything load_linux() checks about the files, without guest memory: the kernel is a
+// readable bzImage that fits, the initrd is readable and fits, the command line fits.
+// Lets the VMM refuse bad input before it touches KVM.
+Result<> check_linux_files(const LinuxBootConfig& cfg);
+
 // Reads the kernel and initrd straight into guest memory and writes boot_params, the
 // command line, the GDT and the identity page tables.
 Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg);

@@ -1,0 +1,214 @@
+"""End-to-end tests: boot the default Linux guest with build/enlighten.
+
+Run:   python3 -m unittest discover -s tests/e2e -v      (scripts/test does this)
+
+Enlighten runs directly on this machine when it has hardware KVM, or else inside the
+QEMU-TCG "test host" (tools/enlighten_tools/testhost.py); ENLIGHTEN_RUNNER=direct|testhost
+overrides. ENLIGHTEN_BINARY overrides the binary (default <repo>/build/enlighten).
+The bad-input tests run directly by default (they must fail before any guest runs);
+they follow ENLIGHTEN_RUNNER when it is set.
+
+CLI under test:
+  enlighten run --kernel PATH --initrd PATH --cmdline STRING --memory SIZE --cpus N
+                [--serial stdio|file:PATH] [--on-reboot exit|restart]
+  exit 0: guest powered off; 3: guest reset with --on-reboot=exit;
+  1: bad input, with exactly one stderr line "enlighten: error: ...".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+from enlighten_tools import guest_image, testhost  # noqa: E402
+from enlighten_tools.testhost import Carry, RunResult, StopAfter, run_enlighten  # noqa: E402
+
+INIT_RE = re.compile(r"ENLIGHTEN-INIT uptime=[0-9.]+")
+BINARY = testhost.default_enlighten_binary()
+# Keep kernel messages short (every serial byte is a VM exit) except in the first test;
+# panic=-1 turns a guest panic into a reset, so a broken boot fails fast (exit 3).
+QUIET_CMDLINE = "console=ttyS0 quiet panic=-1"
+BOOT_TIMEOUT = float(os.environ.get("ENLIGHTEN_E2E_TIMEOUT", "150"))
+
+_image: guest_image.GuestImage | None = None
+
+
+def require_binary(test: unittest.TestCase) -> None:
+    if not BINARY.is_file():
+        test.fail(f"{BINARY} does not exist: build Enlighten first (scripts/setup builds "
+                  "build/enlighten), or point ENLIGHTEN_BINARY at it")
+    if not os.access(BINARY, os.X_OK):
+        test.fail(f"{BINARY} is not executable")
+
+
+def image() -> guest_image.GuestImage:
+    global _image
+    if _image is None:
+        _image = guest_image.build()
+    return _image
+
+
+def describe(res: RunResult) -> str:
+    tail = res.output[-4000:]
+    return (f"\n--- ran: {res.command}\n--- runner={res.runner} exit={res.returncode} after "
+            f"{res.duration:.1f} s; output (last 4000 chars) ---\n{tail}\n--- end ---")
+
+
+class GuestBootTests(unittest.TestCase):
+    """Each test is one Enlighten run (one test-host boot when not direct)."""
+
+    def setUp(self) -> None:
+        require_binary(self)
+
+    def boot(self, *, cpus: int = 1, memory: str = "512M", job: str | None = None,
+             cmdline: str = QUIET_CMDLINE, on_reboot: str | None = "exit",
+             stop_after: StopAfter | None = None, timeout: float = BOOT_TIMEOUT) -> RunResult:
+        initrd = guest_image.make_run_initrd(job=job) if job is not None else image().initrd
+        args = ["run", "--cmdline", cmdline, "--memory", memory, "--cpus", str(cpus),
+                "--serial", "stdio"]
+        if on_reboot:
+            args += ["--on-reboot", on_reboot]
+        try:
+            res = run_enlighten(args, enlighten_binary=BINARY, guest_kernel=image().kernel,
+                                guest_initrd=initrd, timeout=timeout, stop_after=stop_after)
+        except (testhost.TestHostTimeout, testhost.CommandTimeout) as e:
+            self.fail(f"timed out: {e}\n--- output ---\n{e.output[-4000:]}")
+        uptimes = re.findall(r"ENLIGHTEN-INIT uptime=([0-9.]+)", res.output)
+        print(f"[{res.runner} {res.duration:.1f} s, exit {res.returncode}, guest uptime at "
+              f"/init: {', '.join(uptimes) or '-'}] ", end="", file=sys.stderr, flush=True)
+        return res
+
+    def assertMarkers(self, res: RunResult, count: int = 1) -> None:
+        found = len(INIT_RE.findall(res.output))
+        self.assertEqual(found, count, f"expected {count} ENLIGHTEN-INIT marker(s), "
+                                       f"found {found}" + describe(res))
+
+    def test_boot_1cpu_to_init(self) -> None:
+        """Unmodified kernel, full boot log on the serial console, default /init job."""
+        res = self.boot(cpus=1, cmdline="console=ttyS0 panic=-1")
+        self.assertMarkers(res)
+        self.assertIn("Hello from the Enlighten default guest.", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
+    def test_boot_2cpus_sees_2_processors(self) -> None:
+        res = self.boot(cpus=2, job='echo "CPUS=$(grep -c ^processor /proc/cpuinfo)"\n')
+        self.assertMarkers(res)
+        self.assertIn("CPUS=2", res.output, describe(res))
+        self.assertIn("ENLIGHTEN-JOB-EXIT 0", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
+    def test_guest_poweroff_exits_0(self) -> None:
+        res = self.boot(job="echo job-before-poweroff\npoweroff -f\nsleep 5\necho job-after-poweroff\n")
+        self.assertMarkers(res)
+        self.assertIn("job-before-poweroff", res.output, describe(res))
+        self.assertNotIn("job-after-poweroff", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
+    def test_guest_reboot_with_on_reboot_exit_exits_3(self) -> None:
+        res = self.boot(job="echo job-before-reboot\nreboot -f\nsleep 5\necho job-after-reboot\n",
+                        on_reboot="exit")
+        self.assertMarkers(res)
+        self.assertIn("job-before-reboot", res.output, describe(res))
+        self.assertNotIn("job-after-reboot", res.output, describe(res))
+        self.assertNotIn("Kernel panic", res.output, describe(res))
+        self.assertEqual(res.returncode, 3, describe(res))
+
+    def test_guest_reboot_with_on_reboot_restart_boots_again(self) -> None:
+        # The guest reboots at every boot. Once the init marker has been printed twice,
+        # Enlighten gets SIGTERM (like `timeout -s TERM`), so it should die of it (143).
+        stop = StopAfter("ENLIGHTEN-INIT uptime=", count=2, max_seconds=90, signal="TERM")
+        res = self.boot(job="echo job-rebooting\nreboot -f\n", on_reboot="restart",
+                        stop_after=stop, timeout=BOOT_TIMEOUT + 30)
+        found = len(INIT_RE.findall(res.output))
+        self.assertGreaterEqual(found, 2, "guest did not boot a second time" + describe(res))
+        self.assertIn(testhost.STOP_SENT_MARKER, res.output,
+                      "Enlighten exited by itself before it got SIGTERM" + describe(res))
+        self.assertNotIn("Kernel panic", res.output, describe(res))
+        self.assertIn(res.returncode, (124, 143),
+                      "after SIGTERM Enlighten should die of it (or exit 143)" + describe(res))
+
+    def test_job_exit_status_is_reported(self) -> None:
+        res = self.boot(job="echo job-working\nexit 7\n")
+        self.assertMarkers(res)
+        self.assertIn("ENLIGHTEN-JOB-EXIT 7", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
+
+class BadInputTests(unittest.TestCase):
+    """Enlighten must reject bad input before running a guest: exit 1 and exactly one
+    stderr line starting with "enlighten: error:"."""
+
+    tmp: tempfile.TemporaryDirectory
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.runner = os.environ.get("ENLIGHTEN_RUNNER") or "direct"
+        cls.tmp = tempfile.TemporaryDirectory(prefix="enlighten-e2e-")
+        d = Path(cls.tmp.name)
+        cls.not_a_kernel = d / "not-a-bzImage"
+        cls.not_a_kernel.write_text("this is a text file, not a Linux bzImage\n")
+        cls.huge_initrd = d / "huge-initrd.img"
+        with open(cls.huge_initrd, "wb") as f:  # sparse: no disk space used
+            f.truncate(100 << 20)
+        # A directory path exists in both runners; as root, chmod 000 would not stop reads.
+        cls.directory = "/tmp"
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
+
+    def setUp(self) -> None:
+        require_binary(self)
+
+    def run_bad(self, *, kernel=None, initrd=None, memory: str = "512M") -> RunResult:
+        kernel = kernel if kernel is not None else Carry(image().kernel)
+        initrd = initrd if initrd is not None else Carry(image().initrd)
+        args = ["run", "--kernel", kernel, "--initrd", initrd, "--cmdline", QUIET_CMDLINE,
+                "--memory", memory, "--cpus", "1", "--serial", "stdio", "--on-reboot", "exit"]
+        try:
+            return run_enlighten(args, enlighten_binary=BINARY, runner=self.runner,
+                                 separate_stderr=True, timeout=60)
+        except (testhost.TestHostTimeout, testhost.CommandTimeout) as e:
+            self.fail(f"Enlighten did not reject the input (timed out): {e}")
+
+    def assertRejected(self, res: RunResult) -> None:
+        detail = (f"\n--- ran: {res.command}\n--- exit {res.returncode}; stderr ---\n{res.stderr}"
+                  f"--- stdout ---\n{res.stdout[-2000:]}--- end ---")
+        self.assertEqual(res.returncode, 1, "expected exit code 1" + detail)
+        lines = res.stderr.splitlines()
+        self.assertEqual(len(lines), 1, "expected exactly one line on stderr" + detail)
+        self.assertTrue(lines[0].startswith("enlighten: error:"),
+                        'stderr line must start with "enlighten: error:"' + detail)
+        self.assertNotRegex(res.stdout, INIT_RE, "a guest ran" + detail)
+
+    def test_missing_kernel(self) -> None:
+        self.assertRejected(self.run_bad(kernel="/nonexistent/enlighten-e2e/bzImage"))
+
+    def test_kernel_not_a_bzimage(self) -> None:
+        self.assertRejected(self.run_bad(kernel=Carry(self.not_a_kernel)))
+
+    def test_kernel_is_a_directory(self) -> None:
+        self.assertRejected(self.run_bad(kernel=self.directory))
+
+    def test_initrd_is_a_directory(self) -> None:
+        self.assertRejected(self.run_bad(initrd=self.directory))
+
+    def test_initrd_larger_than_memory(self) -> None:
+        self.assertRejected(self.run_bad(initrd=Carry(self.huge_initrd), memory="64M"))
+
+    def test_memory_zero(self) -> None:
+        self.assertRejected(self.run_bad(memory="0"))
+
+    def test_memory_100T(self) -> None:
+        self.assertRejected(self.run_bad(memory="100T"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
