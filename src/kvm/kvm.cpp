@@ -34,10 +34,15 @@ struct MsrsHeader {
     uint32_t nmsrs;
     uint32_t pad;
 };
-static_assert(sizeof(Cpuid2Header) == 8 && sizeof(MsrsHeader) == 8);
+struct IrqRoutingHeader {
+    uint32_t nr;
+    uint32_t flags;
+};
+static_assert(sizeof(Cpuid2Header) == 8 && sizeof(MsrsHeader) == 8 && sizeof(IrqRoutingHeader) == 8);
 constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, Cpuid2Header);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, Cpuid2Header);
 constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
 
 // A heap buffer holding a header followed by `n` entries.
 template <typename Header, typename Entry>
@@ -105,6 +110,14 @@ Result<> Vm::create_pit2() const {
     kvm_pit_config cfg{};
     cfg.flags = KVM_PIT_SPEAKER_DUMMY;
     if (xioctl(fd_.get(), KVM_CREATE_PIT2, &cfg) < 0) return fail_errno("KVM_CREATE_PIT2");
+    return {};
+}
+
+Result<> Vm::set_gsi_routing(std::span<const kvm_irq_routing_entry> entries) const {
+    FlexBuffer<IrqRoutingHeader, kvm_irq_routing_entry> buf(entries.size());
+    buf.header()->nr = static_cast<uint32_t>(entries.size());
+    std::copy(entries.begin(), entries.end(), buf.entries());
+    if (xioctl(fd_.get(), kSetGsiRouting, buf.header()) < 0) return fail_errno("KVM_SET_GSI_ROUTING");
     return {};
 }
 

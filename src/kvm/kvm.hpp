@@ -44,6 +44,7 @@ public:
     Result<> set_identity_map_addr(uint64_t addr) const;
     Result<> create_irqchip() const;
     Result<> create_pit2() const;
+    Result<> set_gsi_routing(std::span<const kvm_irq_routing_entry> entries) const;
     Result<> add_memory(uint32_t slot, const MemoryRegion& region) const;
     // Sets the level of an in-kernel IOAPIC/PIC input (edge-triggered pins: pulse 1 then 0).
     Result<> irq_line(uint32_t gsi, bool level) const;

@@ -119,6 +119,27 @@ Result<> setup_boot_vcpu(const Vcpu& vcpu, const boot::BootEntry& entry) {
     return vcpu.set_fpu(fpu);
 }
 
+std::vector<kvm_irq_routing_entry> pc_gsi_routing() {
+    std::vector<kvm_irq_routing_entry> routes;
+    auto add = [&](uint32_t gsi, uint32_t chip, uint32_t pin) {
+        kvm_irq_routing_entry e{};
+        e.gsi = gsi;
+        e.type = KVM_IRQ_ROUTING_IRQCHIP;
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        routes.push_back(e);
+    };
+    for (uint32_t irq = 0; irq < 16; ++irq) {
+        if (irq == 2) continue;  // the cascade
+        add(irq, irq < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, irq % 8);
+    }
+    for (uint32_t gsi = 0; gsi < 24; ++gsi) {
+        if (gsi == 2) continue;
+        add(gsi, KVM_IRQCHIP_IOAPIC, gsi == 0 ? 2 : gsi);
+    }
+    return routes;
+}
+
 Result<> setup_lapic(const Vcpu& vcpu) {
     ENL_TRY(kvm_lapic_state lapic, vcpu.get_lapic());
     auto set_lvt = [&](size_t reg, uint32_t delivery_mode) {

@@ -28,6 +28,12 @@ std::vector<kvm_cpuid_entry2> build_cpuid(std::span<const kvm_cpuid_entry2> supp
 // Registers, segments, paging and FPU state for the boot vCPU at the 64-bit kernel entry.
 Result<> setup_boot_vcpu(const Vcpu& vcpu, const boot::BootEntry& entry);
 
+// GSI routing for the in-kernel PIC and IOAPIC that matches our MADT: ISA IRQ n is GSI n
+// on IOAPIC pin n and PIC pin n, except that the PIT (IRQ 0) is wired to IOAPIC pin 2, as
+// the MADT's interrupt source override says. KVM's default table wires GSI 0 to pin 0,
+// which leaves a guest that relies on the PIT (LAPIC timer calibration) without a timer.
+std::vector<kvm_irq_routing_entry> pc_gsi_routing();
+
 // LINT0 = ExtINT, LINT1 = NMI, as firmware leaves them.
 Result<> setup_lapic(const Vcpu& vcpu);
 

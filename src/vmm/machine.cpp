@@ -99,6 +99,7 @@ Result<> Machine::build(const Kvm& kvm) {
     ENL_TRY_VOID(vm_->set_tss_addr(layout::kKvmTss));
     ENL_TRY_VOID(vm_->create_irqchip());
     ENL_TRY_VOID(vm_->create_pit2());
+    ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
 
     ENL_TRY(memory_, GuestMemory::allocate(boot::ram_layout(cfg_.memory)));
     uint32_t slot = 0;

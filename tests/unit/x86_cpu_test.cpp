@@ -49,3 +49,24 @@ TEST(Cpuid, HypervisorRangeIsReplaced) {
     for (const auto& e : t) count += e.function == 0x40000000;
     EXPECT_EQ(count, 1);
 }
+
+TEST(GsiRouting, PitOnIoapicPin2AsTheMadtSays) {
+    const auto routes = pc_gsi_routing();
+    int ioapic = 0, pic = 0;
+    for (const auto& r : routes) {
+        ASSERT_EQ(r.type, static_cast<uint32_t>(KVM_IRQ_ROUTING_IRQCHIP));
+        if (r.u.irqchip.irqchip == KVM_IRQCHIP_IOAPIC) {
+            ++ioapic;
+            EXPECT_NE(r.gsi, 2u);  // pin 2 belongs to GSI 0
+            EXPECT_EQ(r.u.irqchip.pin, r.gsi == 0 ? 2u : r.gsi);
+        } else {
+            ++pic;
+            EXPECT_NE(r.gsi, 2u);  // the cascade
+            EXPECT_EQ(r.u.irqchip.irqchip, r.gsi < 8 ? static_cast<uint32_t>(KVM_IRQCHIP_PIC_MASTER)
+                                                     : static_cast<uint32_t>(KVM_IRQCHIP_PIC_SLAVE));
+            EXPECT_EQ(r.u.irqchip.pin, r.gsi % 8);
+        }
+    }
+    EXPECT_EQ(ioapic, 23);
+    EXPECT_EQ(pic, 15);
+}
