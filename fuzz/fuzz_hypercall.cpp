@@ -32,6 +32,7 @@ struct SynicSink final : vmbus::MessageSink {
     bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> m) override {
         return synic->post_message(vp, sint, hv::kMessageTypeVmbus, m);
     }
+    bool signal(uint32_t vp, uint32_t sint, uint32_t flag) override { return synic->signal_event(vp, sint, flag); }
 };
 
 }  // namespace
@@ -44,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     hv::Partition partition(mem, irq, hv::PartitionConfig{.num_vps = 2, .tsc_hz = 1000000, .hypercall_port = 0x5c});
     SynicSink sink;
     sink.synic = &partition.synic();
-    vmbus::Server server(sink, 2);
+    vmbus::Server server(sink, mem, 2);
     partition.set_handlers(
         [&](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> payload) {
             return server.handle_message(vp, conn, payload);

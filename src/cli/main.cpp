@@ -2,6 +2,8 @@
 //
 //   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
 //                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--log-level LEVEL]
+//                 [--api-socket PATH]
+//   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //
 // Exit status: see src/vmm/exit_codes.hpp.
 #include <signal.h>
@@ -11,15 +13,19 @@
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstdio>
+#include <optional>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/size.hpp"
 #include "kvm/kvm.hpp"
 #include "platform/boot/linux_loader.hpp"
 #include "vmm/config.hpp"
 #include "vmm/exit_codes.hpp"
+#include "api/server.hpp"
+#include "vmm/control.hpp"
 #include "vmm/machine.hpp"
 
 using namespace enlighten;
@@ -72,11 +78,22 @@ int run_vm(const VmConfig& cfg) {
     auto console = Console::create(cfg.serial);
     if (!console) return error(console.error());
 
+    // The management API lives across guest reboots; it follows the current machine.
+    MachineControl control(cfg);
+    std::optional<api::ApiServer> api_server;
+    if (!cfg.api_socket.empty()) {
+        api_server.emplace(control, api::ApiServerOptions{.socket_path = cfg.api_socket});
+        if (auto ok = api_server->start(); !ok) return error(ok.error().context("--api-socket"));
+    }
+
     for (unsigned boot = 1;; ++boot) {
-        auto machine = Machine::create(*kvm, cfg, **console, sfd.get());
-        if (!machine) return error(machine.error());
-        const VmExit exit = (*machine)->run();
-        machine->reset();
+        auto created = Machine::create(*kvm, cfg, **console, sfd.get());
+        if (!created) return error(created.error());
+        std::shared_ptr<Machine> machine = std::move(*created);
+        control.attach(machine);
+        const VmExit exit = machine->run();
+        control.detach();
+        machine.reset();
         (*console)->flush();
         switch (exit.kind) {
             case VmExit::Kind::PowerOff:
@@ -95,6 +112,9 @@ int run_vm(const VmConfig& cfg) {
                 spdlog::error("guest crashed: {}", exit.message);
                 break;
             case VmExit::Kind::Signal:
+                break;
+            case VmExit::Kind::ForcedOff:
+                spdlog::warn("VM stopped: {}", exit.message);
                 break;
         }
         return exit_status(exit);
@@ -125,14 +145,20 @@ int main(int argc, char** argv) {
     run->add_option("--on-reboot", on_reboot, "What a guest reset does: restart the VM, or exit with status 3")
         ->check(CLI::IsMember({"restart", "exit"}))
         ->capture_default_str();
-    std::string hyperv = "on";
+    std::string hyperv = "on", on_crash = "exit";
+    run->add_option("--on-crash", on_crash, "What a guest crash report does: exit with status 4, or stay running")
+        ->check(CLI::IsMember({"exit", "stay"}))
+        ->capture_default_str();
     run->add_option("--hyperv", hyperv, "Give the guest the Hyper-V interface and VMBus (off: KVM's own paravirtual interface)")
         ->check(CLI::IsMember({"on", "off"}))
         ->capture_default_str();
     run->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
         ->capture_default_str();
+    run->add_option("--api-socket", cfg.api_socket, "Serve the management API on this Unix socket (docs/api.md)");
     cfg.cmdline = "console=ttyS0";
+    cli::RemoteOptions remote_opts;
+    auto* remote = cli::add_remote_command(app, remote_opts);
 
     try {
         app.parse(argc, argv);
@@ -141,6 +167,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "enlighten: error: %s\n", e.what());
         return exit_code::kUsage;
     }
+    if (remote->parsed()) return cli::run_remote(remote_opts);
     spdlog::set_level(spdlog::level::from_str(log_level));
 
     auto mem = parse_memory(memory);
@@ -154,6 +181,7 @@ int main(int argc, char** argv) {
     cfg.serial = *console;
     cfg.on_reboot = on_reboot == "exit" ? OnReboot::Exit : OnReboot::Restart;
     cfg.hyperv = hyperv == "on";
+    cfg.exit_on_crash = on_crash == "exit";
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
     // Bad files are reported before KVM is touched.
     if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0}); !ok)

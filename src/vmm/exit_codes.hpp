@@ -8,6 +8,8 @@ inline constexpr int kError = 1;         // bad configuration or input, or a VMM
 inline constexpr int kUsage = 2;         // command-line syntax error
 inline constexpr int kReset = 3;         // the guest reset itself and --on-reboot=exit
 inline constexpr int kGuestCrash = 4;    // the guest reported a crash (Hyper-V crash MSRs)
+inline constexpr int kForcedOff = 5;     // the management API powered the VM off (hard), e.g. after a
+                                         // graceful shutdown timed out
 // Stopped by a signal: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 inline constexpr int kSignalBase = 128;
 

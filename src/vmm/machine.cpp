@@ -3,12 +3,15 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
+#include "common/task_loop.hpp"
+#include "devices/ic/services.hpp"
 #include "hv/partition.hpp"
 #include "platform/acpi/acpi.hpp"
 #include "platform/boot/linux_loader.hpp"
@@ -59,6 +62,7 @@ public:
     bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> message) override {
         return synic_.post_message(vp, sint, hv::kMessageTypeVmbus, message);
     }
+    bool signal(uint32_t vp, uint32_t sint, uint32_t flag) override { return synic_.signal_event(vp, sint, flag); }
 
 private:
     hv::Synic& synic_;
@@ -73,6 +77,7 @@ int exit_status(const VmExit& exit) {
         case VmExit::Kind::Crash: return exit_code::kGuestCrash;
         case VmExit::Kind::Signal: return exit_code::kSignalBase + exit.signal;
         case VmExit::Kind::Error: return exit_code::kError;
+        case VmExit::Kind::ForcedOff: return exit_code::kForcedOff;
     }
     return exit_code::kError;
 }
@@ -164,15 +169,33 @@ Result<> Machine::setup_hyperv(const Kvm& kvm) {
                                        crash.params[0], crash.params[1], crash.params[2], crash.params[3],
                                        crash.params[4]);
         if (!crash.message.empty()) text += "\nguest kernel log:\n" + crash.message;
-        request_exit({VmExit::Kind::Crash, 0, std::move(text)});
+        if (cfg_.exit_on_crash) {
+            request_exit({VmExit::Kind::Crash, 0, std::move(text)});
+        } else {
+            spdlog::error("guest crashed (the VM keeps running, --on-crash=stay): {}", text);
+        }
     };
     vmbus_sink_ = std::make_unique<SynicMessageSink>(partition_->synic());
-    vmbus_ = std::make_unique<vmbus::Server>(*vmbus_sink_, cfg_.cpus);
+    vmbus_ = std::make_unique<vmbus::Server>(*vmbus_sink_, memory_, cfg_.cpus);
     partition_->set_handlers(
         [this](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> payload) {
             return vmbus_->handle_message(vp, conn, payload);
         },
         [this](uint32_t vp, uint32_t conn, uint16_t flag) { return vmbus_->handle_event(vp, conn, flag); });
+    return add_integration_services();
+}
+
+Result<> Machine::add_integration_services() {
+    // Instance ids: fixed, one per service (the guest names the devices after them).
+    tasks_ = std::make_unique<TaskLoop>();
+    heartbeat_ = std::make_shared<ic::HeartbeatService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01", *tasks_,
+                                                       std::chrono::seconds(1));
+    shutdown_ic_ = std::make_shared<ic::ShutdownService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02");
+    timesync_ = std::make_shared<ic::TimeSyncService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03", *tasks_,
+                                                      [this] { return partition_->reference_time(); });
+    kvp_ = std::make_shared<ic::KvpService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04", *tasks_);
+    for (std::shared_ptr<vmbus::Device> d : std::initializer_list<std::shared_ptr<vmbus::Device>>{heartbeat_, shutdown_ic_, timesync_, kvp_})
+        ENL_TRY_VOID(vmbus_->add_device(std::move(d)));
     return {};
 }
 
@@ -207,6 +230,34 @@ Machine::~Machine() {
         kick_vcpus();
         for (auto& t : threads_) t.join();
     }
+    // Close every channel (which ends any integration-service request in flight), then
+    // stop the background jobs, before the devices and guest memory go.
+    vmbus_.reset();
+    if (tasks_) tasks_->stop();
+}
+
+void Machine::press_power_button() {
+    if (pm_) pm_->press_power_button();
+}
+
+uint64_t Machine::uptime_ms() const {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count());
+}
+
+uint64_t Machine::guest_resident_bytes() const {
+    constexpr uint64_t kChunkPages = 1 << 15;  // mincore in 128 MiB steps
+    std::vector<unsigned char> vec(kChunkPages);
+    uint64_t resident = 0;
+    const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    for (const auto& r : memory_.regions()) {
+        for (uint64_t off = 0; off < r.size; off += kChunkPages * page) {
+            const uint64_t len = std::min(r.size - off, kChunkPages * page);
+            if (::mincore(r.host + off, len, vec.data()) != 0) continue;
+            for (uint64_t i = 0; i < (len + page - 1) / page; ++i) resident += vec[i] & 1U;
+        }
+    }
+    return resident * page;
 }
 
 void Machine::request_exit(VmExit exit) {

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -31,9 +32,16 @@ namespace vmbus {
 class Server;
 class MessageSink;
 }
+namespace ic {
+class HeartbeatService;
+class ShutdownService;
+class TimeSyncService;
+class KvpService;
+}
+class TaskLoop;
 
 struct VmExit {
-    enum class Kind { PowerOff, Reset, Crash, Signal, Error };
+    enum class Kind { PowerOff, Reset, Crash, Signal, Error, ForcedOff };
     Kind kind = Kind::Error;
     int signal = 0;       // Kind::Signal
     std::string message;  // Kind::Error / Crash
@@ -54,12 +62,26 @@ public:
     // Requests a stop; the first request wins. Safe from any thread.
     void request_exit(VmExit exit);
 
+    // For the management API (null without the Hyper-V interface).
+    [[nodiscard]] const VmConfig& config() const { return cfg_; }
+    [[nodiscard]] vmbus::Server* vmbus() const { return vmbus_.get(); }
+    [[nodiscard]] ic::HeartbeatService* heartbeat() const { return heartbeat_.get(); }
+    [[nodiscard]] ic::ShutdownService* shutdown_ic() const { return shutdown_ic_.get(); }
+    [[nodiscard]] ic::TimeSyncService* timesync() const { return timesync_.get(); }
+    [[nodiscard]] ic::KvpService* kvp() const { return kvp_.get(); }
+    // Presses the ACPI fixed-feature power button.
+    void press_power_button();
+    [[nodiscard]] uint64_t uptime_ms() const;
+    // Bytes of guest RAM the host has backed (resident) so far.
+    [[nodiscard]] uint64_t guest_resident_bytes() const;
+
 private:
     Machine(const VmConfig& cfg, Console& console, int signal_fd);
     Result<> build(const Kvm& kvm);
     Result<> add_devices();
     void vcpu_loop(size_t index);
     Result<> setup_hyperv(const Kvm& kvm);
+    Result<> add_integration_services();
     void handle_io(uint32_t vp, kvm_run* run);
     void handle_hypercall(uint32_t vp, kvm_run* run);
     void handle_msr(uint32_t vp, kvm_run* run);
@@ -83,6 +105,13 @@ private:
     std::unique_ptr<hv::Partition> partition_;
     std::unique_ptr<vmbus::MessageSink> vmbus_sink_;
     std::unique_ptr<vmbus::Server> vmbus_;
+    // Background jobs of the integration services (declared after them: stopped first).
+    std::shared_ptr<ic::HeartbeatService> heartbeat_;
+    std::shared_ptr<ic::ShutdownService> shutdown_ic_;
+    std::shared_ptr<ic::TimeSyncService> timesync_;
+    std::shared_ptr<ic::KvpService> kvp_;
+    std::unique_ptr<TaskLoop> tasks_;
+    std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
     // Exit counters, for --log-level debug and the benchmarks.
     struct ExitStats {

@@ -28,11 +28,23 @@ struct Sent {
 
 struct RecordingSink final : MessageSink {
     std::vector<Sent> sent;
+    std::vector<std::tuple<uint32_t, uint32_t, uint32_t>> signals;
     bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> m) override {
         sent.push_back({vp, sint, std::vector<uint8_t>(m.begin(), m.end())});
         return true;
     }
+    bool signal(uint32_t vp, uint32_t sint, uint32_t flag) override {
+        signals.emplace_back(vp, sint, flag);
+        return true;
+    }
 };
+
+// 1 MiB of guest RAM for servers that do not touch it.
+GuestMemory& no_memory() {
+    static std::vector<uint8_t> ram(1 << 20);
+    static GuestMemory mem = GuestMemory::borrow({{0, ram.size(), ram.data()}});
+    return mem;
+}
 
 template <typename T>
 std::span<const uint8_t> bytes_of(const T& v) {
@@ -69,7 +81,7 @@ TEST(VmbusProtocol, GuidWireLayout) {
 TEST(VmbusServer, AcceptsEveryVersionLinuxOffers) {
     for (uint32_t v : kLinuxVersions) {
         RecordingSink sink;
-        Server server(sink, 2);
+        Server server(sink, no_memory(), 2);
         const auto msg = contact(v, 1);
         EXPECT_EQ(server.handle_message(0, v >= kVersionWin10V5 ? 4 : 1, bytes_of(msg)), hv::Status::Success);
         ASSERT_EQ(sink.sent.size(), 1u) << version_string(v);
@@ -89,7 +101,7 @@ TEST(VmbusServer, AcceptsEveryVersionLinuxOffers) {
 
 TEST(VmbusServer, NegotiatesTheHighestCommonVersionAsLinuxDoes) {
     RecordingSink sink;
-    Server server(sink, 1);
+    Server server(sink, no_memory(), 1);
     // Linux walks its list until one is accepted; the first (5.3) is ours too.
     for (uint32_t v : kLinuxVersions) {
         server.handle_message(0, v >= kVersionWin10V5 ? 4 : 1, bytes_of(contact(v)));
@@ -102,7 +114,7 @@ TEST(VmbusServer, NegotiatesTheHighestCommonVersionAsLinuxDoes) {
 TEST(VmbusServer, RefusesUnknownVersionsSoTheGuestTriesTheNext) {
     for (uint32_t v : {0x00000000u, 0x0000000du, 0x00010001u, 0x50004u, 0x60000u, 0xffffffffu}) {
         RecordingSink sink;
-        Server server(sink, 1);
+        Server server(sink, no_memory(), 1);
         server.handle_message(0, 1, bytes_of(contact(v)));
         ASSERT_EQ(sink.sent.size(), 1u);
         EXPECT_EQ(sink.sent[0].type(), MsgType::VersionResponse);
@@ -113,7 +125,7 @@ TEST(VmbusServer, RefusesUnknownVersionsSoTheGuestTriesTheNext) {
 
 TEST(VmbusServer, RefusesABadTargetVpOrSint) {
     RecordingSink sink;
-    Server server(sink, 2);
+    Server server(sink, no_memory(), 2);
     server.handle_message(1, 4, bytes_of(contact(kVersionWin10V5_2, 7)));
     ASSERT_EQ(sink.sent.size(), 1u);
     EXPECT_EQ(sink.sent[0].as<VersionResponse>().version_supported, 0);
@@ -127,7 +139,7 @@ TEST(VmbusServer, RefusesABadTargetVpOrSint) {
 
 TEST(VmbusServer, RequestOffersThenAllOffersDelivered) {
     RecordingSink sink;
-    Server server(sink, 1);
+    Server server(sink, no_memory(), 1);
     MessageHeader req{static_cast<uint32_t>(MsgType::RequestOffers), 0};
     server.handle_message(0, 1, bytes_of(req));  // before contact: ignored
     EXPECT_TRUE(sink.sent.empty());
@@ -139,7 +151,7 @@ TEST(VmbusServer, RequestOffersThenAllOffersDelivered) {
 
 TEST(VmbusServer, UnloadResetsTheConnectionAndAnswers) {
     RecordingSink sink;
-    Server server(sink, 2);
+    Server server(sink, no_memory(), 2);
     server.handle_message(0, 4, bytes_of(contact(kVersionWin10V5_3, 1)));
     MessageHeader unload{static_cast<uint32_t>(MsgType::Unload), 0};
     server.handle_message(0, 4, bytes_of(unload));
@@ -160,7 +172,7 @@ TEST(VmbusServer, UnloadResetsTheConnectionAndAnswers) {
 
 TEST(VmbusServer, BadMessagesAreIgnoredNotFatal) {
     RecordingSink sink;
-    Server server(sink, 1);
+    Server server(sink, no_memory(), 1);
     const uint8_t tiny[4] = {14, 0, 0, 0};
     EXPECT_EQ(server.handle_message(0, 1, tiny), hv::Status::Success);
     auto m = contact(kVersionWin10V5_3);

@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""Boot benchmark: Enlighten side by side with QEMU, in ONE test-host boot.
+
+    python3 bench/boot.py                 # 5 interleaved rounds, 1 vCPU, all variants
+    python3 bench/boot.py --cpus 1,2      # also every variant with 2 vCPUs
+    python3 bench/boot.py --rounds 3 --variants enlighten,qemu-pc
+
+Every variant boots the same kernel (the default guest's bzImage), the same initrd (the
+default guest's, whose /init prints ENLIGHTEN-INIT, a summary, "Powering off ..." and
+powers off), with the same memory (512M), vCPUs and command line, under bench/boot_timer,
+which reports per run: ms until the ENLIGHTEN-INIT line (marker), until the "Powering
+off" line (end), until the VMM exited (exit); and, in the first (verification) round,
+the VMM's memory at the marker (Rss, guest-RAM Rss, overhead = Rss - guest RAM Rss).
+
+Round 0 checks that every variant reaches the marker (a variant that does not is left
+out of the timed rounds and its log is printed) and doubles as the warm-up and the
+memory sample; rounds 1..N are timed, round-robin with the start rotated every round, so
+drift in the test host affects every variant alike. This is a benchmark, not a test: it
+exits 0 whatever the numbers are (1 only when it could not run at all).
+
+Output: a markdown report on stdout and in bench/results/boot-<date>.md (with the date,
+the commit, the exact command lines and every raw measurement). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+from enlighten_tools import guest_image, qemu, testhost  # noqa: E402
+from enlighten_tools.common import ToolError  # noqa: E402
+
+MEMORY = "512M"
+CMDLINE = "console=ttyS0 quiet"
+MARKER = guest_image.INIT_MARKER           # "ENLIGHTEN-INIT", printed right after /proc is mounted
+END_MARKER = "Powering off (uptime"        # the default /init's last line before poweroff -f
+RUN_TIMEOUT_S = 150                        # per VMM run (boot_timer kills it after that)
+
+# Goals printed next to the numbers (never enforced).
+GOAL_MARKER_RATIO = 0.5                    # Enlighten time-to-marker <= 0.5 x QEMU -M pc
+GOAL_OVERHEAD_KIB = 5 * 1024               # Enlighten VMM overhead <= 5 MiB
+GOAL_VMBUS_COST = 0.05                     # hv_vmbus loaded costs <= 5% boot time
+
+# Paths inside the test host.
+H_BIN = "/enlighten/bench"
+H_GUEST = "/enlighten/guest"
+H_LOGS = "/tmp/bench-logs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str            # e.g. "qemu-pc-host"
+    label: str          # for the table
+    kind: str           # "enlighten" | "qemu"
+    extra: tuple[str, ...] = ()     # extra VMM options
+    cmdline_extra: str = ""         # appended to the guest command line
+
+
+VARIANTS = [
+    Variant("enlighten", "Enlighten (Hyper-V on)", "enlighten"),
+    Variant("enlighten-hv-off", "Enlighten --hyperv off", "enlighten", ("--hyperv", "off")),
+    Variant("enlighten-vmbus", "Enlighten + hv_vmbus loaded", "enlighten",
+            cmdline_extra="enlighten.modules=hv_vmbus"),
+    Variant("qemu-pc", "QEMU -M pc", "qemu", ("-M", "pc")),
+    Variant("qemu-pc-host", "QEMU -M pc -cpu host", "qemu", ("-M", "pc", "-cpu", "host")),
+    Variant("qemu-microvm", "QEMU -M microvm", "qemu", ("-M", "microvm,isa-serial=on")),
+    Variant("qemu-microvm-host", "QEMU -M microvm -cpu host", "qemu",
+            ("-M", "microvm,isa-serial=on", "-cpu", "host")),
+]
+BASELINE = "qemu-pc"
+BASELINE_HOST = "qemu-pc-host"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- build
+def build(build_dir: Path, skip: bool) -> tuple[Path, Path]:
+    """Build (or just locate) build/enlighten and build/bench/boot_timer."""
+    enl = Path(os.environ.get("ENLIGHTEN_BINARY", build_dir / "enlighten"))
+    timer = build_dir / "bench" / "boot_timer"
+    if not skip:
+        if not (build_dir / "build.ninja").is_file() and not (build_dir / "Makefile").is_file():
+            raise ToolError(f"{build_dir} is not a configured build directory: run scripts/setup")
+        targets = ["boot_timer"] + ([] if "ENLIGHTEN_BINARY" in os.environ else ["enlighten"])
+        log(f"building {' '.join(targets)} in {build_dir}")
+        proc = subprocess.run(["cmake", "--build", str(build_dir), "--target", *targets],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise ToolError(f"build failed:\n{proc.stdout[-4000:]}")
+    for p in (enl, timer):
+        if not p.is_file():
+            raise ToolError(f"{p} does not exist (build it, or drop --no-build)")
+    return enl, timer
+
+
+# ----------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class Case:
+    variant: Variant
+    cpus: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.key}@{self.cpus}"
+
+
+def vmm_argv(case: Case, kernel: str, initrd: str, enlighten: str, q: qemu.QemuCarry) -> list[str]:
+    v = case.variant
+    cmdline = CMDLINE + (f" {v.cmdline_extra}" if v.cmdline_extra else "")
+    if v.kind == "enlighten":
+        return [enlighten, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", cmdline,
+                "--memory", MEMORY, "--cpus", str(case.cpus), "--serial", "stdio",
+                "--on-reboot", "exit", *v.extra]
+    return [q.binary, "-L", q.firmware_dir, *v.extra, "-enable-kvm", "-m", MEMORY,
+            "-smp", str(case.cpus), "-nodefaults", "-no-user-config", "-nographic",
+            "-serial", "stdio", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+            "-append", cmdline]
+
+
+def timer_argv(timer: str, case: Case, rnd: int) -> list[str]:
+    argv = [timer, "--timeout", str(RUN_TIMEOUT_S), "--marker", MARKER, "--end-marker", END_MARKER,
+            "--log", f"{H_LOGS}/{case.id}.{rnd}.log"]
+    if rnd == 0:
+        argv += ["--guest-mem", MEMORY]
+    return argv
+
+
+def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], timer: str,
+                q: qemu.QemuCarry) -> str:
+    """The shell script run in the test host: round 0 (verify + memory), then timed rounds."""
+    lines = [
+        "set -u",
+        f"mkdir -p {H_LOGS}",
+        'echo "BENCH-INFO host_kernel=$(uname -r) host_cpus=$(grep -c ^processor /proc/cpuinfo) '
+        'host_mem_kib=$(sed -n \'s/^MemTotal: *\\([0-9]*\\).*/\\1/p\' /proc/meminfo)"',
+        f'echo "BENCH-INFO qemu_version=$({shlex.quote(q.binary)} --version | head -n 1)"',
+        "bench_run() {  # id round argv...",
+        '    id=$1; rnd=$2; shift 2',
+        '    echo "BENCH-RUN id=$id round=$rnd load=$(cut -d" " -f1 /proc/loadavg)"',
+        '    "$@"',
+        '    rc=$?',
+        '    echo "BENCH-RC id=$id round=$rnd rc=$rc"',
+        '    if [ $rc != 0 ]; then',
+        '        echo "BENCH-LOG-BEGIN id=$id round=$rnd"',
+        f'        tail -n 40 "{H_LOGS}/$id.$rnd.log" 2>/dev/null',
+        '        echo "BENCH-LOG-END"',
+        '    fi',
+        f'    rm -f "{H_LOGS}/$id.$rnd.log"',
+        '    return $rc',
+        "}",
+    ]
+    ok_var = {c.id: "ok_" + re.sub(r"[^A-Za-z0-9]", "_", c.id) for c in cases}
+    lines.append("# round 0: does every variant reach the marker? (also warm-up and memory)")
+    for c in cases:
+        cmd = shlex.join(["bench_run", c.id, "0", *timer_argv(timer, c, 0), "--", *argv_of[c.id]])
+        lines.append(f"{ok_var[c.id]}=0; {cmd} && {ok_var[c.id]}=1")
+    for r in range(1, rounds + 1):
+        lines.append(f"# round {r}")
+        k = (r - 1) % len(cases)
+        for c in cases[k:] + cases[:k]:  # rotate the start: no variant always goes first
+            cmd = shlex.join(["bench_run", c.id, str(r), *timer_argv(timer, c, r), "--",
+                              *argv_of[c.id]])
+            lines.append(f'[ "${ok_var[c.id]}" = 1 ] && {cmd}')
+    lines.append("echo BENCH-DONE")
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- parsing
+@dataclass
+class Run:
+    case_id: str
+    rnd: int
+    fields: dict[str, str] = field(default_factory=dict)
+    markers: list[str] = field(default_factory=list)
+    rc: int | None = None
+    load: str = ""
+    log_tail: list[str] = field(default_factory=list)
+
+    def num(self, key: str) -> float | None:
+        v = self.fields.get(key)
+        if v is None or v == "NA":
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.fields.get("rc") == "0" and self.num("marker_ms") is not None
+
+    def guest_uptime(self) -> float | None:
+        for m in self.markers:
+            g = re.search(rf"{MARKER} uptime=([0-9.]+)", m)
+            if g:
+                return float(g.group(1))
+        return None
+
+
+def parse(output: str) -> tuple[list[Run], dict[str, str], bool]:
+    runs: list[Run] = []
+    info: dict[str, str] = {}
+    done = False
+    cur: Run | None = None
+    in_log = False
+    for line in output.splitlines():
+        if in_log:
+            if line.startswith("BENCH-LOG-END"):
+                in_log = False
+            elif cur is not None:
+                cur.log_tail.append(line)
+            continue
+        if line.startswith("BENCH-INFO "):
+            k, _, v = line[len("BENCH-INFO "):].partition("=")
+            if " host_cpus=" in line:  # several k=v on one line
+                for kv in line.split()[1:]:
+                    a, _, b = kv.partition("=")
+                    info[a] = b
+            else:
+                info[k] = v
+        elif line.startswith("BENCH-RUN "):
+            kv = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+            cur = Run(kv.get("id", "?"), int(kv.get("round", "-1")), load=kv.get("load", ""))
+            runs.append(cur)
+        elif line.startswith("BOOT-TIMER-MARKER ") and cur is not None:
+            cur.markers.append(line[len("BOOT-TIMER-MARKER "):])
+        elif line.startswith("BOOT-TIMER ") and cur is not None:
+            cur.fields = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+        elif line.startswith("BENCH-RC ") and cur is not None:
+            m = re.search(r"rc=(\d+)", line)
+            cur.rc = int(m.group(1)) if m else None
+        elif line.startswith("BENCH-LOG-BEGIN"):
+            in_log = True
+        elif line.startswith("BENCH-DONE"):
+            done = True
+    return runs, info, done
+
+
+# ----------------------------------------------------------------------------- report
+@dataclass
+class Stats:
+    n: int
+    marker: list[float]
+    end: list[float]
+    exit: list[float]
+    uptime: list[float]
+    mem: Run | None
+
+
+def _min(xs: list[float]) -> float | None:
+    return min(xs) if xs else None
+
+
+def _med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def ms(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def ratios(xs: list[float], base: list[float]) -> str:
+    """"median ratio (ratio of minimums)"."""
+    if not xs or not base:
+        return "—"
+    return f"{ratio(_med(xs), _med(base))} ({ratio(_min(xs), _min(base))})"
+
+
+def kib_mib(v: float | None) -> str:
+    return "—" if v is None else f"{v / 1024:.1f}"
+
+
+def collect(cases: list[Case], runs: list[Run]) -> dict[str, Stats]:
+    out: dict[str, Stats] = {}
+    for c in cases:
+        timed = [r for r in runs if r.case_id == c.id and r.rnd >= 1 and r.ok]
+        mem = next((r for r in runs if r.case_id == c.id and r.rnd == 0 and r.ok
+                    and r.num("rss_kib") is not None), None)
+        out[c.id] = Stats(
+            n=len(timed),
+            marker=[r.num("marker_ms") for r in timed if r.num("marker_ms") is not None],
+            end=[r.num("end_ms") for r in timed if r.num("end_ms") is not None],
+            exit=[r.num("exit_ms") for r in timed if r.num("exit_ms") is not None],
+            uptime=[u for r in timed if (u := r.guest_uptime()) is not None],
+            mem=mem)
+    return out
+
+
+def goal_line(ok: bool | None, text: str, value: str) -> str:
+    mark = "n/a" if ok is None else ("met" if ok else "NOT met")
+    return f"| {text} | {value} | {mark} |"
+
+
+def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[str, str],
+           argv_of: dict[str, list[str]], timer_example: list[str], rounds: int,
+           complete: bool, host_qemu_cmd: str) -> str:
+    st = collect(cases, runs)
+    cpus_list = sorted({c.cpus for c in cases})
+    L: list[str] = []
+    L.append(f"# Boot benchmark, {meta['date']}")
+    L.append("")
+    L.append(f"- commit `{meta['commit']}`; {meta['qemu']} (in the test host: "
+             f"{info.get('qemu_version', '?')})")
+    L.append(f"- test host: kernel {info.get('host_kernel', '?')}, {info.get('host_cpus', '?')} vCPU(s), "
+             f"{int(info.get('host_mem_kib', '0') or 0) // 1024} MiB, QEMU TCG on "
+             f"{meta['machine']}; session {meta['session_s']} s")
+    L.append(f"- guest: default bzImage + initrd, `{CMDLINE}`, {MEMORY}; {rounds} timed rounds, "
+             "interleaved round-robin (start rotated each round), after one verification/warm-up "
+             "round that also sampled memory")
+    if not complete:
+        L.append("- **INCOMPLETE**: the test-host session ended early (timeout or error); "
+                 "the numbers below are what was measured before that")
+    L.append("")
+    L.append("Times are ms from starting the VMM (min / median of the timed rounds). *marker*: the "
+             f"guest's /init printed `{MARKER}`; *end*: /init printed `Powering off` (after "
+             "its modules and summary); *exit*: the VMM process exited after the guest powered "
+             "off. Ratios: median / QEMU `-M pc` median (in brackets: min / min), same vCPUs, "
+             "against QEMU's default CPU model and against `-cpu host`; below 1 is faster "
+             "than QEMU. "
+             "*guest uptime*: /proc/uptime at the marker, by the guest's own clock.")
+    for ncpu in cpus_list:
+        sub = [c for c in cases if c.cpus == ncpu]
+        base = st.get(f"{BASELINE}@{ncpu}")
+        base_h = st.get(f"{BASELINE_HOST}@{ncpu}")
+        L.append("")
+        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: time")
+        L.append("")
+        L.append("| variant | n | marker min | marker median | marker x pc | marker x pc-host "
+                 "| end median | exit min | exit median | exit x pc | exit x pc-host "
+                 "| guest uptime at marker (s) |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in sub:
+            s = st[c.id]
+            bm, bhm = (base.marker if base else []), (base_h.marker if base_h else [])
+            be, bhe = (base.exit if base else []), (base_h.exit if base_h else [])
+            up = _med(s.uptime)
+            L.append(f"| {c.variant.label} | {s.n} | {ms(_min(s.marker))} | {ms(_med(s.marker))} "
+                     f"| {ratios(s.marker, bm)} | {ratios(s.marker, bhm)} "
+                     f"| {ms(_med(s.end))} | {ms(_min(s.exit))} | {ms(_med(s.exit))} "
+                     f"| {ratios(s.exit, be)} | {ratios(s.exit, bhe)} "
+                     f"| {'—' if up is None else f'{up:.2f}'} |")
+        L.append("")
+        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: memory at the marker (MiB)")
+        L.append("")
+        L.append("| variant | Rss total | guest RAM Rss | VMM overhead (Rss - guest RAM) "
+                 "| private overhead (USS - guest RAM) | guest RAM mappings |")
+        L.append("|---|---:|---:|---:|---:|---|")
+        for c in sub:
+            m = st[c.id].mem
+            if m is None:
+                L.append(f"| {c.variant.label} | — | — | — | — | — |")
+                continue
+            rss, grss, uss = m.num("rss_kib"), m.num("guest_rss_kib"), m.num("uss_kib")
+            uss_over = None if uss is None or grss is None else uss - grss
+            L.append(f"| {c.variant.label} | {kib_mib(rss)} | {kib_mib(grss)} "
+                     f"| {kib_mib(m.num('overhead_kib'))} | {kib_mib(uss_over)} "
+                     f"| {m.fields.get('guest_maps', '?')} x, {kib_mib(m.num('guest_vsz_kib'))} MiB |")
+        L.append("")
+        L.append("Sampled from /proc/PID/smaps of the VMM when the marker appeared (verification "
+                 "round). Guest RAM = the largest anonymous read-write mappings that together "
+                 f"cover {MEMORY}. Rss counts the pages of shared libraries in full (nothing "
+                 "else in the test host maps them); USS counts only pages private to the VMM.")
+        # goals
+        enl = st.get(f"enlighten@{ncpu}")
+        vmb = st.get(f"enlighten-vmbus@{ncpu}")
+        L.append("")
+        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: goals")
+        L.append("")
+        L.append("| goal | measured | status |")
+        L.append("|---|---|---|")
+        em = _med(enl.marker) if enl else None
+        bm = _med(base.marker) if base else None
+        r = None if em is None or not bm else em / bm
+        L.append(goal_line(None if r is None else r <= GOAL_MARKER_RATIO,
+                           f"Enlighten time-to-marker <= {GOAL_MARKER_RATIO} x QEMU -M pc",
+                           "—" if r is None else f"{r:.2f} x ({ms(em)} vs {ms(bm)} ms)"))
+        bhm = _med(base_h.marker) if base_h else None
+        rh = None if em is None or not bhm else em / bhm
+        L.append(goal_line(None if rh is None else rh <= GOAL_MARKER_RATIO,
+                           f"(same, vs QEMU -M pc -cpu host)",
+                           "—" if rh is None else f"{rh:.2f} x ({ms(em)} vs {ms(bhm)} ms)"))
+        ov = enl.mem.num("overhead_kib") if enl and enl.mem else None
+        L.append(goal_line(None if ov is None else ov <= GOAL_OVERHEAD_KIB,
+                           f"Enlighten VMM overhead <= {GOAL_OVERHEAD_KIB // 1024} MiB",
+                           "—" if ov is None else f"{ov / 1024:.1f} MiB"))
+        ee = _med(enl.exit) if enl else None
+        ve = _med(vmb.exit) if vmb else None
+        cost = None if ee is None or ve is None or not ee else ve / ee - 1
+        L.append(goal_line(None if cost is None else cost <= GOAL_VMBUS_COST,
+                           f"hv_vmbus loaded costs <= {GOAL_VMBUS_COST:.0%} boot time "
+                           "(time to exit, medians)",
+                           "—" if cost is None else f"{cost:+.1%} ({ms(ve)} vs {ms(ee)} ms)"))
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        L.append("")
+        L.append("## Failed runs")
+        L.append("")
+        for r in failed:
+            L.append(f"- `{r.case_id}` round {r.rnd}: boot_timer status {r.rc}, "
+                     f"VMM rc={r.fields.get('rc', '?')}, marker_ms={r.fields.get('marker_ms', '?')}, "
+                     f"timed_out={r.fields.get('timed_out', '?')}")
+            if r.log_tail:
+                L.append("")
+                L.append("  ```")
+                L.extend("  " + x for x in r.log_tail[-40:])
+                L.append("  ```")
+    not_run = [c.id for c in cases if not any(r.case_id == c.id for r in runs)]
+    if not_run:
+        L.append("")
+        L.append(f"Not run (session ended first): {', '.join(not_run)}")
+    L.append("")
+    L.append("## Command lines (paths inside the test host)")
+    L.append("")
+    L.append("Test host (on this machine): `" + host_qemu_cmd + "`")
+    L.append("")
+    L.append(f"Each VMM ran under `{shlex.join(timer_example)} -- VMM...` (round 0 adds "
+             f"`--guest-mem {MEMORY}`):")
+    L.append("")
+    for c in cases:
+        L.append(f"- {c.variant.label}, {c.cpus} vCPU: `{shlex.join(argv_of[c.id])}`")
+    L.append("")
+    L.append("## Raw measurements")
+    L.append("")
+    L.append("```")
+    for r in runs:
+        f = r.fields
+        L.append(f"{r.case_id} round={r.rnd} load={r.load} status={r.rc} " +
+                 " ".join(f"{k}={v}" for k, v in f.items()) +
+                 (f" uptime={r.guest_uptime()}" if r.guest_uptime() is not None else ""))
+    L.append("```")
+    return "\n".join(L) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              check=True).stdout.strip()
+        # --no-optional-locks: do not refresh (write) the index
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "status",
+                                "--porcelain", "--untracked-files=no"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+        return head + ("+uncommitted changes" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def results_path(out_dir: Path, date: str) -> Path:
+    p = out_dir / f"boot-{date}.md"
+    n = 2
+    while p.exists():
+        p = out_dir / f"boot-{date}-{n}.md"
+        n += 1
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    ap.add_argument("--cpus", default="1", help="guest vCPU counts, comma-separated (default 1; e.g. 1,2)")
+    ap.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
+                    help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS))
+    ap.add_argument("--host-cpus", type=int, default=2, help="test host vCPUs (default 2)")
+    ap.add_argument("--host-memory", type=int, default=3072, help="test host MiB (default 3072)")
+    ap.add_argument("--timeout", type=int, default=1500, help="whole test-host session, s")
+    ap.add_argument("--build-dir", default=str(REPO / "build"))
+    ap.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
+    ap.add_argument("--save-raw", metavar="FILE", help="also save the test host's raw output")
+    ap.add_argument("--from-raw", metavar="FILE",
+                    help="do not run anything: render the report from a --save-raw file "
+                         "(with the same --variants/--cpus/--rounds)")
+    a = ap.parse_args(argv)
+
+    try:
+        cpus = sorted({int(x) for x in a.cpus.split(",") if x.strip()})
+    except ValueError:
+        ap.error("--cpus: comma-separated integers")
+    known = {v.key: v for v in VARIANTS}
+    keys = [k.strip() for k in a.variants.split(",") if k.strip()]
+    for k in keys:
+        if k not in known:
+            ap.error(f"unknown variant {k!r}")
+    if a.rounds < 1 or not cpus or min(cpus) < 1:
+        ap.error("--rounds and --cpus must be >= 1")
+    cases = [Case(known[k], n) for n in cpus for k in keys]
+
+    try:
+        if a.from_raw:  # only the paths matter for the report
+            enl, timer = Path(a.build_dir) / "enlighten", Path(a.build_dir) / "bench" / "boot_timer"
+            img = guest_image.GuestImage(Path("bzImage"), Path("initrd.img"))
+            q = qemu.QemuCarry({}, f"{qemu.HOST_QEMU_DIR}/bin/qemu-system-x86_64",
+                               f"{qemu.HOST_QEMU_DIR}/firmware")
+        else:
+            enl, timer = build(Path(a.build_dir), a.no_build)
+            img = guest_image.build()
+            q = qemu.carry()
+    except ToolError as e:
+        log(f"error: {e}")
+        return 1
+    files: dict[str, str] = dict(q.files)
+    h_timer = f"{H_BIN}/boot_timer"
+    h_enl = f"{H_BIN}/enlighten"
+    h_kernel = f"{H_GUEST}/bzImage"
+    h_initrd = f"{H_GUEST}/initrd.img"
+    files.update({h_timer: str(timer), h_enl: str(enl), h_kernel: str(img.kernel),
+                  h_initrd: str(img.initrd)})
+    argv_of = {c.id: vmm_argv(c, h_kernel, h_initrd, h_enl, q) for c in cases}
+    script = host_script(cases, a.rounds, argv_of, h_timer, q)
+    if a.dry_run:
+        print(script)
+        return 0
+
+    host_cmd = shlex.join(testhost.qemu_command(Path("<testhost bzImage>"), Path("<initrd>"),
+                                                a.host_cpus, a.host_memory))
+    n_runs = len(cases) * (a.rounds + 1)
+    if not a.from_raw:
+        log(f"{len(cases)} variants x ({a.rounds} timed + 1 verification) rounds = {n_runs} VMM "
+            f"runs in one test host ({a.host_cpus} vCPUs, {a.host_memory} MiB); progress below")
+    t0 = time.monotonic()
+    complete = True
+    if a.from_raw:
+        output = Path(a.from_raw).read_text()
+    else:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # live progress to stderr
+                res = testhost.run_in_testhost(script, files=files, cpus=a.host_cpus,
+                                               memory_mib=a.host_memory, timeout=a.timeout,
+                                               stream=True)
+            output = res.output
+        except testhost.TestHostError as e:  # includes TestHostTimeout
+            log(f"test-host session failed: {str(e).splitlines()[0]}")
+            output = e.output
+            complete = False
+        except ToolError as e:
+            log(f"error: {e}")
+            return 1
+        if a.save_raw:
+            Path(a.save_raw).write_text(output)
+    session_s = time.monotonic() - t0
+    runs, info, done = parse(output)
+    complete = complete and done
+    if not runs:
+        log("no measurements: see the output above")
+        return 1
+    now = dt.datetime.now(dt.timezone.utc)
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
+            "qemu": qemu.version(), "machine": machine_name(),
+            "session_s": "?" if a.from_raw else f"{session_s:.0f}"}
+    timer_example = timer_argv(h_timer, Case(VARIANTS[0], 1), 1)
+    timer_example[timer_example.index("--log") + 1] = f"{H_LOGS}/ID.ROUND.log"
+    text = report(cases, runs, info, meta, argv_of, timer_example, a.rounds, complete, host_cmd)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if not a.no_save and not a.from_raw:
+        out_dir = Path(a.results_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = results_path(out_dir, now.strftime("%Y-%m-%d"))
+        path.write_text(text)
+        log(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

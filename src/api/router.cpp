@@ -1,0 +1,401 @@
+#include "api/router.hpp"
+
+#include <array>
+#include <charconv>
+#include <expected>
+#include <initializer_list>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace enlighten::api {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Strings from the guest (KVP values, channel names) may not be valid UTF-8: replace, never throw.
+std::string dump(const Json& j) {
+    return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+HttpReply json_reply(const Json& j) { return {200, dump(j), {}}; }
+HttpReply no_content() { return {204, {}, {}}; }
+
+HttpReply from_api_error(const ApiError& e) {
+    return error_reply(http_status(e.kind), e.message.empty() ? "error" : e.message);
+}
+
+HttpReply from_result(const ApiResult<>& r) { return r ? no_content() : from_api_error(r.error()); }
+
+constexpr std::array<std::string_view, 5> kPoolNames = {"external", "guest", "auto", "auto-external",
+                                                       "auto-internal"};
+
+std::string_view heartbeat_state(HeartbeatState s) {
+    switch (s) {
+        case HeartbeatState::Healthy: return "healthy";
+        case HeartbeatState::Lost: return "lost";
+        case HeartbeatState::Unknown: break;
+    }
+    return "unknown";
+}
+
+Json to_json(const VmInfo& info) {
+    Json channels = Json::array();
+    for (const auto& c : info.channels) {
+        channels.push_back({{"relid", c.relid},
+                            {"name", c.name},
+                            {"class_id", c.class_id},
+                            {"instance_id", c.instance_id},
+                            {"state", c.state},
+                            {"target_vp", c.target_vp}});
+    }
+    return {{"state", info.state},
+            {"cpus", info.cpus},
+            {"memory_bytes", info.memory_bytes},
+            {"kernel", info.kernel},
+            {"cmdline", info.cmdline},
+            {"hyperv", info.hyperv},
+            {"uptime_ms", info.uptime_ms},
+            {"vmbus_version", info.vmbus_version.empty() ? Json(nullptr) : Json(info.vmbus_version)},
+            {"channels", std::move(channels)},
+            {"gpadls", info.gpadls},
+            {"vmm_rss_bytes", info.vmm_rss_bytes},
+            {"guest_rss_bytes", info.guest_rss_bytes}};
+}
+
+Json to_json(const HeartbeatInfo& hb) {
+    return {{"state", heartbeat_state(hb.state)},
+            {"sequence", hb.sequence},
+            {"last_reply_ms", hb.last_reply_ms ? Json(*hb.last_reply_ms) : Json(nullptr)}};
+}
+
+bool is_blank(std::string_view s) {
+    return s.find_first_not_of(" \t\r\n") == std::string_view::npos;
+}
+
+// nlohmann's messages start with "[json.exception.parse_error.101] "; drop that.
+std::string clean_json_message(std::string_view what) {
+    if (what.starts_with("[json.exception.")) {
+        if (auto p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
+    }
+    return std::string(what);
+}
+
+// A request body: blank means "no fields"; otherwise a JSON object whose members are all
+// in `allowed` (unknown fields are rejected, so a typo is not silently ignored).
+std::expected<Json, std::string> parse_object(std::string_view body, std::initializer_list<std::string_view> allowed,
+                                              bool required) {
+    if (is_blank(body)) {
+        if (required) return std::unexpected("a JSON object body is required");
+        return Json::object();
+    }
+    Json j;
+    try {
+        j = Json::parse(body);
+    } catch (const Json::exception& e) {
+        return std::unexpected("invalid JSON body: " + clean_json_message(e.what()));
+    }
+    if (!j.is_object()) return std::unexpected(std::string("the body must be a JSON object"));
+    for (const auto& [name, value] : j.items()) {
+        bool known = false;
+        for (auto a : allowed) known = known || name == a;
+        if (!known) {
+            if (allowed.size() == 0) return std::unexpected(std::string("this endpoint takes no fields"));
+            return std::unexpected(fmt::format("unknown field '{}'", name));
+        }
+    }
+    return j;
+}
+
+std::expected<ShutdownRequest, std::string> parse_shutdown(std::string_view body, bool reboot) {
+    auto j = parse_object(body, {"timeout_s", "reason"}, false);
+    if (!j) return std::unexpected(j.error());
+    ShutdownRequest req;
+    req.reboot = reboot;
+    if (auto it = j->find("timeout_s"); it != j->end()) {
+        // is_number_integer() holds for both signed and unsigned storage; a literal too large
+        // for 64 bits is parsed as a float.
+        const bool in_range =
+            it->is_number_integer() && (it->is_number_unsigned()
+                                            ? it->get<uint64_t>() >= 1 && it->get<uint64_t>() <= kMaxTimeoutS
+                                            : it->get<int64_t>() >= 1 && it->get<int64_t>() <= kMaxTimeoutS);
+        if (!in_range) return std::unexpected(fmt::format("timeout_s must be an integer between 1 and {}", kMaxTimeoutS));
+        req.timeout_s = static_cast<uint32_t>(it->get<uint64_t>());
+    }
+    if (auto it = j->find("reason"); it != j->end()) {
+        if (!it->is_string()) return std::unexpected(std::string("reason must be a string"));
+        req.reason = it->get<std::string>();
+        const auto units = utf16_length(req.reason);
+        if (!units) return std::unexpected(std::string("reason is not valid UTF-8"));
+        if (req.reason.find('\0') != std::string::npos) return std::unexpected(std::string("reason contains a NUL character"));
+        if (*units > kMaxReasonUtf16)
+            return std::unexpected(fmt::format("reason is {} UTF-16 code units long; at most {} fit the shutdown message",
+                                               *units, kMaxReasonUtf16));
+    }
+    return req;
+}
+
+enum class Method { Get, Put, Delete, Other };
+
+Method method_of(std::string_view m) {
+    if (m == "GET" || m == "HEAD") return Method::Get;
+    if (m == "PUT") return Method::Put;
+    if (m == "DELETE") return Method::Delete;
+    return Method::Other;
+}
+
+HttpReply method_not_allowed(std::string_view method, std::string_view allow) {
+    HttpReply r = error_reply(405, fmt::format("method {} is not allowed here; use {}", method, allow));
+    r.allow = std::string(allow);
+    return r;
+}
+
+// /api/v1/vm.kvp/{pool}[/{key}]
+HttpReply handle_kvp(VmControl& vm, std::string_view method, const std::vector<std::string>& seg, std::string_view body) {
+    const Method m = method_of(method);
+    if (seg.size() == 2 && m != Method::Get) return method_not_allowed(method, "GET, HEAD");
+    if (seg.size() == 3 && m == Method::Other) return method_not_allowed(method, "GET, HEAD, PUT, DELETE");
+
+    const auto pool = parse_pool(seg[1]);
+    if (!pool) {
+        return error_reply(400, fmt::format("unknown KVP pool '{}': use external, guest, auto, auto-external, "
+                                            "auto-internal or 0-4",
+                                            seg[1]));
+    }
+    if (seg.size() == 2) {
+        auto entries = vm.kvp_list(*pool);
+        if (!entries) return from_api_error(entries.error());
+        Json list = Json::array();
+        for (const auto& e : *entries) list.push_back({{"key", e.key}, {"value", e.value}});
+        return json_reply({{"pool", pool_name(*pool)}, {"entries", std::move(list)}});
+    }
+
+    const std::string& key = seg[2];
+    if (auto why = check_kvp_key(key)) return error_reply(400, *why);
+    switch (m) {
+        case Method::Get: {
+            auto value = vm.kvp_get(*pool, key);
+            if (!value) return from_api_error(value.error());
+            return json_reply({{"key", key}, {"value", *value}});
+        }
+        case Method::Put: {
+            auto j = parse_object(body, {"value"}, true);
+            if (!j) return error_reply(400, j.error());
+            auto it = j->find("value");
+            if (it == j->end()) return error_reply(400, "missing field 'value'");
+            if (!it->is_string()) return error_reply(400, "value must be a string");
+            const auto value = it->get<std::string>();
+            if (auto why = check_kvp_value(value)) return error_reply(400, *why);
+            return from_result(vm.kvp_set(*pool, key, value));
+        }
+        case Method::Delete: {
+            auto j = parse_object(body, {}, false);
+            if (!j) return error_reply(400, j.error());
+            return from_result(vm.kvp_delete(*pool, key));
+        }
+        case Method::Other: break;
+    }
+    return error_reply(500, "unreachable");
+}
+
+HttpReply route(VmControl& vm, std::string_view method, std::string_view target, std::string_view body) {
+    std::string_view path = target.substr(0, target.find('?'));
+    if (!path.starts_with(kApiPrefix)) {
+        if (path.starts_with("/api/") && !path.starts_with("/api/v1/"))
+            return error_reply(404, fmt::format("unknown API version in {}; this server speaks /api/v1", path));
+        return error_reply(404, "no such endpoint; the API is under /api/v1/");
+    }
+    path.remove_prefix(kApiPrefix.size());
+
+    std::vector<std::string> seg;
+    for (size_t start = 0;;) {
+        const size_t slash = path.find('/', start);
+        auto decoded = percent_decode(path.substr(start, slash == std::string_view::npos ? slash : slash - start));
+        if (!decoded) return error_reply(400, "malformed percent-encoding in the path");
+        seg.push_back(std::move(*decoded));
+        if (seg.size() > 3) return error_reply(404, "no such endpoint");
+        if (slash == std::string_view::npos) break;
+        start = slash + 1;
+    }
+
+    const std::string& name = seg[0];
+    if (name == "vm.kvp" && (seg.size() == 2 || seg.size() == 3)) return handle_kvp(vm, method, seg, body);
+    if (seg.size() != 1) return error_reply(404, fmt::format("no such endpoint: {}", target.substr(0, target.find('?'))));
+
+    const Method m = method_of(method);
+    auto get_only = [&](auto&& produce) -> HttpReply {
+        if (m != Method::Get) return method_not_allowed(method, "GET, HEAD");
+        return produce();
+    };
+    auto put_only = [&](auto&& act) -> HttpReply {
+        if (m != Method::Put) return method_not_allowed(method, "PUT");
+        return act();
+    };
+    auto no_body = [&](auto&& act) -> HttpReply {
+        auto j = parse_object(body, {}, false);
+        if (!j) return error_reply(400, j.error());
+        return from_result(act());
+    };
+
+    if (name == "vmm.ping") {
+        return get_only([&] { return json_reply({{"version", kVmmVersion}, {"api_version", kApiVersion}}); });
+    }
+    if (name == "vm.info") return get_only([&] { return json_reply(to_json(vm.info())); });
+    if (name == "vm.heartbeat") return get_only([&] { return json_reply(to_json(vm.heartbeat())); });
+    if (name == "vm.shutdown" || name == "vm.reboot") {
+        return put_only([&] {
+            auto req = parse_shutdown(body, name == "vm.reboot");
+            if (!req) return error_reply(400, req.error());
+            return from_result(vm.shutdown(*req));
+        });
+    }
+    if (name == "vm.power-off") return put_only([&] { return no_body([&] { return vm.power_off(); }); });
+    if (name == "vm.reset") return put_only([&] { return no_body([&] { return vm.reset(); }); });
+    if (name == "vm.time-sync") return put_only([&] { return no_body([&] { return vm.time_sync(); }); });
+    return error_reply(404, fmt::format("no such endpoint: {}", target.substr(0, target.find('?'))));
+}
+
+int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+std::optional<std::string> check_text(std::string_view what, std::string_view text, size_t max_utf16, size_t max_utf8) {
+    const auto units = utf16_length(text);
+    if (!units) return fmt::format("{} is not valid UTF-8", what);
+    if (text.find('\0') != std::string_view::npos) return fmt::format("{} contains a NUL character", what);
+    if (*units > max_utf16 || text.size() > max_utf8) {
+        return fmt::format("{} is too long: {} UTF-16 code units and {} UTF-8 bytes; the KVP service carries at most "
+                           "{} and {}",
+                           what, *units, text.size(), max_utf16, max_utf8);
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+HttpReply handle_request(VmControl& vm, std::string_view method, std::string_view target, std::string_view body) {
+    try {
+        return route(vm, method, target, body);
+    } catch (const std::exception& e) {
+        return error_reply(500, fmt::format("internal error: {}", e.what()));
+    } catch (...) {
+        return error_reply(500, "internal error");
+    }
+}
+
+std::string error_body(std::string_view message) {
+    return dump(Json{{"error", message}});
+}
+
+HttpReply error_reply(int status, std::string_view message) { return {status, error_body(message), {}}; }
+
+int http_status(ErrorKind kind) {
+    switch (kind) {
+        case ErrorKind::BadRequest: return 400;
+        case ErrorKind::NotFound: return 404;
+        case ErrorKind::Conflict: return 409;
+        case ErrorKind::Unavailable: return 503;
+        case ErrorKind::Internal: break;
+    }
+    return 500;
+}
+
+std::optional<KvpPool> parse_pool(std::string_view text) {
+    for (size_t i = 0; i < kPoolNames.size(); ++i) {
+        if (text == kPoolNames[i] || (text.size() == 1 && text[0] == static_cast<char>('0' + i)))
+            return static_cast<KvpPool>(i);
+    }
+    return std::nullopt;
+}
+
+std::string_view pool_name(KvpPool pool) {
+    const auto i = static_cast<size_t>(pool);
+    return i < kPoolNames.size() ? kPoolNames[i] : "unknown";
+}
+
+std::optional<std::string> percent_decode(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+        if (text[i] != '%') {
+            out.push_back(text[i]);
+            continue;
+        }
+        if (i + 2 >= text.size()) return std::nullopt;
+        const int hi = hex_digit(text[i + 1]);
+        const int lo = hex_digit(text[i + 2]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        out.push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+    }
+    return out;
+}
+
+std::string percent_encode(std::string_view text) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(text.size());
+    for (const char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        const bool unreserved = (u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') || (u >= '0' && u <= '9') ||
+                                u == '-' || u == '.' || u == '_' || u == '~';
+        if (unreserved) {
+            out.push_back(c);
+        } else {
+            out.push_back('%');
+            out.push_back(kHex[u >> 4]);
+            out.push_back(kHex[u & 0xF]);
+        }
+    }
+    return out;
+}
+
+std::optional<size_t> utf16_length(std::string_view s) {
+    size_t units = 0;
+    for (size_t i = 0; i < s.size();) {
+        const auto b0 = static_cast<unsigned char>(s[i]);
+        if (b0 < 0x80) {
+            ++units;
+            ++i;
+            continue;
+        }
+        size_t len = 0;
+        uint32_t cp = 0;
+        uint32_t min = 0;
+        if ((b0 & 0xE0) == 0xC0) {
+            len = 2, cp = b0 & 0x1Fu, min = 0x80;
+        } else if ((b0 & 0xF0) == 0xE0) {
+            len = 3, cp = b0 & 0x0Fu, min = 0x800;
+        } else if ((b0 & 0xF8) == 0xF0) {
+            len = 4, cp = b0 & 0x07u, min = 0x10000;
+        } else {
+            return std::nullopt;  // a continuation byte or 0xF8..0xFF
+        }
+        if (s.size() - i < len) return std::nullopt;
+        for (size_t k = 1; k < len; ++k) {
+            const auto b = static_cast<unsigned char>(s[i + k]);
+            if ((b & 0xC0) != 0x80) return std::nullopt;
+            cp = (cp << 6) | (b & 0x3Fu);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return std::nullopt;
+        units += cp >= 0x10000 ? 2 : 1;
+        i += len;
+    }
+    return units;
+}
+
+std::optional<std::string> check_kvp_key(std::string_view key) {
+    if (key.empty()) return std::string("the KVP key is empty");
+    return check_text("the KVP key", key, kKvpMaxKeyUtf16, kKvpMaxKeyUtf8);
+}
+
+std::optional<std::string> check_kvp_value(std::string_view value) {
+    return check_text("the KVP value", value, kKvpMaxValueUtf16, kKvpMaxValueUtf8);
+}
+
+}  // namespace enlighten::api

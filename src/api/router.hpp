@@ -1,0 +1,66 @@
+// The management API's request handling, independent of the HTTP library: a request
+// (method, raw target, body) goes in, a status and a JSON body come out. The HTTP front end
+// (http_frontend.*) and the fuzzer call this; docs/api.md and docs/openapi.yaml describe it.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "api/vm_control.hpp"
+
+namespace enlighten::api {
+
+inline constexpr int kApiVersion = 1;
+inline constexpr std::string_view kVmmVersion = "0.1.0";
+inline constexpr std::string_view kApiPrefix = "/api/v1/";
+
+// KVP limits. The KVP integration service carries keys and values as NUL-terminated UTF-16
+// in fixed fields (linux include/uapi/linux/hyperv.h: HV_KVP_EXCHANGE_MAX_KEY_SIZE 512 and
+// HV_KVP_EXCHANGE_MAX_VALUE_SIZE 2048 bytes), and the guest kernel converts them to UTF-8
+// into fields of the same byte sizes (drivers/hv/hv_kvp.c: utf16s_to_utf8s(..., SIZE - 1)).
+// A string must fit both, NUL included, or the guest would see it truncated.
+inline constexpr size_t kKvpMaxKeyUtf16 = 255;
+inline constexpr size_t kKvpMaxKeyUtf8 = 511;
+inline constexpr size_t kKvpMaxValueUtf16 = 1023;
+inline constexpr size_t kKvpMaxValueUtf8 = 2047;
+// The shutdown reason: the shutdown IC's display_message field is 2048 bytes of UTF-16.
+inline constexpr size_t kMaxReasonUtf16 = 1023;
+inline constexpr uint32_t kMaxTimeoutS = 3600;
+
+struct HttpReply {
+    int status = 200;
+    std::string body;   // JSON; empty for 204
+    std::string allow;  // for 405: the methods the path accepts, e.g. "GET, HEAD"
+};
+
+// Handles one request. `target` is the raw request target as it came on the request line
+// (percent-encoded path, optional query, which is ignored). HEAD is answered like GET (the
+// HTTP layer drops the body). Never throws.
+HttpReply handle_request(VmControl& vm, std::string_view method, std::string_view target,
+                         std::string_view body);
+
+// An error reply: {"error": message}.
+HttpReply error_reply(int status, std::string_view message);
+std::string error_body(std::string_view message);
+int http_status(ErrorKind kind);
+
+// Pools by name ("external", "guest", "auto", "auto-external", "auto-internal") or number.
+std::optional<KvpPool> parse_pool(std::string_view text);
+std::string_view pool_name(KvpPool pool);
+
+// Strict percent-decoding of one path segment: nullopt on a malformed escape.
+std::optional<std::string> percent_decode(std::string_view text);
+// Percent-encodes everything but RFC 3986 unreserved characters (for clients).
+std::string percent_encode(std::string_view text);
+
+// The number of UTF-16 code units of a UTF-8 string, or nullopt if it is not valid UTF-8
+// (overlong forms, surrogates and code points above U+10FFFF are invalid).
+std::optional<size_t> utf16_length(std::string_view utf8);
+
+// nullopt if acceptable, else the reason (one line).
+std::optional<std::string> check_kvp_key(std::string_view key);
+std::optional<std::string> check_kvp_value(std::string_view value);
+
+}  // namespace enlighten::api

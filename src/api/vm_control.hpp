@@ -1,0 +1,102 @@
+// What the management API can do to a running VM. The API server (src/api/server.*)
+// speaks HTTP/JSON and calls this; the VMM implements it (src/vmm/). Every call is made on
+// an API thread and must be thread-safe; none may block for long (a graceful shutdown is
+// started here and finishes in the background).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace enlighten::api {
+
+// Where an API error comes from, so the server can pick an HTTP status.
+enum class ErrorKind {
+    BadRequest,   // 400: malformed or invalid arguments
+    NotFound,     // 404: no such key / pool / object
+    Conflict,     // 409: not possible in the current state (e.g. the IC is not connected)
+    Unavailable,  // 503: the guest did not answer in time
+    Internal,     // 500
+};
+
+struct ApiError {
+    ErrorKind kind = ErrorKind::Internal;
+    std::string message;
+};
+
+template <typename T = void>
+using ApiResult = std::expected<T, ApiError>;
+
+struct ChannelInfo {
+    uint32_t relid = 0;
+    std::string name;        // e.g. "heartbeat"
+    std::string class_id;    // GUID text
+    std::string instance_id;
+    std::string state;       // "offered", "open", "closed", "rescinded"
+    uint32_t target_vp = 0;
+};
+
+struct VmInfo {
+    std::string state;  // "running", "shutting-down", "stopped"
+    uint32_t cpus = 0;
+    uint64_t memory_bytes = 0;
+    std::string kernel;
+    std::string cmdline;
+    bool hyperv = false;
+    uint64_t uptime_ms = 0;
+    std::string vmbus_version;  // "" until the guest connects, e.g. "5.3"
+    std::vector<ChannelInfo> channels;
+    uint64_t gpadls = 0;           // GPADLs the guest has established and not torn down
+    uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded
+    uint64_t guest_rss_bytes = 0;  // guest RAM the host has backed so far
+};
+
+enum class HeartbeatState { Unknown, Healthy, Lost };
+
+struct HeartbeatInfo {
+    HeartbeatState state = HeartbeatState::Unknown;
+    uint64_t sequence = 0;                  // last sequence number the guest returned
+    std::optional<uint64_t> last_reply_ms;  // ms since the last reply, if any
+};
+
+// KVP pools (linux include/uapi/linux/hyperv.h, enum hv_kvp_exchg_pool).
+enum class KvpPool : uint8_t { External = 0, Guest = 1, Auto = 2, AutoExternal = 3, AutoInternal = 4 };
+
+struct KvpEntry {
+    std::string key;
+    std::string value;
+};
+
+struct ShutdownRequest {
+    bool reboot = false;
+    uint32_t timeout_s = 30;  // per stage: shutdown IC, then ACPI power button, then hard stop
+    std::string reason;
+};
+
+class VmControl {
+public:
+    virtual ~VmControl() = default;
+
+    virtual VmInfo info() = 0;
+    // Starts a graceful shutdown or reboot (shutdown IC → ACPI power button → hard stop,
+    // each stage waiting timeout_s). Returns once the first stage has been started.
+    virtual ApiResult<> shutdown(const ShutdownRequest& request) = 0;
+    // Immediate power-off or reset, no guest involvement.
+    virtual ApiResult<> power_off() = 0;
+    virtual ApiResult<> reset() = 0;
+    virtual HeartbeatInfo heartbeat() = 0;
+    // Sends the guest the host's UTC time (time sync IC, SYNC flag).
+    virtual ApiResult<> time_sync() = 0;
+
+    // KVP. External and the other host-owned pools are written by the host; the guest's
+    // pools (Auto = intrinsic data: hostname, OS, IP addresses) are read from the guest.
+    virtual ApiResult<std::vector<KvpEntry>> kvp_list(KvpPool pool) = 0;
+    virtual ApiResult<std::string> kvp_get(KvpPool pool, const std::string& key) = 0;
+    virtual ApiResult<> kvp_set(KvpPool pool, const std::string& key, const std::string& value) = 0;
+    virtual ApiResult<> kvp_delete(KvpPool pool, const std::string& key) = 0;
+};
+
+}  // namespace enlighten::api

@@ -1,0 +1,31 @@
+// `enlighten remote --api-socket PATH <command> [args]`: a client for the management API
+// (docs/api.md). Prints the JSON of GET-like commands; exits 0 on success, 1 with one line
+// `enlighten: error: ...` otherwise.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace enlighten::cli {
+
+struct RemoteOptions {
+    std::string api_socket;
+    std::string command;  // the chosen subcommand: "ping", "info", "kvp-get", ...
+    uint32_t timeout_s = 0;  // 0: not given
+    std::string reason;
+    std::string pool;
+    std::string key;
+    std::string value;
+};
+
+// Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.
+CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts);
+
+// Runs the parsed command; returns the exit status.
+int run_remote(const RemoteOptions& opts);
+
+}  // namespace enlighten::cli

@@ -1,0 +1,154 @@
+// Integration-services wire formats (Linux include/linux/hyperv.h "ICMSG" definitions and
+// include/uapi/linux/hyperv.h for KVP; drivers/hv/hv_util.c, hv_kvp.c).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace enlighten::ic {
+
+#define ENL_IC_WIRE(T, size) static_assert(std::is_standard_layout_v<T> && sizeof(T) == (size), #T)
+
+// struct vmbuspipe_hdr
+struct PipeHeader {
+    uint32_t flags;
+    uint32_t msgsize;
+};
+ENL_IC_WIRE(PipeHeader, 8);
+
+struct IcVersion {
+    uint16_t major;
+    uint16_t minor;
+    friend bool operator==(const IcVersion&, const IcVersion&) = default;
+};
+ENL_IC_WIRE(IcVersion, 4);
+constexpr IcVersion ic_version(uint32_t v) { return {static_cast<uint16_t>(v >> 16), static_cast<uint16_t>(v & 0xffff)}; }
+constexpr uint32_t ic_version_value(IcVersion v) { return (uint32_t{v.major} << 16) | v.minor; }
+
+// struct icmsg_hdr (packed in Linux; naturally aligned here)
+struct __attribute__((packed)) IcMsgHeader {
+    IcVersion icverframe;   // 0
+    uint16_t icmsgtype;     // 4
+    IcVersion icvermsg;     // 6
+    uint16_t icmsgsize;     // 10
+    uint32_t status;        // 12
+    uint8_t ictransaction_id;  // 16
+    uint8_t icflags;        // 17
+    uint8_t reserved[2];    // 18
+};
+ENL_IC_WIRE(IcMsgHeader, 20);
+inline constexpr size_t kIcHeaderSize = sizeof(PipeHeader) + sizeof(IcMsgHeader);  // ICMSG_HDR = 28
+
+enum IcMsgType : uint16_t {
+    kIcNegotiate = 0,
+    kIcHeartbeat = 1,
+    kIcKvpExchange = 2,
+    kIcShutdown = 3,
+    kIcTimeSync = 4,
+};
+inline constexpr uint8_t kIcFlagTransaction = 1;
+inline constexpr uint8_t kIcFlagRequest = 2;
+inline constexpr uint8_t kIcFlagResponse = 4;
+
+inline constexpr uint32_t kHvSOk = 0x00000000;
+inline constexpr uint32_t kHvEFail = 0x80004005;
+inline constexpr uint32_t kHvSCont = 0x80070103;
+
+// struct icmsg_negotiate (versions follow: framework ones, then message ones)
+struct IcNegotiate {
+    uint16_t icframe_vercnt;
+    uint16_t icmsg_vercnt;
+    uint32_t reserved;
+};
+ENL_IC_WIRE(IcNegotiate, 8);
+inline constexpr uint16_t kIcMaxVersionCount = 100;  // IC_VERSION_NEGOTIATION_MAX_VER_COUNT
+
+// struct heartbeat_msg_data
+struct HeartbeatMsg {
+    uint64_t seq_num;
+    uint32_t reserved[8];
+};
+ENL_IC_WIRE(HeartbeatMsg, 40);
+
+// struct shutdown_msg_data
+struct ShutdownMsg {
+    uint32_t reason_code;
+    uint32_t timeout_seconds;
+    uint32_t flags;  // 0/1 shut down, 2/3 reboot, 4/5 hibernate (bit 0: forced)
+    uint8_t display_message[2048];
+};
+ENL_IC_WIRE(ShutdownMsg, 2060);
+
+inline constexpr uint8_t kTimeSyncProbe = 0;
+inline constexpr uint8_t kTimeSyncSync = 1;
+inline constexpr uint8_t kTimeSyncSample = 2;
+// 100 ns units between 1601-01-01 (Windows epoch) and 1970-01-01.
+inline constexpr uint64_t kWindowsEpochDelta = 116444736000000000ULL;
+
+// struct ictimesync_data (versions < 4)
+struct __attribute__((packed)) TimeSyncData {
+    uint64_t parenttime;
+    uint64_t childtime;
+    uint64_t roundtriptime;
+    uint8_t flags;
+};
+ENL_IC_WIRE(TimeSyncData, 25);
+
+// struct ictimesync_ref_data (version 4)
+struct __attribute__((packed)) TimeSyncRefData {
+    uint64_t parenttime;
+    uint64_t vmreferencetime;
+    uint8_t flags;
+    uint8_t leapflags;
+    uint8_t stratum;
+    uint8_t reserved[3];
+};
+ENL_IC_WIRE(TimeSyncRefData, 22);
+
+// KVP (include/uapi/linux/hyperv.h). Keys and values travel as UTF-16LE with a NUL,
+// sizes in bytes including it.
+inline constexpr size_t kKvpMaxKeySize = 512;
+inline constexpr size_t kKvpMaxValueSize = 2048;
+enum KvpOp : uint8_t { kKvpGet = 0, kKvpSet = 1, kKvpDelete = 2, kKvpEnumerate = 3 };
+inline constexpr uint32_t kKvpRegSz = 1;
+
+struct KvpHeader {
+    uint8_t operation;
+    uint8_t pool;
+    uint16_t pad;
+};
+ENL_IC_WIRE(KvpHeader, 4);
+
+// struct hv_kvp_exchg_msg_value
+struct __attribute__((packed)) KvpValue {
+    uint32_t value_type;
+    uint32_t key_size;
+    uint32_t value_size;
+    uint8_t key[kKvpMaxKeySize];
+    uint8_t value[kKvpMaxValueSize];
+};
+ENL_IC_WIRE(KvpValue, 2572);
+
+// struct hv_kvp_msg with the enumerate body, the largest we use: header, index, value.
+// Get and set use the same layout without the index (hv_kvp_msg_get/set start with the
+// value); delete is {key_size, key}.
+struct __attribute__((packed)) KvpMessage {
+    KvpHeader header;  // 0
+    union __attribute__((packed)) {
+        struct __attribute__((packed)) {
+            uint32_t index;
+            KvpValue data;
+        } enumerate;
+        KvpValue data;  // get, set
+        struct __attribute__((packed)) {
+            uint32_t key_size;
+            uint8_t key[kKvpMaxKeySize];
+        } del;
+    } body;
+};
+ENL_IC_WIRE(KvpMessage, 4 + 4 + 2572);
+
+#undef ENL_IC_WIRE
+
+}  // namespace enlighten::ic

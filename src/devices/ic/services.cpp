@@ -1,0 +1,350 @@
+#include "devices/ic/services.hpp"
+
+#include <cstring>
+#include <ctime>
+
+#include <spdlog/spdlog.h>
+
+#include "common/rate_limit.hpp"
+
+namespace enlighten::ic {
+
+namespace {
+
+template <typename T>
+std::span<const uint8_t> bytes_of(const T& v) {
+    return std::span(reinterpret_cast<const uint8_t*>(&v), sizeof(T));
+}
+
+template <typename T>
+std::optional<T> read_as(std::span<const uint8_t> body) {
+    if (body.size() < sizeof(T)) return std::nullopt;
+    T v;
+    std::memcpy(&v, body.data(), sizeof(T));
+    return v;
+}
+
+}  // namespace
+
+vmbus::OfferParams ic_offer(std::string name, const char* class_id, const char* instance_id, uint32_t max_packet) {
+    vmbus::OfferParams p;
+    p.name = std::move(name);
+    p.class_id = vmbus::Guid::parse(class_id);
+    p.instance_id = vmbus::Guid::parse(instance_id);
+    p.max_packet_to_guest = max_packet;
+    p.max_packet_from_guest = max_packet;
+    return p;
+}
+
+// ---------------------------------------------------------------------------- heartbeat
+
+HeartbeatService::HeartbeatService(const char* instance_id, TaskLoop& loop, std::chrono::milliseconds interval)
+    : IcDevice(ic_offer("heartbeat", kHeartbeatClass, instance_id, 4096), kIcHeartbeat,
+               {std::begin(kHeartbeatVersions), std::end(kHeartbeatVersions)}),
+      loop_(loop),
+      interval_(interval) {}
+
+void HeartbeatService::on_ready() {
+    uint64_t generation;
+    {
+        std::lock_guard lock(mu_);
+        generation = ++generation_;
+        ever_ready_ = true;
+    }
+    // The first beat right away: "healthy within seconds of hv_utils loading".
+    loop_.post([weak = weak_self<HeartbeatService>(), generation] {
+        if (auto self = weak.lock()) self->tick(generation);
+    });
+}
+
+void HeartbeatService::tick(uint64_t generation) {
+    uint64_t seq;
+    {
+        std::lock_guard lock(mu_);
+        if (generation != generation_) return;  // a newer open took over
+        seq = sequence_;
+    }
+    if (state() != IcState::Ready) return;
+    HeartbeatMsg msg{};
+    msg.seq_num = seq;
+    auto reply = transact(bytes_of(msg), interval_);
+    {
+        std::lock_guard lock(mu_);
+        if (reply && reply->status == kHvSOk) {
+            if (auto beat = read_as<HeartbeatMsg>(reply->body); beat && beat->seq_num == seq + 1) {
+                sequence_ = beat->seq_num;
+                last_reply_ = TaskLoop::Clock::now();
+            } else {
+                ENL_LOG_LIMITED(warn, "heartbeat: the guest answered sequence {} with something else", seq);
+            }
+        }
+        if (generation != generation_) return;
+    }
+    loop_.post([weak = weak_self<HeartbeatService>(), generation] {
+        if (auto self = weak.lock()) self->tick(generation);
+    }, interval_);
+}
+
+HeartbeatService::Status HeartbeatService::status() const {
+    Status st;
+    std::lock_guard lock(mu_);
+    st.sequence = sequence_;
+    if (last_reply_)
+        st.since_reply = std::chrono::duration_cast<std::chrono::milliseconds>(TaskLoop::Clock::now() - *last_reply_);
+    if (!ever_ready_) return st;  // hv_utils never connected: unknown
+    // Healthy while replies keep coming; lost after three missed beats.
+    st.health = st.since_reply && *st.since_reply <= 3 * interval_ + std::chrono::milliseconds(500) ? Health::Healthy
+                                                                                                  : Health::Lost;
+    if (!st.since_reply && state() == IcState::Ready) st.health = Health::Unknown;  // first beat pending
+    return st;
+}
+
+// ---------------------------------------------------------------------------- shutdown
+
+ShutdownService::ShutdownService(const char* instance_id)
+    : IcDevice(ic_offer("shutdown", kShutdownClass, instance_id, 4096), kIcShutdown,
+               {std::begin(kShutdownVersions), std::end(kShutdownVersions)}) {}
+
+Result<> ShutdownService::request(bool reboot, std::chrono::milliseconds timeout) {
+    ShutdownMsg msg{};
+    msg.flags = reboot ? 2 : 0;
+    constexpr char kMessage[] = "Enlighten: shutdown requested through the management API";
+    std::memcpy(msg.display_message, kMessage, sizeof(kMessage));
+    ENL_TRY(IcResponse reply, transact(bytes_of(msg), timeout));
+    if (reply.status != kHvSOk) return fail("the guest refused the {} request (status {:#x})", reboot ? "reboot" : "shutdown", reply.status);
+    return {};
+}
+
+// ---------------------------------------------------------------------------- time sync
+
+TimeSyncService::TimeSyncService(const char* instance_id, TaskLoop& loop, std::function<uint64_t()> reference_time)
+    : IcDevice(ic_offer("timesync", kTimeSyncClass, instance_id, 4096), kIcTimeSync,
+               {std::begin(kTimeSyncVersions), std::end(kTimeSyncVersions)}),
+      loop_(loop),
+      reference_time_(std::move(reference_time)) {}
+
+uint64_t TimeSyncService::host_time_100ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 10000000ULL + static_cast<uint64_t>(ts.tv_nsec) / 100 + kWindowsEpochDelta;
+}
+
+std::vector<uint8_t> TimeSyncService::sample_body(uint8_t flags) const {
+    std::vector<uint8_t> body;
+    if (version() >= 0x40000) {
+        // v4: the guest adds the time elapsed since vmreferencetime on its reference clock.
+        TimeSyncRefData d{};
+        d.parenttime = host_time_100ns();
+        d.vmreferencetime = reference_time_ ? reference_time_() : 0;
+        d.flags = flags;
+        d.stratum = 2;
+        body.assign(bytes_of(d).begin(), bytes_of(d).end());
+    } else {
+        TimeSyncData d{};
+        d.parenttime = host_time_100ns();
+        d.flags = flags;
+        body.assign(bytes_of(d).begin(), bytes_of(d).end());
+    }
+    return body;
+}
+
+Result<> TimeSyncService::sync(std::chrono::milliseconds timeout) {
+    ENL_TRY(IcResponse reply, transact(sample_body(kTimeSyncSync), timeout));
+    if (reply.status != kHvSOk) return fail("the guest answered the time sync with status {:#x}", reply.status);
+    return {};
+}
+
+void TimeSyncService::on_ready() {
+    // As Hyper-V does when the service connects: set the guest's clock once.
+    loop_.post([weak = weak_self<TimeSyncService>()] {
+        if (auto self = weak.lock())
+            if (auto r = self->sync(std::chrono::seconds(5)); !r) ENL_LOG_LIMITED(warn, "timesync: {}", r.error().message());
+    });
+}
+
+// ---------------------------------------------------------------------------- KVP
+
+KvpService::KvpService(const char* instance_id, TaskLoop& loop)
+    : IcDevice(ic_offer("kvp", kKvpClass, instance_id, 16384), kIcKvpExchange,
+               {std::begin(kKvpVersions), std::end(kKvpVersions)}),
+      loop_(loop) {}
+
+Result<std::vector<uint8_t>> KvpService::encode_utf16(const std::string& utf8, size_t max_bytes) {
+    std::vector<uint8_t> out;
+    auto put = [&](uint16_t u) {
+        out.push_back(static_cast<uint8_t>(u));
+        out.push_back(static_cast<uint8_t>(u >> 8));
+    };
+    const auto* s = reinterpret_cast<const unsigned char*>(utf8.data());
+    const size_t n = utf8.size();
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t len;
+        const unsigned char c = s[i];
+        if (c < 0x80) { cp = c; len = 1; }
+        else if ((c & 0xe0) == 0xc0) { cp = c & 0x1fU; len = 2; }
+        else if ((c & 0xf0) == 0xe0) { cp = c & 0x0fU; len = 3; }
+        else if ((c & 0xf8) == 0xf0) { cp = c & 0x07U; len = 4; }
+        else return fail("not valid UTF-8");
+        if (i + len > n) return fail("not valid UTF-8");
+        for (size_t k = 1; k < len; ++k) {
+            if ((s[i + k] & 0xc0) != 0x80) return fail("not valid UTF-8");
+            cp = (cp << 6) | (s[i + k] & 0x3fU);
+        }
+        static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return fail("not valid UTF-8");
+        if (cp == 0) return fail("contains a NUL character");
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            put(static_cast<uint16_t>(0xd800 + (cp >> 10)));
+            put(static_cast<uint16_t>(0xdc00 + (cp & 0x3ff)));
+        } else {
+            put(static_cast<uint16_t>(cp));
+        }
+        i += len;
+    }
+    put(0);
+    if (out.size() > max_bytes) return fail("is {} bytes in UTF-16, more than the {} KVP allows", out.size(), max_bytes);
+    return out;
+}
+
+Result<std::string> KvpService::decode_utf16(std::span<const uint8_t> bytes) {
+    std::string out;
+    for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+        uint32_t u = bytes[i] | (uint32_t{bytes[i + 1]} << 8);
+        if (u == 0) break;
+        if (u >= 0xd800 && u <= 0xdbff) {
+            if (i + 3 >= bytes.size()) return fail("truncated UTF-16 surrogate pair");
+            const uint32_t lo = bytes[i + 2] | (uint32_t{bytes[i + 3]} << 8);
+            if (lo < 0xdc00 || lo > 0xdfff) return fail("invalid UTF-16 surrogate pair");
+            u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+            i += 2;
+        } else if (u >= 0xdc00 && u <= 0xdfff) {
+            return fail("invalid UTF-16 surrogate");
+        }
+        if (u < 0x80) {
+            out.push_back(static_cast<char>(u));
+        } else if (u < 0x800) {
+            out.push_back(static_cast<char>(0xc0 | (u >> 6)));
+            out.push_back(static_cast<char>(0x80 | (u & 0x3f)));
+        } else if (u < 0x10000) {
+            out.push_back(static_cast<char>(0xe0 | (u >> 12)));
+            out.push_back(static_cast<char>(0x80 | ((u >> 6) & 0x3f)));
+            out.push_back(static_cast<char>(0x80 | (u & 0x3f)));
+        } else {
+            out.push_back(static_cast<char>(0xf0 | (u >> 18)));
+            out.push_back(static_cast<char>(0x80 | ((u >> 12) & 0x3f)));
+            out.push_back(static_cast<char>(0x80 | ((u >> 6) & 0x3f)));
+            out.push_back(static_cast<char>(0x80 | (u & 0x3f)));
+        }
+    }
+    return out;
+}
+
+namespace {
+
+Result<KvpMessage> kvp_request(uint8_t op, uint8_t pool, const std::string& key, const std::string* value) {
+    KvpMessage m{};
+    m.header.operation = op;
+    m.header.pool = pool;
+    auto k = KvpService::encode_utf16(key, kKvpMaxKeySize);
+    if (!k) return std::unexpected(k.error().context("key"));
+    if (op == kKvpDelete) {
+        m.body.del.key_size = static_cast<uint32_t>(k->size());
+        std::memcpy(m.body.del.key, k->data(), k->size());
+        return m;
+    }
+    m.body.data.value_type = kKvpRegSz;
+    m.body.data.key_size = static_cast<uint32_t>(k->size());
+    std::memcpy(m.body.data.key, k->data(), k->size());
+    if (value) {
+        auto v = KvpService::encode_utf16(*value, kKvpMaxValueSize);
+        if (!v) return std::unexpected(v.error().context("value"));
+        m.body.data.value_size = static_cast<uint32_t>(v->size());
+        std::memcpy(m.body.data.value, v->data(), v->size());
+    }
+    return m;
+}
+
+// The sizes in a guest's answer are guest-controlled: clamp them to the fields.
+Result<std::string> decode_field(const uint8_t* field, uint32_t size, size_t max) {
+    return KvpService::decode_utf16(std::span(field, std::min<size_t>(size, max)));
+}
+
+bool host_owned(uint8_t pool) { return pool == 0 || pool == 3; }
+
+}  // namespace
+
+Result<> KvpService::set(uint8_t pool, const std::string& key, const std::string& value, std::chrono::milliseconds timeout) {
+    if (!host_owned(pool)) return fail("pool {} belongs to the guest; the host writes only the external pools", pool);
+    ENL_TRY(KvpMessage m, kvp_request(kKvpSet, pool, key, &value));
+    {
+        std::lock_guard lock(pools_mu_);
+        host_pools_[{pool, key}] = value;
+    }
+    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
+    if (reply.status != kHvSOk) return fail("the guest could not store the key (status {:#x})", reply.status);
+    return {};
+}
+
+Result<> KvpService::remove(uint8_t pool, const std::string& key, std::chrono::milliseconds timeout) {
+    if (!host_owned(pool)) return fail("pool {} belongs to the guest; the host writes only the external pools", pool);
+    ENL_TRY(KvpMessage m, kvp_request(kKvpDelete, pool, key, nullptr));
+    {
+        std::lock_guard lock(pools_mu_);
+        host_pools_.erase({pool, key});
+    }
+    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
+    if (reply.status != kHvSOk) return fail("the guest has no key '{}' in pool {} (status {:#x})", key, pool, reply.status);
+    return {};
+}
+
+Result<std::optional<std::string>> KvpService::get(uint8_t pool, const std::string& key, std::chrono::milliseconds timeout) {
+    ENL_TRY(KvpMessage m, kvp_request(kKvpGet, pool, key, nullptr));
+    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
+    if (reply.status != kHvSOk) return std::optional<std::string>{};
+    KvpMessage r{};
+    std::memcpy(&r, reply.body.data(), std::min(reply.body.size(), sizeof(r)));
+    ENL_TRY(std::string value, decode_field(r.body.data.value, r.body.data.value_size, kKvpMaxValueSize));
+    return std::optional<std::string>(std::move(value));
+}
+
+Result<std::vector<KvpService::Entry>> KvpService::list(uint8_t pool, std::chrono::milliseconds timeout) {
+    std::vector<Entry> out;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (uint32_t index = 0; index < kMaxEnumerate; ++index) {
+        KvpMessage m{};
+        m.header.operation = kKvpEnumerate;
+        m.header.pool = pool;
+        m.body.enumerate.index = index;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return fail("the guest did not list pool {} in time", pool);
+        ENL_TRY(IcResponse reply, transact(bytes_of(m), left));
+        if (reply.status != kHvSOk) break;  // HV_S_CONT / E_FAIL: no more entries
+        KvpMessage r{};
+        std::memcpy(&r, reply.body.data(), std::min(reply.body.size(), sizeof(r)));
+        const KvpValue& d = r.body.enumerate.data;
+        ENL_TRY(std::string key, decode_field(d.key, d.key_size, kKvpMaxKeySize));
+        ENL_TRY(std::string value, decode_field(d.value, d.value_size, kKvpMaxValueSize));
+        out.push_back({std::move(key), std::move(value)});
+    }
+    return out;
+}
+
+void KvpService::on_ready() {
+    // Push what the host holds for the guest, as after a reconnect.
+    loop_.post([weak = weak_self<KvpService>()] {
+        auto self = weak.lock();
+        if (!self) return;
+        std::vector<std::tuple<uint8_t, std::string, std::string>> entries;
+        {
+            std::lock_guard lock(self->pools_mu_);
+            for (const auto& [k, v] : self->host_pools_) entries.emplace_back(k.first, k.second, v);
+        }
+        for (const auto& [pool, key, value] : entries)
+            if (auto r = self->set(pool, key, value, std::chrono::seconds(10)); !r)
+                ENL_LOG_LIMITED(warn, "kvp: could not restore {}: {}", key, r.error().message());
+    });
+}
+
+}  // namespace enlighten::ic

@@ -1,0 +1,130 @@
+// VMBus ring buffers in guest memory (Linux include/linux/hyperv.h struct hv_ring_buffer,
+// drivers/hv/ring_buffer.c; linux-hv-guest-contract §7).
+//
+// A ring is a 4 KiB header page followed by data pages, reached through the pages of a
+// GPADL (which need not be contiguous). The guest controls the contents of every byte, so:
+// our own index (read index of a ring we read, write index of a ring we write) is kept
+// privately and only ever published, never read back; the other side's index is read once
+// per operation and range-checked; packet lengths are checked against what is available
+// and against a per-channel maximum; all loops are bounded by the ring size.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "common/result.hpp"
+#include "kvm/guest_memory.hpp"
+
+namespace enlighten::vmbus {
+
+inline constexpr uint32_t kPageSize = 4096;
+
+// struct hv_ring_buffer field offsets.
+inline constexpr uint32_t kRingWriteIndex = 0;
+inline constexpr uint32_t kRingReadIndex = 4;
+inline constexpr uint32_t kRingInterruptMask = 8;
+inline constexpr uint32_t kRingPendingSendSize = 12;
+inline constexpr uint32_t kRingFeatureBits = 64;
+inline constexpr uint32_t kRingFeaturePendingSendSize = 1;
+
+// struct vmpacket_descriptor
+struct PacketDescriptor {
+    uint16_t type;      // 0
+    uint16_t offset8;   // 2: payload offset from the descriptor, in 8-byte units
+    uint16_t len8;      // 4: packet length without the trailer, in 8-byte units
+    uint16_t flags;     // 6
+    uint64_t trans_id;  // 8
+};
+static_assert(std::is_standard_layout_v<PacketDescriptor> && sizeof(PacketDescriptor) == 16);
+
+enum PacketType : uint16_t {
+    kPacketDataInband = 6,
+    kPacketDataUsingXferPages = 7,
+    kPacketDataUsingGpaDirect = 9,
+    kPacketCompletion = 11,
+};
+inline constexpr uint16_t kPacketFlagCompletionRequested = 1;
+inline constexpr uint32_t kPacketTrailerSize = 8;
+
+// The host mapping of one ring's pages.
+class RingMemory {
+public:
+    // pfns[0] is the header page, the rest the data pages (at least one).
+    static Result<RingMemory> map(const GuestMemory& mem, std::span<const uint64_t> pfns);
+
+    [[nodiscard]] uint32_t data_size() const { return size_; }
+    [[nodiscard]] uint32_t load(uint32_t field) const;
+    void store(uint32_t field, uint32_t value);
+    // Copies with wrap-around at the end of the data area; pos < data_size().
+    void read(uint32_t pos, std::span<uint8_t> out) const;
+    void write(uint32_t pos, std::span<const uint8_t> in);
+
+private:
+    uint8_t* header_ = nullptr;
+    uint8_t* contiguous_ = nullptr;  // all data pages adjacent in host memory: one base
+    std::vector<uint8_t*> pages_;
+    uint32_t size_ = 0;
+};
+
+// A packet read from the guest: its descriptor and all its bytes (descriptor included).
+struct RawPacket {
+    PacketDescriptor desc{};
+    std::span<const uint8_t> bytes;
+    [[nodiscard]] std::span<const uint8_t> payload() const { return bytes.subspan(desc.offset8 * 8u); }
+    // Between the descriptor and the payload (e.g. the GPA ranges of a GPA-direct packet).
+    [[nodiscard]] std::span<const uint8_t> extra() const {
+        return bytes.subspan(sizeof(PacketDescriptor), desc.offset8 * 8u - sizeof(PacketDescriptor));
+    }
+};
+
+// The ring the guest writes and we read.
+class InRing {
+public:
+    explicit InRing(RingMemory mem) : mem_(std::move(mem)) {}
+
+    // The next packet, copied into `buf` (at most max_len bytes), or nullopt when the ring
+    // is empty. An error means the ring is corrupt and the channel must stop using it.
+    Result<std::optional<RawPacket>> next(std::vector<uint8_t>& buf, uint32_t max_len);
+    // Publishes the read index. True if the guest asked to be told about free space
+    // (pending_send_sz) and this crossed its threshold: signal it.
+    bool commit();
+    // interrupt_mask: while set, the guest does not signal new packets.
+    void set_interrupt_mask(bool masked);
+    // After clearing the mask: is there data we have not read? (full barrier first)
+    [[nodiscard]] bool has_data() const;
+
+private:
+    RingMemory mem_;
+    uint32_t read_ = 0;       // private; the guest's copy is only written
+    uint32_t published_ = 0;  // what the guest has seen
+};
+
+// The ring we write and the guest reads.
+class OutRing {
+public:
+    explicit OutRing(RingMemory mem);
+
+    struct WriteResult {
+        bool written = false;  // false: no room now; pending_send_sz is set and the guest
+                               // will signal when it has made room
+        bool signal = false;   // the guest must be interrupted
+    };
+    // Writes one packet: descriptor, `extra` (a multiple of 8 bytes), payload, padding and
+    // trailer. `signal_always`: interrupt whenever the guest has not masked interrupts
+    // (for guests that read one packet per interrupt), not only on empty -> non-empty.
+    Result<WriteResult> write(uint16_t type, uint16_t flags, uint64_t trans_id, std::span<const uint8_t> extra,
+                              std::span<const uint8_t> payload, bool signal_always);
+    [[nodiscard]] uint32_t data_size() const { return mem_.data_size(); }
+
+    // Largest packet (without the trailer) that can ever fit.
+    [[nodiscard]] uint32_t max_packet() const { return mem_.data_size() - kPacketTrailerSize - 8; }
+
+private:
+    RingMemory mem_;
+    uint32_t write_ = 0;  // private
+};
+
+}  // namespace enlighten::vmbus

@@ -1,0 +1,222 @@
+#include "vmm/control.hpp"
+
+#include <fstream>
+
+#include <spdlog/spdlog.h>
+
+#include "devices/ic/services.hpp"
+#include "vmbus/server.hpp"
+#include "vmm/machine.hpp"
+
+namespace enlighten {
+
+namespace {
+
+using api::ApiError;
+using api::ErrorKind;
+
+std::unexpected<ApiError> api_error(ErrorKind kind, std::string message) {
+    return std::unexpected(ApiError{kind, std::move(message)});
+}
+
+constexpr std::chrono::seconds kIcTimeout{10};
+
+// Resident memory of this process, from /proc/self/statm.
+uint64_t process_resident_bytes() {
+    std::ifstream statm("/proc/self/statm");
+    uint64_t size = 0, resident = 0;
+    statm >> size >> resident;
+    return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// The service must have finished its version negotiation with the guest.
+template <typename Service>
+api::ApiResult<Service*> ready(Service* s, const char* what) {
+    if (!s) return api_error(ErrorKind::Conflict, "the VM has no Hyper-V interface (--hyperv off)");
+    if (s->state() != ic::IcState::Ready)
+        return api_error(ErrorKind::Conflict, fmt::format("the guest's {} service is not connected (is hv_utils loaded?)", what));
+    return s;
+}
+
+}  // namespace
+
+MachineControl::~MachineControl() { sequencer_.stop(); }
+
+void MachineControl::attach(std::shared_ptr<Machine> machine) {
+    std::lock_guard lock(mu_);
+    machine_ = std::move(machine);
+    ++generation_;
+    shutting_down_ = false;
+}
+
+void MachineControl::detach() { attach(nullptr); }
+
+std::shared_ptr<Machine> MachineControl::current(uint64_t* generation) {
+    std::lock_guard lock(mu_);
+    if (generation) *generation = generation_;
+    return machine_;
+}
+
+api::ApiResult<std::shared_ptr<Machine>> MachineControl::running() {
+    auto m = current();
+    if (!m) return api_error(ErrorKind::Conflict, "the VM is not running (it is stopping or restarting)");
+    return m;
+}
+
+api::VmInfo MachineControl::info() {
+    api::VmInfo info;
+    info.cpus = cfg_.cpus;
+    info.memory_bytes = cfg_.memory;
+    info.kernel = cfg_.kernel;
+    info.cmdline = cfg_.cmdline;
+    info.hyperv = cfg_.hyperv;
+    auto m = current();
+    {
+        std::lock_guard lock(mu_);
+        info.state = !m ? "stopped" : shutting_down_ ? "shutting-down" : "running";
+    }
+    const uint64_t rss = process_resident_bytes();
+    if (!m) {
+        info.vmm_rss_bytes = rss;
+        return info;
+    }
+    info.uptime_ms = m->uptime_ms();
+    info.guest_rss_bytes = m->guest_resident_bytes();
+    info.vmm_rss_bytes = rss > info.guest_rss_bytes ? rss - info.guest_rss_bytes : 0;
+    if (auto* bus = m->vmbus()) {
+        if (const uint32_t v = bus->version()) info.vmbus_version = vmbus::version_string(v);
+        info.gpadls = bus->gpadl_count();
+        for (const auto& c : bus->channels())
+            info.channels.push_back({c.relid, c.name, c.class_id.to_string(), c.instance_id.to_string(),
+                                     vmbus::to_string(c.state), c.target_vp});
+    }
+    return info;
+}
+
+api::ApiResult<> MachineControl::shutdown(const api::ShutdownRequest& request) {
+    uint64_t generation;
+    auto m = current(&generation);
+    if (!m) return api_error(ErrorKind::Conflict, "the VM is not running");
+    {
+        std::lock_guard lock(mu_);
+        if (shutting_down_) return api_error(ErrorKind::Conflict, "a shutdown is already in progress");
+        shutting_down_ = true;
+    }
+    spdlog::info("API: {} requested (timeout {} s per stage)", request.reboot ? "reboot" : "shutdown", request.timeout_s);
+    sequencer_.post([this, generation, request] { shutdown_stage(generation, 1, request); });
+    return {};
+}
+
+// Stage 1: ask the guest through the shutdown IC. Stage 2: press the ACPI power button (a
+// shutdown only). Stage 3: stop the VM. Each stage runs only if the machine it was started
+// for is still running after the previous stage's timeout.
+void MachineControl::shutdown_stage(uint64_t generation, int stage, api::ShutdownRequest request) {
+    uint64_t now_generation;
+    auto m = current(&now_generation);
+    if (!m || now_generation != generation) return;  // the VM stopped or restarted: done
+    const auto wait = std::chrono::seconds(request.timeout_s);
+    auto next = [&](int s, std::chrono::milliseconds delay) {
+        sequencer_.post([this, generation, s, request] { shutdown_stage(generation, s, request); }, delay);
+    };
+    switch (stage) {
+        case 1: {
+            auto* ic = m->shutdown_ic();
+            if (ic && ic->state() == ic::IcState::Ready) {
+                if (auto r = ic->request(request.reboot, std::chrono::seconds(5)); r) {
+                    spdlog::info("API: the guest accepted the {} request", request.reboot ? "reboot" : "shutdown");
+                    return next(2, wait);
+                } else {
+                    spdlog::warn("API: shutdown IC: {}", r.error().message());
+                }
+            } else {
+                spdlog::info("API: the guest's shutdown service is not connected");
+            }
+            return next(2, std::chrono::milliseconds(0));
+        }
+        case 2:
+            if (!request.reboot) {
+                spdlog::info("API: pressing the ACPI power button");
+                m->press_power_button();
+                return next(3, wait);
+            }
+            return next(3, std::chrono::milliseconds(0));
+        default:
+            spdlog::warn("API: the guest did not {}; forcing it", request.reboot ? "reboot" : "shut down");
+            m->request_exit(request.reboot ? VmExit{VmExit::Kind::Reset, 0, {}}
+                                           : VmExit{VmExit::Kind::ForcedOff, 0, "forced power-off after the shutdown timeout"});
+            return;
+    }
+}
+
+api::ApiResult<> MachineControl::power_off() {
+    ENL_TRY(auto m, running());
+    m->request_exit({VmExit::Kind::ForcedOff, 0, "power-off through the API"});
+    return {};
+}
+
+api::ApiResult<> MachineControl::reset() {
+    ENL_TRY(auto m, running());
+    m->request_exit({VmExit::Kind::Reset, 0, {}});
+    return {};
+}
+
+api::HeartbeatInfo MachineControl::heartbeat() {
+    api::HeartbeatInfo out;
+    auto m = current();
+    if (!m || !m->heartbeat()) return out;
+    const auto st = m->heartbeat()->status();
+    out.sequence = st.sequence;
+    if (st.since_reply) out.last_reply_ms = static_cast<uint64_t>(st.since_reply->count());
+    out.state = st.health == ic::HeartbeatService::Health::Healthy ? api::HeartbeatState::Healthy
+                : st.health == ic::HeartbeatService::Health::Lost  ? api::HeartbeatState::Lost
+                                                                    : api::HeartbeatState::Unknown;
+    return out;
+}
+
+api::ApiResult<> MachineControl::time_sync() {
+    ENL_TRY(auto m, running());
+    ENL_TRY(auto* ts, ready(m->timesync(), "time sync"));
+    if (auto r = ts->sync(kIcTimeout); !r) return api_error(ErrorKind::Unavailable, r.error().message());
+    return {};
+}
+
+api::ApiResult<std::vector<api::KvpEntry>> MachineControl::kvp_list(api::KvpPool pool) {
+    ENL_TRY(auto m, running());
+    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    auto r = kvp->list(static_cast<uint8_t>(pool), std::chrono::seconds(30));
+    if (!r) return api_error(ErrorKind::Unavailable, r.error().message());
+    std::vector<api::KvpEntry> out;
+    for (auto& e : *r) out.push_back({std::move(e.key), std::move(e.value)});
+    return out;
+}
+
+api::ApiResult<std::string> MachineControl::kvp_get(api::KvpPool pool, const std::string& key) {
+    ENL_TRY(auto m, running());
+    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    auto r = kvp->get(static_cast<uint8_t>(pool), key, kIcTimeout);
+    if (!r) return api_error(ErrorKind::Unavailable, r.error().message());
+    if (!*r) return api_error(ErrorKind::NotFound, fmt::format("no key '{}' in this pool", key));
+    return std::move(**r);
+}
+
+api::ApiResult<> MachineControl::kvp_set(api::KvpPool pool, const std::string& key, const std::string& value) {
+    if (pool != api::KvpPool::External && pool != api::KvpPool::AutoExternal)
+        return api_error(ErrorKind::BadRequest, "the host writes only the external pools (external, auto-external)");
+    ENL_TRY(auto m, running());
+    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    if (auto r = kvp->set(static_cast<uint8_t>(pool), key, value, kIcTimeout); !r)
+        return api_error(ErrorKind::Unavailable, r.error().message());
+    return {};
+}
+
+api::ApiResult<> MachineControl::kvp_delete(api::KvpPool pool, const std::string& key) {
+    if (pool != api::KvpPool::External && pool != api::KvpPool::AutoExternal)
+        return api_error(ErrorKind::BadRequest, "the host writes only the external pools (external, auto-external)");
+    ENL_TRY(auto m, running());
+    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    if (auto r = kvp->remove(static_cast<uint8_t>(pool), key, kIcTimeout); !r)
+        return api_error(ErrorKind::NotFound, r.error().message());
+    return {};
+}
+
+}  // namespace enlighten

@@ -1,0 +1,841 @@
+// The management API: the router's pieces, then a real ApiServer on a temporary Unix socket
+// with a fake VmControl, exercised through cpp-httplib's client and through raw bytes.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "api/router.hpp"
+#include "api/server.hpp"
+#include "common/fd.hpp"
+
+using namespace enlighten;
+using namespace enlighten::api;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+// ---- a VmControl that records what it was asked ---------------------------------------
+
+class FakeVm final : public VmControl {
+public:
+    std::vector<std::string> calls() {
+        std::lock_guard lock(mu_);
+        return calls_;
+    }
+    ShutdownRequest last_shutdown() {
+        std::lock_guard lock(mu_);
+        return last_shutdown_;
+    }
+    // The next mutating call fails with this error.
+    void fail_next(ErrorKind kind, std::string message) {
+        std::lock_guard lock(mu_);
+        fail_ = ApiError{kind, std::move(message)};
+    }
+    HeartbeatInfo hb;
+
+    VmInfo info() override {
+        record("info");
+        VmInfo i;
+        i.state = "running";
+        i.cpus = 2;
+        i.memory_bytes = 512ULL << 20;
+        i.kernel = "/boot/vmlinuz";
+        i.cmdline = "console=ttyS0";
+        i.hyperv = true;
+        i.uptime_ms = 1234;
+        i.vmbus_version = "5.3";
+        i.channels.push_back({1, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
+                              "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0", "open", 1});
+        i.channels.push_back({2, "kvp", "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
+                              "242ff919-07db-4180-9c2e-b86cb68c8c55", "offered", 0});
+        i.gpadls = 3;
+        i.vmm_rss_bytes = 10 << 20;
+        i.guest_rss_bytes = 100 << 20;
+        return i;
+    }
+    ApiResult<> shutdown(const ShutdownRequest& r) override {
+        std::lock_guard lock(mu_);
+        calls_.push_back(r.reboot ? "reboot" : "shutdown");
+        last_shutdown_ = r;
+        return take_failure();
+    }
+    ApiResult<> power_off() override { return mutate("power_off"); }
+    ApiResult<> reset() override { return mutate("reset"); }
+    HeartbeatInfo heartbeat() override {
+        record("heartbeat");
+        return hb;
+    }
+    ApiResult<> time_sync() override { return mutate("time_sync"); }
+    ApiResult<std::vector<KvpEntry>> kvp_list(KvpPool pool) override {
+        record("kvp_list " + std::to_string(static_cast<int>(pool)));
+        std::lock_guard lock(mu_);
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        std::vector<KvpEntry> out;
+        for (const auto& [k, v] : kvp_[static_cast<size_t>(pool)]) out.push_back({k, v});
+        return out;
+    }
+    ApiResult<std::string> kvp_get(KvpPool pool, const std::string& key) override {
+        record("kvp_get " + std::to_string(static_cast<int>(pool)) + " " + key);
+        std::lock_guard lock(mu_);
+        for (const auto& [k, v] : kvp_[static_cast<size_t>(pool)]) {
+            if (k == key) return v;
+        }
+        return std::unexpected(ApiError{ErrorKind::NotFound, "no such key: " + key});
+    }
+    ApiResult<> kvp_set(KvpPool pool, const std::string& key, const std::string& value) override {
+        record("kvp_set " + std::to_string(static_cast<int>(pool)) + " " + key + "=" + value);
+        std::lock_guard lock(mu_);
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        auto& p = kvp_[static_cast<size_t>(pool)];
+        for (auto& [k, v] : p) {
+            if (k == key) {
+                v = value;
+                return {};
+            }
+        }
+        p.emplace_back(key, value);
+        return {};
+    }
+    ApiResult<> kvp_delete(KvpPool pool, const std::string& key) override {
+        record("kvp_delete " + std::to_string(static_cast<int>(pool)) + " " + key);
+        std::lock_guard lock(mu_);
+        auto& p = kvp_[static_cast<size_t>(pool)];
+        for (auto it = p.begin(); it != p.end(); ++it) {
+            if (it->first == key) {
+                p.erase(it);
+                return {};
+            }
+        }
+        return std::unexpected(ApiError{ErrorKind::NotFound, "no such key: " + key});
+    }
+
+private:
+    void record(std::string call) {
+        std::lock_guard lock(mu_);
+        calls_.push_back(std::move(call));
+    }
+    ApiResult<> take_failure() {
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        return {};
+    }
+    ApiResult<> mutate(std::string call) {
+        std::lock_guard lock(mu_);
+        calls_.push_back(std::move(call));
+        return take_failure();
+    }
+
+    std::mutex mu_;
+    std::vector<std::string> calls_;
+    ShutdownRequest last_shutdown_;
+    std::optional<ApiError> fail_;
+    std::vector<std::pair<std::string, std::string>> kvp_[5];
+};
+
+// ---- clients ---------------------------------------------------------------------------
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/enl-api-XXXXXX";
+        const char* p = ::mkdtemp(tmpl);
+        if (p == nullptr) std::abort();
+        path = p;
+    }
+    ~TempDir() { std::system(("rm -rf " + path).c_str()); }
+};
+
+UniqueFd connect_to(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return UniqueFd();
+    return fd;
+}
+
+bool send_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        bytes.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+}
+
+// Reads until EOF or `timeout` (then returns what came).
+std::string read_all(int fd, std::chrono::milliseconds timeout = 3s) {
+    std::string out;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+}
+
+struct RawResponse {
+    int status = 0;
+    std::string head;
+    std::string body;
+};
+
+RawResponse parse_raw(const std::string& text) {
+    RawResponse r;
+    if (text.size() < 12 || !text.starts_with("HTTP/1.1 ")) return r;
+    r.status = std::atoi(text.c_str() + 9);
+    const auto end = text.find("\r\n\r\n");
+    r.head = text.substr(0, end);
+    if (end != std::string::npos) r.body = text.substr(end + 4);
+    return r;
+}
+
+// One request on a fresh connection; "Connection: close" so the answer ends with EOF.
+RawResponse raw_request(const std::string& sock, const std::string& bytes) {
+    UniqueFd fd = connect_to(sock);
+    if (!fd.valid() || !send_all(fd.get(), bytes)) return {};
+    return parse_raw(read_all(fd.get()));
+}
+
+std::string error_of(const std::string& body) {
+    const Json j = Json::parse(body, nullptr, false);
+    if (!j.is_object() || !j.contains("error") || !j["error"].is_string()) return "<no error field: " + body + ">";
+    return j["error"].get<std::string>();
+}
+
+class ApiServerTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        ::signal(SIGPIPE, SIG_IGN);
+        spdlog::set_level(spdlog::level::warn);
+        sock = dir.path + "/api.sock";
+        ApiServerOptions o;
+        o.socket_path = sock;
+        o.limits.io_timeout = 2s;
+        o.limits.keep_alive_timeout = 2s;
+        server = std::make_unique<ApiServer>(vm, o);
+        auto ok = server->start();
+        ASSERT_TRUE(ok) << ok.error().message();
+    }
+    void TearDown() override { server->stop(); }
+
+    std::unique_ptr<httplib::ClientImpl> client() {
+        auto c = std::make_unique<httplib::ClientImpl>(sock, 80);
+        c->set_address_family(AF_UNIX);
+        c->set_url_encode(false);
+        c->set_read_timeout(5, 0);
+        return c;
+    }
+    httplib::Result get(const std::string& path) { return client()->Get(path); }
+    httplib::Result put(const std::string& path, const std::string& body = "") {
+        return client()->Put(path, body, "application/json");
+    }
+    httplib::Result del(const std::string& path) { return client()->Delete(path); }
+
+    TempDir dir;
+    std::string sock;
+    FakeVm vm;
+    std::unique_ptr<ApiServer> server;
+};
+
+}  // namespace
+
+// ---- router pieces ---------------------------------------------------------------------
+
+TEST(ApiRouter, PoolNamesAndNumbers) {
+    EXPECT_EQ(parse_pool("external"), KvpPool::External);
+    EXPECT_EQ(parse_pool("guest"), KvpPool::Guest);
+    EXPECT_EQ(parse_pool("auto"), KvpPool::Auto);
+    EXPECT_EQ(parse_pool("auto-external"), KvpPool::AutoExternal);
+    EXPECT_EQ(parse_pool("auto-internal"), KvpPool::AutoInternal);
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(parse_pool(std::to_string(i)), static_cast<KvpPool>(i));
+    EXPECT_FALSE(parse_pool("5"));
+    EXPECT_FALSE(parse_pool("Guest"));
+    EXPECT_FALSE(parse_pool(""));
+    EXPECT_FALSE(parse_pool("00"));
+    EXPECT_EQ(pool_name(KvpPool::AutoExternal), "auto-external");
+}
+
+TEST(ApiRouter, PercentCoding) {
+    EXPECT_EQ(percent_decode("a%20b%2Fc%c3%A9"), "a b/c\xc3\xa9");
+    EXPECT_EQ(percent_decode("plain+text"), "plain+text");
+    EXPECT_FALSE(percent_decode("%"));
+    EXPECT_FALSE(percent_decode("%2"));
+    EXPECT_FALSE(percent_decode("%G0"));
+    EXPECT_FALSE(percent_decode("ab%"));
+    EXPECT_EQ(percent_encode("a b/c\xc3\xa9~-._"), "a%20b%2Fc%C3%A9~-._");
+    const std::string all = [] {
+        std::string s;
+        for (int i = 0; i < 256; ++i) s.push_back(static_cast<char>(i));
+        return s;
+    }();
+    EXPECT_EQ(percent_decode(percent_encode(all)), all);
+}
+
+TEST(ApiRouter, Utf16Length) {
+    EXPECT_EQ(utf16_length(""), 0U);
+    EXPECT_EQ(utf16_length("abc"), 3U);
+    EXPECT_EQ(utf16_length("\xc3\xa9"), 1U);          // é
+    EXPECT_EQ(utf16_length("\xe2\x82\xac"), 1U);      // €
+    EXPECT_EQ(utf16_length("\xf0\x9f\x98\x80"), 2U);  // 😀: a surrogate pair
+    EXPECT_FALSE(utf16_length("\xff"));
+    EXPECT_FALSE(utf16_length("\x80"));
+    EXPECT_FALSE(utf16_length("\xc3"));               // truncated
+    EXPECT_FALSE(utf16_length("\xc0\xaf"));           // overlong '/'
+    EXPECT_FALSE(utf16_length("\xe0\x80\xaf"));       // overlong
+    EXPECT_FALSE(utf16_length("\xed\xa0\x80"));       // U+D800, a surrogate
+    EXPECT_FALSE(utf16_length("\xf4\x90\x80\x80"));   // above U+10FFFF
+    EXPECT_FALSE(utf16_length("\xe2\x28\xa1"));       // bad continuation
+}
+
+TEST(ApiRouter, KvpLimitsFollowTheWireFormat) {
+    EXPECT_FALSE(check_kvp_key(std::string(255, 'k')));
+    EXPECT_TRUE(check_kvp_key(std::string(256, 'k')));
+    EXPECT_TRUE(check_kvp_key(""));
+    EXPECT_TRUE(check_kvp_key(std::string("a\0b", 3)));
+    // 170 x "€" = 170 UTF-16 units but 510 UTF-8 bytes: fits; 171 (513 bytes) would be
+    // truncated by the guest kernel's UTF-8 conversion.
+    std::string euro;
+    for (int i = 0; i < 170; ++i) euro += "\xe2\x82\xac";
+    EXPECT_FALSE(check_kvp_key(euro));
+    EXPECT_TRUE(check_kvp_key(euro + "\xe2\x82\xac"));
+    // 127 emoji = 254 units (fits), 128 = 256 units (does not).
+    std::string emoji;
+    for (int i = 0; i < 127; ++i) emoji += "\xf0\x9f\x98\x80";
+    EXPECT_FALSE(check_kvp_key(emoji));
+    EXPECT_TRUE(check_kvp_key(emoji + "\xf0\x9f\x98\x80"));
+
+    EXPECT_FALSE(check_kvp_value(""));
+    EXPECT_FALSE(check_kvp_value(std::string(1023, 'v')));
+    EXPECT_TRUE(check_kvp_value(std::string(1024, 'v')));
+    EXPECT_TRUE(check_kvp_value("\xff"));
+    const auto why = check_kvp_value(std::string(1024, 'v'));
+    ASSERT_TRUE(why);
+    EXPECT_NE(why->find("1024 UTF-16"), std::string::npos) << *why;
+}
+
+TEST(ApiRouter, ErrorKindsMapToStatuses) {
+    EXPECT_EQ(http_status(ErrorKind::BadRequest), 400);
+    EXPECT_EQ(http_status(ErrorKind::NotFound), 404);
+    EXPECT_EQ(http_status(ErrorKind::Conflict), 409);
+    EXPECT_EQ(http_status(ErrorKind::Unavailable), 503);
+    EXPECT_EQ(http_status(ErrorKind::Internal), 500);
+}
+
+TEST(ApiRouter, InvalidUtf8FromTheGuestIsReplacedNotThrown) {
+    FakeVm vm;
+    ASSERT_TRUE(vm.kvp_set(KvpPool::Auto, "HostName", "bad\xff"));
+    const HttpReply r = handle_request(vm, "GET", "/api/v1/vm.kvp/auto", "");
+    EXPECT_EQ(r.status, 200);
+    const Json j = Json::parse(r.body);
+    EXPECT_EQ(j["entries"][0]["value"], "bad\xef\xbf\xbd");
+}
+
+// ---- the server, endpoint by endpoint --------------------------------------------------
+
+TEST_F(ApiServerTest, Ping) {
+    auto r = get("/api/v1/vmm.ping");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->get_header_value("Content-Type"), "application/json");
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"version":"0.1.0","api_version":1})"));
+}
+
+TEST_F(ApiServerTest, Info) {
+    auto r = get("/api/v1/vm.info");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    const Json j = Json::parse(r->body);
+    EXPECT_EQ(j["state"], "running");
+    EXPECT_EQ(j["cpus"], 2);
+    EXPECT_EQ(j["memory_bytes"], 512ULL << 20);
+    EXPECT_EQ(j["kernel"], "/boot/vmlinuz");
+    EXPECT_EQ(j["cmdline"], "console=ttyS0");
+    EXPECT_EQ(j["hyperv"], true);
+    EXPECT_EQ(j["uptime_ms"], 1234);
+    EXPECT_EQ(j["vmbus_version"], "5.3");
+    EXPECT_EQ(j["gpadls"], 3);
+    EXPECT_EQ(j["vmm_rss_bytes"], 10 << 20);
+    EXPECT_EQ(j["guest_rss_bytes"], 100 << 20);
+    ASSERT_TRUE(j["channels"].is_array());
+    ASSERT_EQ(j["channels"].size(), 2U);
+    EXPECT_EQ(j["channels"][0], Json::parse(R"({"relid":1,"name":"heartbeat",
+        "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0",
+        "state":"open","target_vp":1})"));
+    EXPECT_EQ(j.size(), 12U) << j.dump();
+}
+
+TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
+    auto r = put("/api/v1/vm.shutdown");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 204);
+    EXPECT_TRUE(r->body.empty());
+    EXPECT_FALSE(r->has_header("Content-Length"));
+    EXPECT_EQ(vm.calls(), std::vector<std::string>{"shutdown"});
+    const auto s = vm.last_shutdown();
+    EXPECT_FALSE(s.reboot);
+    EXPECT_EQ(s.timeout_s, 30U);
+    EXPECT_EQ(s.reason, "");
+}
+
+TEST_F(ApiServerTest, ShutdownWithTimeoutAndReason) {
+    auto r = put("/api/v1/vm.shutdown", R"({"timeout_s": 5, "reason": "host maintenance"})");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 204);
+    const auto s = vm.last_shutdown();
+    EXPECT_FALSE(s.reboot);
+    EXPECT_EQ(s.timeout_s, 5U);
+    EXPECT_EQ(s.reason, "host maintenance");
+}
+
+TEST_F(ApiServerTest, Reboot) {
+    auto r = put("/api/v1/vm.reboot", R"({"timeout_s": 7})");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 204);
+    EXPECT_EQ(vm.calls(), std::vector<std::string>{"reboot"});
+    EXPECT_TRUE(vm.last_shutdown().reboot);
+    EXPECT_EQ(vm.last_shutdown().timeout_s, 7U);
+}
+
+TEST_F(ApiServerTest, PowerOffResetTimeSync) {
+    EXPECT_EQ(put("/api/v1/vm.power-off")->status, 204);
+    EXPECT_EQ(put("/api/v1/vm.reset", "{}")->status, 204);
+    EXPECT_EQ(put("/api/v1/vm.time-sync")->status, 204);
+    EXPECT_EQ(vm.calls(), (std::vector<std::string>{"power_off", "reset", "time_sync"}));
+    auto r = put("/api/v1/vm.reset", R"({"force": true})");
+    EXPECT_EQ(r->status, 400);
+    EXPECT_EQ(error_of(r->body), "this endpoint takes no fields");
+}
+
+TEST_F(ApiServerTest, Heartbeat) {
+    auto r = get("/api/v1/vm.heartbeat");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"state":"unknown","sequence":0,"last_reply_ms":null})"));
+    vm.hb = {HeartbeatState::Healthy, 42, 1500};
+    EXPECT_EQ(Json::parse(get("/api/v1/vm.heartbeat")->body),
+              Json::parse(R"({"state":"healthy","sequence":42,"last_reply_ms":1500})"));
+    vm.hb = {HeartbeatState::Lost, 43, 90000};
+    EXPECT_EQ(Json::parse(get("/api/v1/vm.heartbeat")->body)["state"], "lost");
+}
+
+TEST_F(ApiServerTest, KvpSetGetListDelete) {
+    auto r = put("/api/v1/vm.kvp/external/Owner", R"({"value": "ops team"})");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 204);
+    // A key with a space, a slash and a non-ASCII letter, percent-encoded.
+    EXPECT_EQ(put("/api/v1/vm.kvp/0/a%20b%2Fc%C3%A9", R"({"value": "x"})")->status, 204);
+
+    r = get("/api/v1/vm.kvp/external/Owner");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"key":"Owner","value":"ops team"})"));
+    r = get("/api/v1/vm.kvp/external/a%20b%2Fc%C3%A9");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(Json::parse(r->body)["key"], "a b/c\xc3\xa9");
+
+    r = get("/api/v1/vm.kvp/0");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"pool":"external","entries":[
+        {"key":"Owner","value":"ops team"},{"key":"a b/c\u00e9","value":"x"}]})"));
+
+    EXPECT_EQ(del("/api/v1/vm.kvp/external/Owner")->status, 204);
+    r = get("/api/v1/vm.kvp/external/Owner");
+    EXPECT_EQ(r->status, 404);
+    EXPECT_EQ(error_of(r->body), "no such key: Owner");
+    EXPECT_EQ(del("/api/v1/vm.kvp/external/Owner")->status, 404);
+
+    const auto calls = vm.calls();
+    EXPECT_EQ(calls.front(), "kvp_set 0 Owner=ops team");
+    EXPECT_EQ(calls[1], "kvp_set 0 a b/c\xc3\xa9=x");
+}
+
+TEST_F(ApiServerTest, KvpPoolsByName) {
+    const char* names[] = {"external", "guest", "auto", "auto-external", "auto-internal"};
+    for (int i = 0; i < 5; ++i) {
+        auto r = get(std::string("/api/v1/vm.kvp/") + names[i]);
+        ASSERT_EQ(r->status, 200);
+        EXPECT_EQ(Json::parse(r->body)["pool"], names[i]);
+        EXPECT_EQ(vm.calls().back(), "kvp_list " + std::to_string(i));
+    }
+}
+
+TEST_F(ApiServerTest, VmControlErrorsMapToStatuses) {
+    const std::pair<ErrorKind, int> cases[] = {{ErrorKind::BadRequest, 400},
+                                               {ErrorKind::NotFound, 404},
+                                               {ErrorKind::Conflict, 409},
+                                               {ErrorKind::Unavailable, 503},
+                                               {ErrorKind::Internal, 500}};
+    for (const auto& [kind, status] : cases) {
+        vm.fail_next(kind, "nope " + std::to_string(status));
+        auto r = put("/api/v1/vm.time-sync");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, status);
+        EXPECT_EQ(r->get_header_value("Content-Type"), "application/json");
+        EXPECT_EQ(error_of(r->body), "nope " + std::to_string(status));
+    }
+    vm.fail_next(ErrorKind::Conflict, "the KVP service is not connected");
+    auto r = get("/api/v1/vm.kvp/guest");
+    EXPECT_EQ(r->status, 409);
+    EXPECT_EQ(error_of(r->body), "the KVP service is not connected");
+}
+
+// ---- bad input -------------------------------------------------------------------------
+
+TEST_F(ApiServerTest, MalformedJsonAndWrongTypes) {
+    struct Case {
+        const char* path;
+        const char* body;
+        const char* error_part;
+    };
+    const Case cases[] = {
+        {"/api/v1/vm.shutdown", "{\"timeout_s\": ", "invalid JSON body"},
+        {"/api/v1/vm.shutdown", "[1,2]", "must be a JSON object"},
+        {"/api/v1/vm.shutdown", R"({"timeout_s": "5"})", "timeout_s must be an integer between 1 and 3600"},
+        {"/api/v1/vm.shutdown", R"({"timeout_s": 2.5})", "timeout_s must be an integer between 1 and 3600"},
+        {"/api/v1/vm.shutdown", R"({"timeout_s": 0})", "timeout_s must be an integer between 1 and 3600"},
+        {"/api/v1/vm.shutdown", R"({"timeout_s": -1})", "timeout_s must be an integer between 1 and 3600"},
+        {"/api/v1/vm.shutdown", R"({"timeout_s": 99999999999999999999})", "timeout_s must be an integer between 1 and 3600"},
+        {"/api/v1/vm.shutdown", R"({"reason": 5})", "reason must be a string"},
+        {"/api/v1/vm.reboot", R"({"timeout": 5})", "unknown field 'timeout'"},
+        {"/api/v1/vm.kvp/external/k", R"({"value": 5})", "value must be a string"},
+        {"/api/v1/vm.kvp/external/k", R"({"val": "x"})", "unknown field 'val'"},
+        {"/api/v1/vm.kvp/external/k", R"({})", "missing field 'value'"},
+        {"/api/v1/vm.kvp/external/k", "", "a JSON object body is required"},
+        {"/api/v1/vm.kvp/external/k", "\"x\"", "must be a JSON object"},
+        {"/api/v1/vm.kvp/external/k", "{\"value\": \"\xff\"}", "invalid JSON body"},
+    };
+    for (const auto& c : cases) {
+        auto r = put(c.path, c.body);
+        ASSERT_TRUE(r) << c.body;
+        EXPECT_EQ(r->status, 400) << c.body;
+        EXPECT_NE(error_of(r->body).find(c.error_part), std::string::npos) << c.body << " -> " << r->body;
+    }
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, OversizeBodyIs413) {
+    const std::string body = R"({"value": ")" + std::string(70000, 'v') + "\"}";
+    auto r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nHost: localhost\r\nContent-Length: " +
+                                   std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(r.status, 413);
+    EXPECT_NE(error_of(r.body).find("at most 65536"), std::string::npos) << r.body;
+    // With "Expect: 100-continue" the refusal comes before the body is sent.
+    r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+                          "Content-Length: 1000000\r\n\r\n");
+    EXPECT_EQ(r.status, 413);
+    // Through the library client too (the server drains briefly so the client sees the answer).
+    auto c = put("/api/v1/vm.kvp/external/k", body);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->status, 413);
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, OversizeHeadersAre431) {
+    auto r = raw_request(sock, "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n" +
+                                   std::string("X-Big: ") + std::string(8000, 'h') + "\r\nX-Big2: " +
+                                   std::string(8000, 'h') + "\r\nX-Big3: " + std::string(8000, 'h') +
+                                   "\r\n\r\n");
+    EXPECT_EQ(r.status, 431);
+    EXPECT_NE(error_of(r.body).find("exceed 16384 bytes"), std::string::npos) << r.body;
+    // Many small headers count as well.
+    std::string many = "GET /api/v1/vmm.ping HTTP/1.1\r\n";
+    for (int i = 0; i < 2000; ++i) many += "X-H" + std::to_string(i) + ": v\r\n";
+    r = raw_request(sock, many + "\r\n");
+    EXPECT_EQ(r.status, 431);
+}
+
+TEST_F(ApiServerTest, BadPoolKeyAndEncoding) {
+    struct Case {
+        std::string path;
+        const char* error_part;
+    };
+    const Case cases[] = {
+        {"/api/v1/vm.kvp/nosuchpool", "unknown KVP pool 'nosuchpool'"},
+        {"/api/v1/vm.kvp/5/key", "unknown KVP pool '5'"},
+        {"/api/v1/vm.kvp/external/" + std::string(256, 'k'), "the KVP key is too long: 256 UTF-16"},
+        {"/api/v1/vm.kvp/external/%FF%FE", "the KVP key is not valid UTF-8"},
+        {"/api/v1/vm.kvp/external/%ED%A0%80", "the KVP key is not valid UTF-8"},
+        {"/api/v1/vm.kvp/external/a%00b", "NUL"},
+        {"/api/v1/vm.kvp/external/a%G0", "malformed percent-encoding"},
+        {"/api/v1/vm.kvp/external/%", "malformed percent-encoding"},
+        {"/api/v1/vm.kvp/external/", "the KVP key is empty"},
+    };
+    for (const auto& c : cases) {
+        auto r = get(c.path);
+        ASSERT_TRUE(r) << c.path;
+        EXPECT_EQ(r->status, 400) << c.path;
+        EXPECT_NE(error_of(r->body).find(c.error_part), std::string::npos) << c.path << " -> " << r->body;
+    }
+    // A value too long for the KVP service.
+    auto r = put("/api/v1/vm.kvp/external/k", Json{{"value", std::string(1024, 'v')}}.dump());
+    EXPECT_EQ(r->status, 400);
+    EXPECT_NE(error_of(r->body).find("the KVP value is too long"), std::string::npos) << r->body;
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, UnknownPathsAre404) {
+    for (const char* path : {"/", "/api", "/api/v1/", "/api/v1/vm.nothing", "/api/v2/vm.info", "/api/v1/vm.info/x",
+                             "/api/v1/vm.kvp", "/api/v1/vm.kvp/guest/k/extra", "/other"}) {
+        auto r = get(path);
+        ASSERT_TRUE(r) << path;
+        EXPECT_EQ(r->status, 404) << path;
+        EXPECT_EQ(r->get_header_value("Content-Type"), "application/json") << path;
+        EXPECT_FALSE(error_of(r->body).starts_with("<")) << path << " -> " << r->body;
+    }
+}
+
+TEST_F(ApiServerTest, WrongMethodsAre405WithAllow) {
+    auto r = client()->Post("/api/v1/vm.info", "", "application/json");
+    EXPECT_EQ(r->status, 405);
+    EXPECT_EQ(r->get_header_value("Allow"), "GET, HEAD");
+    EXPECT_EQ(error_of(r->body), "method POST is not allowed here; use GET, HEAD");
+    r = get("/api/v1/vm.shutdown");
+    EXPECT_EQ(r->status, 405);
+    EXPECT_EQ(r->get_header_value("Allow"), "PUT");
+    r = put("/api/v1/vm.kvp/guest");
+    EXPECT_EQ(r->status, 405);
+    r = client()->Patch("/api/v1/vm.kvp/guest/k", R"({"value":"x"})", "application/json");
+    EXPECT_EQ(r->status, 405);
+    EXPECT_EQ(r->get_header_value("Allow"), "GET, HEAD, PUT, DELETE");
+    r = client()->Options("/api/v1/vmm.ping");
+    EXPECT_EQ(r->status, 405);
+    // A method httplib does not know at all.
+    auto raw = raw_request(sock, "BREW /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(raw.status, 501);
+    EXPECT_EQ(error_of(raw.body), "method BREW is not supported");
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, HeadIsGetWithoutBody) {
+    auto r = client()->Head("/api/v1/vm.info");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_TRUE(r->body.empty());
+}
+
+// ---- HTTP details ----------------------------------------------------------------------
+
+TEST_F(ApiServerTest, BodylessPutAndDeleteWithoutContentLengthDoNotHang) {
+    // curl -X PUT sends no Content-Length; the server must not wait for the end of the stream.
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = raw_request(sock, "PUT /api/v1/vm.power-off HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 204);
+    EXPECT_EQ(r.head.find("Content-Length"), std::string::npos) << r.head;
+    r = raw_request(sock, "DELETE /api/v1/vm.kvp/external/k HTTP/1.1\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 404);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
+TEST_F(ApiServerTest, KeepAliveAndPipelining) {
+    UniqueFd fd = connect_to(sock);
+    ASSERT_TRUE(fd.valid());
+    const std::string req = "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    ASSERT_TRUE(send_all(fd.get(), req + req + "GET /api/v1/vm.heartbeat HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    const std::string all = read_all(fd.get());
+    size_t n = 0;
+    for (size_t p = 0; (p = all.find("HTTP/1.1 200", p)) != std::string::npos; ++p) ++n;
+    EXPECT_EQ(n, 3U) << all;
+    EXPECT_NE(all.find("\"sequence\""), std::string::npos);
+}
+
+TEST_F(ApiServerTest, ChunkedAndEncodedBodiesAreRefused) {
+    auto r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               "5\r\nhello\r\n0\r\n\r\n");
+    EXPECT_EQ(r.status, 411);
+    r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n"
+                          "abcd");
+    EXPECT_EQ(r.status, 415);
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, GarbageGetsA400AndTheConnectionCloses) {
+    auto r = raw_request(sock, "this is not HTTP\r\n\r\n");
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(error_of(r.body), "malformed HTTP request");
+    r = raw_request(sock, std::string("\x00\x01\x02\r\n\r\n", 7));
+    EXPECT_EQ(r.status, 400);
+    // The server still works.
+    EXPECT_EQ(get("/api/v1/vmm.ping")->status, 200);
+}
+
+TEST_F(ApiServerTest, TwoClientsAtOnce) {
+    // One client holds an idle keep-alive connection; another is still served.
+    UniqueFd idle = connect_to(sock);
+    ASSERT_TRUE(idle.valid());
+    ASSERT_TRUE(send_all(idle.get(), "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n"));
+    std::this_thread::sleep_for(50ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = get("/api/v1/vmm.ping");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
+// ---- the socket's life -----------------------------------------------------------------
+
+TEST_F(ApiServerTest, SocketIsPrivate) {
+    struct stat st {};
+    ASSERT_EQ(::lstat(sock.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0600U);
+}
+
+TEST_F(ApiServerTest, RefusesALiveSocket) {
+    FakeVm other;
+    ApiServer second(other, ApiServerOptions{sock, 1, {}});
+    auto ok = second.start();
+    ASSERT_FALSE(ok);
+    EXPECT_NE(ok.error().message().find("another process is serving on it"), std::string::npos)
+        << ok.error().message();
+    second.stop();
+    // The first server and its socket are untouched.
+    EXPECT_EQ(get("/api/v1/vmm.ping")->status, 200);
+    EXPECT_TRUE(other.calls().empty());
+}
+
+TEST_F(ApiServerTest, StopWithClientsConnected) {
+    // One idle connection, one in the middle of its headers.
+    UniqueFd idle = connect_to(sock);
+    UniqueFd partial = connect_to(sock);
+    ASSERT_TRUE(idle.valid() && partial.valid());
+    ASSERT_TRUE(send_all(partial.get(), "GET /api/v1/vm.info HTTP/1.1\r\nHost: loc"));
+    std::this_thread::sleep_for(100ms);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    server->stop();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);
+
+    // Both see the connection closed; the socket file is gone; nothing reached the VM.
+    EXPECT_EQ(read_all(idle.get(), 1s), "");
+    EXPECT_EQ(read_all(partial.get(), 1s), "");
+    struct stat st {};
+    EXPECT_NE(::lstat(sock.c_str(), &st), 0);
+    EXPECT_FALSE(connect_to(sock).valid());
+    EXPECT_TRUE(vm.calls().empty());
+    server->stop();  // idempotent
+}
+
+TEST(ApiServerSocket, StalledRequestGets408) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    FakeVm vm;
+    ApiServerOptions o{path, 1, {}};
+    o.limits.io_timeout = 200ms;
+    ApiServer server(vm, o);
+    ASSERT_TRUE(server.start());
+    UniqueFd fd = connect_to(path);
+    ASSERT_TRUE(send_all(fd.get(), "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: lo"));
+    const auto t0 = std::chrono::steady_clock::now();
+    const RawResponse r = parse_raw(read_all(fd.get(), 3s));
+    EXPECT_EQ(r.status, 408);
+    EXPECT_EQ(error_of(r.body), "the request was not completed within 200 ms");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+    // A stalled client does not block the next one (one worker here).
+    httplib::ClientImpl c(path, 80);
+    c.set_address_family(AF_UNIX);
+    auto ok = c.Get("/api/v1/vmm.ping");
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200);
+}
+
+TEST(ApiServerSocket, ReplacesAStaleSocket) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    {
+        // A socket file nobody listens on, as a crashed VMM leaves behind.
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, path.data(), path.size());
+        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+        ASSERT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    }
+    struct stat st {};
+    ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+    FakeVm vm;
+    ApiServer server(vm, ApiServerOptions{path, 1, {}});
+    auto ok = server.start();
+    ASSERT_TRUE(ok) << ok.error().message();
+    UniqueFd c = connect_to(path);
+    EXPECT_TRUE(c.valid());
+    server.stop();
+    EXPECT_NE(::lstat(path.c_str(), &st), 0);
+}
+
+TEST(ApiServerSocket, RefusesSomethingElseAtThePath) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    std::ofstream(path) << "precious";
+    FakeVm vm;
+    ApiServer server(vm, ApiServerOptions{path, 1, {}});
+    auto ok = server.start();
+    ASSERT_FALSE(ok);
+    EXPECT_NE(ok.error().message().find("exists and is not a socket"), std::string::npos) << ok.error().message();
+    std::ifstream in(path);
+    std::string text;
+    in >> text;
+    EXPECT_EQ(text, "precious");
+}
+
+TEST(ApiServerSocket, RefusesBadPaths) {
+    FakeVm vm;
+    ApiServer too_long(vm, ApiServerOptions{"/tmp/" + std::string(120, 'x'), 1, {}});
+    auto ok = too_long.start();
+    ASSERT_FALSE(ok);
+    EXPECT_NE(ok.error().message().find("at most 107"), std::string::npos) << ok.error().message();
+    ApiServer no_dir(vm, ApiServerOptions{"/nonexistent-dir/api.sock", 1, {}});
+    ok = no_dir.start();
+    ASSERT_FALSE(ok);
+    EXPECT_NE(ok.error().message().find("No such file or directory"), std::string::npos) << ok.error().message();
+}
+
+TEST(ApiServerSocket, StopLeavesAReplacedSocketAlone) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    FakeVm vm;
+    ApiServer server(vm, ApiServerOptions{path, 1, {}});
+    ASSERT_TRUE(server.start());
+    // Someone removed our socket and put their own file there: stop() must not delete it.
+    ASSERT_EQ(::unlink(path.c_str()), 0);
+    std::ofstream(path) << "theirs";
+    server.stop();
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0);
+}
+
+TEST(ApiServerSocket, RestartAfterStop) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    FakeVm vm;
+    ApiServer server(vm, ApiServerOptions{path, 2, {}});
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(server.start());
+        httplib::ClientImpl c(path, 80);
+        c.set_address_family(AF_UNIX);
+        auto r = c.Get("/api/v1/vmm.ping");
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->status, 200);
+        server.stop();
+    }
+}
