@@ -33,6 +33,8 @@ uint64_t process_resident_bytes() {
 template <typename Service>
 api::ApiResult<Service*> ready(Service* s, const char* what) {
     if (!s) return api_error(ErrorKind::Conflict, "the VM has no Hyper-V interface (--hyperv off)");
+    // A service that is still negotiating gets a moment to finish.
+    if (s->state() == ic::IcState::Negotiating) s->wait_ready(std::chrono::seconds(5));
     if (s->state() != ic::IcState::Ready)
         return api_error(ErrorKind::Conflict, fmt::format("the guest's {} service is not connected (is hv_utils loaded?)", what));
     return s;

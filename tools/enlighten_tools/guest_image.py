@@ -36,6 +36,8 @@ GUEST_MODULES = [
     "hyperv-keyboard", "hid-hyperv", "hyperv_fb",
     # ACPI power button -> input event -> busybox acpid (the shutdown fallback)
     "button", "evdev",
+    # a network interface for tests before there is a synthetic NIC
+    "dummy",
 ]
 HV_DAEMONS = ["hv_kvp_daemon", "hv_vss_daemon", "hv_fcopy_daemon"]
 
@@ -261,6 +263,7 @@ def build(force: bool = False) -> GuestImage:
             arc.add_file(dst, src, perm=0o755)
     arc.add_bytes("/init", INIT_SCRIPT, perm=0o755)
     arc.add_bytes("/etc/os-release", OS_RELEASE, perm=0o644)
+    arc.add_bytes("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 enlighten-guest.localdomain enlighten-guest\n", perm=0o644)
     arc.add_bytes("/etc/acpid.conf", ACPID_CONF, perm=0o644)
     arc.add_dir("/etc/acpi")
     arc.add_dir("/var/lib/hyperv")

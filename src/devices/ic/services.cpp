@@ -300,13 +300,13 @@ Result<> KvpService::remove(uint8_t pool, const std::string& key, std::chrono::m
 }
 
 Result<std::optional<std::string>> KvpService::get(uint8_t pool, const std::string& key, std::chrono::milliseconds timeout) {
-    ENL_TRY(KvpMessage m, kvp_request(kKvpGet, pool, key, nullptr));
-    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
-    if (reply.status != kHvSOk) return std::optional<std::string>{};
-    KvpMessage r{};
-    std::memcpy(&r, reply.body.data(), std::min(reply.body.size(), sizeof(r)));
-    ENL_TRY(std::string value, decode_field(r.body.data.value, r.body.data.value_size, kKvpMaxValueSize));
-    return std::optional<std::string>(std::move(value));
+    // Not KVP_OP_GET: Linux's hv_kvp_daemon copies value_size bytes of the value back, and
+    // the kernel forwards the host's value_size, which is 0 in a GET request; so a GET
+    // always returns an empty value. Enumerating the pool returns the real values.
+    ENL_TRY(auto entries, list(pool, timeout));
+    for (auto& e : entries)
+        if (e.key == key) return std::optional<std::string>(std::move(e.value));
+    return std::optional<std::string>{};
 }
 
 Result<std::vector<KvpService::Entry>> KvpService::list(uint8_t pool, std::chrono::milliseconds timeout) {

@@ -1,0 +1,134 @@
+// Fuzzes the management API. The first byte picks the layer:
+//   even: raw bytes as one client connection (pipelined requests, any framing) through the
+//         same HttpFrontend the server uses (cpp-httplib's request processing, our limits,
+//         pre-routing and router) over an in-memory stream;
+//   odd:  "METHOD\nTARGET\nBODY" straight into api::handle_request.
+// A fake VmControl traps if anything unchecked reaches it; every answer must be HTTP with a
+// JSON body.
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/http_frontend.hpp"
+#include "api/router.hpp"
+
+using namespace enlighten;
+using namespace enlighten::api;
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    spdlog::set_level(spdlog::level::off);
+    return 0;
+}
+
+namespace {
+
+void check_key(const std::string& key) {
+    if (check_kvp_key(key)) __builtin_trap();
+}
+
+class FuzzVm final : public VmControl {
+public:
+    VmInfo info() override {
+        VmInfo i;
+        i.state = "running";
+        i.kernel = "k\xff";  // invalid UTF-8 must not break the JSON
+        i.channels.push_back({1, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d", "x", "open", 0});
+        return i;
+    }
+    ApiResult<> shutdown(const ShutdownRequest& r) override {
+        if (r.timeout_s < 1 || r.timeout_s > kMaxTimeoutS || !utf16_length(r.reason)) __builtin_trap();
+        return {};
+    }
+    ApiResult<> power_off() override { return {}; }
+    ApiResult<> reset() override { return std::unexpected(ApiError{ErrorKind::Conflict, "busy"}); }
+    HeartbeatInfo heartbeat() override { return {HeartbeatState::Healthy, 7, 12}; }
+    ApiResult<> time_sync() override { return std::unexpected(ApiError{ErrorKind::Unavailable, ""}); }
+    ApiResult<std::vector<KvpEntry>> kvp_list(KvpPool pool) override {
+        if (static_cast<unsigned>(pool) > 4) __builtin_trap();
+        return std::vector<KvpEntry>{{"a", "b"}, {"\xc3", "\xff\xfe"}};
+    }
+    ApiResult<std::string> kvp_get(KvpPool, const std::string& key) override {
+        check_key(key);
+        if (key.size() % 2 != 0) return std::unexpected(ApiError{ErrorKind::NotFound, "no such key"});
+        return key;
+    }
+    ApiResult<> kvp_set(KvpPool, const std::string& key, const std::string& value) override {
+        check_key(key);
+        if (check_kvp_value(value)) __builtin_trap();
+        return {};
+    }
+    ApiResult<> kvp_delete(KvpPool, const std::string& key) override {
+        check_key(key);
+        return {};
+    }
+};
+
+// One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.
+class MemoryStream final : public ConnectionStream {
+public:
+    MemoryStream(std::string_view in, size_t chunk) : in_(in), chunk_(chunk) {}
+    bool wait_for_request(std::chrono::milliseconds) override { return pos_ < in_.size(); }
+    const std::string& output() const { return out_; }
+
+protected:
+    ssize_t raw_read(char* ptr, size_t size) override {
+        const size_t n = std::min({size, chunk_, in_.size() - pos_});
+        std::memcpy(ptr, in_.data() + pos_, n);
+        pos_ += n;
+        return static_cast<ssize_t>(n);
+    }
+    ssize_t raw_write(const char* ptr, size_t size) override {
+        if (out_.size() + size > (4U << 20)) __builtin_trap();  // answers stay small
+        out_.append(ptr, size);
+        return static_cast<ssize_t>(size);
+    }
+
+private:
+    std::string_view in_;
+    size_t chunk_;
+    size_t pos_ = 0;
+    std::string out_;
+};
+
+void check_reply(const HttpReply& r) {
+    if (r.status < 200 || r.status > 599) __builtin_trap();
+    if (r.status == 204 && !r.body.empty()) __builtin_trap();
+    if (!r.body.empty() && !nlohmann::json::accept(r.body)) __builtin_trap();
+    if (r.status >= 400 && r.body.empty()) __builtin_trap();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    static FuzzVm vm;
+    static const ApiLimits limits = [] {
+        ApiLimits l;
+        l.max_header_bytes = 2048;
+        l.max_body_bytes = 4096;
+        l.keep_alive_max_requests = 16;
+        return l;
+    }();
+    static HttpFrontend frontend(vm, limits);
+    static const std::atomic<bool> never_stop{false};
+
+    if (size < 1) return 0;
+    const std::string_view rest(reinterpret_cast<const char*>(data) + 1, size - 1);
+    if ((data[0] & 1) == 0) {
+        MemoryStream stream(rest, 1 + (data[0] >> 1) * 31U);
+        (void)frontend.serve(stream, never_stop);
+        const std::string& out = stream.output();
+        if (!out.empty() && !out.starts_with("HTTP/1.1 ")) __builtin_trap();
+    } else {
+        const size_t a = rest.find('\n');
+        const size_t b = a == std::string_view::npos ? a : rest.find('\n', a + 1);
+        const std::string_view method = rest.substr(0, a);
+        const std::string_view target = a == std::string_view::npos ? "" : rest.substr(a + 1, b - a - 1);
+        const std::string_view body = b == std::string_view::npos ? "" : rest.substr(b + 1);
+        check_reply(handle_request(vm, method, target, body));
+    }
+    return 0;
+}
