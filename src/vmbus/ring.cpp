@@ -86,20 +86,27 @@ Result<std::optional<RawPacket>> InRing::next(std::vector<uint8_t>& buf, uint32_
     if (avail < sizeof(PacketDescriptor) + kPacketTrailerSize)
         return fail("ring holds {} bytes, less than one packet", avail);
     PacketDescriptor desc;
-    mem_.read(read_, std::span(reinterpret_cast<uint8_t*>(&desc), sizeof(desc)));
+    if (const uint8_t* p = mem_.linear(read_, sizeof(desc)))
+        std::memcpy(&desc, p, sizeof(desc));
+    else
+        mem_.read(read_, std::span(reinterpret_cast<uint8_t*>(&desc), sizeof(desc)));
     const uint32_t len = desc.len8 * 8u;
     const uint32_t off = desc.offset8 * 8u;
     if (len < sizeof(PacketDescriptor) || off < sizeof(PacketDescriptor) || off > len)
         return fail("packet with offset {} and length {} is malformed", off, len);
     if (len + kPacketTrailerSize > avail) return fail("packet of {} bytes is longer than the {} bytes in the ring", len, avail);
     if (len > max_len) return fail("packet of {} bytes is longer than this channel allows ({})", len, max_len);
-    buf.resize(len);
-    mem_.read(read_, buf);
+    if (buf.size() < len) buf.resize(std::max<size_t>(len, 256));
+    if (const uint8_t* p = mem_.linear(read_, len))
+        std::memcpy(buf.data(), p, len);
+    else
+        mem_.read(read_, std::span(buf.data(), len));
     // Use the descriptor as copied with the packet (one copy: what we validate is what we use).
     std::memcpy(&desc, buf.data(), sizeof(desc));
     if (desc.len8 * 8u != len || desc.offset8 * 8u != off) return fail("packet changed while it was read");
-    read_ = (read_ + len + kPacketTrailerSize) % size;
-    return std::optional<RawPacket>(RawPacket{desc, std::span<const uint8_t>(buf)});
+    read_ += len + kPacketTrailerSize;
+    if (read_ >= size) read_ -= size;
+    return std::optional<RawPacket>(RawPacket{desc, std::span<const uint8_t>(buf.data(), len)});
 }
 
 bool InRing::commit() {
@@ -163,6 +170,17 @@ Result<OutRing::WriteResult> OutRing::write(uint16_t type, uint16_t flags, uint6
 
     const uint32_t start = write_;
     PacketDescriptor desc{type, static_cast<uint16_t>(header_len / 8), static_cast<uint16_t>(len / 8), flags, trans_id};
+    const uint64_t trailer = uint64_t{start} << 32;  // what Linux writes; readers skip it
+    const uint32_t pad = static_cast<uint32_t>(len - header_len - payload.size());
+    if (uint8_t* p = mem_.linear(start, need)) {
+        // Fast path: the whole packet is one piece of host memory.
+        std::memcpy(p, &desc, sizeof(desc));
+        if (!extra.empty()) std::memcpy(p + sizeof(desc), extra.data(), extra.size());
+        if (!payload.empty()) std::memcpy(p + header_len, payload.data(), payload.size());
+        for (uint32_t i = 0; i < pad; ++i) p[header_len + payload.size() + i] = 0;  // < 8 bytes
+        std::memcpy(p + len, &trailer, sizeof(trailer));
+        return publish(start, need, signal_always);
+    }
     mem_.write(start, std::span(reinterpret_cast<const uint8_t*>(&desc), sizeof(desc)));
     uint32_t pos = static_cast<uint32_t>((start + sizeof(desc)) % size);
     if (!extra.empty()) {
@@ -171,15 +189,18 @@ Result<OutRing::WriteResult> OutRing::write(uint16_t type, uint16_t flags, uint6
     }
     mem_.write(pos, payload);
     pos = static_cast<uint32_t>((pos + payload.size()) % size);
-    const uint32_t pad = static_cast<uint32_t>(len - header_len - payload.size());
     if (pad) {
         const uint8_t zeros[8] = {};
         mem_.write(pos, std::span(zeros, pad));
         pos = (pos + pad) % size;
     }
-    const uint64_t trailer = uint64_t{start} << 32;  // what Linux writes; readers skip it
     mem_.write(pos, std::span(reinterpret_cast<const uint8_t*>(&trailer), sizeof(trailer)));
-    write_ = (start + need) % size;
+    return publish(start, need, signal_always);
+}
+
+OutRing::WriteResult OutRing::publish(uint32_t start, uint32_t need, bool signal_always) {
+    write_ = start + need;
+    if (write_ >= mem_.data_size()) write_ -= mem_.data_size();
     // Packet bytes before the index (release); then a full barrier before we read the
     // guest's interrupt mask and read index to decide whether to signal.
     mem_.store(kRingWriteIndex, write_);

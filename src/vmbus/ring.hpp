@@ -61,6 +61,11 @@ public:
     // Copies with wrap-around at the end of the data area; pos < data_size().
     void read(uint32_t pos, std::span<uint8_t> out) const;
     void write(uint32_t pos, std::span<const uint8_t> in);
+    // The host address of [pos, pos+len) if it is one piece of host memory (no wrap, and the
+    // data pages are contiguous): the fast path for copies.
+    [[nodiscard]] uint8_t* linear(uint32_t pos, uint32_t len) const {
+        return contiguous_ && pos <= size_ && len <= size_ - pos ? contiguous_ + pos : nullptr;
+    }
 
 private:
     uint8_t* header_ = nullptr;
@@ -123,6 +128,8 @@ public:
     [[nodiscard]] uint32_t max_packet() const { return mem_.data_size() - kPacketTrailerSize - 8; }
 
 private:
+    // Publishes the packet written at `start` and decides whether to signal.
+    WriteResult publish(uint32_t start, uint32_t need, bool signal_always);
     RingMemory mem_;
     uint32_t write_ = 0;  // private
 };
