@@ -9,14 +9,16 @@ Every variant boots the same kernel (the default guest's bzImage), the same init
 default guest's, whose /init prints ENLIGHTEN-INIT, a summary, "Powering off ..." and
 powers off), with the same memory (512M), vCPUs and command line, under bench/boot_timer,
 which reports per run: ms until the ENLIGHTEN-INIT line (marker), until the "Powering
-off" line (end), until the VMM exited (exit); and, in the first (verification) round,
-the VMM's memory at the marker (Rss, guest-RAM Rss, overhead = Rss - guest RAM Rss).
+off" line (end), until the VMM exited (exit), and the VMM's memory at the marker (Rss,
+guest-RAM Rss, overhead = Rss - guest RAM Rss; medians over the runs are reported, as
+transparent huge pages make single samples jump by 2 MiB).
 
-Round 0 checks that every variant reaches the marker (a variant that does not is left
-out of the timed rounds and its log is printed) and doubles as the warm-up and the
-memory sample; rounds 1..N are timed, round-robin with the start rotated every round, so
-drift in the test host affects every variant alike. This is a benchmark, not a test: it
-exits 0 whatever the numbers are (1 only when it could not run at all).
+The first round is also the verification: a variant that does not reach the marker and
+exit 0 there is left out of the later rounds (its console tail is printed). Rounds run
+round-robin with the start rotated every round, so drift in the test host affects every
+variant alike. With --warmup, an extra untimed round 0 does the verification and the
+warm-up instead. This is a benchmark, not a test: it exits 0 whatever the numbers
+are (1 only when it could not run at all).
 
 Output: a markdown report on stdout and in bench/results/boot-<date>.md (with the date,
 the commit, the exact command lines and every raw measurement). Progress goes to stderr.
@@ -133,17 +135,18 @@ def vmm_argv(case: Case, kernel: str, initrd: str, enlighten: str, q: qemu.QemuC
             "-append", cmdline]
 
 
-def timer_argv(timer: str, case: Case, rnd: int) -> list[str]:
+def timer_argv(timer: str, case: Case, rnd: int, memory: bool) -> list[str]:
     argv = [timer, "--timeout", str(RUN_TIMEOUT_S), "--marker", MARKER, "--end-marker", END_MARKER,
             "--log", f"{H_LOGS}/{case.id}.{rnd}.log"]
-    if rnd == 0:
+    if memory:
         argv += ["--guest-mem", MEMORY]
     return argv
 
 
 def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], timer: str,
-                q: qemu.QemuCarry) -> str:
-    """The shell script run in the test host: round 0 (verify + memory), then timed rounds."""
+                q: qemu.QemuCarry, warmup: bool) -> str:
+    """The shell script run in the test host. The first round (0 with warmup, else 1)
+    verifies every variant and samples memory; later rounds skip variants that failed it."""
     lines = [
         "set -u",
         f"mkdir -p {H_LOGS}",
@@ -166,17 +169,20 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], t
         "}",
     ]
     ok_var = {c.id: "ok_" + re.sub(r"[^A-Za-z0-9]", "_", c.id) for c in cases}
-    lines.append("# round 0: does every variant reach the marker? (also warm-up and memory)")
-    for c in cases:
-        cmd = shlex.join(["bench_run", c.id, "0", *timer_argv(timer, c, 0), "--", *argv_of[c.id]])
-        lines.append(f"{ok_var[c.id]}=0; {cmd} && {ok_var[c.id]}=1")
-    for r in range(1, rounds + 1):
-        lines.append(f"# round {r}")
-        k = (r - 1) % len(cases)
+    first = 0 if warmup else 1
+    for r in range(first, rounds + 1):
+        if r == first:
+            lines.append(f"# round {r}: does every variant reach the marker?")
+        else:
+            lines.append(f"# round {r}")
+        k = max(r - 1, 0) % len(cases)
         for c in cases[k:] + cases[:k]:  # rotate the start: no variant always goes first
-            cmd = shlex.join(["bench_run", c.id, str(r), *timer_argv(timer, c, r), "--",
-                              *argv_of[c.id]])
-            lines.append(f'[ "${ok_var[c.id]}" = 1 ] && {cmd}')
+            cmd = shlex.join(["bench_run", c.id, str(r), *timer_argv(timer, c, r, True),
+                              "--", *argv_of[c.id]])
+            if r == first:
+                lines.append(f"{ok_var[c.id]}=0; {cmd} && {ok_var[c.id]}=1")
+            else:
+                lines.append(f'[ "${ok_var[c.id]}" = 1 ] && {cmd}')
     lines.append("echo BENCH-DONE")
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
@@ -261,7 +267,14 @@ class Stats:
     end: list[float]
     exit: list[float]
     uptime: list[float]
-    mem: Run | None
+    mem: list[Run]
+
+    def mem_med(self, key: str) -> float | None:
+        return _med([v for r in self.mem if (v := r.num(key)) is not None])
+
+    def mem_range(self, key: str) -> tuple[float, float] | None:
+        vals = [v for r in self.mem if (v := r.num(key)) is not None]
+        return (min(vals), max(vals)) if vals else None
 
 
 def _min(xs: list[float]) -> float | None:
@@ -295,8 +308,7 @@ def collect(cases: list[Case], runs: list[Run]) -> dict[str, Stats]:
     out: dict[str, Stats] = {}
     for c in cases:
         timed = [r for r in runs if r.case_id == c.id and r.rnd >= 1 and r.ok]
-        mem = next((r for r in runs if r.case_id == c.id and r.rnd == 0 and r.ok
-                    and r.num("rss_kib") is not None), None)
+        mem = [r for r in runs if r.case_id == c.id and r.ok and r.num("rss_kib") is not None]
         out[c.id] = Stats(
             n=len(timed),
             marker=[r.num("marker_ms") for r in timed if r.num("marker_ms") is not None],
@@ -326,8 +338,11 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
              f"{int(info.get('host_mem_kib', '0') or 0) // 1024} MiB, QEMU TCG on "
              f"{meta['machine']}; session {meta['session_s']} s")
     L.append(f"- guest: default bzImage + initrd, `{CMDLINE}`, {MEMORY}; {rounds} timed rounds, "
-             "interleaved round-robin (start rotated each round), after one verification/warm-up "
-             "round that also sampled memory")
+             "interleaved round-robin (start rotated each round); "
+             + ("an untimed verification/warm-up round 0 sampled memory" if meta.get("warmup")
+                else "round 1 also verified each variant and sampled memory"))
+    if meta.get("load"):
+        L.append(f"- this machine's load average (1 min) at start / end: {meta['load']}")
     if not complete:
         L.append("- **INCOMPLETE**: the test-host session ended early (timeout or error); "
                  "the numbers below are what was measured before that")
@@ -361,26 +376,37 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
                      f"| {ratios(s.exit, be)} | {ratios(s.exit, bhe)} "
                      f"| {'—' if up is None else f'{up:.2f}'} |")
         L.append("")
-        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: memory at the marker (MiB)")
+        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: memory at the marker (MiB, medians)")
         L.append("")
-        L.append("| variant | Rss total | guest RAM Rss | VMM overhead (Rss - guest RAM) "
-                 "| private overhead (USS - guest RAM) | guest RAM mappings |")
-        L.append("|---|---:|---:|---:|---:|---|")
+        L.append("| variant | n | Rss total | guest RAM Rss | VMM overhead (Rss - guest RAM) "
+                 "| overhead min-max | of which THP | private overhead (USS - guest RAM) "
+                 "| guest RAM mappings |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for c in sub:
-            m = st[c.id].mem
-            if m is None:
-                L.append(f"| {c.variant.label} | — | — | — | — | — |")
+            s_ = st[c.id]
+            if not s_.mem:
+                L.append(f"| {c.variant.label} | 0 | — | — | — | — | — | — | — |")
                 continue
-            rss, grss, uss = m.num("rss_kib"), m.num("guest_rss_kib"), m.num("uss_kib")
-            uss_over = None if uss is None or grss is None else uss - grss
-            L.append(f"| {c.variant.label} | {kib_mib(rss)} | {kib_mib(grss)} "
-                     f"| {kib_mib(m.num('overhead_kib'))} | {kib_mib(uss_over)} "
-                     f"| {m.fields.get('guest_maps', '?')} x, {kib_mib(m.num('guest_vsz_kib'))} MiB |")
+            rng = s_.mem_range("overhead_kib")
+            uss_over = _med([u - g for r in s_.mem
+                             if (u := r.num("uss_kib")) is not None
+                             and (g := r.num("guest_rss_kib")) is not None])
+            first = s_.mem[0]
+            L.append(f"| {c.variant.label} | {len(s_.mem)} | {kib_mib(s_.mem_med('rss_kib'))} "
+                     f"| {kib_mib(s_.mem_med('guest_rss_kib'))} "
+                     f"| {kib_mib(s_.mem_med('overhead_kib'))} "
+                     f"| {'—' if rng is None else f'{kib_mib(rng[0])}-{kib_mib(rng[1])}'} "
+                     f"| {kib_mib(s_.mem_med('overhead_thp_kib'))} | {kib_mib(uss_over)} "
+                     f"| {first.fields.get('guest_maps', '?')} x, "
+                     f"{kib_mib(first.num('guest_vsz_kib'))} MiB |")
         L.append("")
-        L.append("Sampled from /proc/PID/smaps of the VMM when the marker appeared (verification "
-                 "round). Guest RAM = the largest anonymous read-write mappings that together "
-                 f"cover {MEMORY}. Rss counts the pages of shared libraries in full (nothing "
-                 "else in the test host maps them); USS counts only pages private to the VMM.")
+        L.append("Sampled from /proc/PID/smaps of the VMM when the marker appeared, in every run. "
+                 "Guest RAM = the largest anonymous read-write mappings that together cover "
+                 f"{MEMORY}. Rss counts the pages of shared libraries in full (nothing else in "
+                 "the test host maps them); USS counts only pages private to the VMM. THP: the "
+                 "test host's kernel has transparent huge pages `always`, so a heap or stack that "
+                 "reaches a 2 MiB-aligned range is backed by a 2 MiB page at once; that part "
+                 "makes single samples jump by 2 MiB.")
         # goals
         enl = st.get(f"enlighten@{ncpu}")
         vmb = st.get(f"enlighten-vmbus@{ncpu}")
@@ -400,10 +426,12 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
         L.append(goal_line(None if rh is None else rh <= GOAL_MARKER_RATIO,
                            f"(same, vs QEMU -M pc -cpu host)",
                            "—" if rh is None else f"{rh:.2f} x ({ms(em)} vs {ms(bhm)} ms)"))
-        ov = enl.mem.num("overhead_kib") if enl and enl.mem else None
+        ov = enl.mem_med("overhead_kib") if enl else None
+        thp = enl.mem_med("overhead_thp_kib") if enl else None
         L.append(goal_line(None if ov is None else ov <= GOAL_OVERHEAD_KIB,
-                           f"Enlighten VMM overhead <= {GOAL_OVERHEAD_KIB // 1024} MiB",
-                           "—" if ov is None else f"{ov / 1024:.1f} MiB"))
+                           f"Enlighten VMM overhead <= {GOAL_OVERHEAD_KIB // 1024} MiB (median)",
+                           "—" if ov is None else f"{ov / 1024:.1f} MiB"
+                           + ("" if not thp else f" (THP {thp / 1024:.1f} MiB of it)")))
         ee = _med(enl.exit) if enl else None
         ve = _med(vmb.exit) if vmb else None
         cost = None if ee is None or ve is None or not ee else ve / ee - 1
@@ -434,8 +462,7 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
     L.append("")
     L.append("Test host (on this machine): `" + host_qemu_cmd + "`")
     L.append("")
-    L.append(f"Each VMM ran under `{shlex.join(timer_example)} -- VMM...` (round 0 adds "
-             f"`--guest-mem {MEMORY}`):")
+    L.append(f"Each VMM ran under `{shlex.join(timer_example)} -- VMM...`:")
     L.append("")
     for c in cases:
         L.append(f"- {c.variant.label}, {c.cpus} vCPU: `{shlex.join(argv_of[c.id])}`")
@@ -494,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", default="1", help="guest vCPU counts, comma-separated (default 1; e.g. 1,2)")
     ap.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
                     help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS))
+    ap.add_argument("--warmup", action="store_true",
+                    help="an extra untimed round 0 that verifies and samples memory (longer)")
     ap.add_argument("--host-cpus", type=int, default=2, help="test host vCPUs (default 2)")
     ap.add_argument("--host-memory", type=int, default=3072, help="test host MiB (default 3072)")
     ap.add_argument("--timeout", type=int, default=1500, help="whole test-host session, s")
@@ -542,17 +571,18 @@ def main(argv: list[str] | None = None) -> int:
     files.update({h_timer: str(timer), h_enl: str(enl), h_kernel: str(img.kernel),
                   h_initrd: str(img.initrd)})
     argv_of = {c.id: vmm_argv(c, h_kernel, h_initrd, h_enl, q) for c in cases}
-    script = host_script(cases, a.rounds, argv_of, h_timer, q)
+    script = host_script(cases, a.rounds, argv_of, h_timer, q, a.warmup)
     if a.dry_run:
         print(script)
         return 0
 
     host_cmd = shlex.join(testhost.qemu_command(Path("<testhost bzImage>"), Path("<initrd>"),
                                                 a.host_cpus, a.host_memory))
-    n_runs = len(cases) * (a.rounds + 1)
+    n_runs = len(cases) * (a.rounds + (1 if a.warmup else 0))
     if not a.from_raw:
-        log(f"{len(cases)} variants x ({a.rounds} timed + 1 verification) rounds = {n_runs} VMM "
+        log(f"{len(cases)} variants x {a.rounds + (1 if a.warmup else 0)} rounds = {n_runs} VMM "
             f"runs in one test host ({a.host_cpus} vCPUs, {a.host_memory} MiB); progress below")
+    load_start = os.getloadavg()[0]
     t0 = time.monotonic()
     complete = True
     if a.from_raw:
@@ -582,8 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.timezone.utc)
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "qemu": qemu.version(), "machine": machine_name(),
-            "session_s": "?" if a.from_raw else f"{session_s:.0f}"}
-    timer_example = timer_argv(h_timer, Case(VARIANTS[0], 1), 1)
+            "session_s": "?" if a.from_raw else f"{session_s:.0f}",
+            "load": "" if a.from_raw else f"{load_start:.1f} / {os.getloadavg()[0]:.1f} "
+                    f"({os.cpu_count()} CPUs; above ~1 means other work shared the machine)",
+            "warmup": "1" if a.warmup else ""}
+    timer_example = timer_argv(h_timer, Case(VARIANTS[0], 1), 1, True)
     timer_example[timer_example.index("--log") + 1] = f"{H_LOGS}/ID.ROUND.log"
     text = report(cases, runs, info, meta, argv_of, timer_example, a.rounds, complete, host_cmd)
     sys.stdout.write(text)

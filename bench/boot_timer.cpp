@@ -15,6 +15,9 @@
 //   uss_kib        total Private_Clean + Private_Dirty (pages no other process maps)
 //   guest_rss_kib  Rss of the guest-RAM mapping(s), chosen by the rule below
 //   overhead_kib   rss_kib - guest_rss_kib: what the VMM costs beyond the guest's own RAM
+//   overhead_thp_kib  the part of overhead_kib in transparent huge pages (AnonHugePages):
+//                  with THP "always", a heap or stack that crosses into a 2 MiB huge page
+//                  adds 2 MiB at once, so the overhead moves in 2 MiB steps between runs
 //
 // Guest-RAM rule: the candidates are the private or shared *anonymous* mappings (no path,
 // "[anon:...]", "/memfd:...", "/dev/zero", "/SYSV...") that are readable and writable and
@@ -29,8 +32,8 @@
 // line prefixed with "[ms] " with --timestamps, or to a file with --log), then one line
 // on stdout:
 //   BOOT-TIMER marker_ms=... end_ms=... exit_ms=... rc=... timed_out=0|1 rss_kib=...
-//              pss_kib=... uss_kib=... guest_rss_kib=... overhead_kib=... guest_maps=...
-//              guest_vsz_kib=... mem_ms=...
+//              pss_kib=... uss_kib=... guest_rss_kib=... overhead_kib=... overhead_thp_kib=...
+//              guest_maps=... guest_vsz_kib=... mem_ms=...
 // A value that was not measured is "NA". rc is the exit status, or 128+N for signal N.
 // Each marker hit is also reported as "BOOT-TIMER-MARKER <ms> <the line>" before it.
 //
@@ -168,6 +171,8 @@ struct MemSample {
     uint64_t uss_kib = 0;  // Private_Clean + Private_Dirty
     uint64_t guest_rss_kib = 0;
     uint64_t guest_vsz_kib = 0;
+    uint64_t thp_kib = 0;        // AnonHugePages of all mappings
+    uint64_t guest_thp_kib = 0;  // ... of the guest-RAM mappings
     unsigned guest_maps = 0;
     double at_ms = 0;
 };
@@ -175,6 +180,7 @@ struct MemSample {
 struct Mapping {
     uint64_t size = 0;
     uint64_t rss_kib = 0;
+    uint64_t thp_kib = 0;
     bool candidate = false;
 };
 
@@ -230,6 +236,9 @@ std::optional<MemSample> sample_memory(pid_t pid, uint64_t guest_mem, double t0)
             s.uss_kib += *pc;
         } else if (auto pd = field_kib(line, "Private_Dirty:")) {
             s.uss_kib += *pd;
+        } else if (auto h = field_kib(line, "AnonHugePages:")) {
+            s.thp_kib += *h;
+            if (!maps.empty()) maps.back().thp_kib = *h;
         }
     }
     s.at_ms = now_ms() - t0;
@@ -243,6 +252,7 @@ std::optional<MemSample> sample_memory(pid_t pid, uint64_t guest_mem, double t0)
         if (covered >= guest_mem) break;
         covered += m.size;
         s.guest_rss_kib += m.rss_kib;
+        s.guest_thp_kib += m.thp_kib;
         ++s.guest_maps;
     }
     s.guest_vsz_kib = covered >> 10;
@@ -279,7 +289,7 @@ int main(int argc, char** argv) {
 
     FILE* log = nullptr;
     if (!opt.log_path.empty()) {
-        log = std::fopen(opt.log_path.c_str(), "w");
+        log = std::fopen(opt.log_path.c_str(), "we");  // e: O_CLOEXEC, the VMM must not inherit it
         if (log == nullptr) {
             std::fprintf(stderr, "boot_timer: cannot write %s: %s\n", opt.log_path.c_str(),
                          std::strerror(errno));
@@ -307,7 +317,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (pid == 0) {
-        int devnull = ::open("/dev/null", O_RDONLY);
+        const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
         ::dup2(pipefd[1], STDOUT_FILENO);
         ::dup2(pipefd[1], STDERR_FILENO);
@@ -466,12 +476,13 @@ int main(int argc, char** argv) {
 
     if (opt.passthrough && last_byte != '\n') std::fputs("\n", stdout);
     for (const auto& h : hits) std::printf("BOOT-TIMER-MARKER %s\n", h.c_str());
-    std::optional<uint64_t> rss, pss, uss, grss, overhead, gvsz, gmaps;
+    std::optional<uint64_t> rss, pss, uss, grss, overhead, othp, gvsz, gmaps;
     std::optional<double> mem_ms;
     if (mem) {
         rss = mem->rss_kib;
         pss = mem->pss_kib;
         uss = mem->uss_kib;
+        othp = mem->thp_kib - std::min(mem->thp_kib, mem->guest_thp_kib);
         grss = mem->guest_rss_kib;
         overhead = mem->rss_kib - std::min(mem->rss_kib, mem->guest_rss_kib);
         gvsz = mem->guest_vsz_kib;
@@ -479,13 +490,12 @@ int main(int argc, char** argv) {
         mem_ms = mem->at_ms;
     }
     std::printf("BOOT-TIMER marker_ms=%s end_ms=%s exit_ms=%s rc=%d timed_out=%d rss_kib=%s "
-                "pss_kib=%s uss_kib=%s guest_rss_kib=%s overhead_kib=%s guest_maps=%s "
-                "guest_vsz_kib=%s mem_ms=%s\n",
+                "pss_kib=%s uss_kib=%s guest_rss_kib=%s overhead_kib=%s overhead_thp_kib=%s "
+                "guest_maps=%s guest_vsz_kib=%s mem_ms=%s\n",
                 fmt_ms(marker_ms).c_str(), fmt_ms(end_ms).c_str(), fmt_ms(exit_ms).c_str(), rc,
                 timed_out ? 1 : 0, fmt_kib(rss).c_str(), fmt_kib(pss).c_str(), fmt_kib(uss).c_str(),
-                fmt_kib(grss).c_str(),
-                fmt_kib(overhead).c_str(), fmt_kib(gmaps).c_str(), fmt_kib(gvsz).c_str(),
-                fmt_ms(mem_ms).c_str());
+                fmt_kib(grss).c_str(), fmt_kib(overhead).c_str(), fmt_kib(othp).c_str(),
+                fmt_kib(gmaps).c_str(), fmt_kib(gvsz).c_str(), fmt_ms(mem_ms).c_str());
     std::fflush(stdout);
     return (marker_ms && exited && exec_errno == 0) ? 0 : 1;
 }

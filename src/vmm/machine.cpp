@@ -125,6 +125,12 @@ Result<> Machine::build(const Kvm& kvm) {
         vcpus_.push_back(std::move(vcpu));
     }
 
+    // KVM emulates the TSC-deadline timer with its in-kernel LAPIC but does not list it in
+    // KVM_GET_SUPPORTED_CPUID; the guest then programs one-shot timers the slow way.
+    if (kvm.check_extension(KVM_CAP_TSC_DEADLINE_TIMER))
+        for (auto& e : supported)
+            if (e.function == 0x1) e.ecx |= 1U << 24;
+
     std::vector<kvm_cpuid_entry2> hv_leaves;
     if (cfg_.hyperv) {
         ENL_TRY_VOID(setup_hyperv(kvm));

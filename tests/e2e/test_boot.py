@@ -22,7 +22,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from harness import (BINARY, INIT_RE, QUIET_CMDLINE, GuestTestCase, describe, image,  # noqa: F401
+from harness import (BINARY, BOOT_TIMEOUT, INIT_RE, QUIET_CMDLINE, GuestTestCase, describe, image,  # noqa: F401
                      require_binary)
 from enlighten_tools import testhost  # noqa: E402
 from enlighten_tools.testhost import Carry, RunResult, StopAfter, run_enlighten  # noqa: E402

@@ -21,8 +21,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+
 #include "api/router.hpp"
 #include "api/server.hpp"
+#include "cli/remote.hpp"
 #include "common/fd.hpp"
 
 using namespace enlighten;
@@ -838,4 +841,104 @@ TEST(ApiServerSocket, RestartAfterStop) {
         EXPECT_EQ(r->status, 200);
         server.stop();
     }
+}
+
+// ---- the CLI client: enlighten remote --------------------------------------------------
+
+namespace {
+
+struct CliRun {
+    int status = -1;
+    std::string out;
+    std::string err;
+};
+
+CliRun run_cli(std::vector<std::string> args) {
+    CLI::App app;
+    cli::RemoteOptions opts;
+    cli::add_remote_command(app, opts);
+    std::vector<const char*> argv{"enlighten", "remote"};
+    for (const auto& a : args) argv.push_back(a.c_str());
+    app.parse(static_cast<int>(argv.size()), argv.data());
+    CliRun r;
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    r.status = cli::run_remote(opts);
+    r.out = testing::internal::GetCapturedStdout();
+    r.err = testing::internal::GetCapturedStderr();
+    return r;
+}
+
+}  // namespace
+
+TEST_F(ApiServerTest, CliPingPrintsPrettyJson) {
+    const CliRun r = run_cli({"--api-socket", sock, "ping"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "{\n  \"version\": \"0.1.0\",\n  \"api_version\": 1\n}\n");
+    EXPECT_EQ(r.err, "");
+}
+
+TEST_F(ApiServerTest, CliEveryCommand) {
+    auto ok = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"--api-socket", sock});
+        const CliRun r = run_cli(args);
+        EXPECT_EQ(r.status, 0) << args[2] << ": " << r.err;
+        return r.out;
+    };
+    EXPECT_EQ(Json::parse(ok({"info"}))["cpus"], 2);
+    EXPECT_EQ(Json::parse(ok({"heartbeat"}))["state"], "unknown");
+    EXPECT_EQ(ok({"shutdown", "--timeout", "5", "--reason", "maintenance window"}), "");
+    EXPECT_EQ(vm.last_shutdown().timeout_s, 5U);
+    EXPECT_EQ(vm.last_shutdown().reason, "maintenance window");
+    EXPECT_FALSE(vm.last_shutdown().reboot);
+    EXPECT_EQ(ok({"reboot", "--timeout", "9"}), "");
+    EXPECT_TRUE(vm.last_shutdown().reboot);
+    EXPECT_EQ(vm.last_shutdown().timeout_s, 9U);
+    EXPECT_EQ(ok({"shutdown"}), "");
+    EXPECT_EQ(vm.last_shutdown().timeout_s, 30U);
+    EXPECT_EQ(ok({"power-off"}), "");
+    EXPECT_EQ(ok({"reset"}), "");
+    EXPECT_EQ(ok({"time-sync"}), "");
+    // A key that needs encoding: space, slash, percent, non-ASCII.
+    const std::string key = "my key/100%\xc3\xa9";
+    EXPECT_EQ(ok({"kvp-set", "external", key, "v \"quoted\""}), "");
+    EXPECT_EQ(Json::parse(ok({"kvp-get", "0", key})), (Json{{"key", key}, {"value", "v \"quoted\""}}));
+    EXPECT_EQ(Json::parse(ok({"kvp-list", "external"}))["entries"].size(), 1U);
+    EXPECT_EQ(ok({"kvp-delete", "external", key}), "");
+    EXPECT_EQ(vm.calls(), (std::vector<std::string>{"info", "heartbeat", "shutdown", "reboot", "shutdown", "power_off",
+                                                    "reset", "time_sync", "kvp_set 0 " + key + "=v \"quoted\"",
+                                                    "kvp_get 0 " + key, "kvp_list 0", "kvp_delete 0 " + key}));
+}
+
+TEST_F(ApiServerTest, CliErrorsAreOneLine) {
+    CliRun r = run_cli({"--api-socket", sock, "kvp-get", "guest", "missing"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.err, "enlighten: error: no such key: missing\n");
+    r = run_cli({"--api-socket", sock, "kvp-list", "nopool"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "enlighten: error: unknown KVP pool 'nopool': use external, guest, auto, auto-external, "
+                     "auto-internal or 0-4\n");
+    r = run_cli({"--api-socket", sock, "shutdown", "--timeout", "4000"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "enlighten: error: timeout_s must be an integer between 1 and 3600\n");
+    vm.fail_next(ErrorKind::Unavailable, "the guest did not answer");
+    r = run_cli({"--api-socket", sock, "time-sync"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "enlighten: error: the guest did not answer\n");
+}
+
+TEST(ApiCli, NoServer) {
+    const CliRun r = run_cli({"--api-socket", "/nonexistent-dir/api.sock", "ping"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.err, "enlighten: error: cannot connect to the API socket /nonexistent-dir/api.sock: "
+                     "No such file or directory\n");
+}
+
+TEST(ApiCli, UsageErrors) {
+    EXPECT_THROW(run_cli({"ping"}), CLI::ParseError);                          // no --api-socket
+    EXPECT_THROW(run_cli({"--api-socket", "/x"}), CLI::ParseError);            // no command
+    EXPECT_THROW(run_cli({"--api-socket", "/x", "kvp-get", "guest"}), CLI::ParseError);  // no key
+    EXPECT_THROW(run_cli({"--api-socket", "/x", "frobnicate"}), CLI::ParseError);
 }
