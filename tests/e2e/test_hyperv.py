@@ -9,6 +9,7 @@ import re
 import unittest
 
 from harness import REPO, GuestTestCase, describe
+from enlighten_tools.testhost import StopAfter
 
 VMBUS_VERSION_RE = re.compile(r"hv_vmbus: Vmbus version:(\d+)\.(\d+)")
 
@@ -80,6 +81,19 @@ class HyperVTests(GuestTestCase):
         self.assertIn("Kernel panic - not syncing: sysrq triggered crash", report, describe(res))
         self.assertIn("vmbus: guest unloaded", out, "UNLOAD was not seen" + describe(res))
         self.assertNotIn("Waiting for VMBus UNLOAD", out, describe(res))
+
+    def test_reboot_with_hv_vmbus_loaded_reconnects_without_a_stall(self) -> None:
+        # Each boot loads hv_vmbus and reboots; the VM restarts with a fresh VMBus. Stop after
+        # the second boot has connected.
+        job = "modprobe hv_vmbus && echo VMBUS-UP\nreboot -f\n"
+        stop = StopAfter("VMBUS-UP", count=2, max_seconds=120, signal="TERM")
+        res = self.boot(cpus=1, job=job, on_reboot="restart", stop_after=stop, timeout=180)
+        self.assertEqual(len(re.findall(r"^VMBUS-UP", res.output, re.M)), 2, describe(res))
+        uptimes = [float(u) for u in re.findall(r"ENLIGHTEN-INIT uptime=([0-9.]+)", res.output)]
+        self.assertEqual(len(uptimes), 2, describe(res))
+        # The second boot is as quick as the first: no 100-second wait anywhere.
+        self.assertLess(res.duration, 150, describe(res))
+        self.assertNotIn("Waiting for VMBus UNLOAD", res.output, describe(res))
 
     def test_hyperv_off_gives_the_kvm_interface(self) -> None:
         res = self.boot(cpus=1, job="dmesg | grep -E 'Hypervisor detected'\n",

@@ -61,6 +61,57 @@ dump_logs
         self.assertLess(float(r["seconds"]), 10.0, describe(res))
         print(f"[shutdown took {r['seconds']} s] ", end="", flush=True)
 
+    def test_shutdown_falls_back_to_the_acpi_power_button(self) -> None:
+        # No hv_utils in this guest, so no shutdown service; acpid handles the power button.
+        job = r"""
+modprobe button; modprobe evdev
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    ls /dev/input/event* >/dev/null 2>&1 && break
+    sleep 0.1
+done
+acpid -f -c /etc/acpi -l /dev/null >/dev/null 2>&1 &
+sleep 1  # acpid opens the input device after it starts; a press before that is lost
+echo ACPID-STARTED
+"""
+        res = run_scenario(self, r"""
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
+    --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
+VM_PID=$!
+wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
+t0=$(now)
+api shutdown --timeout 20 && echo "RESULT request=accepted"
+wait $VM_PID
+echo "RESULT rc=$?"
+echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
+dump_logs
+""", job=job)
+        r = results(res)
+        self.assertIn("ACPID-STARTED", res.output, describe(res))
+        self.assertEqual(r.get("rc"), "0", describe(res))
+        self.assertIn("pressing the ACPI power button", res.output, describe(res))
+        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", res.output, describe(res))
+        self.assertLess(float(r["seconds"]), 20, "the power button stage should not wait for its timeout" + describe(res))
+
+    def test_shutdown_ends_with_a_hard_stop_when_the_guest_ignores_it(self) -> None:
+        # Neither hv_utils nor acpid: both graceful stages time out, then the VM is stopped.
+        res = run_scenario(self, r"""
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
+    --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
+VM_PID=$!
+wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
+t0=$(now)
+api shutdown --timeout 3 && echo "RESULT request=accepted"
+wait $VM_PID
+echo "RESULT rc=$?"
+echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
+dump_logs
+""", job="echo no integration services here\n")
+        r = results(res)
+        self.assertEqual(r.get("rc"), "5", "a forced power-off exits 5" + describe(res))
+        self.assertGreaterEqual(float(r["seconds"]), 3.0, describe(res))
+        self.assertLess(float(r["seconds"]), 30.0, describe(res))
+        self.assertNotIn("ENLIGHTEN-SHUTDOWN-REQUESTED", res.output, describe(res))
+
     def test_heartbeat_healthy_then_lost_after_a_guest_crash(self) -> None:
         # The guest panics when the host sets a KVP key (so the test decides when); with
         # --on-crash=stay the VM stays up, and the heartbeat must stop.

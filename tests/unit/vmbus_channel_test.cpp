@@ -462,3 +462,24 @@ TEST(VmbusChannels, ACorruptRingClosesTheChannelOnly) {
     g.teardown(relid, 0x100);
     EXPECT_EQ(g.sink().take().back().type(), MsgType::GpadlTorndown);
 }
+
+TEST(VmbusChannels, SubChannelOffersShareTheGuidsWithANonZeroIndex) {
+    Guest g;
+    auto primary = std::make_shared<FakeDevice>(kInst1);
+    auto sub = std::make_shared<FakeDevice>(kInst1);
+    sub->params.sub_channel_index = 1;
+    const uint32_t r1 = g.server().add_device(primary).value();
+    g.connect();
+    g.sink().take();
+    // Offered later, as storvsc/netvsc get theirs after asking for them.
+    const uint32_t r2 = g.server().add_device(sub).value();
+    auto msgs = g.sink().take();
+    ASSERT_EQ(msgs.size(), 1u);
+    const auto offer = msgs[0].as<OfferChannel>();
+    EXPECT_EQ(offer.child_relid, r2);
+    EXPECT_NE(r1, r2);
+    EXPECT_EQ(offer.if_type.to_string(), "57164f39-9115-4e78-ab55-382f3bd5422d");
+    EXPECT_EQ(offer.if_instance.to_string(), kInst1);
+    EXPECT_EQ(offer.sub_channel_index, 1);
+    EXPECT_NE(offer.connection_id, kChannelConnectionBase + r1);
+}
