@@ -1,19 +1,14 @@
 #include "cli/remote.hpp"
 
-#include <httplib.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <cerrno>
+#include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "api/http_client.hpp"
 #include "api/router.hpp"
-#include "common/fd.hpp"
 
 namespace enlighten::cli {
 
@@ -25,18 +20,6 @@ int fail_with(const std::string& message) {
     std::fflush(stdout);
     std::fprintf(stderr, "enlighten: error: %s\n", message.c_str());
     return 1;
-}
-
-// httplib reports only "Connection"; ask the socket itself what is wrong.
-std::string connect_error(const std::string& path) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof(addr.sun_path)) return "the path is too long for a Unix socket";
-    std::memcpy(addr.sun_path, path.data(), path.size());
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return std::strerror(errno);
-    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return std::strerror(errno);
-    return "connection failed";
 }
 
 struct Call {
@@ -76,7 +59,7 @@ Call make_call(const RemoteOptions& o) {
 }
 
 // The server's {"error": ...}, or what there is.
-std::string error_message(const httplib::Response& res) {
+std::string error_message(const api::HttpResponse& res) {
     const Json j = Json::parse(res.body, nullptr, false);
     if (j.is_object() && j.contains("error") && j["error"].is_string()) return j["error"].get<std::string>();
     std::string text = res.body.substr(0, 200);
@@ -130,28 +113,22 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
 }
 
 int run_remote(const RemoteOptions& opts) {
-    ::signal(SIGPIPE, SIG_IGN);  // a server that closes early must not kill us mid-write
+    // The client sends with MSG_NOSIGNAL; this is for stdout (`enlighten remote info | head`).
+    ::signal(SIGPIPE, SIG_IGN);
     const Call call = make_call(opts);
 
-    httplib::ClientImpl client(opts.api_socket, 80);
-    client.set_address_family(AF_UNIX);
-    client.set_url_encode(false);  // the path is percent-encoded already
-    client.set_keep_alive(false);
-    client.set_connection_timeout(5, 0);
-    client.set_read_timeout(60, 0);
-    client.set_write_timeout(10, 0);
-    const httplib::Headers headers = {{"Host", "localhost"}, {"Accept", "application/json"}};
-
-    httplib::Result res = [&] {
-        const std::string method = call.method;
-        if (method == "GET") return client.Get(call.path, headers);
-        if (method == "DELETE") return client.Delete(call.path, headers);
-        return client.Put(call.path, headers, call.body, "application/json");
-    }();
+    api::HttpClientOptions client_opts;
+    client_opts.connect_timeout = std::chrono::seconds(5);
+    client_opts.io_timeout = std::chrono::seconds(60);
+    client_opts.keep_alive = false;
+    api::HttpClient client(opts.api_socket, client_opts);
+    const api::HttpHeader headers[] = {{"Host", "localhost"}, {"Accept", "application/json"}};
+    // The path is percent-encoded already; the body (if any) is JSON.
+    const auto res = client.request(call.method, call.path, call.body, headers);
     if (!res) {
-        if (res.error() == httplib::Error::Connection || res.error() == httplib::Error::ConnectionTimeout)
-            return fail_with("cannot connect to the API socket " + opts.api_socket + ": " + connect_error(opts.api_socket));
-        return fail_with("API socket " + opts.api_socket + ": " + httplib::to_string(res.error()));
+        if (res.error().kind == api::HttpClientError::Kind::Connect)
+            return fail_with("cannot connect to the API socket " + opts.api_socket + ": " + res.error().message);
+        return fail_with("API socket " + opts.api_socket + ": " + res.error().message);
     }
     if (res->status < 200 || res->status > 299) return fail_with(error_message(*res));
     if (call.print && !res->body.empty()) {

@@ -1,7 +1,7 @@
 // The management API: the router's pieces, then a real ApiServer on a temporary Unix socket
-// with a fake VmControl, exercised through cpp-httplib's client and through raw bytes.
+// with a fake VmControl, exercised through our HTTP client (api::HttpClient) and through raw
+// bytes; then the client's response parser on its own.
 #include <gtest/gtest.h>
-#include <httplib.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -23,6 +23,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "api/http_client.hpp"
 #include "api/router.hpp"
 #include "api/server.hpp"
 #include "cli/remote.hpp"
@@ -245,18 +246,15 @@ protected:
     }
     void TearDown() override { server->stop(); }
 
-    std::unique_ptr<httplib::ClientImpl> client() {
-        auto c = std::make_unique<httplib::ClientImpl>(sock, 80);
-        c->set_address_family(AF_UNIX);
-        c->set_url_encode(false);
-        c->set_read_timeout(5, 0);
-        return c;
+    std::unique_ptr<HttpClient> client() {
+        HttpClientOptions o;
+        o.io_timeout = 5s;
+        return std::make_unique<HttpClient>(sock, o);
     }
-    httplib::Result get(const std::string& path) { return client()->Get(path); }
-    httplib::Result put(const std::string& path, const std::string& body = "") {
-        return client()->Put(path, body, "application/json");
-    }
-    httplib::Result del(const std::string& path) { return client()->Delete(path); }
+    using Result = std::expected<HttpResponse, HttpClientError>;
+    Result get(const std::string& path) { return client()->get(path); }
+    Result put(const std::string& path, const std::string& body = "") { return client()->put(path, body); }
+    Result del(const std::string& path) { return client()->del(path); }
 
     TempDir dir;
     std::string sock;
@@ -363,7 +361,7 @@ TEST_F(ApiServerTest, Ping) {
     auto r = get("/api/v1/vmm.ping");
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 200);
-    EXPECT_EQ(r->get_header_value("Content-Type"), "application/json");
+    EXPECT_EQ(r->header("Content-Type"), "application/json");
     EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"version":"0.1.0","api_version":1})"));
 }
 
@@ -495,7 +493,7 @@ TEST_F(ApiServerTest, VmControlErrorsMapToStatuses) {
         auto r = put("/api/v1/vm.time-sync");
         ASSERT_TRUE(r);
         EXPECT_EQ(r->status, status);
-        EXPECT_EQ(r->get_header_value("Content-Type"), "application/json");
+        EXPECT_EQ(r->header("Content-Type"), "application/json");
         EXPECT_EQ(error_of(r->body), "nope " + std::to_string(status));
     }
     vm.fail_next(ErrorKind::Conflict, "the KVP service is not connected");
@@ -548,7 +546,7 @@ TEST_F(ApiServerTest, OversizeBodyIs413) {
     r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                           "Content-Length: 1000000\r\n\r\n");
     EXPECT_EQ(r.status, 413);
-    // Through the library client too (the server drains briefly so the client sees the answer).
+    // Through our client too (the server drains briefly so the client sees the answer).
     auto c = put("/api/v1/vm.kvp/external/k", body);
     ASSERT_TRUE(c);
     EXPECT_EQ(c->status, 413);
@@ -604,27 +602,27 @@ TEST_F(ApiServerTest, UnknownPathsAre404) {
         auto r = get(path);
         ASSERT_TRUE(r) << path;
         EXPECT_EQ(r->status, 404) << path;
-        EXPECT_EQ(r->get_header_value("Content-Type"), "application/json") << path;
+        EXPECT_EQ(r->header("Content-Type"), "application/json") << path;
         EXPECT_FALSE(error_of(r->body).starts_with("<")) << path << " -> " << r->body;
     }
 }
 
 TEST_F(ApiServerTest, WrongMethodsAre405WithAllow) {
-    auto r = client()->Post("/api/v1/vm.info", "", "application/json");
+    auto r = client()->request("POST", "/api/v1/vm.info");
     EXPECT_EQ(r->status, 405);
-    EXPECT_EQ(r->get_header_value("Allow"), "GET, HEAD");
+    EXPECT_EQ(r->header("Allow"), "GET, HEAD");
     EXPECT_EQ(error_of(r->body), "method POST is not allowed here; use GET, HEAD");
     r = get("/api/v1/vm.shutdown");
     EXPECT_EQ(r->status, 405);
-    EXPECT_EQ(r->get_header_value("Allow"), "PUT");
+    EXPECT_EQ(r->header("Allow"), "PUT");
     r = put("/api/v1/vm.kvp/guest");
     EXPECT_EQ(r->status, 405);
-    r = client()->Patch("/api/v1/vm.kvp/guest/k", R"({"value":"x"})", "application/json");
+    r = client()->request("PATCH", "/api/v1/vm.kvp/guest/k", R"({"value":"x"})");
     EXPECT_EQ(r->status, 405);
-    EXPECT_EQ(r->get_header_value("Allow"), "GET, HEAD, PUT, DELETE");
-    r = client()->Options("/api/v1/vmm.ping");
+    EXPECT_EQ(r->header("Allow"), "GET, HEAD, PUT, DELETE");
+    r = client()->request("OPTIONS", "/api/v1/vmm.ping");
     EXPECT_EQ(r->status, 405);
-    // A method httplib does not know at all.
+    // A method HTTP does not define at all.
     auto raw = raw_request(sock, "BREW /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n\r\n");
     EXPECT_EQ(raw.status, 501);
     EXPECT_EQ(error_of(raw.body), "method BREW is not supported");
@@ -632,7 +630,7 @@ TEST_F(ApiServerTest, WrongMethodsAre405WithAllow) {
 }
 
 TEST_F(ApiServerTest, HeadIsGetWithoutBody) {
-    auto r = client()->Head("/api/v1/vm.info");
+    auto r = client()->request("HEAD", "/api/v1/vm.info");
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 200);
     EXPECT_TRUE(r->body.empty());
@@ -663,6 +661,19 @@ TEST_F(ApiServerTest, KeepAliveAndPipelining) {
     EXPECT_NE(all.find("\"sequence\""), std::string::npos);
 }
 
+TEST_F(ApiServerTest, UpgradeRequestsEndTheConnection) {
+    // No protocol switch: the answer, then EOF; what followed on the connection is not served.
+    UniqueFd fd = connect_to(sock);
+    ASSERT_TRUE(fd.valid());
+    ASSERT_TRUE(send_all(fd.get(), "GET /api/v1/vmm.ping HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                                   "\r\nGET /api/v1/vm.heartbeat HTTP/1.1\r\n\r\n"));
+    const std::string all = read_all(fd.get());
+    EXPECT_TRUE(all.starts_with("HTTP/1.1 200 ")) << all;
+    EXPECT_EQ(all.find("HTTP/1.1", 1), std::string::npos) << all;
+    EXPECT_NE(all.find("Connection: close"), std::string::npos) << all;
+    EXPECT_TRUE(vm.calls().empty());
+}
+
 TEST_F(ApiServerTest, ChunkedAndEncodedBodiesAreRefused) {
     auto r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                                "5\r\nhello\r\n0\r\n\r\n");
@@ -670,6 +681,14 @@ TEST_F(ApiServerTest, ChunkedAndEncodedBodiesAreRefused) {
     r = raw_request(sock, "PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n"
                           "abcd");
     EXPECT_EQ(r.status, 415);
+    // With a Content-Length as well, in either order, chunked or not.
+    for (const char* headers : {"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                                "Content-Length: 5\r\nTransfer-Encoding: identity\r\n"}) {
+        r = raw_request(sock, std::string("PUT /api/v1/vm.kvp/external/k HTTP/1.1\r\n") + headers + "\r\nhello");
+        EXPECT_EQ(r.status, 411) << headers;
+        EXPECT_NE(error_of(r.body).find("Transfer-Encoding is not supported"), std::string::npos) << r.body;
+    }
     EXPECT_TRUE(vm.calls().empty());
 }
 
@@ -756,9 +775,8 @@ TEST(ApiServerSocket, StalledRequestGets408) {
     EXPECT_EQ(error_of(r.body), "the request was not completed within 200 ms");
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
     // A stalled client does not block the next one (one worker here).
-    httplib::ClientImpl c(path, 80);
-    c.set_address_family(AF_UNIX);
-    auto ok = c.Get("/api/v1/vmm.ping");
+    HttpClient c(path);
+    auto ok = c.get("/api/v1/vmm.ping");
     ASSERT_TRUE(ok);
     EXPECT_EQ(ok->status, 200);
 }
@@ -834,9 +852,8 @@ TEST(ApiServerSocket, RestartAfterStop) {
     ApiServer server(vm, ApiServerOptions{path, 2, {}});
     for (int i = 0; i < 3; ++i) {
         ASSERT_TRUE(server.start());
-        httplib::ClientImpl c(path, 80);
-        c.set_address_family(AF_UNIX);
-        auto r = c.Get("/api/v1/vmm.ping");
+        HttpClient c(path);
+        auto r = c.get("/api/v1/vmm.ping");
         ASSERT_TRUE(r);
         EXPECT_EQ(r->status, 200);
         server.stop();
@@ -941,4 +958,222 @@ TEST(ApiCli, UsageErrors) {
     EXPECT_THROW(run_cli({"--api-socket", "/x"}), CLI::ParseError);            // no command
     EXPECT_THROW(run_cli({"--api-socket", "/x", "kvp-get", "guest"}), CLI::ParseError);  // no key
     EXPECT_THROW(run_cli({"--api-socket", "/x", "frobnicate"}), CLI::ParseError);
+}
+
+TEST(ApiCli, RefusedSocket) {
+    // A socket file nobody listens on (a VMM that crashed).
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+    ASSERT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    const CliRun r = run_cli({"--api-socket", path, "ping"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "enlighten: error: cannot connect to the API socket " + path + ": Connection refused\n");
+    const CliRun too_long = run_cli({"--api-socket", "/tmp/" + std::string(120, 'x'), "ping"});
+    EXPECT_EQ(too_long.status, 1);
+    EXPECT_NE(too_long.err.find("the path is too long for a Unix socket"), std::string::npos) << too_long.err;
+}
+
+// ---- the client on its own -------------------------------------------------------------
+
+TEST_F(ApiServerTest, ClientKeepAliveReusesTheConnection) {
+    HttpClientOptions o;
+    o.keep_alive = true;
+    HttpClient c(sock, o);
+    for (int i = 0; i < 5; ++i) {
+        auto r = c.get("/api/v1/vmm.ping");
+        ASSERT_TRUE(r) << r.error().message;
+        EXPECT_EQ(r->status, 200);
+        EXPECT_EQ(r->header("content-type"), "application/json");  // names are case-insensitive
+    }
+    ASSERT_TRUE(c.put("/api/v1/vm.kvp/external/k", R"({"value": "v"})"));
+    auto r = c.request("HEAD", "/api/v1/vm.kvp/external/k");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_TRUE(r->body.empty());
+    EXPECT_NE(r->header("Content-Length"), "0");  // the length of the body HEAD leaves out
+    r = c.get("/api/v1/vm.kvp/external/k");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(Json::parse(r->body)["value"], "v");
+    EXPECT_EQ(c.connections(), 1U);
+    // Without keep-alive every request has its own connection.
+    HttpClient once(sock);
+    ASSERT_TRUE(once.get("/api/v1/vmm.ping"));
+    ASSERT_TRUE(once.get("/api/v1/vmm.ping"));
+    EXPECT_EQ(once.connections(), 2U);
+}
+
+TEST(ApiClient, ReconnectsAfterTheServersIdleTimeout) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    FakeVm vm;
+    ApiServerOptions so{path, 1, {}};
+    so.limits.keep_alive_timeout = 100ms;
+    ApiServer server(vm, so);
+    ASSERT_TRUE(server.start());
+    HttpClientOptions o;
+    o.keep_alive = true;
+    HttpClient c(path, o);
+    ASSERT_TRUE(c.get("/api/v1/vmm.ping"));
+    std::this_thread::sleep_for(300ms);  // the server closes the idle connection
+    auto r = c.get("/api/v1/vmm.ping");
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(c.connections(), 2U);
+}
+
+TEST(ApiClient, ConnectErrorsCarryErrno) {
+    HttpClient c("/nonexistent-dir/api.sock");
+    auto r = c.get("/api/v1/vmm.ping");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, HttpClientError::Kind::Connect);
+    EXPECT_EQ(r.error().err, ENOENT);
+    EXPECT_EQ(r.error().message, "No such file or directory");
+}
+
+TEST(ApiClient, ASilentServerTimesOut) {
+    TempDir dir;
+    const std::string path = dir.path + "/api.sock";
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM, 0));
+    ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(listener.get(), 4), 0);
+    HttpClientOptions o;
+    o.io_timeout = 200ms;
+    HttpClient c(path, o);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = c.get("/api/v1/vmm.ping");  // accepted by the backlog, never answered
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, HttpClientError::Kind::Timeout);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+}
+
+TEST(ApiClient, RefusesRequestSplitting) {
+    HttpClient c("/nonexistent-dir/api.sock");
+    auto r = c.get("/a HTTP/1.1\r\nX: y");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, HttpClientError::Kind::Malformed);
+    const HttpHeader bad[] = {{"X-A", "b\r\nX-C: d"}};
+    r = c.request("GET", "/a", "", bad);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, HttpClientError::Kind::Malformed);
+}
+
+namespace {
+
+// Feeds `bytes` in pieces of `step` bytes; then EOF if `eof`.
+ResponseParser::State parse_in_steps(ResponseParser& p, std::string_view bytes, size_t step, bool eof,
+                                     size_t* used = nullptr) {
+    size_t total = 0;
+    while (total < bytes.size() && p.state() == ResponseParser::State::NeedMore) {
+        const size_t n = std::min(step, bytes.size() - total);
+        const size_t u = p.feed(bytes.data() + total, n);
+        total += u;
+        if (u < n) break;
+    }
+    if (used != nullptr) *used = total;
+    if (eof) p.finish();
+    return p.state();
+}
+
+}  // namespace
+
+TEST(ApiResponseParser, ContentLengthInAnyPieces) {
+    const std::string text =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Multi:  a  \r\nContent-Length: 11\r\n\r\n"
+        "{\"a\": true}";
+    for (size_t step : {1U, 2U, 7U, 4096U}) {
+        ResponseParser p;
+        size_t used = 0;
+        ASSERT_EQ(parse_in_steps(p, text + "HTTP/1.1 204 No Content\r\n\r\n", step, false, &used),
+                  ResponseParser::State::Done)
+            << step;
+        EXPECT_EQ(used, text.size()) << step;  // the next response is left alone
+        EXPECT_EQ(p.response().status, 200);
+        EXPECT_EQ(p.response().body, "{\"a\": true}");
+        EXPECT_EQ(p.response().header("x-multi"), "a");
+        EXPECT_EQ(p.response().headers.size(), 3U);
+        EXPECT_TRUE(p.keep_alive());
+    }
+}
+
+TEST(ApiResponseParser, InterimChunkedEofAndHead) {
+    {
+        // 100 Continue is skipped; a chunked body is put together.
+        ResponseParser p;
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-A: 1\r\n"
+                                    "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                                 3, false),
+                  ResponseParser::State::Done);
+        EXPECT_EQ(p.response().status, 201);
+        EXPECT_EQ(p.response().body, "abcde");
+        EXPECT_EQ(p.response().header("X-A"), "1");
+        EXPECT_FALSE(p.response().has_header("X-B"));
+        EXPECT_FALSE(p.keep_alive());
+    }
+    {
+        // No length: the body ends with the connection.
+        ResponseParser p;
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\n\r\nto the end", 5, false), ResponseParser::State::NeedMore);
+        p.finish();
+        EXPECT_EQ(p.state(), ResponseParser::State::Done);
+        EXPECT_EQ(p.response().body, "to the end");
+    }
+    {
+        // HEAD: a Content-Length, no body.
+        ResponseParser p(true);
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", 4096, false),
+                  ResponseParser::State::Done);
+        EXPECT_TRUE(p.response().body.empty());
+    }
+    {
+        // 204 without a length.
+        ResponseParser p;
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 204 No Content\r\n\r\n", 4096, false), ResponseParser::State::Done);
+        EXPECT_EQ(p.response().status, 204);
+    }
+}
+
+TEST(ApiResponseParser, BadAndOversizedResponses) {
+    {
+        ResponseParser p;
+        EXPECT_EQ(parse_in_steps(p, "SSH-2.0-OpenSSH\r\n\r\n", 4096, true), ResponseParser::State::Error);
+        EXPECT_NE(p.error().find("malformed HTTP response"), std::string::npos) << p.error();
+    }
+    {
+        ResponseParser p;  // cut short
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 4096, true),
+                  ResponseParser::State::Error);
+        EXPECT_TRUE(p.started());
+    }
+    {
+        ResponseParser p;  // nothing at all
+        p.finish();
+        EXPECT_EQ(p.state(), ResponseParser::State::Error);
+        EXPECT_FALSE(p.started());
+        EXPECT_EQ(p.error(), "the connection closed before a response");
+    }
+    {
+        ResponseParser p(false, 16);  // a body over the limit, announced
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n", 4096, false),
+                  ResponseParser::State::Error);
+        EXPECT_NE(p.error().find("at most 16"), std::string::npos) << p.error();
+    }
+    {
+        ResponseParser p(false, 16);  // ... and not announced
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\n\r\n" + std::string(17, 'x'), 3, false),
+                  ResponseParser::State::Error);
+        EXPECT_NE(p.error().find("exceeds 16 bytes"), std::string::npos) << p.error();
+    }
+    {
+        ResponseParser p(false, 64);  // headers over the limit
+        EXPECT_EQ(parse_in_steps(p, "HTTP/1.1 200 OK\r\nX-Big: " + std::string(100, 'h') + "\r\n\r\n", 10, false),
+                  ResponseParser::State::Error);
+        EXPECT_NE(p.error().find("headers exceed 64 bytes"), std::string::npos) << p.error();
+    }
 }
