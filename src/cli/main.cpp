@@ -1,7 +1,8 @@
 // enlighten: the command-line front end.
 //
 //   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
-//                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--log-level LEVEL]
+//                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--on-crash exit|stay]
+//                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //
@@ -145,12 +146,17 @@ int main(int argc, char** argv) {
     run->add_option("--on-reboot", on_reboot, "What a guest reset does: restart the VM, or exit with status 3")
         ->check(CLI::IsMember({"restart", "exit"}))
         ->capture_default_str();
-    std::string hyperv = "on", on_crash = "exit";
+    std::string hyperv = "on", on_crash = "exit", decompress = "host";
     run->add_option("--on-crash", on_crash, "What a guest crash report does: exit with status 4, or stay running")
         ->check(CLI::IsMember({"exit", "stay"}))
         ->capture_default_str();
     run->add_option("--hyperv", hyperv, "Give the guest the Hyper-V interface and VMBus (off: KVM's own paravirtual interface)")
         ->check(CLI::IsMember({"on", "off"}))
+        ->capture_default_str();
+    run->add_option("--kernel-decompress", decompress,
+                    "Where the bzImage's kernel is decompressed: here, entering the kernel directly (faster; "
+                    "no guest KASLR), or by the guest's own decompressor")
+        ->check(CLI::IsMember({"host", "guest"}))
         ->capture_default_str();
     run->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
@@ -182,9 +188,10 @@ int main(int argc, char** argv) {
     cfg.on_reboot = on_reboot == "exit" ? OnReboot::Exit : OnReboot::Restart;
     cfg.hyperv = hyperv == "on";
     cfg.exit_on_crash = on_crash == "exit";
+    cfg.host_decompress = decompress == "host";
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
     // Bad files are reported before KVM is touched.
-    if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0}); !ok)
+    if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0, cfg.host_decompress}); !ok)
         return error(ok.error());
 
     return run_vm(cfg);

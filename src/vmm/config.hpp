@@ -19,8 +19,9 @@ struct VmConfig {
     uint32_t cpus = 1;
     ConsoleConfig serial;
     OnReboot on_reboot = OnReboot::Restart;
-    bool hyperv = true;
-    bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM  // the Hyper-V interface and VMBus; off: KVM's own paravirtual interface
+    bool hyperv = true;         // the Hyper-V interface and VMBus; off: KVM's own paravirtual interface
+    bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM
+    bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
 };
 

@@ -106,6 +106,7 @@ Result<> Machine::build(const Kvm& kvm) {
     ENL_TRY_VOID(vm_->create_pit2());
     ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
 
+    spdlog::debug("startup: VM and irqchip created at {} ms", uptime_ms());
     ENL_TRY(memory_, GuestMemory::allocate(boot::ram_layout(cfg_.memory)));
     uint32_t slot = 0;
     for (const auto& r : memory_.regions()) ENL_TRY_VOID(vm_->add_memory(slot++, r));
@@ -116,8 +117,15 @@ Result<> Machine::build(const Kvm& kvm) {
     ENL_TRY(acpi::Tables tables, acpi::build_tables(platform));
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 
-    boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa};
+    boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa,
+                                   cfg_.host_decompress};
+    spdlog::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
     ENL_TRY(boot::BootEntry entry, boot::load_linux(memory_, boot_cfg));
+    if (entry.host_decompressed)
+        spdlog::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
+                      boot::compression_name(*entry.host_decompressed), entry.rip, uptime_ms());
+    else
+        spdlog::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
 
     ENL_TRY(auto supported, kvm.supported_cpuid());
     for (uint32_t i = 0; i < cfg_.cpus; ++i) {
@@ -144,6 +152,7 @@ Result<> Machine::build(const Kvm& kvm) {
         for (const auto& e : supported)
             if (e.function >= 0x40000000 && e.function <= 0x4000ffff) hv_leaves.push_back(e);
     }
+    spdlog::debug("startup: vCPUs created at {} ms", uptime_ms());
     const CpuTopology topo{cfg_.cpus};
     for (uint32_t i = 0; i < cfg_.cpus; ++i) {
         const Vcpu& vcpu = *vcpus_[i];
@@ -467,6 +476,7 @@ void Machine::log_exit_stats() const {
 }
 
 VmExit Machine::run() {
+    spdlog::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
     install_kick_handler();
     for (size_t i = 0; i < vcpus_.size(); ++i) {
         threads_.emplace_back([this, i] { vcpu_loop(i); });

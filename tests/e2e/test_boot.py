@@ -73,6 +73,28 @@ class GuestBootTests(GuestTestCase):
         self.assertIn(res.returncode, (124, 143),
                       "after SIGTERM Enlighten should die of it (or exit 143)" + describe(res))
 
+    def test_kernel_decompressed_on_the_host_runs_at_its_link_address(self) -> None:
+        """The default, --kernel-decompress host: Enlighten decompresses the bzImage's kernel
+        and the guest enters the kernel proper directly, so it runs where it was linked
+        (16 MiB), which the guest's own /proc/iomem shows."""
+        res = self.boot(job='grep "Kernel code" /proc/iomem\n', extra_args=["--log-level", "debug"])
+        self.assertMarkers(res)
+        self.assertRegex(res.output, r"decompressed and loaded, entry 0x1000000", describe(res))
+        self.assertRegex(res.output, r"(?m)^\s*01000000-[0-9a-f]+ : Kernel code", describe(res))
+        self.assertIn("ENLIGHTEN-JOB-EXIT 0", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
+    def test_kernel_decompressed_by_the_guest(self) -> None:
+        """--kernel-decompress guest: the bzImage's own decompressor runs in the guest (and
+        may place the kernel anywhere: KASLR)."""
+        res = self.boot(job='grep "Kernel code" /proc/iomem\n',
+                        extra_args=["--kernel-decompress", "guest", "--log-level", "debug"])
+        self.assertMarkers(res)
+        self.assertIn("loaded for the guest's decompressor", res.output, describe(res))
+        self.assertRegex(res.output, r"(?m)^\s*[0-9a-f]+-[0-9a-f]+ : Kernel code", describe(res))
+        self.assertIn("ENLIGHTEN-JOB-EXIT 0", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
     def test_job_exit_status_is_reported(self) -> None:
         res = self.boot(job="echo job-working\nexit 7\n")
         self.assertMarkers(res)

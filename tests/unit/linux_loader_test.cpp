@@ -168,7 +168,7 @@ TEST_F(LoadLinux, FillsBootParamsAndLoadsEverything) {
     const auto img = fake_bzimage(64 * 1024);
     TempFile kernel(img);
     TempFile initrd(std::vector<uint8_t>(12345, 0x5a));
-    LinuxBootConfig cfg{kernel.path(), initrd.path(), "console=ttyS0 quiet", kMem, 0xe0000};
+    LinuxBootConfig cfg{kernel.path(), initrd.path(), "console=ttyS0 quiet", kMem, 0xe0000, true};
     auto entry = load_linux(mem, cfg);
     ASSERT_TRUE(entry) << entry.error().message();
     EXPECT_EQ(entry->rip, layout::kKernelLoad + 0x200);
@@ -204,7 +204,7 @@ TEST_F(LoadLinux, FillsBootParamsAndLoadsEverything) {
 }
 
 TEST_F(LoadLinux, ClearErrors) {
-    LinuxBootConfig cfg{"/nonexistent/bzImage", "", "", kMem, 0};
+    LinuxBootConfig cfg{"/nonexistent/bzImage", "", "", kMem, 0, true};
     auto r = load_linux(mem, cfg);
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message().find("No such file"), std::string::npos);

@@ -1,10 +1,14 @@
 #include "platform/boot/linux_loader.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <functional>
+#include <memory>
 #include <cstring>
 
 #include "common/fd.hpp"
@@ -117,7 +121,25 @@ struct Plan {
     OpenFile initrd;
     KernelInfo info;
     uint64_t initrd_gpa = 0;
+    // Host decompression: the payload's compression, and where the kernel proper goes.
+    std::optional<Compression> compression;
+    uint64_t kernel_base = layout::kKernelLoad;
 };
+
+// Whether the kernel proper can be decompressed here: a payload we can decompress, and a
+// preferred load address that is 2 MiB aligned (startup_64 requires it) with room above it.
+Result<> plan_host_decompression(Plan& plan, uint64_t low_end) {
+    const SetupHeader& h = plan.info.hdr;
+    const uint64_t base = h.pref_address;
+    if (h.payload_length < 16 || uint64_t{h.payload_offset} + h.payload_length > plan.info.payload_bytes) return {};
+    if (base < layout::kKernelLoad || base % (2 * MiB) != 0 || base > low_end || low_end - base < plan.info.init_size)
+        return {};
+    std::array<uint8_t, 8> head{};
+    ENL_TRY_VOID(read_exact(plan.kernel, plan.info.setup_bytes + h.payload_offset, head.data(), head.size(), "kernel"));
+    plan.compression = detect_compression(head);
+    if (plan.compression) plan.kernel_base = base;
+    return {};
+}
 
 Result<Plan> plan_linux(const LinuxBootConfig& cfg) {
     Plan plan;
@@ -128,8 +150,9 @@ Result<Plan> plan_linux(const LinuxBootConfig& cfg) {
     if (!info) return std::unexpected(info.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
     plan.info = *info;
 
-    const uint64_t kernel_end = layout::kKernelLoad + plan.info.init_size;
     const uint64_t low_end = std::min(cfg.mem_size, layout::kMmioHoleStart);
+    if (cfg.host_decompress) ENL_TRY_VOID(plan_host_decompression(plan, low_end));
+    const uint64_t kernel_end = plan.kernel_base + plan.info.init_size;
     if (kernel_end > low_end)
         return fail("kernel '{}' needs {} MiB to boot; the guest has {} MiB", cfg.kernel_path,
                     (kernel_end + MiB - 1) / MiB, cfg.mem_size / MiB);
@@ -153,16 +176,43 @@ Result<> check_linux_files(const LinuxBootConfig& cfg) {
     return {};
 }
 
+namespace {
+
+// Streams the decompressed kernel proper into guest memory; returns its physical entry point.
+Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Compression c) {
+    const KernelInfo& info = plan.info;
+    const size_t file_size = static_cast<size_t>(plan.kernel.size);
+    void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, plan.kernel.fd.get(), 0);
+    if (map == MAP_FAILED) return fail_errno("mapping the kernel");
+    const std::unique_ptr<void, std::function<void(void*)>> unmap(map, [file_size](void* p) { ::munmap(p, file_size); });
+    const auto payload = std::span(static_cast<const uint8_t*>(map), file_size)
+                             .subspan(info.setup_bytes + info.hdr.payload_offset, info.hdr.payload_length);
+    ENL_TRY(const uint64_t elf_size, payload_decompressed_size(payload));
+    VmlinuxWriter writer(elf_size, plan.kernel_base, plan.kernel_base + info.init_size,
+                         [&mem](uint64_t gpa, uint64_t size) { return mem.host_ptr(gpa, size); });
+    ENL_TRY_VOID(decompress_payload(payload, c, info.init_size,
+                                    [&writer](std::span<const uint8_t> piece) { return writer.write(piece); }));
+    return writer.finish();
+}
+
+}  // namespace
+
 Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg) {
     ENL_TRY(Plan plan, plan_linux(cfg));
     const KernelInfo& info = plan.info;
-    uint8_t* dst = mem.host_ptr(layout::kKernelLoad, info.payload_bytes);
-    if (!dst) return fail("kernel '{}' does not fit in guest memory", cfg.kernel_path);
-    ENL_TRY_VOID(read_exact(plan.kernel, info.setup_bytes, dst, info.payload_bytes, "kernel"));
-
     BootEntry entry;
-    entry.rip = layout::kKernelLoad + 0x200;
     entry.boot_params = layout::kBootParams;
+    if (plan.compression) {
+        auto rip = load_kernel_proper(mem, plan, *plan.compression);
+        if (!rip) return std::unexpected(rip.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
+        entry.rip = *rip;
+        entry.host_decompressed = plan.compression;
+    } else {
+        uint8_t* dst = mem.host_ptr(layout::kKernelLoad, info.payload_bytes);
+        if (!dst) return fail("kernel '{}' does not fit in guest memory", cfg.kernel_path);
+        ENL_TRY_VOID(read_exact(plan.kernel, info.setup_bytes, dst, info.payload_bytes, "kernel"));
+        entry.rip = layout::kKernelLoad + 0x200;
+    }
     if (plan.initrd.fd.valid()) {
         entry.initrd_gpa = plan.initrd_gpa;
         entry.initrd_size = plan.initrd.size;

@@ -12,6 +12,7 @@
 #include "common/result.hpp"
 #include "kvm/guest_memory.hpp"
 #include "platform/boot/bootparam.hpp"
+#include "platform/boot/vmlinux.hpp"
 
 namespace enlighten::boot {
 
@@ -45,6 +46,9 @@ struct LinuxBootConfig {
     std::string cmdline;
     uint64_t mem_size = 0;
     uint64_t acpi_rsdp = 0;
+    // Decompress the kernel here and enter the kernel proper (see vmlinux.hpp) when its
+    // compression is one we know; otherwise the bzImage's own decompressor runs in the guest.
+    bool host_decompress = true;
 };
 
 struct BootEntry {
@@ -52,6 +56,7 @@ struct BootEntry {
     uint64_t boot_params = 0;
     uint64_t initrd_gpa = 0;
     uint64_t initrd_size = 0;
+    std::optional<Compression> host_decompressed;  // set when the guest enters the kernel proper
 };
 
 // Everything load_linux() checks about the files, without guest memory: the kernel is a
@@ -59,8 +64,8 @@ struct BootEntry {
 // Lets the VMM refuse bad input before it touches KVM.
 Result<> check_linux_files(const LinuxBootConfig& cfg);
 
-// Reads the kernel and initrd straight into guest memory and writes boot_params, the
-// command line, the GDT and the identity page tables.
+// Reads the kernel (decompressed here if cfg.host_decompress allows) and the initrd into
+// guest memory and writes boot_params, the command line, the GDT and the identity page tables.
 Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg);
 
 // GDT entries used for the 64-bit entry (__BOOT_CS = 0x10, __BOOT_DS = 0x18).

@@ -1,0 +1,244 @@
+#include "platform/boot/vmlinux.hpp"
+
+#include <elf.h>
+#include <lz4.h>
+#include <lzma.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <memory>
+
+namespace enlighten::boot {
+
+namespace {
+
+constexpr size_t kChunk = 8 << 20;       // decompressed piece size (the LZ4 legacy block size)
+constexpr size_t kHeadBytes = 64 << 10;  // the ELF and program headers must lie in this much
+
+uint32_t load_le32(const uint8_t* p) {
+    uint32_t v = 0;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+bool starts_with(std::span<const uint8_t> data, std::span<const uint8_t> magic) {
+    return data.size() >= magic.size() && std::equal(magic.begin(), magic.end(), data.begin());
+}
+
+constexpr std::array<uint8_t, 4> kLz4LegacyMagic = {0x02, 0x21, 0x4c, 0x18};  // 0x184c2102 LE
+constexpr std::array<uint8_t, 2> kGzipMagic = {0x1f, 0x8b};
+constexpr std::array<uint8_t, 4> kZstdMagic = {0x28, 0xb5, 0x2f, 0xfd};
+constexpr std::array<uint8_t, 6> kXzMagic = {0xfd, '7', 'z', 'X', 'Z', 0x00};
+
+// The LZ4 legacy format (lz4 -l, what the kernel build uses): the magic, then independent
+// blocks of [u32 compressed size][data], each decompressing to at most 8 MiB. A repeated
+// magic starts another stream (concatenated archives), as the kernel's decompressor accepts.
+Result<> unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+    size_t pos = kLz4LegacyMagic.size();
+    while (pos < in.size()) {
+        if (in.size() - pos < 4) return fail("LZ4 data is truncated inside a block header");
+        const uint32_t chunk = load_le32(in.data() + pos);
+        pos += 4;
+        if (chunk == load_le32(kLz4LegacyMagic.data())) continue;
+        if (chunk == 0 || chunk > in.size() - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
+            return fail("LZ4 block of {} bytes at offset {} is invalid", chunk, pos - 4);
+        const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in.data() + pos),
+                                          reinterpret_cast<char*>(buf.data()), static_cast<int>(chunk),
+                                          static_cast<int>(buf.size()));
+        if (n < 0) return fail("LZ4 data is corrupt (block at offset {})", pos - 4);
+        ENL_TRY_VOID(sink(buf.first(static_cast<size_t>(n))));
+        pos += chunk;
+    }
+    return {};
+}
+
+Result<> gunzip(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+    z_stream z{};
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return fail("zlib: cannot initialise");
+    const std::unique_ptr<z_stream, int (*)(z_stream*)> guard(&z, inflateEnd);
+    z.next_in = const_cast<Bytef*>(in.data());  // zlib's API is not const-correct
+    z.avail_in = static_cast<uInt>(in.size());
+    for (;;) {
+        z.next_out = buf.data();
+        z.avail_out = static_cast<uInt>(buf.size());
+        const int rc = inflate(&z, Z_NO_FLUSH);
+        if (rc != Z_OK && rc != Z_STREAM_END)
+            return fail("gzip data is corrupt or truncated ({})", z.msg ? z.msg : "zlib error " + std::to_string(rc));
+        ENL_TRY_VOID(sink(buf.first(buf.size() - z.avail_out)));
+        if (rc == Z_STREAM_END) return {};
+    }
+}
+
+Result<> unzstd(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+    const std::unique_ptr<ZSTD_DStream, size_t (*)(ZSTD_DStream*)> ds(ZSTD_createDStream(), ZSTD_freeDStream);
+    if (!ds) return fail("zstd: cannot initialise");
+    ZSTD_inBuffer input{in.data(), in.size(), 0};
+    size_t last = 0;
+    while (input.pos < input.size || last != 0) {
+        ZSTD_outBuffer output{buf.data(), buf.size(), 0};
+        last = ZSTD_decompressStream(ds.get(), &output, &input);
+        if (ZSTD_isError(last)) return fail("zstd data is corrupt: {}", ZSTD_getErrorName(last));
+        if (output.pos == 0 && input.pos == input.size && last != 0) return fail("zstd data is truncated");
+        ENL_TRY_VOID(sink(buf.first(output.pos)));
+    }
+    return {};
+}
+
+Result<> unxz(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+    lzma_stream s = LZMA_STREAM_INIT;
+    // The kernel's xz streams use a 32 MiB dictionary at most.
+    if (lzma_stream_decoder(&s, 256ULL << 20, 0) != LZMA_OK) return fail("liblzma: cannot initialise");
+    const std::unique_ptr<lzma_stream, void (*)(lzma_stream*)> guard(&s, lzma_end);
+    s.next_in = in.data();
+    s.avail_in = in.size();
+    for (;;) {
+        s.next_out = buf.data();
+        s.avail_out = buf.size();
+        const lzma_ret rc = lzma_code(&s, LZMA_FINISH);
+        if (rc != LZMA_OK && rc != LZMA_STREAM_END)
+            return fail("xz data is corrupt or truncated (liblzma error {})", static_cast<int>(rc));
+        ENL_TRY_VOID(sink(buf.first(buf.size() - s.avail_out)));
+        if (rc == LZMA_STREAM_END) return {};
+    }
+}
+
+}  // namespace
+
+std::string_view compression_name(Compression c) {
+    switch (c) {
+        case Compression::Lz4: return "LZ4";
+        case Compression::Gzip: return "gzip";
+        case Compression::Zstd: return "zstd";
+        case Compression::Xz: return "xz";
+    }
+    return "?";
+}
+
+std::optional<Compression> detect_compression(std::span<const uint8_t> head) {
+    if (starts_with(head, kLz4LegacyMagic)) return Compression::Lz4;
+    if (starts_with(head, kGzipMagic)) return Compression::Gzip;
+    if (starts_with(head, kZstdMagic)) return Compression::Zstd;
+    if (starts_with(head, kXzMagic)) return Compression::Xz;
+    return std::nullopt;
+}
+
+Result<uint64_t> payload_decompressed_size(std::span<const uint8_t> payload) {
+    if (payload.size() < 16) return fail("compressed kernel of {} bytes is too small", payload.size());
+    return load_le32(payload.data() + payload.size() - 4);
+}
+
+Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uint64_t max_size, const ByteSink& sink) {
+    ENL_TRY(const uint64_t size, payload_decompressed_size(payload));
+    if (payload.size() > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload.size());
+    if (size > max_size)
+        return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", size, max_size);
+    const auto in = payload.first(payload.size() - 4);
+    uint64_t total = 0;
+    const ByteSink counted = [&](std::span<const uint8_t> piece) -> Result<> {
+        if (piece.empty()) return {};
+        if (piece.size() > size - total) return fail("{} kernel decompresses to more than the {} bytes its trailer says", compression_name(c), size);
+        total += piece.size();
+        return sink(piece);
+    };
+    std::unique_ptr<uint8_t[]> buf(new uint8_t[kChunk]);  // not zeroed: every byte handed on is written first
+    const std::span<uint8_t> scratch(buf.get(), kChunk);
+    Result<> done = [&]() -> Result<> {
+        switch (c) {
+            case Compression::Lz4: return unlz4_legacy(in, scratch, counted);
+            case Compression::Gzip: return gunzip(in, scratch, counted);
+            case Compression::Zstd: return unzstd(in, scratch, counted);
+            case Compression::Xz: return unxz(in, scratch, counted);
+        }
+        return fail("unknown compression");
+    }();
+    if (!done) return done;
+    if (total != size)
+        return fail("{} kernel decompressed to {} bytes; its trailer says {}", compression_name(c), total, size);
+    return {};
+}
+
+Result<VmlinuxLayout> parse_vmlinux_headers(std::span<const uint8_t> head, uint64_t file_size, uint64_t load_min,
+                                            uint64_t load_end) {
+    Elf64_Ehdr eh{};
+    if (head.size() < sizeof eh || file_size < head.size()) return fail("vmlinux: too small for an ELF header");
+    std::memcpy(&eh, head.data(), sizeof eh);
+    if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return fail("vmlinux: not an ELF file");
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
+        eh.e_type != ET_EXEC)
+        return fail("vmlinux: not an x86-64 ELF executable");
+    if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 64)
+        return fail("vmlinux: bad program header table ({} entries of {} bytes)", eh.e_phnum, eh.e_phentsize);
+    if (eh.e_phoff > head.size() || head.size() - eh.e_phoff < uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr))
+        return fail("vmlinux: the program header table is not within the first {} bytes", head.size());
+
+    VmlinuxLayout img;
+    img.entry = eh.e_entry;
+    for (unsigned i = 0; i < eh.e_phnum; ++i) {
+        Elf64_Phdr ph{};
+        std::memcpy(&ph, head.data() + eh.e_phoff + i * sizeof ph, sizeof ph);
+        if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
+        if (ph.p_filesz > ph.p_memsz || ph.p_offset > file_size || file_size - ph.p_offset < ph.p_filesz)
+            return fail("vmlinux: segment {} lies outside the file", i);
+        if (ph.p_paddr < load_min || ph.p_paddr > load_end || load_end - ph.p_paddr < ph.p_memsz)
+            return fail("vmlinux: segment {} at {:#x}+{:#x} is outside the kernel's area {:#x}-{:#x}", i, ph.p_paddr,
+                        ph.p_memsz, load_min, load_end);
+        img.segments.push_back({ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz});
+    }
+    if (img.segments.empty()) return fail("vmlinux: no loadable segment");
+    std::sort(img.segments.begin(), img.segments.end(), [](const auto& a, const auto& b) { return a.paddr < b.paddr; });
+    for (size_t i = 1; i < img.segments.size(); ++i)
+        if (img.segments[i - 1].paddr + img.segments[i - 1].mem_size > img.segments[i].paddr)
+            return fail("vmlinux: segments overlap at {:#x}", img.segments[i].paddr);
+    const bool entry_ok = std::any_of(img.segments.begin(), img.segments.end(), [&](const ElfSegment& s) {
+        return img.entry >= s.paddr && img.entry - s.paddr < s.file_size;
+    });
+    if (!entry_ok) return fail("vmlinux: entry point {:#x} is not in a loaded segment", img.entry);
+    return img;
+}
+
+VmlinuxWriter::VmlinuxWriter(uint64_t file_size, uint64_t load_min, uint64_t load_end, MemoryMap memory)
+    : file_size_(file_size), load_min_(load_min), load_end_(load_end), memory_(std::move(memory)) {}
+
+Result<> VmlinuxWriter::place(uint64_t file_offset, std::span<const uint8_t> bytes) {
+    const uint64_t end = file_offset + bytes.size();
+    for (const ElfSegment& s : layout_->segments) {
+        const uint64_t from = std::max(file_offset, s.offset);
+        const uint64_t to = std::min(end, s.offset + s.file_size);
+        if (from >= to) continue;
+        uint8_t* dst = memory_(s.paddr + (from - s.offset), to - from);
+        if (!dst) return fail("vmlinux: segment at {:#x} is outside guest memory", s.paddr);
+        std::memcpy(dst, bytes.data() + (from - file_offset), to - from);
+    }
+    return {};
+}
+
+Result<> VmlinuxWriter::write(std::span<const uint8_t> bytes) {
+    if (bytes.size() > file_size_ - received_) return fail("vmlinux: more data than its stated size");
+    const uint64_t offset = received_;
+    received_ += bytes.size();
+    if (layout_) return place(offset, bytes);
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kHeadBytes, file_size_));
+    const size_t take = std::min(bytes.size(), want - head_.size());
+    head_.insert(head_.end(), bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(take));
+    if (head_.size() < want) return {};
+    ENL_TRY(layout_, parse_vmlinux_headers(head_, file_size_, load_min_, load_end_));
+    ENL_TRY_VOID(place(0, head_));
+    head_ = {};
+    return place(offset + take, bytes.subspan(take));
+}
+
+Result<uint64_t> VmlinuxWriter::finish() {
+    if (!layout_ || received_ != file_size_) return fail("vmlinux: truncated ({} of {} bytes)", received_, file_size_);
+    for (const ElfSegment& s : layout_->segments) {
+        if (s.mem_size == s.file_size) continue;
+        uint8_t* dst = memory_(s.paddr + s.file_size, s.mem_size - s.file_size);
+        if (!dst) return fail("vmlinux: segment at {:#x} is outside guest memory", s.paddr);
+        std::memset(dst, 0, s.mem_size - s.file_size);
+    }
+    return layout_->entry;
+}
+
+}  // namespace enlighten::boot
