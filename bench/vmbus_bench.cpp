@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "hv/partition.hpp"
 #include "vmbus/ring.hpp"
@@ -111,7 +111,7 @@ struct HvFixture {
     SynicSink sink{partition.synic()};
     Server server{sink, mem, 1};
     HvFixture() {
-        spdlog::set_level(spdlog::level::off);
+        enlighten::log::set_level(enlighten::log::Level::Off);
         partition.set_handlers(
             [this](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> p) { return server.handle_message(vp, conn, p); },
             [this](uint32_t vp, uint32_t conn, uint16_t flag) { return server.handle_event(vp, conn, flag); });

@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "api/http_client.hpp"
 #include "api/http_frontend.hpp"
@@ -22,7 +22,7 @@ using namespace enlighten;
 using namespace enlighten::api;
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    spdlog::set_level(spdlog::level::off);
+    enlighten::log::set_level(enlighten::log::Level::Off);
     return 0;
 }
 

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <vector>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "devices/ic/services.hpp"
 #include "fuzz_input.hpp"
@@ -20,7 +20,7 @@ struct NullEndpoint final : vmbus::ChannelEndpoint {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    spdlog::set_level(spdlog::level::off);
+    enlighten::log::set_level(enlighten::log::Level::Off);
     return 0;
 }
 

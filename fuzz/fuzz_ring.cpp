@@ -4,7 +4,7 @@
 #include <cstring>
 #include <vector>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "fuzz_input.hpp"
 #include "vmbus/ring.hpp"
@@ -13,7 +13,7 @@ using namespace enlighten;
 using namespace enlighten::vmbus;
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    spdlog::set_level(spdlog::level::off);
+    enlighten::log::set_level(enlighten::log::Level::Off);
     return 0;
 }
 

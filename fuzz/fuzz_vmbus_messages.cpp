@@ -9,11 +9,11 @@
 
 using namespace enlighten;
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 // Guest-triggered warnings are expected here by the thousand; keep the output readable.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    spdlog::set_level(spdlog::level::off);
+    enlighten::log::set_level(enlighten::log::Level::Off);
     return 0;
 }
 

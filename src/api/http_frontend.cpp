@@ -9,7 +9,7 @@
 #include <string>
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "api/router.hpp"
 
@@ -365,7 +365,7 @@ HttpFrontend::Next HttpFrontend::serve_one(Connection& conn, bool last, const st
     // Refuses the request and closes the connection: the rest of it stays unread.
     auto refuse = [&](int status, std::string_view message) {
         const Request& r = parser.request();
-        spdlog::debug("api: {} {} -> {} ({})", printable(r.method), printable(r.target), status, message);
+        log::debug("api: {} {} -> {} ({})", printable(r.method), printable(r.target), status, message);
         (void)respond(error_reply(status, message), false, true);
         return Next::CloseUnread;
     };
@@ -467,7 +467,7 @@ HttpFrontend::Next HttpFrontend::serve_one(Connection& conn, bool last, const st
     // No protocol switch here: after an upgrade request (its body, if any, was not read as
     // such) the connection ends with the answer.
     const bool close = last || !req.keep_alive || req.upgrade;
-    spdlog::debug("api: {} {} -> {}", printable(req.method), printable(req.target), reply.status);
+    log::debug("api: {} {} -> {}", printable(req.method), printable(req.target), reply.status);
     if (!respond(reply, head, close)) return Next::Close;
     if (!close) return Next::Continue;
     // Pipelined requests after this one stay unanswered; let the client read this answer.

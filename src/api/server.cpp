@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "api/http_frontend.hpp"
 #include "common/fd.hpp"
@@ -130,7 +130,7 @@ Result<> clear_path(const std::string& path, const sockaddr_un& addr) {
     if (errno != ECONNREFUSED) return fail_errno(fmt::format("api socket {}: checking the existing socket", path));
     if (::unlink(path.c_str()) != 0 && errno != ENOENT)
         return fail_errno(fmt::format("api socket {}: removing the stale socket", path));
-    spdlog::info("api: replaced the stale socket {}", path);
+    log::info("api: replaced the stale socket {}", path);
     return {};
 }
 
@@ -198,7 +198,7 @@ void ApiServer::Impl::remove_socket_file() const {
     struct stat st {};
     const std::string& path = options.socket_path;
     if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == sock_dev && st.st_ino == sock_ino) {
-        if (::unlink(path.c_str()) != 0) spdlog::warn("api: removing {}: {}", path, std::strerror(errno));
+        if (::unlink(path.c_str()) != 0) log::warn("api: removing {}: {}", path, std::strerror(errno));
     }
 }
 
@@ -257,7 +257,7 @@ Result<> ApiServer::start() {
         stop();
         return fail("api: starting a worker thread: {}", e.what());
     }
-    spdlog::info("api: listening on {}", path);
+    log::info("api: listening on {}", path);
     return {};
 }
 
@@ -267,14 +267,14 @@ void ApiServer::stop() {
     s.stopping.store(true, std::memory_order_release);
     const uint64_t one = 1;
     if (::write(s.stop_fd.get(), &one, sizeof(one)) != static_cast<ssize_t>(sizeof(one)))
-        spdlog::warn("api: waking the workers: {}", std::strerror(errno));
+        log::warn("api: waking the workers: {}", std::strerror(errno));
     for (auto& t : s.workers) t.join();
     s.workers.clear();
     s.listen_fd.reset();
     s.stop_fd.reset();
     s.remove_socket_file();
     s.running = false;
-    spdlog::info("api: stopped");
+    log::info("api: stopped");
 }
 
 }  // namespace enlighten::api

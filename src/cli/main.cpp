@@ -15,8 +15,7 @@
 #include <charconv>
 #include <cstdio>
 #include <optional>
-#include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
@@ -98,24 +97,24 @@ int run_vm(const VmConfig& cfg) {
         (*console)->flush();
         switch (exit.kind) {
             case VmExit::Kind::PowerOff:
-                spdlog::info("guest powered off");
+                log::info("guest powered off");
                 break;
             case VmExit::Kind::Reset:
                 if (cfg.on_reboot == OnReboot::Restart) {
-                    spdlog::info("guest reset; restarting (boot {})", boot + 1);
+                    log::info("guest reset; restarting (boot {})", boot + 1);
                     continue;
                 }
-                spdlog::info("guest reset; exiting (--on-reboot=exit)");
+                log::info("guest reset; exiting (--on-reboot=exit)");
                 break;
             case VmExit::Kind::Error:
                 return error(Error(exit.message));
             case VmExit::Kind::Crash:
-                spdlog::error("guest crashed: {}", exit.message);
+                log::error("guest crashed: {}", exit.message);
                 break;
             case VmExit::Kind::Signal:
                 break;
             case VmExit::Kind::ForcedOff:
-                spdlog::warn("VM stopped: {}", exit.message);
+                log::warn("VM stopped: {}", exit.message);
                 break;
         }
         return exit_status(exit);
@@ -125,10 +124,8 @@ int run_vm(const VmConfig& cfg) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    auto logger = spdlog::stderr_logger_mt("enlighten");
-    logger->set_pattern("enlighten: %l: %v");
-    spdlog::set_default_logger(logger);
-    spdlog::set_level(spdlog::level::warn);
+    log::init_stderr();
+    log::set_level(log::Level::Warn);
 
     CLI::App app{"Enlighten: a virtual machine monitor that gives guests the Hyper-V platform on KVM"};
     app.require_subcommand(1);
@@ -174,7 +171,7 @@ int main(int argc, char** argv) {
         return exit_code::kUsage;
     }
     if (remote->parsed()) return cli::run_remote(remote_opts);
-    spdlog::set_level(spdlog::level::from_str(log_level));
+    log::set_level(log::parse_level(log_level).value_or(log::Level::Warn));
 
     auto mem = parse_memory(memory);
     if (!mem) return error(mem.error());

@@ -43,13 +43,13 @@ private:
 
 }  // namespace enlighten
 
-// Logs through spdlog at most as often as a per-call-site RateLimit allows.
+// Logs (common/log.hpp) at most as often as a per-call-site RateLimit allows.
 #define ENL_LOG_LIMITED(level, ...)                                              \
     do {                                                                         \
         static ::enlighten::RateLimit enl_rl_;                                   \
         uint64_t enl_rl_dropped_ = 0;                                            \
         if (enl_rl_.allow(&enl_rl_dropped_)) {                                   \
-            if (enl_rl_dropped_) spdlog::level("({} similar messages suppressed)", enl_rl_dropped_); \
-            spdlog::level(__VA_ARGS__);                                          \
+            if (enl_rl_dropped_) ::enlighten::log::level("({} similar messages suppressed)", enl_rl_dropped_); \
+            ::enlighten::log::level(__VA_ARGS__);                                \
         }                                                                        \
     } while (0)

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/rate_limit.hpp"
 

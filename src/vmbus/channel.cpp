@@ -1,6 +1,6 @@
 #include "vmbus/channel.hpp"
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/rate_limit.hpp"
 #include "vmbus/server.hpp"

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/rate_limit.hpp"
 
@@ -178,7 +178,7 @@ void Server::on_initiate_contact(uint32_t vp, const InitiateContact& msg) {
     const uint32_t sint = requested >= kVersionWin10V5 ? static_cast<uint32_t>(msg.interrupt_page_or_sint & 0xff) : kMessageSint;
     if (!version_supported(requested) || !target_ok || sint >= hv::kSintCount) {
         // Refused: the guest tries its next lower version. Answer on the VP that asked.
-        spdlog::debug("vmbus: refusing version {} (target VP {}, SINT {})", version_string(requested), msg.target_vcpu, sint);
+        log::debug("vmbus: refusing version {} (target VP {}, SINT {})", version_string(requested), msg.target_vcpu, sint);
         resp.version_supported = 0;
         const uint32_t saved = msg_sint_;
         if (sint < hv::kSintCount) msg_sint_ = sint;

@@ -2,7 +2,7 @@
 
 #include <fstream>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "devices/ic/services.hpp"
 #include "vmbus/server.hpp"
@@ -104,7 +104,7 @@ api::ApiResult<> MachineControl::shutdown(const api::ShutdownRequest& request) {
         if (shutting_down_) return api_error(ErrorKind::Conflict, "a shutdown is already in progress");
         shutting_down_ = true;
     }
-    spdlog::info("API: {} requested (timeout {} s per stage)", request.reboot ? "reboot" : "shutdown", request.timeout_s);
+    log::info("API: {} requested (timeout {} s per stage)", request.reboot ? "reboot" : "shutdown", request.timeout_s);
     sequencer_.post([this, generation, request] { shutdown_stage(generation, 1, request); });
     return {};
 }
@@ -125,25 +125,25 @@ void MachineControl::shutdown_stage(uint64_t generation, int stage, api::Shutdow
             auto* ic = m->shutdown_ic();
             if (ic && ic->state() == ic::IcState::Ready) {
                 if (auto r = ic->request(request.reboot, std::chrono::seconds(5)); r) {
-                    spdlog::info("API: the guest accepted the {} request", request.reboot ? "reboot" : "shutdown");
+                    log::info("API: the guest accepted the {} request", request.reboot ? "reboot" : "shutdown");
                     return next(2, wait);
                 } else {
-                    spdlog::warn("API: shutdown IC: {}", r.error().message());
+                    log::warn("API: shutdown IC: {}", r.error().message());
                 }
             } else {
-                spdlog::info("API: the guest's shutdown service is not connected");
+                log::info("API: the guest's shutdown service is not connected");
             }
             return next(2, std::chrono::milliseconds(0));
         }
         case 2:
             if (!request.reboot) {
-                spdlog::info("API: pressing the ACPI power button");
+                log::info("API: pressing the ACPI power button");
                 m->press_power_button();
                 return next(3, wait);
             }
             return next(3, std::chrono::milliseconds(0));
         default:
-            spdlog::warn("API: the guest did not {}; forcing it", request.reboot ? "reboot" : "shut down");
+            log::warn("API: the guest did not {}; forcing it", request.reboot ? "reboot" : "shut down");
             m->request_exit(request.reboot ? VmExit{VmExit::Kind::Reset, 0, {}}
                                            : VmExit{VmExit::Kind::ForcedOff, 0, "forced power-off after the shutdown timeout"});
             return;

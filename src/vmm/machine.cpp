@@ -8,7 +8,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/task_loop.hpp"
 #include "devices/ic/services.hpp"
@@ -106,7 +106,7 @@ Result<> Machine::build(const Kvm& kvm) {
     ENL_TRY_VOID(vm_->create_pit2());
     ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
 
-    spdlog::debug("startup: VM and irqchip created at {} ms", uptime_ms());
+    log::debug("startup: VM and irqchip created at {} ms", uptime_ms());
     ENL_TRY(memory_, GuestMemory::allocate(boot::ram_layout(cfg_.memory)));
     uint32_t slot = 0;
     for (const auto& r : memory_.regions()) ENL_TRY_VOID(vm_->add_memory(slot++, r));
@@ -119,13 +119,13 @@ Result<> Machine::build(const Kvm& kvm) {
 
     boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa,
                                    cfg_.host_decompress};
-    spdlog::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
+    log::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
     ENL_TRY(boot::BootEntry entry, boot::load_linux(memory_, boot_cfg));
     if (entry.host_decompressed)
-        spdlog::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
+        log::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
                       boot::compression_name(*entry.host_decompressed), entry.rip, uptime_ms());
     else
-        spdlog::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
+        log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
 
     ENL_TRY(auto supported, kvm.supported_cpuid());
     for (uint32_t i = 0; i < cfg_.cpus; ++i) {
@@ -152,7 +152,7 @@ Result<> Machine::build(const Kvm& kvm) {
         for (const auto& e : supported)
             if (e.function >= 0x40000000 && e.function <= 0x4000ffff) hv_leaves.push_back(e);
     }
-    spdlog::debug("startup: vCPUs created at {} ms", uptime_ms());
+    log::debug("startup: vCPUs created at {} ms", uptime_ms());
     const CpuTopology topo{cfg_.cpus};
     for (uint32_t i = 0; i < cfg_.cpus; ++i) {
         const Vcpu& vcpu = *vcpus_[i];
@@ -187,7 +187,7 @@ Result<> Machine::setup_hyperv(const Kvm& kvm) {
         if (cfg_.exit_on_crash) {
             request_exit({VmExit::Kind::Crash, 0, std::move(text)});
         } else {
-            spdlog::error("guest crashed (the VM keeps running, --on-crash=stay): {}", text);
+            log::error("guest crashed (the VM keeps running, --on-crash=stay): {}", text);
         }
     };
     vmbus_sink_ = std::make_unique<SynicMessageSink>(partition_->synic());
@@ -217,7 +217,7 @@ Result<> Machine::add_integration_services() {
 Result<> Machine::add_devices() {
     auto irq = [this](uint32_t gsi) -> IrqLine {
         return [this, gsi](bool level) {
-            if (auto r = vm_->irq_line(gsi, level); !r) spdlog::warn("IRQ {}: {}", gsi, r.error().message());
+            if (auto r = vm_->irq_line(gsi, level); !r) log::warn("IRQ {}: {}", gsi, r.error().message());
         };
     };
     serial_ = std::make_shared<Serial>(irq(layout::kCom1Irq), [this](uint8_t b) { console_.write(b); });
@@ -336,14 +336,14 @@ void Machine::handle_io(uint32_t vp, kvm_run* run) {
         std::span<uint8_t> bytes(data + i * size, size);
         const bool handled = run->io.direction == KVM_EXIT_IO_OUT ? pio_.write(run->io.port, bytes)
                                                                   : pio_.read(run->io.port, bytes);
-        if (!handled) spdlog::trace("unhandled port {} {:#x} size {}", run->io.direction == KVM_EXIT_IO_OUT ? "write" : "read", run->io.port, size);
+        if (!handled) log::trace("unhandled port {} {:#x} size {}", run->io.direction == KVM_EXIT_IO_OUT ? "write" : "read", run->io.port, size);
     }
 }
 
 void Machine::handle_mmio(kvm_run* run) {
     std::span<uint8_t> bytes(run->mmio.data, std::min<size_t>(run->mmio.len, sizeof(run->mmio.data)));
     const bool handled = run->mmio.is_write ? mmio_.write(run->mmio.phys_addr, bytes) : mmio_.read(run->mmio.phys_addr, bytes);
-    if (!handled) spdlog::trace("unhandled MMIO {} {:#x}", run->mmio.is_write ? "write" : "read", run->mmio.phys_addr);
+    if (!handled) log::trace("unhandled MMIO {} {:#x}", run->mmio.is_write ? "write" : "read", run->mmio.phys_addr);
 }
 
 void Machine::vcpu_loop(size_t index) {
@@ -438,7 +438,7 @@ void Machine::event_loop() {
             if (fd == signal_fd_) {
                 signalfd_siginfo si{};
                 if (::read(signal_fd_, &si, sizeof(si)) == sizeof(si)) {
-                    spdlog::info("received signal {}, stopping the VM", si.ssi_signo);
+                    log::info("received signal {}, stopping the VM", si.ssi_signo);
                     request_exit({VmExit::Kind::Signal, static_cast<int>(si.ssi_signo), {}});
                 }
             } else if (fd == console_.flush_fd()) {
@@ -461,22 +461,22 @@ void Machine::event_loop() {
 }
 
 void Machine::log_exit_stats() const {
-    if (!spdlog::should_log(spdlog::level::debug)) return;
+    if (!log::enabled(log::Level::Debug)) return;
     const auto& st = *exit_stats_;
-    spdlog::debug("exits: io {} mmio {} msr {}", st.io.load(), st.mmio.load(), st.msr.load());
+    log::debug("exits: io {} mmio {} msr {}", st.io.load(), st.mmio.load(), st.msr.load());
     for (size_t port = 0; port < st.io_by_port.size(); ++port)
-        if (const auto n = st.io_by_port[port].load(); n > 0) spdlog::debug("  port {:#06x}: {}", port, n);
+        if (const auto n = st.io_by_port[port].load(); n > 0) log::debug("  port {:#06x}: {}", port, n);
     if (partition_) {
         const auto hc = partition_->hypercall_stats();
         const auto sy = partition_->synic().stats();
-        spdlog::debug("hypercalls: post {} signal {} failed {}; synic: delivered {} dropped {} events {}",
+        log::debug("hypercalls: post {} signal {} failed {}; synic: delivered {} dropped {} events {}",
                       hc.post_message, hc.signal_event, hc.failed, sy.messages_delivered, sy.messages_dropped,
                       sy.events_signalled);
     }
 }
 
 VmExit Machine::run() {
-    spdlog::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
+    log::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
     install_kick_handler();
     for (size_t i = 0; i < vcpus_.size(); ++i) {
         threads_.emplace_back([this, i] { vcpu_loop(i); });

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -234,7 +234,7 @@ class ApiServerTest : public ::testing::Test {
 protected:
     void SetUp() override {
         ::signal(SIGPIPE, SIG_IGN);
-        spdlog::set_level(spdlog::level::warn);
+        enlighten::log::set_level(enlighten::log::Level::Warn);
         sock = dir.path + "/api.sock";
         ApiServerOptions o;
         o.socket_path = sock;

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/rate_limit.hpp"
 
@@ -140,7 +140,7 @@ void IcDevice::on_packet(const vmbus::IncomingPacket& packet) {
                 version_ = versions->second;
                 state_ = IcState::Ready;
                 ready = true;
-                spdlog::debug("{}: framework {}.{}, service {}.{}", offer_.name, framework_version_ >> 16,
+                log::debug("{}: framework {}.{}, service {}.{}", offer_.name, framework_version_ >> 16,
                               framework_version_ & 0xffff, version_ >> 16, version_ & 0xffff);
             }
             cv_.notify_all();

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <ctime>
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 #include "common/rate_limit.hpp"
 
