@@ -75,6 +75,8 @@ class Variant:
 VARIANTS = [
     Variant("enlighten", "Enlighten (Hyper-V on)", "enlighten"),
     Variant("enlighten-hv-off", "Enlighten --hyperv off", "enlighten", ("--hyperv", "off")),
+    Variant("enlighten-guest-decomp", "Enlighten --kernel-decompress guest", "enlighten",
+            ("--kernel-decompress", "guest")),
     Variant("enlighten-vmbus", "Enlighten + hv_vmbus loaded", "enlighten",
             cmdline_extra="enlighten.modules=hv_vmbus"),
     Variant("qemu-pc", "QEMU -M pc", "qemu", ("-M", "pc")),
