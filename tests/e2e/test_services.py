@@ -11,6 +11,7 @@ import time
 import unittest
 
 from harness import GuestTestCase, describe, results, run_scenario
+from enlighten_tools.testhost import RunResult
 
 IC_CLASSES = {
     "heartbeat": "57164f39-9115-4e78-ab55-382f3bd5422d",
@@ -61,6 +62,23 @@ dump_logs
         self.assertLess(float(r["seconds"]), 10.0, describe(res))
         print(f"[shutdown took {r['seconds']} s] ", end="", flush=True)
 
+    def shutdown_staying_guest(self, *, timeout: int, job: str) -> tuple[RunResult, dict[str, str]]:
+        """Boots a guest that stays up after `job`, asks the API to shut it down with
+        `timeout` per stage, and reports rc and seconds from the request to the VMM's exit."""
+        res = run_scenario(self, r"""
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
+    --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
+VM_PID=$!
+wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
+t0=$(now)
+api shutdown --timeout %d && echo "RESULT request=accepted"
+wait $VM_PID
+echo "RESULT rc=$?"
+echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
+dump_logs
+""" % timeout, job=job)
+        return res, results(res)
+
     def test_shutdown_falls_back_to_the_acpi_power_button(self) -> None:
         # No hv_utils in this guest, so no shutdown service; acpid handles the power button.
         job = r"""
@@ -73,19 +91,7 @@ acpid -f -c /etc/acpi -l /dev/null >/dev/null 2>&1 &
 sleep 1  # acpid opens the input device after it starts; a press before that is lost
 echo ACPID-STARTED
 """
-        res = run_scenario(self, r"""
-"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
-    --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
-VM_PID=$!
-wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
-t0=$(now)
-api shutdown --timeout 20 && echo "RESULT request=accepted"
-wait $VM_PID
-echo "RESULT rc=$?"
-echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
-dump_logs
-""", job=job)
-        r = results(res)
+        res, r = self.shutdown_staying_guest(timeout=20, job=job)
         self.assertIn("ACPID-STARTED", res.output, describe(res))
         self.assertEqual(r.get("rc"), "0", describe(res))
         self.assertIn("pressing the ACPI power button", res.output, describe(res))
@@ -94,19 +100,7 @@ dump_logs
 
     def test_shutdown_ends_with_a_hard_stop_when_the_guest_ignores_it(self) -> None:
         # Neither hv_utils nor acpid: both graceful stages time out, then the VM is stopped.
-        res = run_scenario(self, r"""
-"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
-    --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
-VM_PID=$!
-wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
-t0=$(now)
-api shutdown --timeout 3 && echo "RESULT request=accepted"
-wait $VM_PID
-echo "RESULT rc=$?"
-echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
-dump_logs
-""", job="echo no integration services here\n")
-        r = results(res)
+        res, r = self.shutdown_staying_guest(timeout=3, job="echo no integration services here\n")
         self.assertEqual(r.get("rc"), "5", "a forced power-off exits 5" + describe(res))
         self.assertGreaterEqual(float(r["seconds"]), 3.0, describe(res))
         self.assertLess(float(r["seconds"]), 30.0, describe(res))
