@@ -269,6 +269,7 @@ class Stats:
     end: list[float]
     exit: list[float]
     uptime: list[float]
+    tail: list[float]       # marker -> end
     mem: list[Run]
 
     def mem_med(self, key: str) -> float | None:
@@ -317,6 +318,8 @@ def collect(cases: list[Case], runs: list[Run]) -> dict[str, Stats]:
             end=[r.num("end_ms") for r in timed if r.num("end_ms") is not None],
             exit=[r.num("exit_ms") for r in timed if r.num("exit_ms") is not None],
             uptime=[u for r in timed if (u := r.guest_uptime()) is not None],
+            tail=[e - m for r in timed
+                  if (m := r.num("marker_ms")) is not None and (e := r.num("end_ms")) is not None],
             mem=mem)
     return out
 
@@ -364,9 +367,9 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
         L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: time")
         L.append("")
         L.append("| variant | n | marker min | marker median | marker x pc | marker x pc-host "
-                 "| end median | exit min | exit median | exit x pc | exit x pc-host "
-                 "| guest uptime at marker (s) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| end median | marker -> end median | exit min | exit median | exit x pc "
+                 "| exit x pc-host | guest uptime at marker (s) |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in sub:
             s = st[c.id]
             bm, bhm = (base.marker if base else []), (base_h.marker if base_h else [])
@@ -374,7 +377,7 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
             up = _med(s.uptime)
             L.append(f"| {c.variant.label} | {s.n} | {ms(_min(s.marker))} | {ms(_med(s.marker))} "
                      f"| {ratios(s.marker, bm)} | {ratios(s.marker, bhm)} "
-                     f"| {ms(_med(s.end))} | {ms(_min(s.exit))} | {ms(_med(s.exit))} "
+                     f"| {ms(_med(s.end))} | {ms(_med(s.tail))} | {ms(_min(s.exit))} | {ms(_med(s.exit))} "
                      f"| {ratios(s.exit, be)} | {ratios(s.exit, bhe)} "
                      f"| {'—' if up is None else f'{up:.2f}'} |")
         L.append("")
@@ -434,13 +437,30 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
                            f"Enlighten VMM overhead <= {GOAL_OVERHEAD_KIB // 1024} MiB (median)",
                            "—" if ov is None else f"{ov / 1024:.1f} MiB"
                            + ("" if not thp else f" (THP {thp / 1024:.1f} MiB of it)")))
+        # hv_vmbus: the two variants are the same VM up to the marker (hv_vmbus is loaded
+        # after it), so their difference is in marker -> end. Comparing that stretch leaves
+        # out the noisy, shared part before the marker (the test host's TCG makes single
+        # boots vary by tens of percent); the cost is then taken relative to a whole boot.
         ee = _med(enl.exit) if enl else None
-        ve = _med(vmb.exit) if vmb else None
-        cost = None if ee is None or ve is None or not ee else ve / ee - 1
+        dv = _med(vmb.tail) if vmb else None
+        de = _med(enl.tail) if enl else None
+        cost = None if dv is None or de is None or not ee else (dv - de) / ee
         L.append(goal_line(None if cost is None else cost <= GOAL_VMBUS_COST,
                            f"hv_vmbus loaded costs <= {GOAL_VMBUS_COST:.0%} boot time "
-                           "(time to exit, medians)",
-                           "—" if cost is None else f"{cost:+.1%} ({ms(ve)} vs {ms(ee)} ms)"))
+                           "(marker -> end, medians, relative to the time to exit)",
+                           "—" if cost is None else
+                           f"{cost:+.1%} ({ms(dv)} vs {ms(de)} ms marker -> end; exit {ms(ee)} ms)"))
+        ve = _med(vmb.exit) if vmb else None
+        if ee is not None and ve is not None:
+            L.append(goal_line(None, "(for reference: time to exit, medians, unpaired)",
+                               f"{ve / ee - 1:+.1%} ({ms(ve)} vs {ms(ee)} ms)"))
+        off = st.get(f"enlighten-hv-off@{ncpu}")
+        om = _med(off.marker) if off else None
+        if em is not None and om:
+            L.append(goal_line(em / om <= 1 + GOAL_VMBUS_COST,
+                               f"Hyper-V interface on costs <= {GOAL_VMBUS_COST:.0%} time-to-marker "
+                               "against --hyperv off (KVM's own interface)",
+                               f"{em / om:.2f} x ({ms(em)} vs {ms(om)} ms)"))
     failed = [r for r in runs if not r.ok]
     if failed:
         L.append("")

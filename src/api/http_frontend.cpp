@@ -49,7 +49,7 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-// The methods the API server knows (as cpp-httplib did): any other is a 501. The router
+// The methods the API server knows: any other is a 501. The router
 // answers 405 (with Allow) to those of these an endpoint does not take.
 bool is_known_method(std::string_view m) {
     static constexpr std::string_view kKnown[] = {"GET",     "HEAD",    "POST",  "PUT",   "DELETE",

@@ -20,6 +20,7 @@
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/size.hpp"
+#include "common/thread_stack.hpp"
 #include "kvm/kvm.hpp"
 #include "platform/boot/linux_loader.hpp"
 #include "vmm/config.hpp"
@@ -62,6 +63,7 @@ Result<uint32_t> parse_cpus(std::string text) {
 }
 
 int run_vm(const VmConfig& cfg) {
+    limit_thread_stacks();  // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread
     // SIGINT/SIGTERM are read from a signalfd by the event loop; blocked here before any
     // thread exists, so every thread inherits the mask.
     sigset_t stop_signals;

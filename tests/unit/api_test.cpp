@@ -28,6 +28,7 @@
 #include "api/server.hpp"
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
+#include "common/thread_stack.hpp"
 
 using namespace enlighten;
 using namespace enlighten::api;
@@ -533,6 +534,55 @@ TEST_F(ApiServerTest, MalformedJsonAndWrongTypes) {
         EXPECT_EQ(r->status, 400) << c.body;
         EXPECT_NE(error_of(r->body).find(c.error_part), std::string::npos) << c.body << " -> " << r->body;
     }
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+// The VMM's threads have 1 MiB stacks (common/thread_stack.hpp). Deeply nested JSON, as
+// deep as the body limit allows, must be answered on such threads without exhausting them.
+class ApiServerSmallStacks : public ApiServerTest {
+protected:
+    void SetUp() override {
+        ASSERT_TRUE(limit_thread_stacks());  // before the server's threads start
+        ApiServerTest::SetUp();
+    }
+};
+
+TEST_F(ApiServerSmallStacks, DeeplyNestedBodiesAreRefusedOnOneMegabyteStacks) {
+    size_t stack = 0;
+    std::thread([&] {
+        pthread_attr_t attr;
+        ASSERT_EQ(::pthread_getattr_np(::pthread_self(), &attr), 0);
+        ::pthread_attr_getstacksize(&attr, &stack);
+        ::pthread_attr_destroy(&attr);
+    }).join();
+    EXPECT_GE(stack, kThreadStackBytes);
+    EXPECT_LT(stack, kThreadStackBytes + (size_t{64} << 10));  // not glibc's 8 MiB
+
+    const size_t depth = 30000;  // 60,000 brackets: just inside the 64 KiB body limit
+    const std::string arrays = std::string(depth, '[') + std::string(depth, ']');
+    std::string objects;
+    for (size_t i = 0; i < depth / 3; ++i) objects += "{\"a\":";
+    objects += "1" + std::string(depth / 3, '}');
+    struct Case {
+        const char* path;
+        std::string body;
+        const char* error_part;
+    };
+    const Case cases[] = {
+        {"/api/v1/vm.kvp/external/k", "{\"value\": " + arrays + "}", "value must be a string"},
+        {"/api/v1/vm.shutdown", "{\"reason\": " + arrays + "}", "reason must be a string"},
+        {"/api/v1/vm.shutdown", arrays, "must be a JSON object"},
+        {"/api/v1/vm.shutdown", objects, "unknown field 'a'"},
+        {"/api/v1/vm.shutdown", std::string(depth, '['), "invalid JSON body"},
+    };
+    for (const auto& c : cases) {
+        ASSERT_LE(c.body.size(), 64U * 1024);
+        auto r = put(c.path, c.body);
+        ASSERT_TRUE(r) << c.path;
+        EXPECT_EQ(r->status, 400) << c.path;
+        EXPECT_NE(error_of(r->body).find(c.error_part), std::string::npos) << r->body.substr(0, 200);
+    }
+    EXPECT_EQ(get("/api/v1/vmm.ping")->status, 200);
     EXPECT_TRUE(vm.calls().empty());
 }
 
