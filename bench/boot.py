@@ -152,6 +152,14 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], t
     lines = [
         "set -u",
         f"mkdir -p {H_LOGS}",
+        # A soft lockup in the test host's kernel (seen twice in benchmark sessions, cause
+        # unknown) leaves the VMM stuck where no signal reaches it, and the session would
+        # wait for its timeout. Panic instead: the panic replays the whole kernel log,
+        # backtrace included, to the console (panic_print bit 5), and panic=-1 ends the
+        # session at once. The report then shows that log.
+        "echo 1 > /proc/sys/kernel/softlockup_panic",
+        "echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace",
+        "echo 32 > /proc/sys/kernel/panic_print",
         'echo "BENCH-INFO host_kernel=$(uname -r) host_cpus=$(grep -c ^processor /proc/cpuinfo) '
         'host_mem_kib=$(sed -n \'s/^MemTotal: *\\([0-9]*\\).*/\\1/p\' /proc/meminfo)"',
         f'echo "BENCH-INFO qemu_version=$({shlex.quote(q.binary)} --version | head -n 1)"',
@@ -261,6 +269,16 @@ def parse(output: str) -> tuple[list[Run], dict[str, str], bool]:
     return runs, info, done
 
 
+def lockup_log(output: str, limit: int = 200) -> list[str]:
+    """The test host's kernel log from its soft-lockup report on (at most `limit` lines),
+    or [] when there was none. The report appears twice: printed as it happened (the
+    console shows only that line), then in the panic's replay of the whole log, followed
+    by the backtraces: take the last one."""
+    lines = output.splitlines()
+    hits = [i for i, line in enumerate(lines) if "BUG: soft lockup" in line]
+    return [x.rstrip() for x in lines[hits[-1]:hits[-1] + limit]] if hits else []
+
+
 # ----------------------------------------------------------------------------- report
 @dataclass
 class Stats:
@@ -331,7 +349,7 @@ def goal_line(ok: bool | None, text: str, value: str) -> str:
 
 def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[str, str],
            argv_of: dict[str, list[str]], timer_example: list[str], rounds: int,
-           complete: bool, host_qemu_cmd: str) -> str:
+           complete: bool, host_qemu_cmd: str, lockup: list[str] | None = None) -> str:
     st = collect(cases, runs)
     cpus_list = sorted({c.cpus for c in cases})
     L: list[str] = []
@@ -475,6 +493,16 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
                 L.append("  ```")
                 L.extend("  " + x for x in r.log_tail[-40:])
                 L.append("  ```")
+    if lockup:
+        L.append("")
+        L.append("## Test-host kernel: soft lockup")
+        L.append("")
+        L.append("The test host's kernel reported a soft lockup and panicked (see `host_script`); "
+                 "its log from the first report on:")
+        L.append("")
+        L.append("```")
+        L.extend(lockup)
+        L.append("```")
     not_run = [c.id for c in cases if not any(r.case_id == c.id for r in runs)]
     if not_run:
         L.append("")
@@ -640,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": "1" if a.warmup else ""}
     timer_example = timer_argv(h_timer, Case(VARIANTS[0], 1), 1, True)
     timer_example[timer_example.index("--log") + 1] = f"{H_LOGS}/ID.ROUND.log"
-    text = report(cases, runs, info, meta, argv_of, timer_example, a.rounds, complete, host_cmd)
+    text = report(cases, runs, info, meta, argv_of, timer_example, a.rounds, complete, host_cmd,
+                  lockup_log(output))
     sys.stdout.write(text)
     sys.stdout.flush()
     if not a.no_save and not a.from_raw:
