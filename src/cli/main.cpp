@@ -63,7 +63,8 @@ Result<uint32_t> parse_cpus(std::string text) {
 }
 
 int run_vm(const VmConfig& cfg) {
-    limit_thread_stacks();  // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread
+    // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread. Not fatal: glibc's default works.
+    if (!limit_thread_stacks()) log::warn("could not set the default thread stack size; using glibc's");
     // SIGINT/SIGTERM are read from a signalfd by the event loop; blocked here before any
     // thread exists, so every thread inherits the mask.
     sigset_t stop_signals;
