@@ -8,9 +8,9 @@
 #include <string>
 #include <type_traits>
 
-namespace enlighten::vmbus {
+#include "common/wire.hpp"
 
-#define ENL_WIRE(T, size) static_assert(std::is_standard_layout_v<T> && sizeof(T) == (size), #T)
+namespace enlighten::vmbus {
 
 // A GUID in the guid_t wire layout: the first three fields little-endian, then 8 bytes.
 struct Guid {
@@ -106,7 +106,9 @@ struct OfferChannel {
     uint32_t connection_id;     // 192
 };
 ENL_WIRE(OfferChannel, 196);
-static_assert(offsetof(OfferChannel, child_relid) == 184 && offsetof(OfferChannel, connection_id) == 192);
+ENL_WIRE_OFFSET(OfferChannel, sub_channel_index, 180);
+ENL_WIRE_OFFSET(OfferChannel, child_relid, 184);
+ENL_WIRE_OFFSET(OfferChannel, connection_id, 192);
 
 inline constexpr uint16_t kChannelFlagTlnpiProvider = 0x2000;  // hv_sock
 
@@ -211,7 +213,5 @@ struct TlConnectRequest {
     Guid host_service_id;    // 24
 };
 ENL_WIRE(TlConnectRequest, 40);
-
-#undef ENL_WIRE
 
 }  // namespace enlighten::vmbus

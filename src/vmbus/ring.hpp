@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/result.hpp"
+#include "common/wire.hpp"
 #include "kvm/guest_memory.hpp"
 
 namespace enlighten::vmbus {
@@ -38,7 +39,7 @@ struct PacketDescriptor {
     uint16_t flags;     // 6
     uint64_t trans_id;  // 8
 };
-static_assert(std::is_standard_layout_v<PacketDescriptor> && sizeof(PacketDescriptor) == 16);
+ENL_WIRE(PacketDescriptor, 16);
 
 enum PacketType : uint16_t {
     kPacketDataInband = 6,

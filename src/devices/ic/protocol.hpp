@@ -6,27 +6,27 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace enlighten::ic {
+#include "common/wire.hpp"
 
-#define ENL_IC_WIRE(T, size) static_assert(std::is_standard_layout_v<T> && sizeof(T) == (size), #T)
+namespace enlighten::ic {
 
 // struct vmbuspipe_hdr
 struct PipeHeader {
     uint32_t flags;
     uint32_t msgsize;
 };
-ENL_IC_WIRE(PipeHeader, 8);
+ENL_WIRE(PipeHeader, 8);
 
 struct IcVersion {
     uint16_t major;
     uint16_t minor;
     friend bool operator==(const IcVersion&, const IcVersion&) = default;
 };
-ENL_IC_WIRE(IcVersion, 4);
+ENL_WIRE(IcVersion, 4);
 constexpr IcVersion ic_version(uint32_t v) { return {static_cast<uint16_t>(v >> 16), static_cast<uint16_t>(v & 0xffff)}; }
 constexpr uint32_t ic_version_value(IcVersion v) { return (uint32_t{v.major} << 16) | v.minor; }
 
-// struct icmsg_hdr (packed in Linux; naturally aligned here)
+// struct icmsg_hdr (packed in Linux, and here)
 struct __attribute__((packed)) IcMsgHeader {
     IcVersion icverframe;   // 0
     uint16_t icmsgtype;     // 4
@@ -37,7 +37,9 @@ struct __attribute__((packed)) IcMsgHeader {
     uint8_t icflags;        // 17
     uint8_t reserved[2];    // 18
 };
-ENL_IC_WIRE(IcMsgHeader, 20);
+ENL_WIRE(IcMsgHeader, 20);
+ENL_WIRE_OFFSET(IcMsgHeader, status, 12);
+ENL_WIRE_OFFSET(IcMsgHeader, ictransaction_id, 16);
 inline constexpr size_t kIcHeaderSize = sizeof(PipeHeader) + sizeof(IcMsgHeader);  // ICMSG_HDR = 28
 
 enum IcMsgType : uint16_t {
@@ -61,7 +63,7 @@ struct IcNegotiate {
     uint16_t icmsg_vercnt;
     uint32_t reserved;
 };
-ENL_IC_WIRE(IcNegotiate, 8);
+ENL_WIRE(IcNegotiate, 8);
 inline constexpr uint16_t kIcMaxVersionCount = 100;  // IC_VERSION_NEGOTIATION_MAX_VER_COUNT
 
 // struct heartbeat_msg_data
@@ -69,7 +71,7 @@ struct HeartbeatMsg {
     uint64_t seq_num;
     uint32_t reserved[8];
 };
-ENL_IC_WIRE(HeartbeatMsg, 40);
+ENL_WIRE(HeartbeatMsg, 40);
 
 // struct shutdown_msg_data
 struct ShutdownMsg {
@@ -78,7 +80,7 @@ struct ShutdownMsg {
     uint32_t flags;  // 0/1 shut down, 2/3 reboot, 4/5 hibernate (bit 0: forced)
     uint8_t display_message[2048];
 };
-ENL_IC_WIRE(ShutdownMsg, 2060);
+ENL_WIRE(ShutdownMsg, 2060);
 
 inline constexpr uint8_t kTimeSyncProbe = 0;
 inline constexpr uint8_t kTimeSyncSync = 1;
@@ -93,7 +95,7 @@ struct __attribute__((packed)) TimeSyncData {
     uint64_t roundtriptime;
     uint8_t flags;
 };
-ENL_IC_WIRE(TimeSyncData, 25);
+ENL_WIRE(TimeSyncData, 25);
 
 // struct ictimesync_ref_data (version 4)
 struct __attribute__((packed)) TimeSyncRefData {
@@ -104,7 +106,7 @@ struct __attribute__((packed)) TimeSyncRefData {
     uint8_t stratum;
     uint8_t reserved[3];
 };
-ENL_IC_WIRE(TimeSyncRefData, 22);
+ENL_WIRE(TimeSyncRefData, 22);
 
 // KVP (include/uapi/linux/hyperv.h). Keys and values travel as UTF-16LE with a NUL,
 // sizes in bytes including it.
@@ -118,7 +120,7 @@ struct KvpHeader {
     uint8_t pool;
     uint16_t pad;
 };
-ENL_IC_WIRE(KvpHeader, 4);
+ENL_WIRE(KvpHeader, 4);
 
 // struct hv_kvp_exchg_msg_value
 struct __attribute__((packed)) KvpValue {
@@ -128,7 +130,9 @@ struct __attribute__((packed)) KvpValue {
     uint8_t key[kKvpMaxKeySize];
     uint8_t value[kKvpMaxValueSize];
 };
-ENL_IC_WIRE(KvpValue, 2572);
+ENL_WIRE(KvpValue, 2572);
+ENL_WIRE_OFFSET(KvpValue, key, 12);
+ENL_WIRE_OFFSET(KvpValue, value, 524);
 
 // struct hv_kvp_msg with the enumerate body, the largest we use: header, index, value.
 // Get and set use the same layout without the index (hv_kvp_msg_get/set start with the
@@ -147,8 +151,7 @@ struct __attribute__((packed)) KvpMessage {
         } del;
     } body;
 };
-ENL_IC_WIRE(KvpMessage, 4 + 4 + 2572);
-
-#undef ENL_IC_WIRE
+ENL_WIRE(KvpMessage, 4 + 4 + 2572);
+ENL_WIRE_OFFSET(KvpMessage, body, 4);
 
 }  // namespace enlighten::ic
