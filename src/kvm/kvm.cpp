@@ -121,13 +121,14 @@ Result<> Vm::set_gsi_routing(std::span<const kvm_irq_routing_entry> entries) con
     return {};
 }
 
-Result<> Vm::add_memory(uint32_t slot, const MemoryRegion& region) const {
+Result<> Vm::set_slot(uint32_t slot, uint64_t gpa, uint64_t size, uint8_t* host) {
     kvm_userspace_memory_region r{};
     r.slot = slot;
-    r.guest_phys_addr = region.gpa;
-    r.memory_size = region.size;
-    r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
-    if (xioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &r) < 0) return fail_errno("KVM_SET_USER_MEMORY_REGION");
+    r.guest_phys_addr = size == 0 ? 0 : gpa;
+    r.memory_size = size;
+    r.userspace_addr = size == 0 ? 0 : reinterpret_cast<uint64_t>(host);
+    if (xioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &r) < 0)
+        return fail_errno(fmt::format("KVM_SET_USER_MEMORY_REGION slot {} {:#x}+{:#x}", slot, gpa, size));
     return {};
 }
 

@@ -11,6 +11,7 @@
 #include "common/fd.hpp"
 #include "common/result.hpp"
 #include "kvm/guest_memory.hpp"
+#include "kvm/memory_slots.hpp"
 
 namespace enlighten {
 
@@ -34,7 +35,7 @@ private:
 
 class Vcpu;
 
-class Vm {
+class Vm final : public MemorySlots {
 public:
     Vm(UniqueFd fd, int vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
 
@@ -45,7 +46,8 @@ public:
     Result<> create_irqchip() const;
     Result<> create_pit2() const;
     Result<> set_gsi_routing(std::span<const kvm_irq_routing_entry> entries) const;
-    Result<> add_memory(uint32_t slot, const MemoryRegion& region) const;
+    // KVM_SET_USER_MEMORY_REGION (size 0 deletes the slot). Safe while vCPUs run.
+    Result<> set_slot(uint32_t slot, uint64_t gpa, uint64_t size, uint8_t* host) override;
     // Sets the level of an in-kernel IOAPIC/PIC input (edge-triggered pins: pulse 1 then 0).
     Result<> irq_line(uint32_t gsi, bool level) const;
     Result<> signal_msi(uint64_t address, uint32_t data) const;

@@ -28,6 +28,31 @@ inline constexpr uint64_t kIoapicBase = 0xfec00000;
 inline constexpr uint64_t kLapicBase = 0xfee00000;
 inline constexpr uint64_t kKvmIdentityMap = 0xfeffc000;  // one page, Intel real-mode support
 inline constexpr uint64_t kKvmTss = 0xfeffd000;          // three pages
+// Linux truncates a VMBus _CRS range that crosses this address (Hyper-V's vTPM).
+inline constexpr uint64_t kVtpmMmio = 0xfed40000;
+
+// Windows that hold no startup RAM (vmm/memory.hpp plans them; the e820 map covers none of
+// them, the DSDT's VMBus _CRS describes the two VMBus MMIO windows).
+//
+// Low VMBus MMIO window: the pool hyperv_fb and pci-hyperv allocate from
+// (linux-hv-guest-contract §5, contract-input-video §4.5). 128 MiB at the top of the hole's
+// free part: 0xC0000000-0xEFFFFFFF below it stays free for a future PCI root window, and it
+// ends well below the IOAPIC, HPET, vTPM, LAPIC and KVM's identity-map/TSS pages.
+inline constexpr uint64_t kVmbusLowMmioStart = 0xf0000000;
+inline constexpr uint64_t kVmbusLowMmioSize = 128ULL << 20;
+// Memory hot-add (contract-memory §7.1): Linux's memory block and hv_balloon's chunk size;
+// the window starts above all startup RAM and at or above 4 GiB.
+inline constexpr uint64_t kHotAddAlignment = 128ULL << 20;
+// Boot RAM must end below this, or Linux picks a memory block larger than 128 MiB and
+// hv_balloon's 128 MiB hot-add chunks fail (contract-memory §7.1).
+inline constexpr uint64_t kBootRamEndLimit = 64ULL << 30;
+// High (64-bit) VMBus MMIO window, above the hot-add window.
+inline constexpr uint64_t kVmbusHighMmioAlignment = 1ULL << 30;
+inline constexpr uint64_t kVmbusHighMmioSize = 1ULL << 30;
+
+static_assert(kVmbusLowMmioStart >= kMmioHoleStart && kVmbusLowMmioStart % kVmbusLowMmioSize == 0);
+static_assert(kVmbusLowMmioStart + kVmbusLowMmioSize <= kIoapicBase);
+static_assert(kVmbusLowMmioStart + kVmbusLowMmioSize <= kVtpmMmio);
 
 // Legacy I/O ports.
 inline constexpr uint16_t kCom1Port = 0x3f8;

@@ -107,13 +107,18 @@ Result<> Machine::build(const Kvm& kvm) {
     ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
 
     log::debug("startup: VM and irqchip created at {} ms", uptime_ms());
-    ENL_TRY(memory_, GuestMemory::allocate(boot::ram_layout(cfg_.memory)));
-    uint32_t slot = 0;
-    for (const auto& r : memory_.regions()) ENL_TRY_VOID(vm_->add_memory(slot++, r));
+    // No hot-add yet: the configuration has no maximum memory, so max == startup.
+    const int nr_slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
+    memory_manager_ = std::make_unique<MemoryManager>(
+        memory_, *vm_, plan_memory(cfg_.memory, cfg_.memory),
+        nr_slots > 0 ? static_cast<uint32_t>(nr_slots) : MemoryManager::kDefaultSlots);
+    ENL_TRY_VOID(memory_manager_->map_startup_ram());
 
     acpi::PlatformDescription platform;
     platform.num_cpus = cfg_.cpus;
     platform.vmbus = cfg_.hyperv;
+    platform.vmbus_mmio_low = {memory_manager_->vmbus_mmio_low().gpa, memory_manager_->vmbus_mmio_low().size};
+    platform.vmbus_mmio_high = {memory_manager_->vmbus_mmio_high().gpa, memory_manager_->vmbus_mmio_high().size};
     ENL_TRY(acpi::Tables tables, acpi::build_tables(platform));
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 

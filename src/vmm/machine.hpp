@@ -19,6 +19,7 @@
 #include "vmm/config.hpp"
 #include "vmm/console.hpp"
 #include "vmm/io_bus.hpp"
+#include "vmm/memory.hpp"
 
 namespace enlighten {
 
@@ -94,6 +95,8 @@ private:
     int signal_fd_;
     std::unique_ptr<Vm> vm_;
     GuestMemory memory_;
+    // Startup RAM, hot-add and VRAM slots (destroyed before memory_ and vm_ it refers to).
+    std::unique_ptr<MemoryManager> memory_manager_;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     std::vector<std::thread> threads_;
     IoBus pio_;

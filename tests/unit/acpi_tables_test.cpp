@@ -332,6 +332,53 @@ TEST(AcpiTables, DsdtVmbusOnlyWhenRequested) {
     EXPECT_TRUE(contains_bytes(with, {0x08, '_', 'C', 'R', 'S', 0x11, 0x05, 0x0a, 0x02, 0x79, 0x00}));
 }
 
+TEST(AcpiTables, DsdtVmbusCrsDescribesTheMmioWindows) {
+    // The windows vmm/memory.cpp plans for a 512 MiB guest.
+    auto tables = build_tables(PlatformDescription{.num_cpus = 1,
+                                                   .vmbus = true,
+                                                   .vmbus_mmio_low = {0xf0000000, 0x08000000},
+                                                   .vmbus_mmio_high = {0x100000000, 0x40000000}});
+    ASSERT_TRUE(tables.has_value()) << tables.error().message();
+    const Bytes dsdt = dsdt_bytes(*tables);
+    // Name(_CRS, ResourceTemplate(){ DWordMemory(ResourceProducer, PosDecode, MinFixed,
+    //   MaxFixed, NonCacheable, ReadWrite, 0, 0xF0000000, 0xF7FFFFFF, 0, 0x08000000)
+    //   QWordMemory(..., 0, 0x100000000, 0x13FFFFFFF, 0, 0x40000000) })
+    const Bytes crs{0x08, '_', 'C', 'R', 'S', 0x11, 0x4e, 0x04, 0x0a, 0x4a,      //
+                    0x87, 0x17, 0x00, 0x00, 0x0c, 0x01,                          // DWordMemory
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf0,              // _GRA _MIN
+                    0xff, 0xff, 0xff, 0xf7, 0x00, 0x00, 0x00, 0x00,              // _MAX _TRA
+                    0x00, 0x00, 0x00, 0x08,                                      // _LEN
+                    0x8a, 0x2b, 0x00, 0x00, 0x0c, 0x01,                          // QWordMemory
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,              // _GRA
+                    0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,              // _MIN
+                    0xff, 0xff, 0xff, 0x3f, 0x01, 0x00, 0x00, 0x00,              // _MAX
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,              // _TRA
+                    0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,              // _LEN
+                    0x79, 0x00};
+    EXPECT_TRUE(contains_bytes(dsdt, crs));
+    // The device still has its _HID and _STA, and the windows do not leak into other devices.
+    EXPECT_TRUE(contains_bytes(dsdt, {'V', 'M', 'B', 'S', 0x08, '_', 'H', 'I', 'D'}));
+    EXPECT_FALSE(contains_bytes(dsdt_bytes(build(1, false)), {0x87, 0x17}));
+    // Only one window: only its descriptor.
+    auto low_only = build_tables(PlatformDescription{.num_cpus = 1, .vmbus = true,
+                                                     .vmbus_mmio_low = {0xf0000000, 0x08000000}});
+    ASSERT_TRUE(low_only.has_value());
+    EXPECT_TRUE(contains_bytes(dsdt_bytes(*low_only), {0x08, '_', 'C', 'R', 'S', 0x11, 0x1f, 0x0a, 0x1c, 0x87}));
+    EXPECT_FALSE(contains_bytes(dsdt_bytes(*low_only), {0x8a, 0x2b}));
+}
+
+TEST(AcpiTables, RejectsVmbusWindowsLinuxWouldMisread) {
+    auto build_with = [](MmioWindow low, MmioWindow high) {
+        return build_tables(PlatformDescription{.num_cpus = 1, .vmbus = true, .vmbus_mmio_low = low,
+                                                .vmbus_mmio_high = high});
+    };
+    EXPECT_FALSE(build_with({0xfed00000, 0x100000}, {}).has_value());    // crosses 0xFED40000
+    EXPECT_FALSE(build_with({0xf0000000, 0x20000000}, {}).has_value());  // past 4 GiB
+    EXPECT_FALSE(build_with({0x80000, 0x10000}, {}).has_value());        // below 1 MiB
+    EXPECT_FALSE(build_with({}, {~uint64_t{0} - 0xfff, 0x2000}).has_value());  // wraps
+    EXPECT_TRUE(build_with({0xfed40000, 0x1000}, {0xffffffff00000000, 0x100000000}).has_value());
+}
+
 TEST(AcpiTables, DsdtBodyIsExactlyTheExpectedAml) {
     // The whole AML of the no-VMBus DSDT (cross-checked with iasl -oa).
     const Bytes dsdt = dsdt_bytes(build(1, false));

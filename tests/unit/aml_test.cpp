@@ -243,6 +243,35 @@ TEST(AmlResources, QWordMemory) {
               expected);
 }
 
+TEST(AmlResources, VmbusMmioWindowsTemplate) {
+    // ResourceTemplate(){
+    //   DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+    //               0, 0xF0000000, 0xF7FFFFFF, 0, 0x08000000)
+    //   QWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+    //               0, 0x140000000, 0x17FFFFFFF, 0, 0x40000000) }
+    // 26 + 46 + 2 (EndTag) = 74 bytes of descriptors: the Buffer's PkgLength needs two bytes
+    // (ACPI 6.4 §20.2.4: 0x40 | low nibble, then the rest; 78 = 0x4E -> 0x4E 0x04).
+    const B expected{0x11, 0x4e, 0x04, 0x0a, 0x4a,                              // Buffer(74)
+                     0x87, 0x17, 0x00, 0x00, 0x0c, 0x01,                        // DWord, producer
+                     0x00, 0x00, 0x00, 0x00,                                    // _GRA
+                     0x00, 0x00, 0x00, 0xf0,                                    // _MIN
+                     0xff, 0xff, 0xff, 0xf7,                                    // _MAX
+                     0x00, 0x00, 0x00, 0x00,                                    // _TRA
+                     0x00, 0x00, 0x00, 0x08,                                    // _LEN
+                     0x8a, 0x2b, 0x00, 0x00, 0x0c, 0x01,                        // QWord, producer
+                     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,            // _GRA
+                     0x00, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 0x00,            // _MIN
+                     0xff, 0xff, 0xff, 0x7f, 0x01, 0x00, 0x00, 0x00,            // _MAX
+                     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,            // _TRA
+                     0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,            // _LEN
+                     0x79, 0x00};                                               // EndTag
+    EXPECT_EQ(enc(resource_template({
+                  DWordMemory{.consumer = false, .min = 0xf0000000, .max = 0xf7ffffff, .length = 0x08000000},
+                  QWordMemory{.consumer = false, .min = 0x140000000, .max = 0x17fffffff, .length = 0x40000000},
+              })),
+              expected);
+}
+
 TEST(AmlResources, RejectsInvalidDescriptors) {
     EXPECT_FALSE(resource_descriptor(IrqNoFlags{{16}}).has_value());
     EXPECT_FALSE(resource_descriptor(Io{.min = 0x3f8, .max = 0x2f8, .alignment = 1, .length = 8}).has_value());

@@ -10,10 +10,22 @@
 
 namespace enlighten::acpi {
 
+// A range of guest-physical MMIO addresses; size 0: none.
+struct MmioWindow {
+    uint64_t base = 0;
+    uint64_t size = 0;
+};
+
 struct PlatformDescription {
     uint32_t num_cpus = 1;  // local APIC IDs 0..num_cpus-1, processor UIDs the same
     // Adds Device(\_SB.VMBS) with _HID "VMBUS" (Hyper-V VMBus), see linux-hv-guest-contract §5.
     bool vmbus = false;
+    // The VMBus device's _CRS: the MMIO pools hyperv_fb and pci-hyperv allocate from
+    // (vmm/memory.hpp plans them). The low one (a DWordMemory) lies above 1 MiB and below
+    // 4 GiB and does not cross 0xFED40000 (Linux would truncate it there); the high one is a
+    // QWordMemory. A window of size 0 is left out.
+    MmioWindow vmbus_mmio_low{};
+    MmioWindow vmbus_mmio_high{};
 };
 
 struct Tables {

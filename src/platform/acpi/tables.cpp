@@ -367,6 +367,32 @@ Bytes build_madt(const PlatformDescription& platform) {
     return out;
 }
 
+// The VMBus device's _CRS: its MMIO pools as producer windows (the device hands them out to
+// its children). Linux reads only the minimum and maximum of each (vmbus_walk_resources).
+std::vector<aml::Resource> vmbus_resources(const PlatformDescription& platform) {
+    std::vector<aml::Resource> out;
+    if (const MmioWindow& w = platform.vmbus_mmio_low; w.size != 0)
+        out.push_back(aml::DWordMemory{.consumer = false,
+                                       .min = static_cast<uint32_t>(w.base),
+                                       .max = static_cast<uint32_t>(w.base + w.size - 1),
+                                       .length = static_cast<uint32_t>(w.size)});
+    if (const MmioWindow& w = platform.vmbus_mmio_high; w.size != 0)
+        out.push_back(aml::QWordMemory{.consumer = false, .min = w.base, .max = w.base + w.size - 1, .length = w.size});
+    return out;
+}
+
+Result<> check_vmbus_windows(const PlatformDescription& platform) {
+    if (const MmioWindow& w = platform.vmbus_mmio_low; w.size != 0) {
+        if (w.base < layout::kHighMemory || w.size > layout::kFourGiB - w.base)
+            return fail("VMBus MMIO window {:#x}+{:#x} is not between 1 MiB and 4 GiB", w.base, w.size);
+        if (w.base < layout::kVtpmMmio && w.base + w.size > layout::kVtpmMmio)
+            return fail("VMBus MMIO window {:#x}+{:#x} crosses {:#x}", w.base, w.size, layout::kVtpmMmio);
+    }
+    if (const MmioWindow& w = platform.vmbus_mmio_high; w.size != 0 && w.size - 1 > ~uint64_t{0} - w.base)
+        return fail("VMBus MMIO window {:#x}+{:#x} wraps around", w.base, w.size);
+    return {};
+}
+
 // The DSDT (§5.2.11.1): \_S5 for soft-off through PM1a_CNT, COM1, and optionally the VMBus.
 Result<Bytes> build_dsdt(const PlatformDescription& platform) {
     std::vector<aml::Node> system_bus;
@@ -383,7 +409,7 @@ Result<Bytes> build_dsdt(const PlatformDescription& platform) {
             aml::name("_HID", aml::string("VMBUS")),
             aml::name("_UID", aml::integer(0)),
             aml::method("_STA", 0, false, {aml::return_(aml::integer(0x0f))}),  // present, enabled, shown, working
-            aml::name("_CRS", aml::resource_template({})),
+            aml::name("_CRS", aml::resource_template(vmbus_resources(platform))),
         }));
     }
     ENL_TRY(Bytes body, aml::encode({
@@ -408,6 +434,7 @@ Result<Tables> build_tables(const PlatformDescription& platform) {
     if (platform.num_cpus == 0 || platform.num_cpus > kMaxCpus) {
         return fail("ACPI tables: {} CPUs is outside 1-{}", platform.num_cpus, kMaxCpus);
     }
+    if (auto ok = check_vmbus_windows(platform); !ok) return std::unexpected(ok.error().context("ACPI tables"));
     auto dsdt = build_dsdt(platform);
     if (!dsdt) return std::unexpected(dsdt.error().context("building the DSDT"));
     const Bytes madt = build_madt(platform);
