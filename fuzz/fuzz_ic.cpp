@@ -1,23 +1,22 @@
-// Fuzzes the integration services' parsing of guest packets: negotiation responses,
-// heartbeat/shutdown/KVP responses (with hostile sizes), and the UTF-16 decoder.
+// Fuzzes the integration services through the whole path a guest drives: packets written
+// into the channels' rings (any type, length and transaction id, answers to nothing or to
+// the host's requests), doorbells, closes and reopens, with the services on the real
+// control loop. Also the UTF-16 decoder and the negotiation parser directly.
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "common/log.hpp"
+#define ENL_SIM_CHECK(cond) \
+    do {                    \
+        if (!(cond)) __builtin_trap(); \
+    } while (0)
+#include "../tests/unit/support/sim_guest.hpp"
 
+#include "common/log.hpp"
 #include "devices/ic/services.hpp"
 #include "fuzz_input.hpp"
 
 using namespace enlighten;
-
-namespace {
-struct NullEndpoint final : vmbus::ChannelEndpoint {
-    const GuestMemory* mem = nullptr;
-    Result<SendStatus> send(uint16_t, uint16_t, uint64_t, std::span<const uint8_t>) override { return SendStatus::Sent; }
-    const GuestMemory& memory() const override { return *mem; }
-};
-}  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     enlighten::log::set_level(enlighten::log::Level::Off);
@@ -28,25 +27,50 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fuzz::Input in(data, size);
     (void)ic::KvpService::decode_utf16(in.take_bytes(in.take<uint16_t>() % 4096U));
     (void)ic::IcDevice::parse_negotiate_response(in.take_bytes(in.take<uint8_t>()));
-    TaskLoop loop;
-    auto hb = std::make_shared<ic::HeartbeatService>("11111111-0000-0000-0000-000000000001", loop,
-                                                      std::chrono::milliseconds(1000));
-    auto kvp = std::make_shared<ic::KvpService>("11111111-0000-0000-0000-000000000004", loop);
-    NullEndpoint ep;
-    hb->on_open(ep);
-    kvp->on_open(ep);
-    // Packets "from the guest": the first trans ids are the negotiations (1 for each).
+
+    test::SimGuest g(1, 512);
+    std::vector<std::shared_ptr<vmbus::Device>> devices = {
+        std::make_shared<ic::HeartbeatService>("11111111-0000-0000-0000-000000000001", std::chrono::milliseconds(1000)),
+        std::make_shared<ic::KvpService>("11111111-0000-0000-0000-000000000004"),
+        std::make_shared<ic::ShutdownService>("11111111-0000-0000-0000-000000000002"),
+        std::make_shared<ic::TimeSyncService>("11111111-0000-0000-0000-000000000003"),
+    };
+    std::vector<uint32_t> relids;
+    for (auto& d : devices) relids.push_back(g.server().add_device(d).value());
+    g.connect();
+    std::vector<test::SimChannel> channels;
+    for (uint32_t r : relids) channels.push_back(g.open_channel(r, 4, 4));
+    g.pump();
+    // The KVP service keeps a request in flight for the guest to answer (or not).
+    auto kvp = std::static_pointer_cast<ic::KvpService>(devices[1]);
+    kvp->transact(std::vector<uint8_t>(sizeof(ic::KvpMessage)), std::chrono::milliseconds(100000), [](auto) {});
     while (!in.empty()) {
-        const auto which = in.take<uint8_t>();
-        const auto type = in.take<uint8_t>() % 13U;
-        const auto trans = in.take<uint8_t>() % 4U;
-        const auto payload = in.take_bytes(in.take<uint16_t>() % 5000U);
-        vmbus::IncomingPacket p{static_cast<uint16_t>(type), 0, trans, {}, payload};
-        if (which & 1) hb->on_packet(p);
-        else kvp->on_packet(p);
+        const uint8_t which = in.take<uint8_t>() % 4U;
+        const uint8_t op = in.take<uint8_t>();
+        auto& ch = channels[which];
+        if (op == 0xff) {
+            // Close and reopen, as a driver rebind does.
+            g.simple(vmbus::MsgType::CloseChannel, ch.relid);
+            g.pump();
+            g.teardown(ch.relid, ch.gpadl);
+            ch = g.open_channel(ch.relid, 4, 4);
+            continue;
+        }
+        // Something for the host to answer: the last request it sent, or none.
+        uint64_t trans = in.take<uint8_t>() % 4U;
+        std::vector<uint8_t> payload;
+        if (auto host = ch.to_guest.read(); host && (op & 1)) {
+            trans = host->desc.trans_id;
+            payload = host->payload;
+        }
+        const auto bytes = in.take_bytes(in.take<uint16_t>() % 5000U);
+        // Overwrite the start of a genuine request (or send bytes of its own).
+        if (payload.size() < bytes.size()) payload.resize(bytes.size());
+        std::memcpy(payload.data(), bytes.data(), bytes.size());
+        if (op & 2 && payload.size() >= ic::kIcHeaderSize) payload[sizeof(ic::PipeHeader) + 17] = ic::kIcFlagResponse;
+        const uint16_t type = static_cast<uint16_t>((op >> 2) % 13U);
+        (void)g.send(ch, type, trans, payload, {}, true);
+        g.pump();
     }
-    hb->on_close();
-    kvp->on_close();
-    loop.stop();
     return 0;
 }

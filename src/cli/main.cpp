@@ -7,8 +7,6 @@
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //
 // Exit status: see src/vmm/exit_codes.hpp.
-#include <signal.h>
-#include <sys/signalfd.h>
 #include <sys/sysinfo.h>
 
 #include <CLI/CLI.hpp>
@@ -24,10 +22,9 @@
 #include "kvm/kvm.hpp"
 #include "platform/boot/linux_loader.hpp"
 #include "vmm/config.hpp"
+#include "devices/ic/factory.hpp"
 #include "vmm/exit_codes.hpp"
-#include "api/server.hpp"
-#include "vmm/control.hpp"
-#include "vmm/machine.hpp"
+#include "vmm/vm.hpp"
 
 using namespace enlighten;
 
@@ -65,63 +62,9 @@ Result<uint32_t> parse_cpus(std::string text) {
 int run_vm(const VmConfig& cfg) {
     // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread. Not fatal: glibc's default works.
     if (!limit_thread_stacks()) log::warn("could not set the default thread stack size; using glibc's");
-    // SIGINT/SIGTERM are read from a signalfd by the event loop; blocked here before any
-    // thread exists, so every thread inherits the mask.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGHUP);
-    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    UniqueFd sfd(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
-    if (!sfd.valid()) return error(Error::from_errno("signalfd"));
-
-    auto kvm = Kvm::open();
-    if (!kvm) return error(kvm.error());
-    auto console = Console::create(cfg.serial);
-    if (!console) return error(console.error());
-
-    // The management API lives across guest reboots; it follows the current machine.
-    MachineControl control(cfg);
-    std::optional<api::ApiServer> api_server;
-    if (!cfg.api_socket.empty()) {
-        api_server.emplace(control, api::ApiServerOptions{.socket_path = cfg.api_socket});
-        if (auto ok = api_server->start(); !ok) return error(ok.error().context("--api-socket"));
-    }
-
-    for (unsigned boot = 1;; ++boot) {
-        auto created = Machine::create(*kvm, cfg, **console, sfd.get());
-        if (!created) return error(created.error());
-        std::shared_ptr<Machine> machine = std::move(*created);
-        control.attach(machine);
-        const VmExit exit = machine->run();
-        control.detach();
-        machine.reset();
-        (*console)->flush();
-        switch (exit.kind) {
-            case VmExit::Kind::PowerOff:
-                log::info("guest powered off");
-                break;
-            case VmExit::Kind::Reset:
-                if (cfg.on_reboot == OnReboot::Restart) {
-                    log::info("guest reset; restarting (boot {})", boot + 1);
-                    continue;
-                }
-                log::info("guest reset; exiting (--on-reboot=exit)");
-                break;
-            case VmExit::Kind::Error:
-                return error(Error(exit.message));
-            case VmExit::Kind::Crash:
-                log::error("guest crashed: {}", exit.message);
-                break;
-            case VmExit::Kind::Signal:
-                break;
-            case VmExit::Kind::ForcedOff:
-                log::warn("VM stopped: {}", exit.message);
-                break;
-        }
-        return exit_status(exit);
-    }
+    auto vm = VirtualMachine::create(cfg);
+    if (!vm) return error(vm.error());
+    return (*vm)->run();
 }
 
 }  // namespace
@@ -189,6 +132,7 @@ int main(int argc, char** argv) {
     cfg.hyperv = hyperv == "on";
     cfg.exit_on_crash = on_crash == "exit";
     cfg.host_decompress = decompress == "host";
+    if (cfg.hyperv) cfg.devices = ic::default_integration_services();
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
     // Bad files are reported before KVM is touched.
     if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0, cfg.host_decompress}); !ok)

@@ -36,13 +36,14 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/executor.hpp"
 #include "common/fd.hpp"
 #include "common/result.hpp"
 #include "common/thread_annotations.hpp"
 
 namespace enlighten {
 
-class EventLoop {
+class EventLoop final : public Executor {
 public:
     using Clock = std::chrono::steady_clock;
     using Task = std::move_only_function<void()>;
@@ -54,13 +55,13 @@ public:
     static Result<std::unique_ptr<EventLoop>> create();
     // Drops pending tasks and timers without running them; watches are forgotten (their fds
     // are not closed: callers own them). No thread may be inside run() any more.
-    ~EventLoop();
+    ~EventLoop() override;
     EventLoop(const EventLoop&) = delete;
     EventLoop& operator=(const EventLoop&) = delete;
 
     // --- any thread ---
     // Runs `task` on the loop thread, FIFO among posts. An empty task is ignored.
-    void post(Task task);
+    void post(Task task) override;
     // A one-shot timer due at now() + delay (saturating); timers with the same due time run
     // in posting order. Returns 0 (and posts nothing) for an empty task.
     TimerId post_after(std::chrono::nanoseconds delay, Task task);

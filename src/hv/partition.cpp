@@ -27,10 +27,31 @@ kvm_cpuid_entry2 leaf(uint32_t function, uint32_t eax, uint32_t ebx, uint32_t ec
 Partition::Partition(const GuestMemory& mem, InterruptSink& irq, PartitionConfig cfg)
     : mem_(mem), cfg_(cfg), synic_(mem, irq, cfg.num_vps), vp_assist_(cfg.num_vps, 0) {}
 
-std::array<uint8_t, 4> Partition::hypercall_stub(uint16_t port) {
-    // in eax, imm8 ; exits to the VMM, which puts the status in EAX (zero-extended to RAX)
-    // ret
-    return {0xe5, static_cast<uint8_t>(port), 0xc3, 0xcc};
+std::vector<uint8_t> Partition::hypercall_stub(uint16_t port, uint16_t doorbell_port) {
+    // The slow path, for every hypercall:
+    //   in eax, imm8   exits to the VMM, which puts the status in EAX (zero-extended to RAX)
+    //   ret
+    const uint8_t slow[] = {0xe5, static_cast<uint8_t>(port), 0xc3};
+    if (doorbell_port == 0) return {slow, slow + sizeof(slow)};
+    // The doorbell path first. Linux's hv_do_fast_hypercall8 lets the page clobber RAX,
+    // RCX, RDX and R8-R11; the slow path must still see RCX and RDX as the guest set them.
+    //   cmp rcx, 0x1005d       fast HvSignalEvent, no rep count, no variable header
+    //   jne slow
+    //   mov rax, rdx
+    //   shr rax, 24            flag number and reserved bits must be zero
+    //   jnz slow
+    //   mov eax, edx           the connection id
+    //   mov edx, doorbell_port
+    //   out dx, eax            a KVM ioeventfd matches it, or the VMM sees the write
+    //   xor eax, eax           HV_STATUS_SUCCESS (the guest ignores it anyway)
+    //   ret
+    // slow:
+    std::vector<uint8_t> code = {0x48, 0x81, 0xf9, 0x5d, 0x00, 0x01, 0x00, 0x75, 0x14, 0x48, 0x89, 0xd0,
+                                 0x48, 0xc1, 0xe8, 0x18, 0x75, 0x0b, 0x89, 0xd0, 0xba,
+                                 static_cast<uint8_t>(doorbell_port), static_cast<uint8_t>(doorbell_port >> 8),
+                                 0x00, 0x00, 0xef, 0x31, 0xc0, 0xc3};
+    code.insert(code.end(), slow, slow + sizeof(slow));
+    return code;
 }
 
 std::vector<kvm_cpuid_entry2> Partition::cpuid_leaves() const {
@@ -156,7 +177,7 @@ bool Partition::write_hypercall_page(uint64_t value) {
             return false;
         }
         std::fill(page, page + 4096, uint8_t{0xcc});  // int3 everywhere but the entry
-        const auto stub = hypercall_stub(cfg_.hypercall_port);
+        const auto stub = hypercall_stub(cfg_.hypercall_port, cfg_.doorbell_port);
         std::copy(stub.begin(), stub.end(), page);
     }
     hypercall_ = value;

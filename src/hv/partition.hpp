@@ -27,6 +27,10 @@ struct PartitionConfig {
     uint64_t tsc_hz = 0;         // 0: do not offer the frequency MSRs
     uint64_t apic_hz = 1000000000;  // KVM's in-kernel LAPIC timer runs at 1 GHz
     uint16_t hypercall_port = 0;    // the I/O port the hypercall page's stub reads
+    // 0, or the port a fast HvSignalEvent (flag 0) writes its connection id to instead of
+    // exiting through hypercall_port: the VMM puts a KVM ioeventfd per channel there, so a
+    // doorbell wakes the channel's worker with no exit to user space.
+    uint16_t doorbell_port = 0;
 };
 
 // What the guest told us when it panicked (TLFS "guest crash" MSRs).
@@ -73,8 +77,9 @@ public:
     // 100 ns units since the partition was created (TIME_REF_COUNT).
     [[nodiscard]] uint64_t reference_time() const;
 
-    // The hypercall page contents: `in eax, imm8` on our port, then `ret`.
-    [[nodiscard]] static std::array<uint8_t, 4> hypercall_stub(uint16_t port);
+    // The hypercall page contents: `in eax, imm8` on our port, then `ret`; with a doorbell
+    // port, a fast HvSignalEvent first writes its connection id there and returns success.
+    [[nodiscard]] static std::vector<uint8_t> hypercall_stub(uint16_t port, uint16_t doorbell_port = 0);
 
 private:
     Status post_message(uint32_t vp, uint64_t control, uint64_t input_gpa);

@@ -179,6 +179,18 @@ Result<std::unique_ptr<Vcpu>> Vm::create_vcpu(uint32_t id) const {
     return std::make_unique<Vcpu>(id, std::move(vcpu_fd), static_cast<kvm_run*>(run), size);
 }
 
+Result<> Vm::set_pio_eventfd(uint16_t port, uint32_t datamatch, int fd, bool assign) const {
+    kvm_ioeventfd io{};
+    io.datamatch = datamatch;
+    io.addr = port;
+    io.len = 4;
+    io.fd = fd;
+    io.flags = KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DATAMATCH | (assign ? 0U : KVM_IOEVENTFD_FLAG_DEASSIGN);
+    if (xioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
+        return fail_errno(fmt::format("KVM_IOEVENTFD port {:#x} value {:#x}", port, datamatch));
+    return {};
+}
+
 Vcpu::~Vcpu() { ::munmap(run_, run_size_); }
 
 Result<bool> Vcpu::run() const {

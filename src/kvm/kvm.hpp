@@ -56,6 +56,9 @@ public:
     // (KVM_X86_SET_MSR_FILTER with a deny range; all other MSRs stay allowed).
     Result<> deny_msr_range(uint32_t first, uint32_t count) const;
     Result<std::unique_ptr<Vcpu>> create_vcpu(uint32_t id) const;
+    // A 4-byte guest write of `datamatch` to I/O port `port` signals `fd` inside KVM, with
+    // no exit to user space (KVM_IOEVENTFD); other values still exit. assign=false removes it.
+    Result<> set_pio_eventfd(uint16_t port, uint32_t datamatch, int fd, bool assign) const;
 
 private:
     UniqueFd fd_;
@@ -77,6 +80,15 @@ public:
     Result<bool> run() const;
 
     Result<kvm_regs> get_regs() const;
+    // Asks KVM to store the general registers in kvm_run at every exit (KVM_CAP_SYNC_REGS),
+    // so that reading them costs no ioctl. Call before the first run, on the vCPU's thread
+    // or before it starts.
+    void enable_sync_regs() { run_->kvm_valid_regs = KVM_SYNC_X86_REGS; }
+    // The registers of the last exit: from kvm_run when synced, else KVM_GET_REGS.
+    Result<kvm_regs> exit_regs() const {
+        if (run_->kvm_valid_regs & KVM_SYNC_X86_REGS) return run_->s.regs.regs;
+        return get_regs();
+    }
     Result<> set_regs(const kvm_regs& regs) const;
     Result<kvm_sregs> get_sregs() const;
     Result<> set_sregs(const kvm_sregs& sregs) const;

@@ -62,6 +62,9 @@ inline constexpr uint16_t kI8042CommandPort = 0x64;
 // The Hyper-V hypercall page's stub leaves the guest with `in eax, imm8` on this port
 // (KVM does not forward VMCALL/VMMCALL to user space). Not a port any PC device uses.
 inline constexpr uint16_t kHypercallPort = 0x5c;
+// A fast HvSignalEvent writes its connection id here (hv/partition.hpp doorbell_port); a
+// KVM ioeventfd per open channel turns the write into a wake-up without a VM exit.
+inline constexpr uint16_t kDoorbellPort = 0x5d;
 // ACPI fixed hardware (see platform/devices/acpi_pm.hpp).
 inline constexpr uint16_t kPm1aEventPort = 0x600;   // PM1a_STS, PM1a_EN (4 bytes)
 inline constexpr uint16_t kPm1aControlPort = 0x604; // PM1a_CNT (2 bytes)

@@ -1,21 +1,49 @@
-// The interface every VSP implements, and what it uses to talk to its guest driver.
-// A VSP sees parsed packets and sends packets; it never touches rings, GPADLs or SynIC.
+// The interface every VSP implements, and what the bus gives it.
+//
+// A device is long-lived (it belongs to the VM and survives guest reboots). On every boot
+// the machine's VMBus server attaches it (DeviceResources: its ChannelControl, guest memory,
+// the control loop); the guest then opens and closes its channels: the primary (index 0)
+// and the sub-channels the device enabled from its own protocol handler (storvsc
+// CREATE_SUB_CHANNELS, netvsc's sub-channel request). Open and close are asynchronous: the
+// device finishes them when it is ready (a close may wait for I/O in flight) by calling the
+// completion it was given, and the server answers the guest then. This is the shape of
+// OpenVMM's VmbusDevice (vmbus_channel/src/channel.rs).
+//
+//   attach(resources)                         each boot, before the first offer
+//   open({index, target_vp, ...}, queue, done) -> done(Result) once; OPENCHANNEL_RESULT goes out then
+//   opened(index)                             the result went out: the guest is listening now
+//   retarget(index, vp)                       the guest moved the channel's interrupt (MODIFYCHANNEL)
+//   close(index, done)                        stop using that queue (finish or cancel its work), then done()
+//   reset()                                   the bus reset (UNLOAD, reboot): every channel closed, sub-channels gone
+//   detach()                                  the machine goes away; drop the resources
+//
+// Threads: attach, open, close, retarget, reset and detach are called on the control loop
+// (the VM's event loop thread), never with a server lock held, never re-entrantly from a
+// completion. Completions may be called from any thread, at most once each, and must not be
+// called with device locks held that the device also takes in those callbacks (they take
+// the server's lock). ChannelControl may be called from any thread, with device locks held
+// (lock order: device locks -> server -> queue -> SynIC).
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <span>
+#include <functional>
+#include <memory>
 #include <string>
 
+#include "common/executor.hpp"
 #include "common/result.hpp"
+#include "vmbus/gpadl.hpp"
 #include "vmbus/protocol.hpp"
-#include "vmbus/ring.hpp"
 
 namespace enlighten {
 class GuestMemory;
+class EventLoop;
 }
 
 namespace enlighten::vmbus {
+
+class ChannelQueue;
 
 // What goes into the OFFERCHANNEL message, plus the limits of the guest driver.
 struct OfferParams {
@@ -25,7 +53,6 @@ struct OfferParams {
     uint16_t flags = 0;
     uint16_t mmio_megabytes = 0;
     std::array<uint8_t, 120> user_def{};
-    uint16_t sub_channel_index = 0;
     // The guest driver's max_pkt_size: no packet we write may be longer (a longer one
     // desynchronises the guest's ring; linux-hv-guest-contract §7.3).
     uint32_t max_packet_to_guest = 4096;
@@ -35,42 +62,57 @@ struct OfferParams {
     bool signal_every_packet = false;
 };
 
-// A packet from the guest.
-struct IncomingPacket {
-    uint16_t type = 0;
-    uint16_t flags = 0;
-    uint64_t trans_id = 0;
-    std::span<const uint8_t> extra;    // between the descriptor and the payload
-    std::span<const uint8_t> payload;
-    [[nodiscard]] bool completion_requested() const { return flags & kPacketFlagCompletionRequested; }
+struct OpenRequest {
+    uint16_t index = 0;  // 0: the primary channel; 1..: sub-channels
+    uint32_t target_vp = 0;
+    std::array<uint8_t, 120> user_data{};
+    uint32_t vmbus_version = 0;  // the connection's negotiated version
 };
 
-// The host end of an open channel, as a device sees it. Valid from Device::on_open until
-// Device::on_close returns; sends from other threads are allowed.
-class ChannelEndpoint {
+using OpenDone = std::move_only_function<void(Result<>)>;
+using CloseDone = std::move_only_function<void()>;
+
+// The bus's side of one device, for the device. Valid from attach() to detach().
+class ChannelControl {
 public:
-    virtual ~ChannelEndpoint() = default;
-    enum class SendStatus { Sent, RingFull, Closed };
-    // A packet of `type` (inband or completion) with the payload; RingFull means the guest
-    // has not made room yet: the device is told by on_ring_space() when it has.
-    virtual Result<SendStatus> send(uint16_t type, uint16_t flags, uint64_t trans_id, std::span<const uint8_t> payload) = 0;
-    virtual const GuestMemory& memory() const = 0;
+    virtual ~ChannelControl() = default;
+    // Offers sub-channels 1..count (those not offered yet), bounded by max_subchannels().
+    // Returns how many sub-channels are enabled now. Errc::Invalid beyond the maximum.
+    virtual Result<uint16_t> enable_subchannels(uint16_t count) = 0;
+    // A GPADL the guest created on one of this device's channels, held until the view is
+    // dropped (a guest teardown waits for that). Errc::NotFound otherwise.
+    virtual Result<GpadlView> gpadl(uint32_t handle) = 0;
+    // The connection's negotiated VMBus version (0 when not connected).
+    [[nodiscard]] virtual uint32_t vmbus_version() const = 0;
+};
+
+struct DeviceResources {
+    ChannelControl* control = nullptr;
+    const GuestMemory* memory = nullptr;
+    EventLoop* loop = nullptr;  // the control loop: for devices with no thread of their own
+    // The partition's reference time (TIME_REF_COUNT, 100 ns units) for this boot.
+    std::function<uint64_t()> reference_time;
 };
 
 class Device {
 public:
     virtual ~Device() = default;
     [[nodiscard]] virtual const OfferParams& offer() const = 0;
-    // The guest opened the channel; `endpoint` is usable until on_close. Called after the
-    // OPENCHANNEL_RESULT went out, so the device may send at once.
-    virtual void on_open(ChannelEndpoint& endpoint) = 0;
-    // The channel is closed (guest close, rescind, unload, or a broken ring). No further
-    // packets arrive and sends fail with Closed.
-    virtual void on_close() = 0;
-    // One packet from the guest, on the thread that handled the guest's signal.
-    virtual void on_packet(const IncomingPacket& packet) = 0;
-    // The guest made room in a ring that was full.
-    virtual void on_ring_space() {}
+    [[nodiscard]] virtual uint16_t max_subchannels() const { return 0; }
+
+    virtual void attach(const DeviceResources& resources) = 0;
+    // The guest opened channel `request.index`. The queue is the device's until close's
+    // completion; call done(Result) once (an error refuses the open: OPENCHANNEL_RESULT
+    // carries a failure status).
+    virtual void open(const OpenRequest& request, std::shared_ptr<ChannelQueue> queue, OpenDone done) = 0;
+    // OPENCHANNEL_RESULT went out for a successful open (devices that speak first, like the
+    // integration services' version negotiation, start here).
+    virtual void opened(uint16_t /*index*/) {}
+    // Stop using channel `index`'s queue; call done() once nothing will touch it again.
+    virtual void close(uint16_t index, CloseDone done) = 0;
+    virtual void retarget(uint16_t /*index*/, uint32_t /*vp*/) {}
+    virtual void reset() {}
+    virtual void detach() {}
 };
 
 }  // namespace enlighten::vmbus

@@ -8,8 +8,6 @@ namespace enlighten::vmbus {
 
 namespace {
 
-constexpr uint64_t kMaxPfn = (1ULL << 52) - 1;
-
 constexpr uint32_t used_bytes(uint32_t write, uint32_t read, uint32_t size) {
     return write >= read ? write - read : size - read + write;
 }
@@ -77,14 +75,14 @@ void RingMemory::write(uint32_t pos, std::span<const uint8_t> in) {
     }
 }
 
-Result<std::optional<RawPacket>> InRing::next(std::vector<uint8_t>& buf, uint32_t max_len) {
+Result<std::optional<uint32_t>> InRing::peek(std::vector<uint64_t>& buf, uint32_t max_len) {
     const uint32_t size = mem_.data_size();
     const uint32_t w = mem_.load(kRingWriteIndex);
-    if (w >= size || w % 8 != 0) return fail("guest write index {:#x} is outside the ring ({:#x} bytes)", w, size);
-    if (w == read_) return std::optional<RawPacket>{};
+    if (w >= size || w % 8 != 0) return fail(Errc::Invalid, "guest write index {:#x} is outside the ring ({:#x} bytes)", w, size);
+    if (w == read_) return std::optional<uint32_t>{};
     const uint32_t avail = used_bytes(w, read_, size);
     if (avail < sizeof(PacketDescriptor) + kPacketTrailerSize)
-        return fail("ring holds {} bytes, less than one packet", avail);
+        return fail(Errc::Invalid, "ring holds {} bytes, less than one packet", avail);
     PacketDescriptor desc;
     if (const uint8_t* p = mem_.linear(read_, sizeof(desc)))
         std::memcpy(&desc, p, sizeof(desc));
@@ -93,20 +91,25 @@ Result<std::optional<RawPacket>> InRing::next(std::vector<uint8_t>& buf, uint32_
     const uint32_t len = desc.len8 * 8u;
     const uint32_t off = desc.offset8 * 8u;
     if (len < sizeof(PacketDescriptor) || off < sizeof(PacketDescriptor) || off > len)
-        return fail("packet with offset {} and length {} is malformed", off, len);
-    if (len + kPacketTrailerSize > avail) return fail("packet of {} bytes is longer than the {} bytes in the ring", len, avail);
-    if (len > max_len) return fail("packet of {} bytes is longer than this channel allows ({})", len, max_len);
-    if (buf.size() < len) buf.resize(std::max<size_t>(len, 256));
+        return fail(Errc::Invalid, "packet with offset {} and length {} is malformed", off, len);
+    if (len + kPacketTrailerSize > avail)
+        return fail(Errc::Invalid, "packet of {} bytes is longer than the {} bytes in the ring", len, avail);
+    if (len > max_len) return fail(Errc::Invalid, "packet of {} bytes is longer than this channel allows ({})", len, max_len);
+    if (buf.size() < len / 8) buf.resize(std::max<size_t>(len / 8, 32));
+    auto* dst = reinterpret_cast<uint8_t*>(buf.data());
     if (const uint8_t* p = mem_.linear(read_, len))
-        std::memcpy(buf.data(), p, len);
+        std::memcpy(dst, p, len);
     else
-        mem_.read(read_, std::span(buf.data(), len));
+        mem_.read(read_, std::span(dst, len));
     // Use the descriptor as copied with the packet (one copy: what we validate is what we use).
-    std::memcpy(&desc, buf.data(), sizeof(desc));
-    if (desc.len8 * 8u != len || desc.offset8 * 8u != off) return fail("packet changed while it was read");
+    std::memcpy(&desc, dst, sizeof(desc));
+    if (desc.len8 * 8u != len || desc.offset8 * 8u != off) return fail(Errc::Invalid, "packet changed while it was read");
+    return std::optional<uint32_t>(len);
+}
+
+void InRing::skip(uint32_t len) {
     read_ += len + kPacketTrailerSize;
-    if (read_ >= size) read_ -= size;
-    return std::optional<RawPacket>(RawPacket{desc, std::span<const uint8_t>(buf.data(), len)});
+    if (read_ >= mem_.data_size()) read_ -= mem_.data_size();
 }
 
 bool InRing::commit() {
@@ -140,61 +143,63 @@ OutRing::OutRing(RingMemory mem) : mem_(std::move(mem)) {
     mem_.store(kRingFeatureBits, mem_.load(kRingFeatureBits) | kRingFeaturePendingSendSize);
 }
 
-Result<OutRing::WriteResult> OutRing::write(uint16_t type, uint16_t flags, uint64_t trans_id,
-                                            std::span<const uint8_t> extra, std::span<const uint8_t> payload,
-                                            bool signal_always) {
+Result<uint32_t> OutRing::free_bytes() const {
     const uint32_t size = mem_.data_size();
-    if (extra.size() % 8 != 0 || extra.size() > 0xffff) return fail("packet header extension of {} bytes", extra.size());
-    const uint64_t header_len = sizeof(PacketDescriptor) + extra.size();
-    const uint64_t len = align8(static_cast<uint32_t>(std::min<uint64_t>(header_len + payload.size(), UINT32_MAX - 8)));
-    if (header_len + payload.size() > max_packet() || len > max_packet())
-        return fail("packet of {} bytes does not fit a {}-byte ring", header_len + payload.size(), size);
-    const uint32_t need = static_cast<uint32_t>(len) + kPacketTrailerSize;
+    const uint32_t r = mem_.load(kRingReadIndex);
+    if (r >= size || r % 8 != 0) return fail(Errc::Invalid, "guest read index {:#x} is outside the ring ({:#x} bytes)", r, size);
+    return size - used_bytes(write_, r, size);
+}
 
-    auto free_space = [&](uint32_t& r) -> Result<uint32_t> {
-        r = mem_.load(kRingReadIndex);
-        if (r >= size || r % 8 != 0) return fail("guest read index {:#x} is outside the ring ({:#x} bytes)", r, size);
-        return size - used_bytes(write_, r, size);
-    };
-    uint32_t r = 0;
-    ENL_TRY(uint32_t free, free_space(r));
-    // The ring must never become completely full (write == read would mean empty).
+Result<bool> OutRing::wait_for_room(uint32_t bytes) {
+    mem_.store(kRingPendingSendSize, bytes);
+    // The guest may have made room after we looked and before it could see the request.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    ENL_TRY(uint32_t free, free_bytes());
+    return bytes < free;
+}
+
+void OutRing::put(uint32_t& pos, std::span<const uint8_t> bytes) {
+    if (bytes.empty()) return;
+    mem_.write(pos, bytes);
+    pos = static_cast<uint32_t>((pos + bytes.size()) % mem_.data_size());
+}
+
+Result<OutRing::WriteResult> OutRing::write(const OutPacket& packet, bool signal_always) {
+    const size_t header = packet.header_bytes();
+    const size_t len = packet.packet_bytes();
+    if (len > max_packet() || header > 0xffff * 8u)
+        return fail(Errc::Invalid, "packet of {} bytes does not fit a {}-byte ring", len, mem_.data_size());
+    const uint32_t need = static_cast<uint32_t>(len) + kPacketTrailerSize;
+    ENL_TRY(uint32_t free, free_bytes());
     if (need >= free) {
-        mem_.store(kRingPendingSendSize, need);
-        // The guest may have made room after we looked and before it could see the request.
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        ENL_TRY(free, free_space(r));
-        if (need >= free) return WriteResult{false, false};
+        ENL_TRY(bool room, wait_for_room(need));
+        if (!room) return WriteResult{false, false};
     }
     if (mem_.load(kRingPendingSendSize) != 0) mem_.store(kRingPendingSendSize, 0);
 
+    header_.resize(header);
+    packet.encode_header(header_);
     const uint32_t start = write_;
-    PacketDescriptor desc{type, static_cast<uint16_t>(header_len / 8), static_cast<uint16_t>(len / 8), flags, trans_id};
     const uint64_t trailer = uint64_t{start} << 32;  // what Linux writes; readers skip it
-    const uint32_t pad = static_cast<uint32_t>(len - header_len - payload.size());
+    const size_t pad = len - header - iov_total(packet.payload);
+    const uint8_t zeros[8] = {};
     if (uint8_t* p = mem_.linear(start, need)) {
         // Fast path: the whole packet is one piece of host memory.
-        std::memcpy(p, &desc, sizeof(desc));
-        if (!extra.empty()) std::memcpy(p + sizeof(desc), extra.data(), extra.size());
-        if (!payload.empty()) std::memcpy(p + header_len, payload.data(), payload.size());
-        for (uint32_t i = 0; i < pad; ++i) p[header_len + payload.size() + i] = 0;  // < 8 bytes
+        std::memcpy(p, header_.data(), header);
+        size_t at = header;
+        for (const iovec& v : packet.payload) {
+            if (v.iov_len) std::memcpy(p + at, v.iov_base, v.iov_len);
+            at += v.iov_len;
+        }
+        std::memcpy(p + at, zeros, pad);  // < 8 bytes
         std::memcpy(p + len, &trailer, sizeof(trailer));
         return publish(start, need, signal_always);
     }
-    mem_.write(start, std::span(reinterpret_cast<const uint8_t*>(&desc), sizeof(desc)));
-    uint32_t pos = static_cast<uint32_t>((start + sizeof(desc)) % size);
-    if (!extra.empty()) {
-        mem_.write(pos, extra);
-        pos = static_cast<uint32_t>((pos + extra.size()) % size);
-    }
-    mem_.write(pos, payload);
-    pos = static_cast<uint32_t>((pos + payload.size()) % size);
-    if (pad) {
-        const uint8_t zeros[8] = {};
-        mem_.write(pos, std::span(zeros, pad));
-        pos = (pos + pad) % size;
-    }
-    mem_.write(pos, std::span(reinterpret_cast<const uint8_t*>(&trailer), sizeof(trailer)));
+    uint32_t pos = start;
+    put(pos, header_);
+    for (const iovec& v : packet.payload) put(pos, std::span(static_cast<const uint8_t*>(v.iov_base), v.iov_len));
+    put(pos, std::span(zeros, pad));
+    put(pos, std::span(reinterpret_cast<const uint8_t*>(&trailer), sizeof(trailer)));
     return publish(start, need, signal_always);
 }
 

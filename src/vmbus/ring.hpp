@@ -18,10 +18,9 @@
 #include "common/result.hpp"
 #include "common/wire.hpp"
 #include "kvm/guest_memory.hpp"
+#include "vmbus/packet.hpp"
 
 namespace enlighten::vmbus {
-
-inline constexpr uint32_t kPageSize = 4096;
 
 // struct hv_ring_buffer field offsets.
 inline constexpr uint32_t kRingWriteIndex = 0;
@@ -30,25 +29,6 @@ inline constexpr uint32_t kRingInterruptMask = 8;
 inline constexpr uint32_t kRingPendingSendSize = 12;
 inline constexpr uint32_t kRingFeatureBits = 64;
 inline constexpr uint32_t kRingFeaturePendingSendSize = 1;
-
-// struct vmpacket_descriptor
-struct PacketDescriptor {
-    uint16_t type;      // 0
-    uint16_t offset8;   // 2: payload offset from the descriptor, in 8-byte units
-    uint16_t len8;      // 4: packet length without the trailer, in 8-byte units
-    uint16_t flags;     // 6
-    uint64_t trans_id;  // 8
-};
-ENL_WIRE(PacketDescriptor, 16);
-
-enum PacketType : uint16_t {
-    kPacketDataInband = 6,
-    kPacketDataUsingXferPages = 7,
-    kPacketDataUsingGpaDirect = 9,
-    kPacketCompletion = 11,
-};
-inline constexpr uint16_t kPacketFlagCompletionRequested = 1;
-inline constexpr uint32_t kPacketTrailerSize = 8;
 
 // The host mapping of one ring's pages.
 class RingMemory {
@@ -75,25 +55,19 @@ private:
     uint32_t size_ = 0;
 };
 
-// A packet read from the guest: its descriptor and all its bytes (descriptor included).
-struct RawPacket {
-    PacketDescriptor desc{};
-    std::span<const uint8_t> bytes;
-    [[nodiscard]] std::span<const uint8_t> payload() const { return bytes.subspan(desc.offset8 * 8u); }
-    // Between the descriptor and the payload (e.g. the GPA ranges of a GPA-direct packet).
-    [[nodiscard]] std::span<const uint8_t> extra() const {
-        return bytes.subspan(sizeof(PacketDescriptor), desc.offset8 * 8u - sizeof(PacketDescriptor));
-    }
-};
-
 // The ring the guest writes and we read.
 class InRing {
 public:
     explicit InRing(RingMemory mem) : mem_(std::move(mem)) {}
 
-    // The next packet, copied into `buf` (at most max_len bytes), or nullopt when the ring
-    // is empty. An error means the ring is corrupt and the channel must stop using it.
-    Result<std::optional<RawPacket>> next(std::vector<uint8_t>& buf, uint32_t max_len);
+    // Copies the next packet (descriptor included, len8 * 8 bytes, at most max_len) into
+    // `buf` without consuming it; returns its length in bytes, or nullopt when the ring is
+    // empty. The descriptor is re-read from the copy and must match what was checked (one
+    // copy: what is validated is what is used). An error means the ring is corrupt and the
+    // channel must stop using it.
+    Result<std::optional<uint32_t>> peek(std::vector<uint64_t>& buf, uint32_t max_len);
+    // Moves our private read index past a packet of `len` bytes that peek() returned.
+    void skip(uint32_t len);
     // Publishes the read index. True if the guest asked to be told about free space
     // (pending_send_sz) and this crossed its threshold: signal it.
     bool commit();
@@ -113,26 +87,34 @@ class OutRing {
 public:
     explicit OutRing(RingMemory mem);
 
+    // Free bytes now (the guest's read index checked). A packet needs ring_bytes() < free:
+    // the ring must never become completely full (write == read would mean empty).
+    Result<uint32_t> free_bytes() const;
+    // Asks the guest to signal once `bytes` are free (pending_send_sz), then looks again:
+    // true if they are free already (the guest made room before it could see the request).
+    Result<bool> wait_for_room(uint32_t bytes);
+
     struct WriteResult {
         bool written = false;  // false: no room now; pending_send_sz is set and the guest
                                // will signal when it has made room
         bool signal = false;   // the guest must be interrupted
     };
-    // Writes one packet: descriptor, `extra` (a multiple of 8 bytes), payload, padding and
-    // trailer. `signal_always`: interrupt whenever the guest has not masked interrupts
-    // (for guests that read one packet per interrupt), not only on empty -> non-empty.
-    Result<WriteResult> write(uint16_t type, uint16_t flags, uint64_t trans_id, std::span<const uint8_t> extra,
-                              std::span<const uint8_t> payload, bool signal_always);
+    // Writes one packet: descriptor, header extension, payload (gathered), padding, trailer.
+    // `signal_always`: interrupt whenever the guest has not masked interrupts (for guests
+    // that read one packet per interrupt), not only on empty -> non-empty.
+    Result<WriteResult> write(const OutPacket& packet, bool signal_always);
     [[nodiscard]] uint32_t data_size() const { return mem_.data_size(); }
 
     // Largest packet (without the trailer) that can ever fit.
     [[nodiscard]] uint32_t max_packet() const { return mem_.data_size() - kPacketTrailerSize - 8; }
 
 private:
+    void put(uint32_t& pos, std::span<const uint8_t> bytes);
     // Publishes the packet written at `start` and decides whether to signal.
     WriteResult publish(uint32_t start, uint32_t need, bool signal_always);
     RingMemory mem_;
     uint32_t write_ = 0;  // private
+    std::vector<uint8_t> header_;  // encoded descriptor + extension, reused
 };
 
 }  // namespace enlighten::vmbus

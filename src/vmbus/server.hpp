@@ -1,37 +1,46 @@
 // The VMBus server: the host end of the channel-management protocol that the guest's
 // hv_vmbus speaks over SynIC messages (linux-hv-guest-contract §6): version negotiation,
-// offers, GPADLs, open/close, rescind, unload, and the doorbells of open channels.
+// offers, GPADLs, open/close, sub-channels, rescind, unload, and the doorbells of channels.
 //
-// All protocol state lives here and is driven only by guest messages and host calls; it is
-// unit-tested without a VM. Replies go out through a MessageSink (in the VMM: the SynIC).
+// All protocol state lives here and is driven by guest messages (handle_message, on the vCPU
+// that posted them), device completions and host calls; replies go out through a
+// MessageSink (in the VMM: the SynIC). The server never calls a device under its lock: each
+// device call (attach, open, close, retarget, reset, detach) is posted to the control
+// executor (the VM's event loop) and runs there; the device answers through a completion
+// that re-enters the state machine. So a channel is Opening until its device's open
+// completes (OPENCHANNEL_RESULT goes out then), and Closing until its close completes (a
+// GPADL teardown of its ring, a reopen, an UNLOAD reply wait for that). It is unit-tested
+// without a VM (tests/unit/support/sim_guest.hpp is a simulated hv_vmbus).
+//
+// Threads: handle_message and handle_event run on vCPU threads; add_device, rescind and
+// shutdown on the control loop; completions and ChannelControl calls on any thread. The
+// server's mutex comes after device locks and before the queues', the GPADL map's and the
+// SynIC's locks (device -> server -> queue -> GPADL map -> SynIC VP). The doorbell path
+// (handle_event) takes only a leaf lock of its own and writes an eventfd.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "common/executor.hpp"
+#include "common/fd.hpp"
+#include "common/thread_annotations.hpp"
 #include "hv/tlfs.hpp"
 #include "kvm/guest_memory.hpp"
-#include "vmbus/channel.hpp"
 #include "vmbus/device.hpp"
+#include "vmbus/gpadl.hpp"
+#include "vmbus/message_sink.hpp"
 #include "vmbus/protocol.hpp"
+#include "vmbus/queue.hpp"
 
 namespace enlighten::vmbus {
-
-class MessageSink {
-public:
-    virtual ~MessageSink() = default;
-    // Posts one VMBus message (header included) to a VP's SINT. False if it could not be queued.
-    virtual bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> message) = 0;
-    // Sets event flag `flag` (a channel's relid) in the VP's SINT event flags and interrupts it.
-    virtual bool signal(uint32_t vp, uint32_t sint, uint32_t flag) = 0;
-};
 
 // Versions we accept, newest first (all that Linux 6.1 offers).
 inline constexpr uint32_t kSupportedVersions[] = {kVersionWin10V5_3, kVersionWin10V5_2, kVersionWin10V5_1,
@@ -51,6 +60,11 @@ inline constexpr uint32_t kMaxRelid = 2047;             // MAX_CHANNEL_RELIDS - 
 inline constexpr uint64_t kMaxGpadlPages = 1ULL << 16;  // 256 MiB in one GPADL
 inline constexpr size_t kMaxGpadls = 8192;
 inline constexpr uint32_t kChannelConnectionBase = 0x10000;  // connection id = base + relid
+inline constexpr uint16_t kMaxSubchannels = 64;              // per device, whatever it asks
+inline constexpr uint32_t kStatusFailure = 0xc0000001;       // STATUS_UNSUCCESSFUL in replies
+
+enum class ChannelState { Offered, Opening, Open, Closing, Closed, Failed, Rescinded, Released };
+const char* to_string(ChannelState s);
 
 struct ServerStats {
     uint64_t messages = 0;
@@ -61,10 +75,12 @@ struct ServerStats {
     uint64_t gpadls_torn_down = 0;
     uint64_t opens = 0;
     uint64_t closes = 0;
+    uint64_t doorbells = 0;
 };
 
 struct ChannelSnapshot {
     uint32_t relid = 0;
+    uint16_t index = 0;  // sub-channel index (0: primary)
     std::string name;
     Guid class_id;
     Guid instance_id;
@@ -72,22 +88,44 @@ struct ChannelSnapshot {
     uint32_t target_vp = 0;
 };
 
+// Told about every channel's doorbell eventfd while the channel exists (the VMM registers
+// it with KVM as an ioeventfd, so that a guest doorbell needs no exit to user space).
+class DoorbellHooks {
+public:
+    virtual ~DoorbellHooks() = default;
+    virtual void added(uint32_t connection_id, int fd) = 0;
+    virtual void removed(uint32_t connection_id, int fd) = 0;
+};
+
 class Server {
 public:
-    Server(MessageSink& sink, const GuestMemory& memory, uint32_t num_vps);
+    // `loop` and `reference_time` are handed to the devices (DeviceResources).
+    Server(MessageSink& sink, const GuestMemory& memory, uint32_t num_vps, Executor& control, EventLoop* loop = nullptr,
+           std::function<uint64_t()> reference_time = {});
+    // Shuts every queue down and forgets the devices without calling them: call shutdown()
+    // and wait for it first for an orderly stop.
     ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
 
-    // Adds a device. It is offered at once if the guest already asked for offers, else
-    // when it does. Returns the relid.
+    // Before any device is added.
+    void set_doorbell_hooks(DoorbellHooks* hooks);
+
+    // Adds a device: attaches it (on the control executor) and offers its primary channel,
+    // at once if the guest already asked for offers, else when it does. Returns the relid.
     Result<uint32_t> add_device(std::shared_ptr<Device> device);
-    // Withdraws a device (RESCIND_CHANNELOFFER); the relid is reused after RELID_RELEASED.
+    // Withdraws a device with its sub-channels (RESCIND_CHANNELOFFER, after closing what is
+    // open); relids are reused after the guest's RELID_RELEASED.
     Result<> rescind(uint32_t relid);
+    // Closes every channel and drops every GPADL, as a guest UNLOAD would but without a
+    // reply, then resets and detaches every device; `done` runs on the control executor.
+    void shutdown(Task done);
 
     // A message the guest posted with HvPostMessage. Returns the hypercall status: Success
     // for anything delivered to the right connection (protocol errors are handled here, not
     // reported through the hypercall), InvalidConnectionId otherwise.
     hv::Status handle_message(uint32_t vp, uint32_t connection_id, std::span<const uint8_t> payload);
-    // HvSignalEvent from the guest: a channel's doorbell.
+    // HvSignalEvent from the guest: a channel's doorbell (wakes its queue's notify fd).
     hv::Status handle_event(uint32_t vp, uint32_t connection_id, uint16_t flag);
 
     [[nodiscard]] bool connected() const;
@@ -95,62 +133,104 @@ public:
     [[nodiscard]] ServerStats stats() const;
     [[nodiscard]] std::vector<ChannelSnapshot> channels() const;
     [[nodiscard]] size_t gpadl_count() const;
-    // The pages of a GPADL the guest created for `relid` (for VSPs with shared buffers).
-    [[nodiscard]] std::optional<std::vector<uint64_t>> gpadl_pages(uint32_t relid, uint32_t handle) const;
-
-    // Told (outside the lock) when the connection state changes.
-    std::function<void()> on_state_change;
+    [[nodiscard]] const GpadlMap& gpadls() const { return *gpadls_; }
 
 private:
-    struct Gpadl {
+    struct DeviceSlot;
+    struct Channel;
+    enum class CloseReason { Guest, Failure, Rescind, PrimaryClosed, Reset };
+    struct PendingGpadl {
         uint32_t relid = 0;
         uint32_t byte_count = 0;
         uint32_t byte_offset = 0;
         uint64_t expected_pages = 0;
         std::vector<uint64_t> pfns;
-        bool in_use = false;  // backs an open channel's rings
-        [[nodiscard]] bool complete() const { return pfns.size() == expected_pages; }
     };
-    struct Entry {
-        std::shared_ptr<Channel> channel;
-        ChannelState state = ChannelState::Offered;
-        bool offered = false;  // OFFERCHANNEL sent in this connection
-        uint32_t ring_gpadl = 0;
+    // What a reset (UNLOAD, a new INITIATE_CONTACT while connected, shutdown) finishes with.
+    struct ResetWork {
+        bool reply_unload = false;
+        uint32_t reply_vp = 0;
+        std::optional<InitiateContact> contact;
+        std::vector<Task> done;
+        bool gpadls_released = false;
     };
 
-    void on_initiate_contact(uint32_t vp, const InitiateContact& msg);
-    void on_request_offers();
-    void on_unload(uint32_t vp);
-    void on_gpadl_header(std::span<const uint8_t> payload);
-    void on_gpadl_body(std::span<const uint8_t> payload);
-    void on_gpadl_teardown(const GpadlTeardown& msg);
-    void on_open_channel(const OpenChannel& msg);
-    void on_close_channel(uint32_t relid);
-    void on_relid_released(uint32_t relid);
-    void on_modify_channel(const ModifyChannel& msg);
-    void finish_gpadl(uint32_t handle, Gpadl& g);
-    void send_offer(Entry& e);
-    void close_channel(Entry& e);
-    void reset_connection();
-    Entry* find(uint32_t relid);
+    // --- guest messages (mu_ held) ---
+    void on_initiate_contact(uint32_t vp, const InitiateContact& msg) ENL_REQUIRES(mu_);
+    void on_request_offers() ENL_REQUIRES(mu_);
+    void on_unload(uint32_t vp) ENL_REQUIRES(mu_);
+    void on_gpadl_header(std::span<const uint8_t> payload) ENL_REQUIRES(mu_);
+    void on_gpadl_body(std::span<const uint8_t> payload) ENL_REQUIRES(mu_);
+    void on_gpadl_teardown(const GpadlTeardown& msg) ENL_REQUIRES(mu_);
+    void on_open_channel(const OpenChannel& msg) ENL_REQUIRES(mu_);
+    void on_close_channel(uint32_t relid) ENL_REQUIRES(mu_);
+    void on_relid_released(uint32_t relid) ENL_REQUIRES(mu_);
+    void on_modify_channel(const ModifyChannel& msg) ENL_REQUIRES(mu_);
+
+    // --- the state machine ---
+    void finish_gpadl(uint32_t handle, PendingGpadl g) ENL_REQUIRES(mu_);
+    void send_offer(Channel& ch) ENL_REQUIRES(mu_);
+    void start_close(Channel& ch, CloseReason why) ENL_REQUIRES(mu_);
+    void close_subchannels(DeviceSlot& slot) ENL_REQUIRES(mu_);
+    void withdraw(Channel& ch) ENL_REQUIRES(mu_);
+    void erase_if_done(uint32_t relid) ENL_REQUIRES(mu_);
+    void begin_reset(ResetWork work) ENL_REQUIRES(mu_);
+    void check_reset_done() ENL_REQUIRES(mu_);
+    Result<uint32_t> new_channel(const std::shared_ptr<DeviceSlot>& slot, uint16_t index) ENL_REQUIRES(mu_);
+
+    // --- completions (on the control executor) and ChannelControl (any thread) ---
+    void open_done(uint32_t relid, uint64_t epoch, Result<> result) ENL_EXCLUDES(mu_);
+    void close_done(uint32_t relid, uint64_t epoch) ENL_EXCLUDES(mu_);
+    void channel_failed(uint32_t relid, uint64_t epoch) ENL_EXCLUDES(mu_);
+    void gpadl_released(uint32_t handle, uint64_t pages, uint64_t connection) ENL_EXCLUDES(mu_);
+    void all_gpadls_released(uint64_t connection) ENL_EXCLUDES(mu_);
+    Result<uint16_t> enable_subchannels(DeviceSlot& slot, uint16_t count) ENL_EXCLUDES(mu_);
+    Result<GpadlView> device_gpadl(const DeviceSlot& slot, uint32_t handle) ENL_EXCLUDES(mu_);
+
+    // Runs `fn` on the control executor if the server still exists then. A Poster is the
+    // same as a value, for callbacks that may run on other threads, later.
+    struct Poster {
+        Executor* exec;
+        std::weak_ptr<int> alive;
+        Server* self;
+        void operator()(std::move_only_function<void(Server&)> fn) const;
+    };
+    Poster poster();
+    void post(std::move_only_function<void(Server&)> fn);
+    Channel* find(uint32_t relid) ENL_REQUIRES(mu_);
     template <typename T>
-    void send(const T& msg);
-    void send_to(uint32_t vp, std::span<const uint8_t> bytes);
+    void send(const T& msg) ENL_REQUIRES(mu_);
+    void send_to(uint32_t vp, std::span<const uint8_t> bytes) ENL_REQUIRES(mu_);
+    void set_doorbell(uint32_t relid, std::shared_ptr<UniqueFd> fd);
 
     MessageSink& sink_;
     const GuestMemory& memory_;
     const uint32_t num_vps_;
     const uint64_t max_gpadl_pages_total_;
-    mutable std::mutex mu_;
-    uint32_t version_ = 0;
-    uint32_t target_vp_ = 0;
-    uint32_t msg_sint_ = kMessageSint;
-    bool offers_requested_ = false;
-    std::map<uint32_t, Entry> channels_;                       // by relid
-    std::map<uint32_t, std::shared_ptr<Channel>> by_connection_;  // by connection id
-    std::map<uint32_t, Gpadl> gpadls_;                          // by handle
-    uint64_t gpadl_pages_total_ = 0;
-    ServerStats stats_;
+    Executor& control_;
+    EventLoop* const loop_;
+    const std::function<uint64_t()> reference_time_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted work checks it
+    const std::shared_ptr<GpadlMap> gpadls_ = std::make_shared<GpadlMap>();
+
+    mutable Mutex mu_;
+    uint32_t version_ ENL_GUARDED_BY(mu_) = 0;
+    uint32_t target_vp_ ENL_GUARDED_BY(mu_) = 0;
+    uint32_t msg_sint_ ENL_GUARDED_BY(mu_) = kMessageSint;
+    bool offers_requested_ ENL_GUARDED_BY(mu_) = false;
+    uint64_t connection_ ENL_GUARDED_BY(mu_) = 1;  // bumped at every reset: stale completions are dropped
+    std::optional<ResetWork> resetting_ ENL_GUARDED_BY(mu_);
+    std::vector<std::shared_ptr<DeviceSlot>> devices_ ENL_GUARDED_BY(mu_);
+    std::map<uint32_t, std::unique_ptr<Channel>> channels_ ENL_GUARDED_BY(mu_);  // by relid
+    std::map<uint32_t, PendingGpadl> assembling_ ENL_GUARDED_BY(mu_);          // GPADLs awaiting bodies
+    uint64_t gpadl_pages_total_ ENL_GUARDED_BY(mu_) = 0;
+    ServerStats stats_ ENL_GUARDED_BY(mu_);
+    DoorbellHooks* hooks_ = nullptr;
+
+    // Doorbells by relid, for handle_event without the server lock.
+    mutable Mutex doorbell_mu_;
+    std::vector<std::shared_ptr<UniqueFd>> doorbells_ ENL_GUARDED_BY(doorbell_mu_);
+    std::atomic<uint64_t> doorbell_count_{0};
 };
 
 }  // namespace enlighten::vmbus

@@ -2,14 +2,18 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "common/device_config.hpp"
 #include "common/result.hpp"
 #include "vmm/console.hpp"
 
 namespace enlighten {
 
 enum class OnReboot { Restart, Exit };
+
 
 struct VmConfig {
     std::string kernel;
@@ -23,6 +27,9 @@ struct VmConfig {
     bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM
     bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
+    // The VMBus devices (with the Hyper-V interface only). The command line gives the
+    // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
+    std::vector<DeviceConfig> devices;
 };
 
 // Limits checked before anything is allocated.

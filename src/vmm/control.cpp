@@ -4,8 +4,10 @@
 
 #include "common/log.hpp"
 
+#include "common/event_loop.hpp"
 #include "devices/ic/services.hpp"
 #include "vmbus/server.hpp"
+#include "vmm/devices.hpp"
 #include "vmm/machine.hpp"
 
 namespace enlighten {
@@ -29,23 +31,33 @@ uint64_t process_resident_bytes() {
     return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
+// An integration service's error, as the API reports it.
+std::unexpected<ApiError> ic_error(const Error& e) {
+    switch (e.code()) {
+        case Errc::NotFound: return api_error(ErrorKind::NotFound, e.message());
+        case Errc::Invalid: return api_error(ErrorKind::BadRequest, e.message());
+        case Errc::Closed: return api_error(ErrorKind::Conflict, e.message());
+        default: return api_error(ErrorKind::Unavailable, e.message());
+    }
+}
+
 // The service must have finished its version negotiation with the guest.
 template <typename Service>
-api::ApiResult<Service*> ready(Service* s, const char* what) {
+api::ApiResult<Service*> ready(const std::shared_ptr<Service>& s, const char* what) {
     if (!s) return api_error(ErrorKind::Conflict, "the VM has no Hyper-V interface (--hyperv off)");
     // A service that is still negotiating gets a moment to finish.
     if (s->state() == ic::IcState::Negotiating) s->wait_ready(std::chrono::seconds(5));
     if (s->state() != ic::IcState::Ready)
         return api_error(ErrorKind::Conflict, fmt::format("the guest's {} service is not connected (is hv_utils loaded?)", what));
-    return s;
+    return s.get();
 }
 
 }  // namespace
 
-MachineControl::~MachineControl() { sequencer_.stop(); }
+MachineControl::~MachineControl() = default;
 
 void MachineControl::attach(std::shared_ptr<Machine> machine) {
-    std::lock_guard lock(mu_);
+    LockGuard lock(mu_);
     machine_ = std::move(machine);
     ++generation_;
     shutting_down_ = false;
@@ -54,7 +66,7 @@ void MachineControl::attach(std::shared_ptr<Machine> machine) {
 void MachineControl::detach() { attach(nullptr); }
 
 std::shared_ptr<Machine> MachineControl::current(uint64_t* generation) {
-    std::lock_guard lock(mu_);
+    LockGuard lock(mu_);
     if (generation) *generation = generation_;
     return machine_;
 }
@@ -74,7 +86,7 @@ api::VmInfo MachineControl::info() {
     info.hyperv = cfg_.hyperv;
     auto m = current();
     {
-        std::lock_guard lock(mu_);
+        LockGuard lock(mu_);
         info.state = !m ? "stopped" : shutting_down_ ? "shutting-down" : "running";
     }
     const uint64_t rss = process_resident_bytes();
@@ -100,12 +112,12 @@ api::ApiResult<> MachineControl::shutdown(const api::ShutdownRequest& request) {
     auto m = current(&generation);
     if (!m) return api_error(ErrorKind::Conflict, "the VM is not running");
     {
-        std::lock_guard lock(mu_);
+        LockGuard lock(mu_);
         if (shutting_down_) return api_error(ErrorKind::Conflict, "a shutdown is already in progress");
         shutting_down_ = true;
     }
     log::info("API: {} requested (timeout {} s per stage)", request.reboot ? "reboot" : "shutdown", request.timeout_s);
-    sequencer_.post([this, generation, request] { shutdown_stage(generation, 1, request); });
+    loop_.post([this, generation, request] { shutdown_stage(generation, 1, request); });
     return {};
 }
 
@@ -117,22 +129,24 @@ void MachineControl::shutdown_stage(uint64_t generation, int stage, api::Shutdow
     auto m = current(&now_generation);
     if (!m || now_generation != generation) return;  // the VM stopped or restarted: done
     const auto wait = std::chrono::seconds(request.timeout_s);
-    auto next = [&](int s, std::chrono::milliseconds delay) {
-        sequencer_.post([this, generation, s, request] { shutdown_stage(generation, s, request); }, delay);
+    auto next = [this, generation, request](int s, std::chrono::milliseconds delay) {
+        loop_.post_after(delay, [this, generation, s, request] { shutdown_stage(generation, s, request); });
     };
     switch (stage) {
         case 1: {
-            auto* ic = m->shutdown_ic();
+            auto ic = devices_.first<ic::ShutdownService>();
             if (ic && ic->state() == ic::IcState::Ready) {
-                if (auto r = ic->request(request.reboot, std::chrono::seconds(5)); r) {
-                    log::info("API: the guest accepted the {} request", request.reboot ? "reboot" : "shutdown");
-                    return next(2, wait);
-                } else {
+                ic->request(request.reboot, std::chrono::seconds(5), [next, wait, reboot = request.reboot](Result<> r) {
+                    if (r) {
+                        log::info("API: the guest accepted the {} request", reboot ? "reboot" : "shutdown");
+                        return next(2, wait);
+                    }
                     log::warn("API: shutdown IC: {}", r.error().message());
-                }
-            } else {
-                log::info("API: the guest's shutdown service is not connected");
+                    next(2, std::chrono::milliseconds(0));
+                });
+                return;
             }
+            log::info("API: the guest's shutdown service is not connected");
             return next(2, std::chrono::milliseconds(0));
         }
         case 2:
@@ -164,9 +178,9 @@ api::ApiResult<> MachineControl::reset() {
 
 api::HeartbeatInfo MachineControl::heartbeat() {
     api::HeartbeatInfo out;
-    auto m = current();
-    if (!m || !m->heartbeat()) return out;
-    const auto st = m->heartbeat()->status();
+    auto hb = devices_.first<ic::HeartbeatService>();
+    if (!current() || !hb) return out;
+    const auto st = hb->status();
     out.sequence = st.sequence;
     if (st.since_reply) out.last_reply_ms = static_cast<uint64_t>(st.since_reply->count());
     out.state = st.health == ic::HeartbeatService::Health::Healthy ? api::HeartbeatState::Healthy
@@ -176,27 +190,27 @@ api::HeartbeatInfo MachineControl::heartbeat() {
 }
 
 api::ApiResult<> MachineControl::time_sync() {
-    ENL_TRY(auto m, running());
-    ENL_TRY(auto* ts, ready(m->timesync(), "time sync"));
-    if (auto r = ts->sync(kIcTimeout); !r) return api_error(ErrorKind::Unavailable, r.error().message());
+    ENL_TRY_VOID(running());
+    ENL_TRY(auto* ts, ready(devices_.first<ic::TimeSyncService>(), "time sync"));
+    if (auto r = ts->sync(kIcTimeout); !r) return ic_error(r.error());
     return {};
 }
 
 api::ApiResult<std::vector<api::KvpEntry>> MachineControl::kvp_list(api::KvpPool pool) {
-    ENL_TRY(auto m, running());
-    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    ENL_TRY_VOID(running());
+    ENL_TRY(auto* kvp, ready(devices_.first<ic::KvpService>(), "KVP"));
     auto r = kvp->list(static_cast<uint8_t>(pool), std::chrono::seconds(30));
-    if (!r) return api_error(ErrorKind::Unavailable, r.error().message());
+    if (!r) return ic_error(r.error());
     std::vector<api::KvpEntry> out;
     for (auto& e : *r) out.push_back({std::move(e.key), std::move(e.value)});
     return out;
 }
 
 api::ApiResult<std::string> MachineControl::kvp_get(api::KvpPool pool, const std::string& key) {
-    ENL_TRY(auto m, running());
-    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
+    ENL_TRY_VOID(running());
+    ENL_TRY(auto* kvp, ready(devices_.first<ic::KvpService>(), "KVP"));
     auto r = kvp->get(static_cast<uint8_t>(pool), key, kIcTimeout);
-    if (!r) return api_error(ErrorKind::Unavailable, r.error().message());
+    if (!r) return ic_error(r.error());
     if (!*r) return api_error(ErrorKind::NotFound, fmt::format("no key '{}' in this pool", key));
     return std::move(**r);
 }
@@ -204,20 +218,18 @@ api::ApiResult<std::string> MachineControl::kvp_get(api::KvpPool pool, const std
 api::ApiResult<> MachineControl::kvp_set(api::KvpPool pool, const std::string& key, const std::string& value) {
     if (pool != api::KvpPool::External && pool != api::KvpPool::AutoExternal)
         return api_error(ErrorKind::BadRequest, "the host writes only the external pools (external, auto-external)");
-    ENL_TRY(auto m, running());
-    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
-    if (auto r = kvp->set(static_cast<uint8_t>(pool), key, value, kIcTimeout); !r)
-        return api_error(ErrorKind::Unavailable, r.error().message());
+    ENL_TRY_VOID(running());
+    ENL_TRY(auto* kvp, ready(devices_.first<ic::KvpService>(), "KVP"));
+    if (auto r = kvp->set(static_cast<uint8_t>(pool), key, value, kIcTimeout); !r) return ic_error(r.error());
     return {};
 }
 
 api::ApiResult<> MachineControl::kvp_delete(api::KvpPool pool, const std::string& key) {
     if (pool != api::KvpPool::External && pool != api::KvpPool::AutoExternal)
         return api_error(ErrorKind::BadRequest, "the host writes only the external pools (external, auto-external)");
-    ENL_TRY(auto m, running());
-    ENL_TRY(auto* kvp, ready(m->kvp(), "KVP"));
-    if (auto r = kvp->remove(static_cast<uint8_t>(pool), key, kIcTimeout); !r)
-        return api_error(ErrorKind::NotFound, r.error().message());
+    ENL_TRY_VOID(running());
+    ENL_TRY(auto* kvp, ready(devices_.first<ic::KvpService>(), "KVP"));
+    if (auto r = kvp->remove(static_cast<uint8_t>(pool), key, kIcTimeout); !r) return ic_error(r.error());
     return {};
 }
 

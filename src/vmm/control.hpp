@@ -1,25 +1,33 @@
 // The management API's view of the VM (api::VmControl), across guest reboots: it follows
-// the Machine that run_vm() currently runs, and owns the graceful-shutdown sequence
-// (shutdown IC -> ACPI power button -> hard stop).
+// the Machine that the VM currently runs, finds the integration services in the VM's device
+// set, and owns the graceful-shutdown sequence (shutdown IC -> ACPI power button -> hard
+// stop), which runs on the VM's loop.
+//
+// Threads: the VmControl calls come from API worker threads and may wait for the guest
+// (through the integration services' waiting transactions, never on the loop thread);
+// attach/detach come from the loop thread. The control's mutex is a leaf.
 #pragma once
 
 #include <memory>
 #include <mutex>
 
 #include "api/vm_control.hpp"
-#include "common/task_loop.hpp"
+#include "common/thread_annotations.hpp"
 #include "vmm/config.hpp"
 
 namespace enlighten {
 
 class Machine;
+class DeviceSet;
+class EventLoop;
 
 class MachineControl final : public api::VmControl {
 public:
-    explicit MachineControl(const VmConfig& cfg) : cfg_(cfg) {}
+    MachineControl(const VmConfig& cfg, const DeviceSet& devices, EventLoop& loop)
+        : cfg_(cfg), devices_(devices), loop_(loop) {}
     ~MachineControl() override;
 
-    // run_vm() tells us which machine runs (null between machines and at the end).
+    // The VM tells us which machine runs (null between machines and at the end).
     void attach(std::shared_ptr<Machine> machine);
     void detach();
 
@@ -40,11 +48,12 @@ private:
     void shutdown_stage(uint64_t generation, int stage, api::ShutdownRequest request);
 
     const VmConfig& cfg_;
-    std::mutex mu_;
-    std::shared_ptr<Machine> machine_;
-    uint64_t generation_ = 0;
-    bool shutting_down_ = false;
-    TaskLoop sequencer_;  // last member: stopped first
+    const DeviceSet& devices_;
+    EventLoop& loop_;
+    Mutex mu_;
+    std::shared_ptr<Machine> machine_ ENL_GUARDED_BY(mu_);
+    uint64_t generation_ ENL_GUARDED_BY(mu_) = 0;
+    bool shutting_down_ ENL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace enlighten

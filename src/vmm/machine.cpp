@@ -2,16 +2,11 @@
 
 #include <pthread.h>
 #include <signal.h>
-#include <sys/epoll.h>
 #include <sys/mman.h>
-#include <sys/eventfd.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "common/event_loop.hpp"
 #include "common/log.hpp"
-
-#include "common/task_loop.hpp"
-#include "devices/ic/services.hpp"
 #include "hv/partition.hpp"
 #include "platform/acpi/acpi.hpp"
 #include "platform/boot/linux_loader.hpp"
@@ -23,6 +18,7 @@
 #include "common/rate_limit.hpp"
 #include "platform/x86_cpu.hpp"
 #include "vmbus/server.hpp"
+#include "vmm/devices.hpp"
 #include "vmm/exit_codes.hpp"
 
 namespace enlighten {
@@ -68,6 +64,24 @@ private:
     hv::Synic& synic_;
 };
 
+// Every channel's doorbell eventfd becomes a KVM ioeventfd on the doorbell port, matched on
+// the channel's connection id: a guest doorbell then wakes the channel's worker inside KVM.
+class IoeventfdDoorbells final : public vmbus::DoorbellHooks {
+public:
+    explicit IoeventfdDoorbells(const Vm& vm) : vm_(vm) {}
+    void added(uint32_t connection_id, int fd) override {
+        if (auto r = vm_.set_pio_eventfd(layout::kDoorbellPort, connection_id, fd, true); !r)
+            ENL_LOG_LIMITED(warn, "doorbell of connection {:#x} stays on the slow path: {}", connection_id,
+                            r.error().message());
+    }
+    void removed(uint32_t connection_id, int fd) override {
+        (void)vm_.set_pio_eventfd(layout::kDoorbellPort, connection_id, fd, false);
+    }
+
+private:
+    const Vm& vm_;
+};
+
 }  // namespace
 
 int exit_status(const VmExit& exit) {
@@ -82,22 +96,30 @@ int exit_status(const VmExit& exit) {
     return exit_code::kError;
 }
 
-Result<std::unique_ptr<Machine>> Machine::create(const Kvm& kvm, const VmConfig& cfg, Console& console,
-                                                 int signal_fd) {
-    std::unique_ptr<Machine> m(new Machine(cfg, console, signal_fd));
-    ENL_TRY_VOID(m->build(kvm));
+Result<std::unique_ptr<Machine>> Machine::create(const Context& ctx, std::function<void()> on_exit) {
+    std::unique_ptr<Machine> m(new Machine(ctx, std::move(on_exit)));
+    ENL_TRY_VOID(m->build());
     return m;
 }
 
-Result<> Machine::build(const Kvm& kvm) {
+Machine::Machine(const Context& ctx, std::function<void()> on_exit)
+    : kvm_(ctx.kvm),
+      cfg_(ctx.cfg),
+      console_(ctx.console),
+      loop_(ctx.loop),
+      devices_(ctx.devices),
+      on_exit_(std::move(on_exit)),
+      count_ports_(log::enabled(log::Level::Debug)) {
+    if (count_ports_) io_by_port_ = std::make_unique<std::array<std::atomic<uint64_t>, 0x10000>>();
+}
+
+Result<> Machine::build() {
+    const Kvm& kvm = kvm_;
     for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_PIT2, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_EXT_CPUID, KVM_CAP_USER_MEMORY})
         if (!kvm.check_extension(cap)) return fail("this host's KVM lacks capability {} that Enlighten needs", cap);
     const int max_vcpus = kvm.check_extension(KVM_CAP_MAX_VCPUS);
     if (max_vcpus > 0 && cfg_.cpus > static_cast<uint32_t>(max_vcpus))
         return fail("--cpus {}: this host's KVM supports at most {}", cfg_.cpus, max_vcpus);
-
-    stop_event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!stop_event_.valid()) return fail_errno("eventfd");
 
     ENL_TRY(vm_, kvm.create_vm());
     ENL_TRY_VOID(vm_->set_identity_map_addr(layout::kKvmIdentityMap));
@@ -133,8 +155,11 @@ Result<> Machine::build(const Kvm& kvm) {
         log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
 
     ENL_TRY(auto supported, kvm.supported_cpuid());
+    const bool sync_regs = (static_cast<uint64_t>(kvm.check_extension(KVM_CAP_SYNC_REGS)) & KVM_SYNC_X86_REGS) != 0;
     for (uint32_t i = 0; i < cfg_.cpus; ++i) {
         ENL_TRY(auto vcpu, vm_->create_vcpu(i));
+        // Hypercalls read RCX/RDX/R8 at every exit: from kvm_run, not with an ioctl.
+        if (sync_regs) vcpu->enable_sync_regs();
         vcpus_.push_back(std::move(vcpu));
     }
 
@@ -146,7 +171,7 @@ Result<> Machine::build(const Kvm& kvm) {
 
     std::vector<kvm_cpuid_entry2> hv_leaves;
     if (cfg_.hyperv) {
-        ENL_TRY_VOID(setup_hyperv(kvm));
+        ENL_TRY_VOID(setup_hyperv());
         hv_leaves = partition_->cpuid_leaves();
         // Hyper-V guests are told the TSC is invariant (CPUID 0x40000003 EAX bit 15); say so
         // in the architectural leaf too.
@@ -165,10 +190,11 @@ Result<> Machine::build(const Kvm& kvm) {
         ENL_TRY_VOID(setup_lapic(vcpu));
         if (i == 0) ENL_TRY_VOID(setup_boot_vcpu(vcpu, entry));
     }
-    return add_devices();
+    return add_platform_devices();
 }
 
-Result<> Machine::setup_hyperv(const Kvm& kvm) {
+Result<> Machine::setup_hyperv() {
+    const Kvm& kvm = kvm_;
     if (!kvm.check_extension(KVM_CAP_X86_USER_SPACE_MSR) || !kvm.check_extension(KVM_CAP_X86_MSR_FILTER))
         return fail("the Hyper-V interface needs KVM_CAP_X86_USER_SPACE_MSR and KVM_CAP_X86_MSR_FILTER "
                     "(Linux 5.10 or later); run with --hyperv off");
@@ -181,6 +207,7 @@ Result<> Machine::setup_hyperv(const Kvm& kvm) {
     hv::PartitionConfig pc;
     pc.num_vps = cfg_.cpus;
     pc.hypercall_port = layout::kHypercallPort;
+    pc.doorbell_port = layout::kDoorbellPort;
     if (auto khz = vcpus_[0]->tsc_khz()) pc.tsc_hz = uint64_t{*khz} * 1000;
     hv_irq_ = std::make_unique<MsiInterruptSink>(*vm_);
     partition_ = std::make_unique<hv::Partition>(memory_, *hv_irq_, pc);
@@ -196,30 +223,23 @@ Result<> Machine::setup_hyperv(const Kvm& kvm) {
         }
     };
     vmbus_sink_ = std::make_unique<SynicMessageSink>(partition_->synic());
-    vmbus_ = std::make_unique<vmbus::Server>(*vmbus_sink_, memory_, cfg_.cpus);
+    vmbus_ = std::make_unique<vmbus::Server>(*vmbus_sink_, memory_, cfg_.cpus, loop_, &loop_,
+                                             [p = partition_.get()] { return p->reference_time(); });
+    if (kvm.check_extension(KVM_CAP_IOEVENTFD)) {
+        doorbell_hooks_ = std::make_unique<IoeventfdDoorbells>(*vm_);
+        vmbus_->set_doorbell_hooks(doorbell_hooks_.get());
+    }
     partition_->set_handlers(
-        [this](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> payload) {
+        [this](uint32_t vp, uint32_t conn, uint32_t type, std::span<const uint8_t> payload) {
+            if (type != hv::kMessageTypeVmbus) return hv::Status::InvalidParameter;
             return vmbus_->handle_message(vp, conn, payload);
         },
         [this](uint32_t vp, uint32_t conn, uint16_t flag) { return vmbus_->handle_event(vp, conn, flag); });
-    return add_integration_services();
-}
-
-Result<> Machine::add_integration_services() {
-    // Instance ids: fixed, one per service (the guest names the devices after them).
-    tasks_ = std::make_unique<TaskLoop>();
-    heartbeat_ = std::make_shared<ic::HeartbeatService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01", *tasks_,
-                                                       std::chrono::seconds(1));
-    shutdown_ic_ = std::make_shared<ic::ShutdownService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02");
-    timesync_ = std::make_shared<ic::TimeSyncService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03", *tasks_,
-                                                      [this] { return partition_->reference_time(); });
-    kvp_ = std::make_shared<ic::KvpService>("b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04", *tasks_);
-    for (std::shared_ptr<vmbus::Device> d : std::initializer_list<std::shared_ptr<vmbus::Device>>{heartbeat_, shutdown_ic_, timesync_, kvp_})
-        ENL_TRY_VOID(vmbus_->add_device(std::move(d)));
+    for (const auto& d : devices_.entries()) ENL_TRY_VOID(vmbus_->add_device(d.device));
     return {};
 }
 
-Result<> Machine::add_devices() {
+Result<> Machine::add_platform_devices() {
     auto irq = [this](uint32_t gsi) -> IrqLine {
         return [this, gsi](bool level) {
             if (auto r = vm_->irq_line(gsi, level); !r) log::warn("IRQ {}: {}", gsi, r.error().message());
@@ -241,19 +261,38 @@ Result<> Machine::add_devices() {
     return {};
 }
 
-Machine::Machine(const VmConfig& cfg, Console& console, int signal_fd)
-    : cfg_(cfg), console_(console), signal_fd_(signal_fd) {}
+Machine::~Machine() { join_vcpus(); }
 
-Machine::~Machine() {
-    if (!threads_.empty()) {
-        stopping_ = true;
-        kick_vcpus();
-        for (auto& t : threads_) t.join();
+void Machine::start() {
+    log::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
+    install_kick_handler();
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+        threads_.emplace_back([this, i] { vcpu_loop(i); });
+        ::pthread_setname_np(threads_.back().native_handle(), fmt::format("vcpu{}", i).c_str());
     }
-    // Close every channel (which ends any integration-service request in flight), then
-    // stop the background jobs, before the devices and guest memory go.
-    vmbus_.reset();
-    if (tasks_) tasks_->stop();
+}
+
+void Machine::join_vcpus() {
+    stopping_ = true;
+    kick_vcpus();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+}
+
+void Machine::stop(std::chrono::milliseconds timeout) {
+    join_vcpus();
+    log_exit_stats();
+    if (!vmbus_) return;
+    // Every device closes its channels (waiting for its work in flight) and is detached; the
+    // loop keeps serving the API meanwhile.
+    bool done = false;
+    vmbus_->shutdown([&done] { done = true; });
+    if (!loop_.run_until([&] { return done; }, timeout))
+        log::warn("the VMBus devices did not close within {} ms; stopping anyway", timeout.count());
+}
+
+void Machine::console_input(std::span<const uint8_t> bytes) {
+    if (serial_) serial_->push_input(bytes);
 }
 
 void Machine::press_power_button() {
@@ -282,13 +321,17 @@ uint64_t Machine::guest_resident_bytes() const {
 
 void Machine::request_exit(VmExit exit) {
     {
-        std::lock_guard lock(exit_mu_);
+        LockGuard lock(exit_mu_);
         if (exit_) return;
         exit_ = std::move(exit);
     }
     stopping_ = true;
-    const uint64_t one = 1;
-    [[maybe_unused]] auto r = ::write(stop_event_.get(), &one, sizeof(one));
+    if (on_exit_) on_exit_();
+}
+
+std::optional<VmExit> Machine::exit() const {
+    LockGuard lock(exit_mu_);
+    return exit_;
 }
 
 void Machine::kick_vcpus() {
@@ -302,7 +345,7 @@ void Machine::kick_vcpus() {
 void Machine::handle_hypercall(uint32_t vp, kvm_run* run) {
     auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
     uint32_t result = static_cast<uint32_t>(hv::Status::InvalidHypercallInput);
-    if (auto regs = vcpus_[vp]->get_regs()) {
+    if (auto regs = vcpus_[vp]->exit_regs()) {
         result = static_cast<uint32_t>(partition_->hypercall(vp, regs->rcx, regs->rdx, regs->r8));
     } else {
         ENL_LOG_LIMITED(warn, "hypercall on VP {}: {}", vp, regs.error().message());
@@ -330,10 +373,20 @@ void Machine::handle_msr(uint32_t vp, kvm_run* run) {
 }
 
 void Machine::handle_io(uint32_t vp, kvm_run* run) {
-    if (partition_ && run->io.port == layout::kHypercallPort && run->io.direction == KVM_EXIT_IO_IN &&
-        run->io.size == 4 && run->io.count == 1) {
-        handle_hypercall(vp, run);
-        return;
+    if (partition_ && run->io.size == 4 && run->io.count == 1) {
+        if (run->io.port == layout::kHypercallPort && run->io.direction == KVM_EXIT_IO_IN) {
+            exit_stats_.hypercall.fetch_add(1, std::memory_order_relaxed);
+            return handle_hypercall(vp, run);
+        }
+        if (run->io.port == layout::kDoorbellPort && run->io.direction == KVM_EXIT_IO_OUT) {
+            // The hypercall page's doorbell path, for a connection with no ioeventfd (or no
+            // channel: the guest gets no error status for that on this path).
+            exit_stats_.doorbell.fetch_add(1, std::memory_order_relaxed);
+            uint32_t conn;
+            std::memcpy(&conn, reinterpret_cast<uint8_t*>(run) + run->io.data_offset, sizeof(conn));
+            (void)vmbus_->handle_event(vp, conn & 0xffffff, 0);
+            return;
+        }
     }
     auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
     const size_t size = run->io.size;
@@ -367,17 +420,17 @@ void Machine::vcpu_loop(size_t index) {
         if (!*ran) continue;  // interrupted: re-check for a stop
         switch (run->exit_reason) {
             case KVM_EXIT_IO:
-                exit_stats_->io.fetch_add(1, std::memory_order_relaxed);
-                exit_stats_->io_by_port[run->io.port].fetch_add(1, std::memory_order_relaxed);
+                exit_stats_.io.fetch_add(1, std::memory_order_relaxed);
+                if (count_ports_) (*io_by_port_)[run->io.port].fetch_add(1, std::memory_order_relaxed);
                 handle_io(static_cast<uint32_t>(index), run);
                 break;
             case KVM_EXIT_X86_RDMSR:
             case KVM_EXIT_X86_WRMSR:
-                exit_stats_->msr.fetch_add(1, std::memory_order_relaxed);
+                exit_stats_.msr.fetch_add(1, std::memory_order_relaxed);
                 handle_msr(static_cast<uint32_t>(index), run);
                 break;
             case KVM_EXIT_MMIO:
-                exit_stats_->mmio.fetch_add(1, std::memory_order_relaxed);
+                exit_stats_.mmio.fetch_add(1, std::memory_order_relaxed);
                 handle_mmio(run);
                 break;
             case KVM_EXIT_SHUTDOWN:  // triple fault: a reset on PC hardware
@@ -410,67 +463,14 @@ void Machine::vcpu_loop(size_t index) {
     }
 }
 
-void Machine::event_loop() {
-    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
-    auto watch = [&](int fd) {
-        if (fd < 0) return;
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.fd = fd;
-        ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev);
-    };
-    watch(stop_event_.get());
-    watch(signal_fd_);
-    watch(console_.flush_fd());
-    int input_fd = console_.input_fd();
-    watch(input_fd);
-
-    constexpr int kFlushDelayMs = 5;
-    bool flush_due = false;
-    while (!stopping_.load(std::memory_order_acquire)) {
-        epoll_event events[8];
-        const int n = ::epoll_wait(ep.get(), events, 8, flush_due ? kFlushDelayMs : -1);
-        if (n < 0 && errno != EINTR) {
-            request_exit({VmExit::Kind::Error, 0, fmt::format("epoll_wait: {}", std::strerror(errno))});
-            break;
-        }
-        if (n == 0 && flush_due) {
-            console_.flush();
-            flush_due = false;
-        }
-        for (int i = 0; i < n; ++i) {
-            const int fd = events[i].data.fd;
-            if (fd == signal_fd_) {
-                signalfd_siginfo si{};
-                if (::read(signal_fd_, &si, sizeof(si)) == sizeof(si)) {
-                    log::info("received signal {}, stopping the VM", si.ssi_signo);
-                    request_exit({VmExit::Kind::Signal, static_cast<int>(si.ssi_signo), {}});
-                }
-            } else if (fd == console_.flush_fd()) {
-                console_.ack_flush_event();
-                flush_due = true;
-            } else if (fd == input_fd) {
-                uint8_t buf[256];
-                const ssize_t got = ::read(input_fd, buf, sizeof(buf));
-                if (got <= 0) {
-                    // End of input: stop watching; the guest keeps running.
-                    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, input_fd, nullptr);
-                    input_fd = -1;
-                } else {
-                    serial_->push_input(std::span(buf, static_cast<size_t>(got)));
-                }
-            }
-        }
-    }
-    console_.flush();
-}
-
 void Machine::log_exit_stats() const {
     if (!log::enabled(log::Level::Debug)) return;
-    const auto& st = *exit_stats_;
-    log::debug("exits: io {} mmio {} msr {}", st.io.load(), st.mmio.load(), st.msr.load());
-    for (size_t port = 0; port < st.io_by_port.size(); ++port)
-        if (const auto n = st.io_by_port[port].load(); n > 0) log::debug("  port {:#06x}: {}", port, n);
+    const auto& st = exit_stats_;
+    log::debug("exits: io {} (hypercalls {}, doorbells {}) mmio {} msr {}", st.io.load(), st.hypercall.load(),
+               st.doorbell.load(), st.mmio.load(), st.msr.load());
+    if (io_by_port_)
+        for (size_t port = 0; port < io_by_port_->size(); ++port)
+            if (const auto n = (*io_by_port_)[port].load(); n > 0) log::debug("  port {:#06x}: {}", port, n);
     if (partition_) {
         const auto hc = partition_->hypercall_stats();
         const auto sy = partition_->synic().stats();
@@ -478,22 +478,6 @@ void Machine::log_exit_stats() const {
                       hc.post_message, hc.signal_event, hc.failed, sy.messages_delivered, sy.messages_dropped,
                       sy.events_signalled);
     }
-}
-
-VmExit Machine::run() {
-    log::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
-    install_kick_handler();
-    for (size_t i = 0; i < vcpus_.size(); ++i) {
-        threads_.emplace_back([this, i] { vcpu_loop(i); });
-        ::pthread_setname_np(threads_.back().native_handle(), fmt::format("vcpu{}", i).c_str());
-    }
-    event_loop();
-    kick_vcpus();
-    for (auto& t : threads_) t.join();
-    threads_.clear();
-    log_exit_stats();
-    std::lock_guard lock(exit_mu_);
-    return exit_.value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
 }
 
 }  // namespace enlighten

@@ -1,19 +1,25 @@
-// One VM: KVM objects, guest memory, the platform devices and the vCPU threads, and the
-// event loop that runs until the guest powers off, resets, or the VMM is told to stop.
+// One boot of the VM: the KVM VM and its vCPUs, guest memory, the platform devices, the
+// Hyper-V partition and the VMBus server the VM's devices are attached to. A guest reset
+// ends the machine; the VM (vmm/vm.hpp) builds the next one and keeps what outlives it.
+//
+// Threads: create, start, stop and the destructor run on the VM's loop thread (the main
+// thread). One thread per vCPU runs guest code and handles its exits (MSRs, hypercalls, port
+// and MMIO accesses). request_exit() and the accessors may be called from any thread.
+// Locks: the machine's exit lock is a leaf; vCPU exits take the locks of what they reach
+// (SynIC VP, VMBus server, platform devices), never two machine locks at once.
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "common/fd.hpp"
 #include "common/result.hpp"
+#include "common/thread_annotations.hpp"
 #include "kvm/guest_memory.hpp"
 #include "kvm/kvm.hpp"
 #include "vmm/config.hpp"
@@ -25,6 +31,8 @@ namespace enlighten {
 
 class Serial;
 class AcpiPm;
+class EventLoop;
+class DeviceSet;
 namespace hv {
 class Partition;
 class InterruptSink;
@@ -32,14 +40,8 @@ class InterruptSink;
 namespace vmbus {
 class Server;
 class MessageSink;
+class DoorbellHooks;
 }
-namespace ic {
-class HeartbeatService;
-class ShutdownService;
-class TimeSyncService;
-class KvpService;
-}
-class TaskLoop;
 
 struct VmExit {
     enum class Kind { PowerOff, Reset, Crash, Signal, Error, ForcedOff };
@@ -52,47 +54,59 @@ int exit_status(const VmExit& exit);
 
 class Machine {
 public:
-    // `signal_fd` delivers SIGINT/SIGTERM (blocked in every thread by the caller).
-    static Result<std::unique_ptr<Machine>> create(const Kvm& kvm, const VmConfig& cfg, Console& console,
-                                                   int signal_fd);
+    struct Context {
+        const Kvm& kvm;
+        const VmConfig& cfg;
+        Console& console;
+        EventLoop& loop;          // the VM's loop: VMBus control work and device callbacks run here
+        const DeviceSet& devices;  // attached to this machine's VMBus
+    };
+    // `on_exit` runs (on any thread, once) when the machine asks to stop.
+    static Result<std::unique_ptr<Machine>> create(const Context& ctx, std::function<void()> on_exit);
+    // Stops the vCPUs if stop() was not called; forgets the devices without closing them.
     ~Machine();
 
-    // Runs the guest until it stops.
-    VmExit run();
+    // Starts the vCPU threads.
+    void start();
+    // Stops and joins the vCPUs, then closes every VMBus channel and detaches the devices,
+    // running the loop until they are done (at most `timeout`). On the loop thread.
+    void stop(std::chrono::milliseconds timeout);
 
     // Requests a stop; the first request wins. Safe from any thread.
     void request_exit(VmExit exit);
+    [[nodiscard]] std::optional<VmExit> exit() const;
 
-    // For the management API (null without the Hyper-V interface).
     [[nodiscard]] const VmConfig& config() const { return cfg_; }
+    // Null without the Hyper-V interface.
     [[nodiscard]] vmbus::Server* vmbus() const { return vmbus_.get(); }
-    [[nodiscard]] ic::HeartbeatService* heartbeat() const { return heartbeat_.get(); }
-    [[nodiscard]] ic::ShutdownService* shutdown_ic() const { return shutdown_ic_.get(); }
-    [[nodiscard]] ic::TimeSyncService* timesync() const { return timesync_.get(); }
-    [[nodiscard]] ic::KvpService* kvp() const { return kvp_.get(); }
     // Presses the ACPI fixed-feature power button.
     void press_power_button();
+    // Bytes typed at the console, for the guest's serial port.
+    void console_input(std::span<const uint8_t> bytes);
     [[nodiscard]] uint64_t uptime_ms() const;
     // Bytes of guest RAM the host has backed (resident) so far.
     [[nodiscard]] uint64_t guest_resident_bytes() const;
 
 private:
-    Machine(const VmConfig& cfg, Console& console, int signal_fd);
-    Result<> build(const Kvm& kvm);
-    Result<> add_devices();
+    Machine(const Context& ctx, std::function<void()> on_exit);
+    Result<> build();
+    Result<> add_platform_devices();
+    Result<> setup_hyperv();
     void vcpu_loop(size_t index);
-    Result<> setup_hyperv(const Kvm& kvm);
-    Result<> add_integration_services();
     void handle_io(uint32_t vp, kvm_run* run);
     void handle_hypercall(uint32_t vp, kvm_run* run);
     void handle_msr(uint32_t vp, kvm_run* run);
     void handle_mmio(kvm_run* run);
     void kick_vcpus();
-    void event_loop();
+    void join_vcpus();
+    void log_exit_stats() const;
 
-    VmConfig cfg_;
+    const Kvm& kvm_;
+    const VmConfig& cfg_;
     Console& console_;
-    int signal_fd_;
+    EventLoop& loop_;
+    const DeviceSet& devices_;
+    const std::function<void()> on_exit_;
     std::unique_ptr<Vm> vm_;
     GuestMemory memory_;
     // Startup RAM, hot-add and VRAM slots (destroyed before memory_ and vm_ it refers to).
@@ -107,27 +121,22 @@ private:
     std::unique_ptr<hv::InterruptSink> hv_irq_;
     std::unique_ptr<hv::Partition> partition_;
     std::unique_ptr<vmbus::MessageSink> vmbus_sink_;
+    std::unique_ptr<vmbus::DoorbellHooks> doorbell_hooks_;
     std::unique_ptr<vmbus::Server> vmbus_;
-    // Background jobs of the integration services (declared after them: stopped first).
-    std::shared_ptr<ic::HeartbeatService> heartbeat_;
-    std::shared_ptr<ic::ShutdownService> shutdown_ic_;
-    std::shared_ptr<ic::TimeSyncService> timesync_;
-    std::shared_ptr<ic::KvpService> kvp_;
-    std::unique_ptr<TaskLoop> tasks_;
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
-    // Exit counters, for --log-level debug and the benchmarks.
+    // Exit counters, for --log-level debug and the benchmarks. Ports are counted only at
+    // debug level (a table of all 65,536 would be written at every boot).
     struct ExitStats {
-        std::atomic<uint64_t> io{0}, mmio{0}, msr{0}, hypercall{0}, other{0};
-        std::array<std::atomic<uint64_t>, 0x10000> io_by_port{};
+        std::atomic<uint64_t> io{0}, mmio{0}, msr{0}, hypercall{0}, doorbell{0}, other{0};
     };
-    std::unique_ptr<ExitStats> exit_stats_ = std::make_unique<ExitStats>();
-    void log_exit_stats() const;
+    ExitStats exit_stats_;
+    bool count_ports_ = false;
+    std::unique_ptr<std::array<std::atomic<uint64_t>, 0x10000>> io_by_port_;
 
     std::atomic<bool> stopping_{false};
-    std::mutex exit_mu_;
-    std::optional<VmExit> exit_;
-    UniqueFd stop_event_;
+    mutable Mutex exit_mu_;
+    std::optional<VmExit> exit_ ENL_GUARDED_BY(exit_mu_);
 };
 
 }  // namespace enlighten

@@ -124,6 +124,18 @@ TEST_F(HvTest, GuestOsIdHypercallPageAndVpIndex) {
     EXPECT_EQ(ram[kHypercallPage + 0], 0xe5);
     EXPECT_EQ(ram[kHypercallPage + 1], 0x5c);
     EXPECT_EQ(ram[kHypercallPage + 2], 0xc3);
+    // With a doorbell port, the fast HvSignalEvent path comes first and the slow path is
+    // the same `in` at the end (bytes checked against the assembler's encoding).
+    Partition fast(mem, irq, PartitionConfig{.num_vps = 1, .hypercall_port = 0x5c, .doorbell_port = 0x5d});
+    const auto stub = Partition::hypercall_stub(0x5c, 0x5d);
+    const std::vector<uint8_t> expect = {0x48, 0x81, 0xf9, 0x5d, 0x00, 0x01, 0x00, 0x75, 0x14, 0x48, 0x89,
+                                         0xd0, 0x48, 0xc1, 0xe8, 0x18, 0x75, 0x0b, 0x89, 0xd0, 0xba, 0x5d,
+                                         0x00, 0x00, 0x00, 0xef, 0x31, 0xc0, 0xc3, 0xe5, 0x5c, 0xc3};
+    EXPECT_EQ(stub, expect);
+    ASSERT_TRUE(fast.write_msr(0, kMsrGuestOsId, 1));
+    ASSERT_TRUE(fast.write_msr(0, kMsrHypercall, kHypercallPage | 1));
+    EXPECT_TRUE(std::equal(expect.begin(), expect.end(), ram.begin() + kHypercallPage));
+    EXPECT_EQ(ram[kHypercallPage + expect.size()], 0xcc);  // int3 after it
     // Clearing the guest OS id disables it.
     ASSERT_TRUE(p.write_msr(0, kMsrGuestOsId, 0));
     EXPECT_EQ(p.read_msr(0, kMsrHypercall).value() & 1, 0u);

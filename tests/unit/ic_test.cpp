@@ -6,11 +6,17 @@
 #include <deque>
 #include <map>
 #include <thread>
+#include <atomic>
+#include <functional>
+#include <mutex>
 
 #include "devices/ic/services.hpp"
+#include "support/sim_guest.hpp"
 
 using namespace enlighten;
 using namespace enlighten::ic;
+using enlighten::test::SimChannel;
+using enlighten::test::SimGuest;
 using namespace std::chrono_literals;
 
 namespace {
@@ -55,24 +61,32 @@ bool prep_negotiate_resp(std::vector<uint8_t>& buf, const std::vector<uint32_t>&
     return found;
 }
 
-// A channel endpoint whose far end is a simulated hv_utils service; answers arrive on a
-// separate thread, as they would from a vCPU.
-class FakeGuest final : public vmbus::ChannelEndpoint {
+// hv_utils on a channel of the simulated guest: answers every request the host wrote, one
+// packet per interrupt, with the same transaction id, as util_probe's callbacks do.
+class GuestIc {
 public:
     using Handler = std::function<void(IcMsgHeader& hdr, std::vector<uint8_t>& buf)>;
-    FakeGuest(IcDevice& dev, std::vector<uint32_t> guest_versions, Handler handler)
-        : dev_(dev), versions_(std::move(guest_versions)), handler_(std::move(handler)) {}
-    ~FakeGuest() override {
-        for (auto& t : threads_) t.join();
+    GuestIc(SimGuest& g, std::shared_ptr<vmbus::Device> dev, std::vector<uint32_t> versions, Handler handler)
+        : g_(g), versions_(std::move(versions)), handler_(std::move(handler)) {
+        relid_ = g.server().add_device(std::move(dev)).value();
+        if (!g.server().connected()) g.connect();
+        g.sink().take();
+        ch_ = g.open_channel(relid_, 3, 3);
+        g.sink().take();
     }
-    Result<SendStatus> send(uint16_t type, uint16_t, uint64_t trans_id, std::span<const uint8_t> payload) override {
-        if (type != vmbus::kPacketDataInband) return fail("IC host sent packet type {}", type);
-        std::vector<uint8_t> buf(payload.begin(), payload.end());
-        ++sent;
-        if (silent) return SendStatus::Sent;
-        threads_.emplace_back([this, buf = std::move(buf), trans_id]() mutable {
-            IcMsgHeader hdr;
-            std::memcpy(&hdr, buf.data() + sizeof(PipeHeader), sizeof(hdr));
+    // Answers what the host sent; returns how many requests there were.
+    int serve() {
+        int n = 0;
+        while (auto p = ch_.to_guest.read()) {
+            ++n;
+            ++requests;
+            if (silent) continue;
+            std::vector<uint8_t> buf = p->payload;
+            if (buf.size() < kIcHeaderSize) {
+                ADD_FAILURE() << "a packet of " << buf.size() << " bytes from the host";
+                continue;
+            }
+            IcMsgHeader hdr = read_prefix<IcMsgHeader>(std::span(buf).subspan(sizeof(PipeHeader))).value();
             if (hdr.icmsgtype == kIcNegotiate) {
                 uint32_t chosen = 0;
                 const bool ok = prep_negotiate_resp(buf, {0x30000, 0x10000}, versions_, &chosen);
@@ -83,22 +97,57 @@ public:
             }
             hdr.icflags = kIcFlagTransaction | kIcFlagResponse;
             std::memcpy(buf.data() + sizeof(PipeHeader), &hdr, sizeof(hdr));
-            vmbus::IncomingPacket pkt{vmbus::kPacketDataInband, 0, trans_id, {}, buf};
-            dev_.on_packet(pkt);
-        });
-        return SendStatus::Sent;
+            EXPECT_TRUE(g_.send(ch_, vmbus::kPacketDataInband, p->desc.trans_id, buf, {}, true));
+        }
+        return n;
     }
-    const GuestMemory& memory() const override { std::abort(); }
+    // The host's work and the guest's answers until both are quiet.
+    void step() {
+        for (int i = 0; i < 100; ++i) {
+            g_.pump();
+            if (serve() == 0) break;
+        }
+        g_.pump();
+    }
+    // Runs `call` on another thread (it waits for the guest, as the API's threads do) while
+    // this thread runs the loop and the guest.
+    template <typename F>
+    auto while_serving(F call) {
+        std::atomic<bool> done{false};
+        decltype(call()) result{};
+        std::thread t([&] {
+            result = call();
+            done = true;
+        });
+        while (!done) {
+            step();
+            std::this_thread::sleep_for(1ms);
+        }
+        t.join();
+        return result;
+    }
+    uint32_t relid() const { return relid_; }
+    SimChannel& channel() { return ch_; }
 
-    std::atomic<int> sent{0};
-    std::atomic<uint32_t> negotiated{0};
-    std::atomic<bool> silent{false};
+    bool silent = false;
+    uint32_t negotiated = 0;
+    int requests = 0;
 
 private:
-    IcDevice& dev_;
+    SimGuest& g_;
     std::vector<uint32_t> versions_;
     Handler handler_;
-    std::vector<std::thread> threads_;
+    uint32_t relid_ = 0;
+    SimChannel ch_;
+};
+
+// A clock the test moves.
+struct FakeClock {
+    EventLoop::Clock::time_point now{};
+    void install(EventLoop& loop) {
+        now = EventLoop::Clock::now();
+        loop.set_clock_for_testing([this] { return now; });
+    }
 };
 
 }  // namespace
@@ -128,66 +177,105 @@ TEST(IcNegotiation, RequestLayoutAndLinuxPicksItsPreferredCommonVersion) {
     EXPECT_FALSE(IcDevice::parse_negotiate_response(std::span(req).first(30)));
 }
 
-TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealth) {
-    TaskLoop loop;
-    auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", loop, 100ms);
+TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
+    SimGuest g;
+    FakeClock clock;
+    clock.install(g.loop());
+    auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100ms);
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
     // hv_util.c heartbeat: seq_num += 1.
-    FakeGuest guest(*hb, {0x30000, 0x10000}, [](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+    GuestIc guest(g, hb, {0x30000, 0x10000}, [](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ASSERT_EQ(hdr.icmsgtype, kIcHeartbeat);
         HeartbeatMsg m;
         std::memcpy(&m, buf.data() + kIcHeaderSize, sizeof(m));
         m.seq_num += 1;
         std::memcpy(buf.data() + kIcHeaderSize, &m, sizeof(m));
     });
-    hb->on_open(guest);
-    ASSERT_TRUE(hb->wait_ready(2s));
+    guest.step();
+    EXPECT_EQ(hb->state(), IcState::Ready);
     EXPECT_EQ(hb->version(), 0x30000u);
-    for (int i = 0; i < 100 && hb->status().sequence < 3; ++i) std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(guest.negotiated, 0x30000u);
+    for (int i = 0; i < 3; ++i) {
+        clock.now += 100ms;
+        guest.step();
+    }
     auto st = hb->status();
     EXPECT_EQ(st.health, HeartbeatService::Health::Healthy);
-    EXPECT_GE(st.sequence, 3u);
-    // The guest stops answering: lost after three missed beats.
+    EXPECT_EQ(st.sequence, 4u);  // the first beat at once, then one per interval
+    // The guest stops answering: lost after three missed beats, by the loop's clock.
     guest.silent = true;
-    std::this_thread::sleep_for(900ms);
+    for (int i = 0; i < 3; ++i) {
+        clock.now += 100ms;
+        guest.step();
+    }
+    EXPECT_EQ(hb->status().health, HeartbeatService::Health::Healthy);  // 300 ms: not yet
+    clock.now += 600ms;
+    guest.step();
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Lost);
-    hb->on_close();
-    loop.stop();
+    // A new boot (the bus resets the device): unknown until the guest connects again.
+    hb->reset();
+    EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
 }
 
-TEST(Shutdown, AcceptedOrRefusedByTheGuest) {
+TEST(Shutdown, AcceptedOrRefusedByTheGuestAndTimedOutByTheLoopsClock) {
+    SimGuest g;
+    FakeClock clock;
+    clock.install(g.loop());
     auto sd = std::make_shared<ShutdownService>("11111111-0000-0000-0000-000000000002");
     uint32_t last_flags = 99;
-    FakeGuest guest(*sd, {0x30002, 0x30001, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+    // Not on the bus yet: no loop, no channel.
+    EXPECT_FALSE(sd->request(false, 100ms));
+    GuestIc guest(g, sd, {0x30002, 0x30001, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ShutdownMsg m;
         ASSERT_GE(buf.size(), kIcHeaderSize + sizeof(m));
         std::memcpy(&m, buf.data() + kIcHeaderSize, sizeof(m));
         last_flags = m.flags;
         hdr.status = m.flags <= 3 ? kHvSOk : kHvEFail;  // as hv_util.c: no hibernation
     });
-    EXPECT_FALSE(sd->request(false, 100ms));  // not open yet
-    sd->on_open(guest);
-    ASSERT_TRUE(sd->wait_ready(2s));
+    guest.step();
     EXPECT_EQ(sd->version(), 0x30002u);
-    EXPECT_TRUE(sd->request(false, 2s));
+    EXPECT_TRUE(guest.while_serving([&] { return sd->request(false, 2s); }));
     EXPECT_EQ(last_flags, 0u);
-    EXPECT_TRUE(sd->request(true, 2s));
+    EXPECT_TRUE(guest.while_serving([&] { return sd->request(true, 2s); }));
     EXPECT_EQ(last_flags, 2u);
-    // No answer: a timeout error, and the next request still works.
+    // No answer: a timeout, when the loop's clock passes the deadline.
     guest.silent = true;
-    EXPECT_FALSE(sd->request(false, 200ms));
+    std::atomic<bool> done{false};
+    Result<> r;
+    std::thread t([&] {
+        r = sd->request(false, 200ms);
+        done = true;
+    });
+    while (guest.requests < 4) guest.step();
+    EXPECT_FALSE(done);
+    clock.now += 250ms;
+    while (!done) guest.step();
+    t.join();
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error().is(Errc::Timeout));
+    // The next request still works (the late answer to the timed-out one is dropped).
     guest.silent = false;
-    EXPECT_TRUE(sd->request(false, 2s));
-    sd->on_close();
-    EXPECT_FALSE(sd->request(false, 100ms));
+    EXPECT_TRUE(guest.while_serving([&] { return sd->request(false, 2s); }));
+    // The loop's own thread must not wait.
+    auto on_loop = Result<>{};
+    g.loop().post([&] { on_loop = sd->request(false, 1s); });
+    g.pump();
+    ASSERT_FALSE(on_loop);
+    EXPECT_TRUE(on_loop.error().is(Errc::Invalid));
+    // Closed: waiting requests fail with Closed.
+    g.simple(vmbus::MsgType::CloseChannel, guest.relid());
+    g.pump();
+    auto closed = guest.while_serving([&] { return sd->request(false, 1s); });
+    ASSERT_FALSE(closed);
+    EXPECT_TRUE(closed.error().is(Errc::Closed));
 }
 
 TEST(TimeSync, Version4CarriesHostTimeAndTheReferenceCounter) {
-    TaskLoop loop;
+    SimGuest g;
     std::atomic<uint64_t> parent{0}, reference{0};
     std::atomic<int> syncs{0};
-    auto ts = std::make_shared<TimeSyncService>("11111111-0000-0000-0000-000000000003", loop, [] { return uint64_t{777}; });
-    FakeGuest guest(*ts, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+    auto ts = std::make_shared<TimeSyncService>("11111111-0000-0000-0000-000000000003");
+    GuestIc guest(g, ts, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ASSERT_EQ(hdr.icmsgtype, kIcTimeSync);
         TimeSyncRefData d;
         ASSERT_GE(buf.size(), kIcHeaderSize + sizeof(d));
@@ -196,21 +284,23 @@ TEST(TimeSync, Version4CarriesHostTimeAndTheReferenceCounter) {
         reference = d.vmreferencetime;
         if (d.flags & kTimeSyncSync) ++syncs;
     });
-    ts->on_open(guest);
-    ASSERT_TRUE(ts->wait_ready(2s));
-    // on_ready sends one SYNC by itself.
-    for (int i = 0; i < 100 && syncs == 0; ++i) std::this_thread::sleep_for(10ms);
+    guest.step();
+    // on_ready sends one SYNC by itself. The server gave no reference clock here: 0.
     EXPECT_EQ(syncs.load(), 1);
-    EXPECT_EQ(reference.load(), 777u);
+    EXPECT_EQ(reference.load(), 0u);
     const uint64_t now = TimeSyncService::host_time_100ns();
     EXPECT_LE(parent.load(), now);
     EXPECT_GT(parent.load(), now - 10'000'000ULL * 60);  // within a minute
     // 1970 in the Windows epoch, give or take: sanity of the epoch conversion.
     EXPECT_GT(now, kWindowsEpochDelta + 10'000'000ULL * 1'700'000'000ULL);
-    EXPECT_TRUE(ts->sync(2s));
+    // With the partition's reference time (given at attach, every boot).
+    vmbus::DeviceResources res;
+    res.loop = &g.loop();
+    res.reference_time = [] { return uint64_t{777}; };
+    ts->attach(res);
+    EXPECT_TRUE(guest.while_serving([&] { return ts->sync(2s); }));
     EXPECT_EQ(syncs.load(), 2);
-    ts->on_close();
-    loop.stop();
+    EXPECT_EQ(reference.load(), 777u);
 }
 
 TEST(Kvp, Utf16EncodingAndLimits) {
@@ -232,12 +322,12 @@ TEST(Kvp, Utf16EncodingAndLimits) {
 }
 
 TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
-    TaskLoop loop;
-    auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004", loop);
+    SimGuest g;
+    auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");
     // hv_kvp.c + hv_kvp_daemon: pools of UTF-8 strings; the kernel converts from/to UTF-16.
     std::map<std::pair<int, std::string>, std::string> pools;
     std::mutex pools_mu;
-    FakeGuest guest(*kvp, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+    GuestIc guest(g, kvp, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ASSERT_EQ(hdr.icmsgtype, kIcKvpExchange);
         KvpMessage m{};
         std::memcpy(&m, buf.data() + kIcHeaderSize, std::min(sizeof(m), buf.size() - kIcHeaderSize));
@@ -282,37 +372,76 @@ TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
         }
         std::memcpy(buf.data() + kIcHeaderSize, &m, std::min(sizeof(m), buf.size() - kIcHeaderSize));
     });
-    kvp->on_open(guest);
-    ASSERT_TRUE(kvp->wait_ready(2s));
+    guest.step();
     EXPECT_EQ(kvp->version(), 0x40000u);
-    ASSERT_TRUE(kvp->set(0, "VirtualMachineName", "enlighten-test", 2s));
-    ASSERT_TRUE(kvp->set(0, "Ünïcode", "välue €", 2s));
-    EXPECT_EQ(kvp->get(0, "VirtualMachineName", 2s).value().value(), "enlighten-test");
-    EXPECT_FALSE(kvp->get(0, "missing", 2s).value().has_value());
-    auto all = kvp->list(0, 5s).value();
+    auto call = [&](auto fn) { return guest.while_serving(fn); };
+    ASSERT_TRUE(call([&] { return kvp->set(0, "VirtualMachineName", "enlighten-test", 2s); }));
+    ASSERT_TRUE(call([&] { return kvp->set(0, "Ünïcode", "välue €", 2s); }));
+    EXPECT_EQ(call([&] { return kvp->get(0, "VirtualMachineName", 2s); }).value().value(), "enlighten-test");
+    EXPECT_FALSE(call([&] { return kvp->get(0, "missing", 2s); }).value().has_value());
+    auto all = call([&] { return kvp->list(0, 5s); }).value();
     ASSERT_EQ(all.size(), 2u);
-    EXPECT_TRUE(kvp->remove(0, "Ünïcode", 2s));
-    EXPECT_FALSE(kvp->remove(0, "Ünïcode", 2s));
-    EXPECT_EQ(kvp->list(0, 5s).value().size(), 1u);
+    EXPECT_TRUE(call([&] { return kvp->remove(0, "Ünïcode", 2s); }));
+    auto again = call([&] { return kvp->remove(0, "Ünïcode", 2s); });
+    ASSERT_FALSE(again);
+    EXPECT_TRUE(again.error().is(Errc::NotFound));
+    EXPECT_EQ(call([&] { return kvp->list(0, 5s); }).value().size(), 1u);
     // The guest's own pools are read-only for the host.
     EXPECT_FALSE(kvp->set(2, "k", "v", 2s));
     EXPECT_FALSE(kvp->set(0, std::string(300, 'k'), "v", 2s));  // key too long for the wire
-    // After a reconnect the host pushes what it holds again.
-    kvp->on_close();
+    // After a reconnect (a rebind, or a reboot) the host pushes what it holds again.
+    g.simple(vmbus::MsgType::CloseChannel, guest.relid());
+    g.teardown(guest.relid(), guest.channel().gpadl);
+    g.pump();
     {
         std::lock_guard lock(pools_mu);
         pools.clear();
     }
-    kvp->on_open(guest);
-    ASSERT_TRUE(kvp->wait_ready(2s));
-    for (int i = 0; i < 100; ++i) {
-        {
-            std::lock_guard lock(pools_mu);
-            if (pools.count({0, "VirtualMachineName"})) break;
-        }
-        std::this_thread::sleep_for(10ms);
-    }
+    guest.channel() = g.open_channel(guest.relid(), 3, 3);
+    for (int i = 0; i < 20; ++i) guest.step();
     std::lock_guard lock(pools_mu);
     EXPECT_EQ((pools[{0, "VirtualMachineName"}]), "enlighten-test");
     EXPECT_EQ(pools.count({0, "Ünïcode"}), 0u);
+}
+
+// Each service has its own queue on the loop: a KVP daemon that never answers does not hold
+// up the heartbeat, and too many waiting requests are refused rather than queued forever.
+TEST(IcFramework, ASlowServiceDoesNotDelayAnotherAndQueuesAreBounded) {
+    SimGuest g;
+    FakeClock clock;
+    clock.install(g.loop());
+    auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100ms);
+    auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");
+    GuestIc hb_guest(g, hb, {0x30000}, [](IcMsgHeader&, std::vector<uint8_t>& buf) {
+        HeartbeatMsg m;
+        std::memcpy(&m, buf.data() + kIcHeaderSize, sizeof(m));
+        m.seq_num += 1;
+        std::memcpy(buf.data() + kIcHeaderSize, &m, sizeof(m));
+    });
+    GuestIc kvp_guest(g, kvp, {0x40000}, [](IcMsgHeader&, std::vector<uint8_t>&) {});
+    hb_guest.step();
+    kvp_guest.step();
+    ASSERT_EQ(kvp->state(), IcState::Ready);
+    kvp_guest.silent = true;  // the daemon hangs
+    std::vector<Result<IcResponse>> answers;
+    for (size_t i = 0; i < kMaxQueuedTransactions + 2; ++i)
+        kvp->transact(std::vector<uint8_t>(sizeof(KvpMessage)), 10s, [&](Result<IcResponse> r) { answers.push_back(std::move(r)); });
+    g.pump();
+    // One in flight, 64 waiting, the rest refused at once.
+    ASSERT_EQ(answers.size(), 1u);
+    EXPECT_TRUE(answers[0].error().is(Errc::Busy));
+    for (int i = 0; i < 5; ++i) {
+        clock.now += 100ms;
+        hb_guest.step();
+        kvp_guest.step();
+    }
+    EXPECT_EQ(hb->status().health, HeartbeatService::Health::Healthy);
+    EXPECT_GE(hb->status().sequence, 5u);
+    EXPECT_EQ(kvp_guest.requests, 2);  // the negotiation, then one request at a time
+    // Past their deadline the waiting requests time out, in order, and the channel is still
+    // usable (a close would have failed them with Closed).
+    clock.now += 10s;
+    g.pump();
+    ASSERT_EQ(answers.size(), kMaxQueuedTransactions + 2);
+    for (size_t i = 1; i < answers.size(); ++i) EXPECT_TRUE(answers[i].error().is(Errc::Timeout)) << i;
 }

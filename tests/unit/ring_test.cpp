@@ -68,6 +68,29 @@ struct GuestRing {
     GuestMemory mem;
 };
 
+// What the old InRing::next() did: peek a packet, then move past it (commit is separate).
+struct Read {
+    PacketDescriptor desc;
+    std::vector<uint8_t> payload;
+};
+Result<std::optional<Read>> next(InRing& in, std::vector<uint64_t>& buf, uint32_t max_len) {
+    ENL_TRY(auto len, in.peek(buf, max_len));
+    if (!len) return std::optional<Read>{};
+    Read r;
+    std::memcpy(&r.desc, buf.data(), sizeof(r.desc));
+    const auto* b = reinterpret_cast<const uint8_t*>(buf.data());
+    r.payload.assign(b + r.desc.offset8 * 8u, b + *len);
+    in.skip(*len);
+    return std::optional<Read>(std::move(r));
+}
+
+Result<OutRing::WriteResult> write(OutRing& out, uint16_t type, uint64_t id, const std::vector<uint8_t>& payload,
+                                   bool signal_always) {
+    const iovec iov = iov_of(payload);
+    OutPacket p{type, 0, id, 0, {}, std::span(&iov, 1)};
+    return out.write(p, signal_always);
+}
+
 std::vector<uint8_t> bytes(size_t n, uint8_t seed) {
     std::vector<uint8_t> v(n);
     std::iota(v.begin(), v.end(), seed);
@@ -91,20 +114,20 @@ TEST(Ring, HostReadsWhatTheGuestWroteAcrossTheWrap) {
     for (bool scatter : {false, true}) {
         GuestRing g(1, scatter);
         InRing in(RingMemory::map(g.mem, g.pfns).value());
-        std::vector<uint8_t> buf;
+        std::vector<uint64_t> buf;
         // Fill and drain repeatedly with odd sizes so packets straddle the end of the ring.
         for (int round = 0; round < 200; ++round) {
             const auto payload = bytes(static_cast<size_t>(37 + (round * 53) % 900), static_cast<uint8_t>(round));
             ASSERT_TRUE(g.guest_write(kPacketDataInband, static_cast<uint64_t>(round), payload));
-            auto pkt = in.next(buf, 4096);
+            auto pkt = next(in, buf, 4096);
             ASSERT_TRUE(pkt) << pkt.error().message();
             ASSERT_TRUE(pkt->has_value());
             EXPECT_EQ((*pkt)->desc.trans_id, static_cast<uint64_t>(round));
-            const auto got = (*pkt)->payload();
+            const auto& got = (*pkt)->payload;
             ASSERT_GE(got.size(), payload.size());
             EXPECT_TRUE(std::equal(payload.begin(), payload.end(), got.begin())) << "round " << round;
             in.commit();
-            EXPECT_FALSE(in.next(buf, 4096)->has_value());
+            EXPECT_FALSE(next(in, buf, 4096)->has_value());
         }
     }
 }
@@ -116,7 +139,7 @@ TEST(Ring, GuestReadsWhatTheHostWroteAcrossTheWrap) {
         EXPECT_EQ(g.hdr(kRingFeatureBits) & 1, 1u);
         for (int round = 0; round < 200; ++round) {
             const auto payload = bytes(static_cast<size_t>(11 + (round * 71) % 1000), static_cast<uint8_t>(round * 3));
-            auto w = out.write(kPacketCompletion, 0, 1000 + static_cast<uint64_t>(round), {}, payload, false);
+            auto w = write(out, kPacketCompletion, 1000 + static_cast<uint64_t>(round), payload, false);
             ASSERT_TRUE(w && w->written);
             EXPECT_TRUE(w->signal);  // the guest had read everything: empty -> non-empty
             auto got = g.guest_read();
@@ -134,12 +157,12 @@ TEST(Ring, SignalOnlyOnEmptyToNonEmptyUnlessAskedAndNeverWhenMasked) {
     GuestRing g(4);
     OutRing out(RingMemory::map(g.mem, g.pfns).value());
     const auto p = bytes(100, 1);
-    EXPECT_TRUE(out.write(kPacketDataInband, 0, 1, {}, p, false)->signal);
-    EXPECT_FALSE(out.write(kPacketDataInband, 0, 2, {}, p, false)->signal);  // not empty before
-    EXPECT_TRUE(out.write(kPacketDataInband, 0, 3, {}, p, true)->signal);    // signal_always
+    EXPECT_TRUE(write(out, kPacketDataInband, 1, p, false)->signal);
+    EXPECT_FALSE(write(out, kPacketDataInband, 2, p, false)->signal);  // not empty before
+    EXPECT_TRUE(write(out, kPacketDataInband, 3, p, true)->signal);    // signal_always
     g.hdr_store(kRingInterruptMask, 1);
     while (g.guest_read()) {}
-    EXPECT_FALSE(out.write(kPacketDataInband, 0, 4, {}, p, true)->signal);  // masked
+    EXPECT_FALSE(write(out, kPacketDataInband, 4, p, true)->signal);  // masked
 }
 
 TEST(Ring, FullRingSetsPendingSendSizeAndNeverFillsCompletely) {
@@ -148,7 +171,7 @@ TEST(Ring, FullRingSetsPendingSendSizeAndNeverFillsCompletely) {
     const auto p = bytes(1000, 0);  // 16 + 1000 = 1016 bytes, 1024 with the trailer
     int written = 0;
     for (;;) {
-        auto w = out.write(kPacketDataInband, 0, static_cast<uint64_t>(written), {}, p, false);
+        auto w = write(out, kPacketDataInband, static_cast<uint64_t>(written), p, false);
         ASSERT_TRUE(w);
         if (!w->written) break;
         ++written;
@@ -158,28 +181,28 @@ TEST(Ring, FullRingSetsPendingSendSizeAndNeverFillsCompletely) {
     EXPECT_NE(g.hdr(kRingWriteIndex), g.hdr(kRingReadIndex));
     // The guest reads one; now there is room, and pending_send_sz is cleared on success.
     ASSERT_TRUE(g.guest_read());
-    auto w = out.write(kPacketDataInband, 0, 99, {}, p, false);
+    auto w = write(out, kPacketDataInband, 99, p, false);
     ASSERT_TRUE(w && w->written);
     EXPECT_EQ(g.hdr(kRingPendingSendSize), 0u);
     // A packet that can never fit is an error, not a wait.
-    EXPECT_FALSE(out.write(kPacketDataInband, 0, 1, {}, bytes(5000, 0), false));
+    EXPECT_FALSE(write(out, kPacketDataInband, 1, bytes(5000, 0), false));
 }
 
 TEST(Ring, ReaderSignalsTheGuestWhenFreeSpaceCrossesItsPendingSendSize) {
     GuestRing g(1);
     InRing in(RingMemory::map(g.mem, g.pfns).value());
-    std::vector<uint8_t> buf;
+    std::vector<uint64_t> buf;
     const auto p = bytes(1000, 0);
     int packets = 0;
     while (g.guest_write(kPacketDataInband, 1, p)) ++packets;
     ASSERT_EQ(packets, 3);  // 3 x 1024 bytes; a 4th would fill the ring
     // The guest wants 2500 bytes and waits.
     g.hdr_store(kRingPendingSendSize, 2500);
-    ASSERT_TRUE(in.next(buf, 4096)->has_value());
+    ASSERT_TRUE(next(in, buf, 4096)->has_value());
     EXPECT_FALSE(in.commit());  // free space 1024 -> 2048: not yet above 2500
-    ASSERT_TRUE(in.next(buf, 4096)->has_value());
+    ASSERT_TRUE(next(in, buf, 4096)->has_value());
     EXPECT_TRUE(in.commit());   // 2048 -> 3072: crossed, signal
-    ASSERT_TRUE(in.next(buf, 4096)->has_value());
+    ASSERT_TRUE(next(in, buf, 4096)->has_value());
     EXPECT_FALSE(in.commit());  // already above before: no second signal
 }
 
@@ -197,22 +220,22 @@ TEST(Ring, InterruptMaskAndRecheck) {
 
 TEST(Ring, HostileIndicesAndDescriptorsAreErrorsNotCrashes) {
     GuestRing g(1);
-    std::vector<uint8_t> buf;
+    std::vector<uint64_t> buf;
     {
         InRing in(RingMemory::map(g.mem, g.pfns).value());
         g.hdr_store(kRingWriteIndex, 5000);  // beyond the ring
-        EXPECT_FALSE(in.next(buf, 4096));
+        EXPECT_FALSE(next(in, buf, 4096));
         g.hdr_store(kRingWriteIndex, 12);  // misaligned
-        EXPECT_FALSE(in.next(buf, 4096));
+        EXPECT_FALSE(next(in, buf, 4096));
         g.hdr_store(kRingWriteIndex, 16);  // less than descriptor + trailer
-        EXPECT_FALSE(in.next(buf, 4096));
+        EXPECT_FALSE(next(in, buf, 4096));
     }
     auto bad_desc = [&](PacketDescriptor d, uint32_t avail, uint32_t max_len) {
         GuestRing r(1);
         std::memcpy(r.data_at(0), &d, sizeof(d));
         r.hdr_store(kRingWriteIndex, avail);
         InRing in(RingMemory::map(r.mem, r.pfns).value());
-        return !in.next(buf, max_len);
+        return !next(in, buf, max_len);
     };
     EXPECT_TRUE(bad_desc({6, 2, 1, 0, 0}, 64, 4096));    // length below the descriptor
     EXPECT_TRUE(bad_desc({6, 1, 4, 0, 0}, 64, 4096));    // payload inside the descriptor
@@ -224,5 +247,38 @@ TEST(Ring, HostileIndicesAndDescriptorsAreErrorsNotCrashes) {
     GuestRing g2(1);
     OutRing out(RingMemory::map(g2.mem, g2.pfns).value());
     g2.hdr_store(kRingReadIndex, 4097);
-    EXPECT_FALSE(out.write(kPacketDataInband, 0, 1, {}, bytes(8, 0), false));
+    EXPECT_FALSE(write(out, kPacketDataInband, 1, bytes(8, 0), false));
+}
+
+TEST(Ring, GatheredPayloadAndTransferPageHeaderArriveAsOnePacket) {
+    GuestRing g(2);
+    OutRing out(RingMemory::map(g.mem, g.pfns).value());
+    const auto a = bytes(13, 1), b = bytes(200, 50), c = bytes(3, 9);
+    const iovec iov[] = {iov_of(a), iov_of(b), iov_of(c)};
+    const XferRange ranges[] = {{1500, 0}, {60, 4096}};
+    auto w = out.write(OutPacket::xfer_pages(77, 0xcafe, ranges, iov), false);
+    ASSERT_TRUE(w && w->written);
+    auto got = g.guest_read();
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->first.type, kPacketDataUsingXferPages);
+    EXPECT_EQ(got->first.offset8 * 8u, 16u + 8u + 16u);  // descriptor, set header, two ranges
+    EXPECT_EQ(got->first.flags, kPacketFlagCompletionRequested);
+    std::vector<uint8_t> expect(a);
+    expect.insert(expect.end(), b.begin(), b.end());
+    expect.insert(expect.end(), c.begin(), c.end());
+    ASSERT_GE(got->second.size(), expect.size());
+    EXPECT_TRUE(std::equal(expect.begin(), expect.end(), got->second.begin()));
+    // The header extension as netvsc reads it (hyperv_net.h vmtransfer_page_packet_header).
+    uint8_t ext[24];
+    g.copy_out(16, ext, sizeof(ext));
+    uint16_t set;
+    uint32_t count, first_len, second_off;
+    std::memcpy(&set, ext, 2);
+    std::memcpy(&count, ext + 4, 4);
+    std::memcpy(&first_len, ext + 8, 4);
+    std::memcpy(&second_off, ext + 20, 4);
+    EXPECT_EQ(set, 0xcafe);
+    EXPECT_EQ(count, 2u);
+    EXPECT_EQ(first_len, 1500u);
+    EXPECT_EQ(second_off, 4096u);
 }

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/executor.hpp"
 #include "vmbus/server.hpp"
 
 using namespace enlighten;
@@ -40,6 +41,12 @@ struct RecordingSink final : MessageSink {
 };
 
 // 1 MiB of guest RAM for servers that do not touch it.
+// Where the server posts device work; these tests have no devices.
+ManualExecutor& executor() {
+    static ManualExecutor e;
+    return e;
+}
+
 GuestMemory& no_memory() {
     static std::vector<uint8_t> ram(1 << 20);
     static GuestMemory mem = GuestMemory::borrow({{0, ram.size(), ram.data()}});
@@ -81,7 +88,7 @@ TEST(VmbusProtocol, GuidWireLayout) {
 TEST(VmbusServer, AcceptsEveryVersionLinuxOffers) {
     for (uint32_t v : kLinuxVersions) {
         RecordingSink sink;
-        Server server(sink, no_memory(), 2);
+        Server server(sink, no_memory(), 2, executor());
         const auto msg = contact(v, 1);
         EXPECT_EQ(server.handle_message(0, v >= kVersionWin10V5 ? 4 : 1, bytes_of(msg)), hv::Status::Success);
         ASSERT_EQ(sink.sent.size(), 1u) << version_string(v);
@@ -101,7 +108,7 @@ TEST(VmbusServer, AcceptsEveryVersionLinuxOffers) {
 
 TEST(VmbusServer, NegotiatesTheHighestCommonVersionAsLinuxDoes) {
     RecordingSink sink;
-    Server server(sink, no_memory(), 1);
+    Server server(sink, no_memory(), 1, executor());
     // Linux walks its list until one is accepted; the first (5.3) is ours too.
     for (uint32_t v : kLinuxVersions) {
         server.handle_message(0, v >= kVersionWin10V5 ? 4 : 1, bytes_of(contact(v)));
@@ -114,7 +121,7 @@ TEST(VmbusServer, NegotiatesTheHighestCommonVersionAsLinuxDoes) {
 TEST(VmbusServer, RefusesUnknownVersionsSoTheGuestTriesTheNext) {
     for (uint32_t v : {0x00000000u, 0x0000000du, 0x00010001u, 0x50004u, 0x60000u, 0xffffffffu}) {
         RecordingSink sink;
-        Server server(sink, no_memory(), 1);
+        Server server(sink, no_memory(), 1, executor());
         server.handle_message(0, 1, bytes_of(contact(v)));
         ASSERT_EQ(sink.sent.size(), 1u);
         EXPECT_EQ(sink.sent[0].type(), MsgType::VersionResponse);
@@ -125,7 +132,7 @@ TEST(VmbusServer, RefusesUnknownVersionsSoTheGuestTriesTheNext) {
 
 TEST(VmbusServer, RefusesABadTargetVpOrSint) {
     RecordingSink sink;
-    Server server(sink, no_memory(), 2);
+    Server server(sink, no_memory(), 2, executor());
     server.handle_message(1, 4, bytes_of(contact(kVersionWin10V5_2, 7)));
     ASSERT_EQ(sink.sent.size(), 1u);
     EXPECT_EQ(sink.sent[0].as<VersionResponse>().version_supported, 0);
@@ -139,7 +146,7 @@ TEST(VmbusServer, RefusesABadTargetVpOrSint) {
 
 TEST(VmbusServer, RequestOffersThenAllOffersDelivered) {
     RecordingSink sink;
-    Server server(sink, no_memory(), 1);
+    Server server(sink, no_memory(), 1, executor());
     MessageHeader req{static_cast<uint32_t>(MsgType::RequestOffers), 0};
     server.handle_message(0, 1, bytes_of(req));  // before contact: ignored
     EXPECT_TRUE(sink.sent.empty());
@@ -151,7 +158,7 @@ TEST(VmbusServer, RequestOffersThenAllOffersDelivered) {
 
 TEST(VmbusServer, UnloadResetsTheConnectionAndAnswers) {
     RecordingSink sink;
-    Server server(sink, no_memory(), 2);
+    Server server(sink, no_memory(), 2, executor());
     server.handle_message(0, 4, bytes_of(contact(kVersionWin10V5_3, 1)));
     MessageHeader unload{static_cast<uint32_t>(MsgType::Unload), 0};
     server.handle_message(0, 4, bytes_of(unload));
@@ -172,7 +179,7 @@ TEST(VmbusServer, UnloadResetsTheConnectionAndAnswers) {
 
 TEST(VmbusServer, BadMessagesAreIgnoredNotFatal) {
     RecordingSink sink;
-    Server server(sink, no_memory(), 1);
+    Server server(sink, no_memory(), 1, executor());
     const uint8_t tiny[4] = {14, 0, 0, 0};
     EXPECT_EQ(server.handle_message(0, 1, tiny), hv::Status::Success);
     auto m = contact(kVersionWin10V5_3);

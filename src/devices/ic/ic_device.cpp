@@ -2,20 +2,15 @@
 
 #include <cstring>
 
+#include "common/event_loop.hpp"
 #include "common/log.hpp"
-
 #include "common/rate_limit.hpp"
+#include "common/wire.hpp"
 
 namespace enlighten::ic {
 
 namespace {
 constexpr uint32_t kPipeFlags = 1;  // "message" pipe packet; the guest ignores the pipe header
-
-template <typename T>
-void append(std::vector<uint8_t>& out, const T& v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    out.insert(out.end(), p, p + sizeof(T));
-}
 }  // namespace
 
 const char* to_string(IcState s) {
@@ -28,188 +23,263 @@ const char* to_string(IcState s) {
     return "unknown";
 }
 
-IcDevice::IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions)
-    : offer_(std::move(offer)), msg_type_(msg_type), versions_(std::move(versions)) {
-    offer_.signal_every_packet = true;  // hv_utils reads one packet per interrupt
+namespace {
+vmbus::OfferParams with_signal_every_packet(vmbus::OfferParams offer) {
+    offer.signal_every_packet = true;  // hv_utils reads one packet per interrupt
+    return offer;
 }
+}  // namespace
+
+IcDevice::IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions)
+    : SimpleDevice(with_signal_every_packet(std::move(offer))), msg_type_(msg_type), versions_(std::move(versions)) {}
 
 std::vector<uint8_t> IcDevice::negotiate_request(std::span<const uint32_t> framework, std::span<const uint32_t> versions) {
     const size_t body = sizeof(IcNegotiate) + (framework.size() + versions.size()) * sizeof(IcVersion);
-    std::vector<uint8_t> out;
-    out.reserve(kIcHeaderSize + body);
-    PipeHeader pipe{kPipeFlags, static_cast<uint32_t>(sizeof(IcMsgHeader) + body)};
     IcMsgHeader hdr{};
     hdr.icverframe = ic_version(framework.empty() ? 0x10000 : framework.back());
     hdr.icmsgtype = kIcNegotiate;
     hdr.icvermsg = ic_version(versions.empty() ? 0x10000 : versions.back());
     hdr.icmsgsize = static_cast<uint16_t>(body);
     hdr.icflags = kIcFlagTransaction | kIcFlagRequest;
-    IcNegotiate neg{static_cast<uint16_t>(framework.size()), static_cast<uint16_t>(versions.size()), 0};
-    append(out, pipe);
-    append(out, hdr);
-    append(out, neg);
+    ByteWriter out(kIcHeaderSize + body);
+    out.put(PipeHeader{kPipeFlags, static_cast<uint32_t>(sizeof(IcMsgHeader) + body)});
+    out.put(hdr);
+    out.put(IcNegotiate{static_cast<uint16_t>(framework.size()), static_cast<uint16_t>(versions.size()), 0});
     for (auto list : {framework, versions})
-        for (uint32_t v : list) append(out, ic_version(v));
-    return out;
+        for (uint32_t v : list) out.put(ic_version(v));
+    return out.take();
 }
 
 Result<std::pair<uint32_t, uint32_t>> IcDevice::parse_negotiate_response(std::span<const uint8_t> packet) {
     if (packet.size() < kIcHeaderSize + sizeof(IcNegotiate) + 2 * sizeof(IcVersion))
-        return fail("negotiate response of {} bytes is too short", packet.size());
-    IcNegotiate neg;
-    std::memcpy(&neg, packet.data() + kIcHeaderSize, sizeof(neg));
+        return fail(Errc::Invalid, "negotiate response of {} bytes is too short", packet.size());
+    const auto neg = *read_prefix<IcNegotiate>(packet.subspan(kIcHeaderSize));
     // The guest answers with exactly one framework and one message version, or with zero
     // counts when nothing matched.
-    if (neg.icframe_vercnt != 1 || neg.icmsg_vercnt != 1) return fail("the guest supports none of our versions");
-    IcVersion fw, msg;
-    std::memcpy(&fw, packet.data() + kIcHeaderSize + sizeof(neg), sizeof(fw));
-    std::memcpy(&msg, packet.data() + kIcHeaderSize + sizeof(neg) + sizeof(fw), sizeof(msg));
+    if (neg.icframe_vercnt != 1 || neg.icmsg_vercnt != 1)
+        return fail(Errc::Unsupported, "the guest supports none of our versions");
+    const auto fw = *read_prefix<IcVersion>(packet.subspan(kIcHeaderSize + sizeof(neg)));
+    const auto msg = *read_prefix<IcVersion>(packet.subspan(kIcHeaderSize + sizeof(neg) + sizeof(fw)));
     return std::pair{ic_version_value(fw), ic_version_value(msg)};
 }
 
 std::vector<uint8_t> IcDevice::build_request(uint16_t type, std::span<const uint8_t> body, uint8_t txn) const {
-    std::vector<uint8_t> out;
-    out.reserve(kIcHeaderSize + body.size());
-    PipeHeader pipe{kPipeFlags, static_cast<uint32_t>(sizeof(IcMsgHeader) + body.size())};
     IcMsgHeader hdr{};
-    hdr.icverframe = ic_version(framework_version_);
+    {
+        LockGuard lock(mu_);
+        hdr.icverframe = ic_version(framework_version_);
+        hdr.icvermsg = ic_version(version_);
+    }
     hdr.icmsgtype = type;
-    hdr.icvermsg = ic_version(version_);
     hdr.icmsgsize = static_cast<uint16_t>(body.size());
     hdr.ictransaction_id = txn;
     hdr.icflags = kIcFlagTransaction | kIcFlagRequest;
-    append(out, pipe);
-    append(out, hdr);
-    out.insert(out.end(), body.begin(), body.end());
-    return out;
+    ByteWriter out(kIcHeaderSize + body.size());
+    out.put(PipeHeader{kPipeFlags, static_cast<uint32_t>(sizeof(IcMsgHeader) + body.size())});
+    out.put(hdr);
+    out.bytes(body);
+    return out.take();
 }
 
-void IcDevice::on_open(vmbus::ChannelEndpoint& endpoint) {
-    std::unique_lock lock(mu_);
-    endpoint_ = &endpoint;
-    ++generation_;
-    state_ = IcState::Negotiating;
-    framework_version_ = 0;
-    version_ = 0;
-    negotiate_trans_id_ = next_trans_id_++;
-    const auto request = negotiate_request(kFrameworkVersions, versions_);
-    auto sent = endpoint.send(vmbus::kPacketDataInband, 0, negotiate_trans_id_, request);
-    if (!sent || *sent != vmbus::ChannelEndpoint::SendStatus::Sent) {
-        state_ = IcState::Failed;
-        ENL_LOG_LIMITED(warn, "{}: could not send the version negotiation", offer_.name);
+void IcDevice::set_state(IcState s, uint32_t framework, uint32_t version) {
+    {
+        LockGuard lock(mu_);
+        state_ = s;
+        framework_version_ = framework;
+        version_ = version;
     }
     cv_.notify_all();
 }
 
-void IcDevice::on_close() {
-    {
-        std::lock_guard lock(mu_);
-        endpoint_ = nullptr;
-        state_ = IcState::Closed;
-        ++generation_;
-        cv_.notify_all();
-    }
-    on_closed();
-}
-
-void IcDevice::on_unsolicited(const IcMsgHeader& hdr, std::span<const uint8_t>) {
-    ENL_LOG_LIMITED(warn, "{}: unexpected message type {} flags {:#x}", offer_.name, hdr.icmsgtype, hdr.icflags);
-}
-
-void IcDevice::on_packet(const vmbus::IncomingPacket& packet) {
-    if (packet.type != vmbus::kPacketDataInband || packet.payload.size() < kIcHeaderSize) {
-        ENL_LOG_LIMITED(warn, "{}: ignoring packet of type {} and {} bytes", offer_.name, packet.type, packet.payload.size());
-        return;
-    }
-    IcMsgHeader hdr;
-    std::memcpy(&hdr, packet.payload.data() + sizeof(PipeHeader), sizeof(hdr));
-    const auto body = packet.payload.subspan(kIcHeaderSize);
-    bool ready = false;
-    {
-        std::lock_guard lock(mu_);
-        if (!(hdr.icflags & kIcFlagResponse)) {
-            // Fall through to on_unsolicited below, outside the lock.
-        } else if (state_ == IcState::Negotiating && packet.trans_id == negotiate_trans_id_) {
-            auto versions = parse_negotiate_response(packet.payload);
-            if (!versions || hdr.icmsgtype != kIcNegotiate) {
-                state_ = IcState::Failed;
-                ENL_LOG_LIMITED(warn, "{}: version negotiation failed: {}", offer_.name,
-                                versions ? "wrong message type" : versions.error().message());
-            } else {
-                framework_version_ = versions->first;
-                version_ = versions->second;
-                state_ = IcState::Ready;
-                ready = true;
-                log::debug("{}: framework {}.{}, service {}.{}", offer_.name, framework_version_ >> 16,
-                              framework_version_ & 0xffff, version_ >> 16, version_ & 0xffff);
-            }
-            cv_.notify_all();
-        } else if (waiting_for_ && packet.trans_id == *waiting_for_) {
-            response_ = IcResponse{hdr.status, std::vector<uint8_t>(body.begin(), body.end())};
-            waiting_for_.reset();
-            cv_.notify_all();
-            return;
-        } else {
-            ENL_LOG_LIMITED(warn, "{}: response with unknown transaction id {}", offer_.name, packet.trans_id);
-            return;
-        }
-    }
-    if (ready) {
-        on_ready();
-        return;
-    }
-    if (!(hdr.icflags & kIcFlagResponse)) on_unsolicited(hdr, body);
-}
-
 IcState IcDevice::state() const {
-    std::lock_guard lock(mu_);
+    LockGuard lock(mu_);
     return state_;
 }
 
 uint32_t IcDevice::version() const {
-    std::lock_guard lock(mu_);
+    LockGuard lock(mu_);
     return version_;
 }
 
 bool IcDevice::wait_ready(std::chrono::milliseconds timeout) const {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return state_ != IcState::Negotiating; });
+    UniqueLock lock(mu_);
+    cv_.wait_for(lock, timeout, [&]() ENL_NO_THREAD_SAFETY_ANALYSIS { return state_ != IcState::Negotiating; });
     return state_ == IcState::Ready;
 }
 
-Result<IcResponse> IcDevice::transact(std::span<const uint8_t> body, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_until(lock, deadline, [&] { return !busy_ || state_ != IcState::Ready; }))
-        return fail("{}: another request is still in flight", offer_.name);
-    if (state_ != IcState::Ready || !endpoint_)
-        return fail("{}: the guest's {} service is not connected", offer_.name, offer_.name);
-    busy_ = true;
-    const uint64_t generation = generation_;
-    const uint64_t trans_id = next_trans_id_++;
-    const auto request = build_request(msg_type_, body, static_cast<uint8_t>(trans_id));
-    waiting_for_ = trans_id;
-    response_.reset();
-    vmbus::ChannelEndpoint* ep = endpoint_;
-    // Send with mu_ held: on_close() (which clears endpoint_) waits for us, so `ep` is valid.
-    auto sent = ep->send(vmbus::kPacketDataInband, 0, trans_id, request);
-    Result<IcResponse> result = fail("{}: no response from the guest", offer_.name);
-    if (!sent) {
-        result = std::unexpected(sent.error());
-    } else if (*sent != vmbus::ChannelEndpoint::SendStatus::Sent) {
-        result = fail("{}: the channel is {}", offer_.name,
-                      *sent == vmbus::ChannelEndpoint::SendStatus::RingFull ? "full" : "closed");
-    } else if (cv_.wait_until(lock, deadline, [&] { return response_.has_value() || generation_ != generation; }) &&
-               response_) {
-        result = std::move(*response_);
-    } else if (generation_ != generation) {
-        result = fail("{}: the channel closed", offer_.name);
+void IcDevice::on_opened() {
+    negotiate_trans_id_ = next_trans_id_++;
+    set_state(IcState::Negotiating);
+    const auto request = negotiate_request(kFrameworkVersions, versions_);
+    const iovec iov = iov_of(request);
+    auto sent = send(vmbus::OutPacket::inband(negotiate_trans_id_, std::span(&iov, 1)));
+    negotiate_pending_ = !sent && sent.error().is(Errc::Busy);
+    if (!sent && !negotiate_pending_) {
+        set_state(IcState::Failed);
+        ENL_LOG_LIMITED(warn, "{}: could not send the version negotiation: {}", offer().name, sent.error().message());
     }
-    waiting_for_.reset();
-    response_.reset();
-    busy_ = false;
-    cv_.notify_all();
-    return result;
+}
+
+void IcDevice::on_closed() {
+    set_state(IcState::Closed);
+    negotiate_pending_ = false;
+    fail_all(Error(fmt::format("{}: the channel closed", offer().name), Errc::Closed));
+    on_disconnected();
+}
+
+void IcDevice::on_ring_space() {
+    if (negotiate_pending_) {
+        negotiate_pending_ = false;
+        on_opened();
+        return;
+    }
+    if (in_flight_ && !in_flight_sent_) send_in_flight();
+}
+
+void IcDevice::on_unsolicited(const IcMsgHeader& hdr, std::span<const uint8_t>) {
+    ENL_LOG_LIMITED(warn, "{}: unexpected message type {} flags {:#x}", offer().name, hdr.icmsgtype, hdr.icflags);
+}
+
+void IcDevice::on_packet(const vmbus::PacketView& packet) {
+    if (packet.type != vmbus::kPacketDataInband || packet.payload.size() < kIcHeaderSize) {
+        ENL_LOG_LIMITED(warn, "{}: ignoring packet of type {} and {} bytes", offer().name, packet.type, packet.payload.size());
+        return;
+    }
+    const auto hdr = *read_prefix<IcMsgHeader>(packet.payload.subspan(sizeof(PipeHeader)));
+    const auto body = packet.payload.subspan(kIcHeaderSize);
+    if (!(hdr.icflags & kIcFlagResponse)) return on_unsolicited(hdr, body);
+    if (state() == IcState::Negotiating && packet.trans_id == negotiate_trans_id_) {
+        auto versions = parse_negotiate_response(packet.payload);
+        if (!versions || hdr.icmsgtype != kIcNegotiate) {
+            set_state(IcState::Failed);
+            ENL_LOG_LIMITED(warn, "{}: version negotiation failed: {}", offer().name,
+                            versions ? "wrong message type" : versions.error().message());
+            return;
+        }
+        set_state(IcState::Ready, versions->first, versions->second);
+        log::debug("{}: framework {}.{}, service {}.{}", offer().name, versions->first >> 16, versions->first & 0xffff,
+                   versions->second >> 16, versions->second & 0xffff);
+        on_ready();
+        start_next();
+        return;
+    }
+    if (in_flight_ && in_flight_sent_ && packet.trans_id == in_flight_->id) {
+        finish(in_flight_->id, IcResponse{hdr.status, std::vector<uint8_t>(body.begin(), body.end())});
+        return;
+    }
+    ENL_LOG_LIMITED(warn, "{}: response with unknown transaction id {}", offer().name, packet.trans_id);
+}
+
+void IcDevice::transact(std::vector<uint8_t> body, std::chrono::milliseconds timeout, Callback done) {
+    EventLoop* l = loop();
+    if (!l) return done(fail(Errc::Closed, "{}: the VM is not running", offer().name));
+    auto p = std::make_shared<Pending>();
+    p->body = std::move(body);
+    p->done = std::move(done);
+    l->post([weak = weak_self<IcDevice>(), p, timeout]() mutable {
+        if (auto self = weak.lock()) self->enqueue(std::move(p), timeout);
+    });
+}
+
+void IcDevice::enqueue(std::shared_ptr<Pending> p, std::chrono::milliseconds timeout) {
+    if (state() != IcState::Ready && state() != IcState::Negotiating)
+        return p->done(fail(Errc::Closed, "{}: the guest's {} service is not connected", offer().name, offer().name));
+    if (queue_.size() >= kMaxQueuedTransactions)
+        return p->done(fail(Errc::Busy, "{}: {} requests are waiting already", offer().name, queue_.size()));
+    p->id = next_trans_id_++;
+    p->timer = loop()->post_after(timeout, [weak = weak_self<IcDevice>(), id = p->id, name = offer().name] {
+        if (auto self = weak.lock()) self->finish(id, fail(Errc::Timeout, "{}: no response from the guest", name));
+    });
+    queue_.push_back(std::move(p));
+    start_next();
+}
+
+void IcDevice::start_next() {
+    if (in_flight_ || queue_.empty() || state() != IcState::Ready) return;
+    in_flight_ = std::move(queue_.front());
+    queue_.pop_front();
+    in_flight_sent_ = false;
+    send_in_flight();
+}
+
+void IcDevice::send_in_flight() {
+    const auto request = build_request(msg_type_, in_flight_->body, static_cast<uint8_t>(in_flight_->id));
+    const iovec iov = iov_of(request);
+    auto sent = send(vmbus::OutPacket::inband(in_flight_->id, std::span(&iov, 1)));
+    if (sent) {
+        in_flight_sent_ = true;
+    } else if (!sent.error().is(Errc::Busy)) {  // Busy: sent again from on_ring_space()
+        finish(in_flight_->id, std::unexpected(sent.error()));
+    }
+}
+
+// Completes transaction `id` (in flight or queued) and starts the next one.
+void IcDevice::finish(uint64_t id, Result<IcResponse> result) {
+    std::shared_ptr<Pending> p;
+    if (in_flight_ && in_flight_->id == id) {
+        p = std::move(in_flight_);
+        in_flight_.reset();
+    } else {
+        auto it = std::find_if(queue_.begin(), queue_.end(), [&](const auto& q) { return q->id == id; });
+        if (it == queue_.end()) return;  // already finished
+        p = std::move(*it);
+        queue_.erase(it);
+    }
+    if (loop()) loop()->cancel(p->timer);
+    p->done(std::move(result));
+    start_next();
+}
+
+void IcDevice::fail_all(const Error& e) {
+    std::deque<std::shared_ptr<Pending>> all = std::exchange(queue_, {});
+    if (in_flight_) all.push_front(std::exchange(in_flight_, nullptr));
+    for (const auto& p : all) {
+        if (!p) continue;
+        if (loop()) loop()->cancel(p->timer);
+        p->done(std::unexpected(e));
+    }
+}
+
+namespace {
+
+// The answer a waiting caller gets: set by the callback, or, if the callback is destroyed
+// without being called (the loop stopped and dropped its work), Errc::Closed.
+struct Waiter {
+    Mutex mu;
+    std::condition_variable_any cv;
+    std::optional<Result<IcResponse>> result ENL_GUARDED_BY(mu);
+    void set(Result<IcResponse> r) {
+        {
+            LockGuard lock(mu);
+            if (!result) result = std::move(r);
+        }
+        cv.notify_all();
+    }
+};
+
+struct Answer {
+    std::shared_ptr<Waiter> waiter;
+    explicit Answer(std::shared_ptr<Waiter> w) : waiter(std::move(w)) {}
+    Answer(Answer&&) = default;
+    Answer& operator=(Answer&&) = default;
+    ~Answer() {
+        if (waiter) waiter->set(fail(Errc::Closed, "the VM stopped before the guest answered"));
+    }
+    void operator()(Result<IcResponse> r) { std::exchange(waiter, nullptr)->set(std::move(r)); }
+};
+
+}  // namespace
+
+Result<IcResponse> IcDevice::transact_wait(std::vector<uint8_t> body, std::chrono::milliseconds timeout) {
+    EventLoop* l = loop();
+    if (l && l->in_loop_thread())
+        return fail(Errc::Invalid, "{}: a waiting transaction on the loop thread would never finish", offer().name);
+    auto waiter = std::make_shared<Waiter>();
+    transact(std::move(body), timeout, Answer(waiter));
+    // The answer always comes: the guest's, the timeout, a close, or the loop dropping it.
+    UniqueLock lock(waiter->mu);
+    waiter->cv.wait(lock, [&]() ENL_NO_THREAD_SAFETY_ANALYSIS { return waiter->result.has_value(); });
+    return std::move(*waiter->result);
 }
 
 }  // namespace enlighten::ic

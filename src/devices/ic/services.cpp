@@ -5,24 +5,15 @@
 
 #include "common/log.hpp"
 
+#include "common/event_loop.hpp"
 #include "common/rate_limit.hpp"
+#include "common/wire.hpp"
 
 namespace enlighten::ic {
 
 namespace {
 
-template <typename T>
-std::span<const uint8_t> bytes_of(const T& v) {
-    return std::span(reinterpret_cast<const uint8_t*>(&v), sizeof(T));
-}
-
-template <typename T>
-std::optional<T> read_as(std::span<const uint8_t> body) {
-    if (body.size() < sizeof(T)) return std::nullopt;
-    T v;
-    std::memcpy(&v, body.data(), sizeof(T));
-    return v;
-}
+std::vector<uint8_t> to_vector(std::span<const uint8_t> b) { return {b.begin(), b.end()}; }
 
 }  // namespace
 
@@ -38,61 +29,79 @@ vmbus::OfferParams ic_offer(std::string name, const char* class_id, const char* 
 
 // ---------------------------------------------------------------------------- heartbeat
 
-HeartbeatService::HeartbeatService(const char* instance_id, TaskLoop& loop, std::chrono::milliseconds interval)
+HeartbeatService::HeartbeatService(const char* instance_id, std::chrono::milliseconds interval)
     : IcDevice(ic_offer("heartbeat", kHeartbeatClass, instance_id, 4096), kIcHeartbeat,
                {std::begin(kHeartbeatVersions), std::end(kHeartbeatVersions)}),
-      loop_(loop),
       interval_(interval) {}
+
+HeartbeatService::Clock::time_point HeartbeatService::now() const {
+    EventLoop* l = loop();
+    return l ? l->now() : Clock::now();
+}
 
 void HeartbeatService::on_ready() {
     uint64_t generation;
     {
-        std::lock_guard lock(mu_);
+        LockGuard lock(mu_);
         generation = ++generation_;
         ever_ready_ = true;
     }
+    beat_in_flight_ = false;
     // The first beat right away: "healthy within seconds of hv_utils loading".
-    loop_.post([weak = weak_self<HeartbeatService>(), generation] {
-        if (auto self = weak.lock()) self->tick(generation);
-    });
+    tick(generation);
+}
+
+void HeartbeatService::on_disconnected() {
+    LockGuard lock(mu_);
+    ++generation_;  // ends the tick chain
+}
+
+void HeartbeatService::reset() {
+    // A new boot: no contact until the guest's service connects again.
+    LockGuard lock(mu_);
+    ++generation_;
+    ever_ready_ = false;
+    last_reply_.reset();
 }
 
 void HeartbeatService::tick(uint64_t generation) {
     uint64_t seq;
     {
-        std::lock_guard lock(mu_);
-        if (generation != generation_) return;  // a newer open took over
+        LockGuard lock(mu_);
+        if (generation != generation_) return;  // a newer open took over, or the channel closed
         seq = sequence_;
     }
-    if (state() != IcState::Ready) return;
-    HeartbeatMsg msg{};
-    msg.seq_num = seq;
-    auto reply = transact(bytes_of(msg), interval_);
-    {
-        std::lock_guard lock(mu_);
-        if (reply && reply->status == kHvSOk) {
-            if (auto beat = read_as<HeartbeatMsg>(reply->body); beat && beat->seq_num == seq + 1) {
-                sequence_ = beat->seq_num;
-                last_reply_ = TaskLoop::Clock::now();
+    if (state() != IcState::Ready || !loop()) return;
+    if (!beat_in_flight_) {
+        beat_in_flight_ = true;
+        HeartbeatMsg msg{};
+        msg.seq_num = seq;
+        transact(to_vector(as_bytes(msg)), interval_, [weak = weak_self<HeartbeatService>(), seq](Result<IcResponse> reply) {
+            auto self = weak.lock();
+            if (!self) return;
+            self->beat_in_flight_ = false;
+            if (!reply || reply->status != kHvSOk) return;
+            if (auto beat = read_prefix<HeartbeatMsg>(reply->body); beat && beat->seq_num == seq + 1) {
+                LockGuard lock(self->mu_);
+                self->sequence_ = beat->seq_num;
+                self->last_reply_ = self->now();
             } else {
                 ENL_LOG_LIMITED(warn, "heartbeat: the guest answered sequence {} with something else", seq);
             }
-        }
-        if (generation != generation_) return;
+        });
     }
-    loop_.post([weak = weak_self<HeartbeatService>(), generation] {
+    loop()->post_after(interval_, [weak = weak_self<HeartbeatService>(), generation] {
         if (auto self = weak.lock()) self->tick(generation);
-    }, interval_);
+    });
 }
 
 HeartbeatService::Status HeartbeatService::status() const {
     Status st;
-    std::lock_guard lock(mu_);
+    const auto t = now();
+    LockGuard lock(mu_);
     st.sequence = sequence_;
-    if (last_reply_)
-        st.since_reply = std::chrono::duration_cast<std::chrono::milliseconds>(TaskLoop::Clock::now() - *last_reply_);
-    if (!ever_ready_) return st;  // hv_utils never connected: unknown
-    // Healthy while replies keep coming; lost after three missed beats.
+    if (last_reply_) st.since_reply = std::chrono::duration_cast<std::chrono::milliseconds>(t - *last_reply_);
+    if (!ever_ready_) return st;  // hv_utils never connected in this boot: unknown
     st.health = st.since_reply && *st.since_reply <= 3 * interval_ + std::chrono::milliseconds(500) ? Health::Healthy
                                                                                                   : Health::Lost;
     if (!st.since_reply && state() == IcState::Ready) st.health = Health::Unknown;  // first beat pending
@@ -105,23 +114,42 @@ ShutdownService::ShutdownService(const char* instance_id)
     : IcDevice(ic_offer("shutdown", kShutdownClass, instance_id, 4096), kIcShutdown,
                {std::begin(kShutdownVersions), std::end(kShutdownVersions)}) {}
 
-Result<> ShutdownService::request(bool reboot, std::chrono::milliseconds timeout) {
+std::vector<uint8_t> ShutdownService::body(bool reboot) {
     ShutdownMsg msg{};
     msg.flags = reboot ? 2 : 0;
     constexpr char kMessage[] = "Enlighten: shutdown requested through the management API";
     std::memcpy(msg.display_message, kMessage, sizeof(kMessage));
-    ENL_TRY(IcResponse reply, transact(bytes_of(msg), timeout));
-    if (reply.status != kHvSOk) return fail("the guest refused the {} request (status {:#x})", reboot ? "reboot" : "shutdown", reply.status);
+    return to_vector(as_bytes(msg));
+}
+
+Result<> ShutdownService::accepted(bool reboot, Result<IcResponse> reply) {
+    if (!reply) return std::unexpected(reply.error());
+    if (reply->status != kHvSOk)
+        return fail("the guest refused the {} request (status {:#x})", reboot ? "reboot" : "shutdown", reply->status);
     return {};
+}
+
+Result<> ShutdownService::request(bool reboot, std::chrono::milliseconds timeout) {
+    return accepted(reboot, transact_wait(body(reboot), timeout));
+}
+
+void ShutdownService::request(bool reboot, std::chrono::milliseconds timeout, std::move_only_function<void(Result<>)> done) {
+    transact(body(reboot), timeout, [reboot, done = std::move(done)](Result<IcResponse> reply) mutable {
+        done(accepted(reboot, std::move(reply)));
+    });
 }
 
 // ---------------------------------------------------------------------------- time sync
 
-TimeSyncService::TimeSyncService(const char* instance_id, TaskLoop& loop, std::function<uint64_t()> reference_time)
+TimeSyncService::TimeSyncService(const char* instance_id)
     : IcDevice(ic_offer("timesync", kTimeSyncClass, instance_id, 4096), kIcTimeSync,
-               {std::begin(kTimeSyncVersions), std::end(kTimeSyncVersions)}),
-      loop_(loop),
-      reference_time_(std::move(reference_time)) {}
+               {std::begin(kTimeSyncVersions), std::end(kTimeSyncVersions)}) {}
+
+void TimeSyncService::attach(const vmbus::DeviceResources& resources) {
+    IcDevice::attach(resources);
+    LockGuard lock(mu_);
+    reference_time_ = resources.reference_time;
+}
 
 uint64_t TimeSyncService::host_time_100ns() {
     timespec ts{};
@@ -130,44 +158,48 @@ uint64_t TimeSyncService::host_time_100ns() {
 }
 
 std::vector<uint8_t> TimeSyncService::sample_body(uint8_t flags) const {
-    std::vector<uint8_t> body;
     if (version() >= 0x40000) {
         // v4: the guest adds the time elapsed since vmreferencetime on its reference clock.
         TimeSyncRefData d{};
         d.parenttime = host_time_100ns();
-        d.vmreferencetime = reference_time_ ? reference_time_() : 0;
+        {
+            LockGuard lock(mu_);
+            d.vmreferencetime = reference_time_ ? reference_time_() : 0;
+        }
         d.flags = flags;
         d.stratum = 2;
-        body.assign(bytes_of(d).begin(), bytes_of(d).end());
-    } else {
-        TimeSyncData d{};
-        d.parenttime = host_time_100ns();
-        d.flags = flags;
-        body.assign(bytes_of(d).begin(), bytes_of(d).end());
+        return to_vector(as_bytes(d));
     }
-    return body;
+    TimeSyncData d{};
+    d.parenttime = host_time_100ns();
+    d.flags = flags;
+    return to_vector(as_bytes(d));
 }
 
 Result<> TimeSyncService::sync(std::chrono::milliseconds timeout) {
-    ENL_TRY(IcResponse reply, transact(sample_body(kTimeSyncSync), timeout));
+    ENL_TRY(IcResponse reply, transact_wait(sample_body(kTimeSyncSync), timeout));
     if (reply.status != kHvSOk) return fail("the guest answered the time sync with status {:#x}", reply.status);
     return {};
 }
 
+namespace {
+// Out of line: GCC 12 otherwise warns that the inlined std::expected may be uninitialized.
+[[gnu::noinline]] void log_sync_failure(const Result<IcResponse>& r) {
+    if (!r) ENL_LOG_LIMITED(warn, "timesync: {}", r.error().message());
+    else if (r->status != kHvSOk) ENL_LOG_LIMITED(warn, "timesync: the guest answered with status {:#x}", r->status);
+}
+}  // namespace
+
 void TimeSyncService::on_ready() {
     // As Hyper-V does when the service connects: set the guest's clock once.
-    loop_.post([weak = weak_self<TimeSyncService>()] {
-        if (auto self = weak.lock())
-            if (auto r = self->sync(std::chrono::seconds(5)); !r) ENL_LOG_LIMITED(warn, "timesync: {}", r.error().message());
-    });
+    transact(sample_body(kTimeSyncSync), std::chrono::seconds(5), [](Result<IcResponse> r) { log_sync_failure(r); });
 }
 
 // ---------------------------------------------------------------------------- KVP
 
-KvpService::KvpService(const char* instance_id, TaskLoop& loop)
+KvpService::KvpService(const char* instance_id)
     : IcDevice(ic_offer("kvp", kKvpClass, instance_id, 16384), kIcKvpExchange,
-               {std::begin(kKvpVersions), std::end(kKvpVersions)}),
-      loop_(loop) {}
+               {std::begin(kKvpVersions), std::end(kKvpVersions)}) {}
 
 Result<std::vector<uint8_t>> KvpService::encode_utf16(const std::string& utf8, size_t max_bytes) {
     std::vector<uint8_t> out;
@@ -279,10 +311,10 @@ Result<> KvpService::set(uint8_t pool, const std::string& key, const std::string
     if (!host_owned(pool)) return fail("pool {} belongs to the guest; the host writes only the external pools", pool);
     ENL_TRY(KvpMessage m, kvp_request(kKvpSet, pool, key, &value));
     {
-        std::lock_guard lock(pools_mu_);
+        LockGuard lock(pools_mu_);
         host_pools_[{pool, key}] = value;
     }
-    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
+    ENL_TRY(IcResponse reply, transact_wait(to_vector(as_bytes(m)), timeout));
     if (reply.status != kHvSOk) return fail("the guest could not store the key (status {:#x})", reply.status);
     return {};
 }
@@ -290,12 +322,15 @@ Result<> KvpService::set(uint8_t pool, const std::string& key, const std::string
 Result<> KvpService::remove(uint8_t pool, const std::string& key, std::chrono::milliseconds timeout) {
     if (!host_owned(pool)) return fail("pool {} belongs to the guest; the host writes only the external pools", pool);
     ENL_TRY(KvpMessage m, kvp_request(kKvpDelete, pool, key, nullptr));
+    bool held;
     {
-        std::lock_guard lock(pools_mu_);
-        host_pools_.erase({pool, key});
+        LockGuard lock(pools_mu_);
+        held = host_pools_.erase({pool, key}) > 0;
     }
-    ENL_TRY(IcResponse reply, transact(bytes_of(m), timeout));
-    if (reply.status != kHvSOk) return fail("the guest has no key '{}' in pool {} (status {:#x})", key, pool, reply.status);
+    ENL_TRY(IcResponse reply, transact_wait(to_vector(as_bytes(m)), timeout));
+    // A key the host held is gone from the host's pool whatever the guest says.
+    if (reply.status != kHvSOk && !held)
+        return fail(Errc::NotFound, "the guest has no key '{}' in pool {} (status {:#x})", key, pool, reply.status);
     return {};
 }
 
@@ -318,8 +353,8 @@ Result<std::vector<KvpService::Entry>> KvpService::list(uint8_t pool, std::chron
         m.header.pool = pool;
         m.body.enumerate.index = index;
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) return fail("the guest did not list pool {} in time", pool);
-        ENL_TRY(IcResponse reply, transact(bytes_of(m), left));
+        if (left.count() <= 0) return fail(Errc::Timeout, "the guest did not list pool {} in time", pool);
+        ENL_TRY(IcResponse reply, transact_wait(to_vector(as_bytes(m)), left));
         if (reply.status != kHvSOk) break;  // HV_S_CONT / E_FAIL: no more entries
         KvpMessage r{};
         std::memcpy(&r, reply.body.data(), std::min(reply.body.size(), sizeof(r)));
@@ -331,20 +366,32 @@ Result<std::vector<KvpService::Entry>> KvpService::list(uint8_t pool, std::chron
     return out;
 }
 
+std::vector<std::tuple<uint8_t, std::string, std::string>> KvpService::host_entries() const {
+    std::vector<std::tuple<uint8_t, std::string, std::string>> entries;
+    LockGuard lock(pools_mu_);
+    for (const auto& [k, v] : host_pools_) entries.emplace_back(k.first, k.second, v);
+    return entries;
+}
+
 void KvpService::on_ready() {
-    // Push what the host holds for the guest, as after a reconnect.
-    loop_.post([weak = weak_self<KvpService>()] {
-        auto self = weak.lock();
-        if (!self) return;
-        std::vector<std::tuple<uint8_t, std::string, std::string>> entries;
-        {
-            std::lock_guard lock(self->pools_mu_);
-            for (const auto& [k, v] : self->host_pools_) entries.emplace_back(k.first, k.second, v);
-        }
-        for (const auto& [pool, key, value] : entries)
-            if (auto r = self->set(pool, key, value, std::chrono::seconds(10)); !r)
-                ENL_LOG_LIMITED(warn, "kvp: could not restore {}: {}", key, r.error().message());
-    });
+    // Push what the host holds for the guest, as after a reconnect or a reboot.
+    restore(host_entries(), 0);
+}
+
+// One entry at a time, each from the previous one's answer.
+void KvpService::restore(std::vector<std::tuple<uint8_t, std::string, std::string>> entries, size_t next) {
+    if (next >= entries.size()) return;
+    const auto& [pool, key, value] = entries[next];
+    auto m = kvp_request(kKvpSet, pool, key, &value);
+    if (!m) {
+        ENL_LOG_LIMITED(warn, "kvp: could not restore {}: {}", key, m.error().message());
+        return restore(std::move(entries), next + 1);
+    }
+    transact(to_vector(as_bytes(*m)), std::chrono::seconds(10),
+             [weak = weak_self<KvpService>(), entries = std::move(entries), next](Result<IcResponse> r) mutable {
+                 if (!r) ENL_LOG_LIMITED(warn, "kvp: could not restore {}: {}", std::get<1>(entries[next]), r.error().message());
+                 if (auto self = weak.lock(); self && r) self->restore(std::move(entries), next + 1);
+             });
 }
 
 }  // namespace enlighten::ic

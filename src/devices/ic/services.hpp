@@ -8,9 +8,9 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
-#include "common/task_loop.hpp"
 #include "devices/ic/ic_device.hpp"
 
 namespace enlighten::ic {
@@ -26,7 +26,9 @@ inline constexpr uint32_t kShutdownVersions[] = {0x30002, 0x30001, 0x30000, 0x10
 inline constexpr uint32_t kTimeSyncVersions[] = {0x40000, 0x30000, 0x10000};
 inline constexpr uint32_t kKvpVersions[] = {0x40000, 0x30000};
 
-// Services are created with std::make_shared: their background tasks hold weak references.
+// Services are created with std::make_shared: their timers and callbacks hold weak
+// references. They live as long as the VM (across guest reboots); each boot's bus attaches
+// them again.
 
 // Offer parameters shared by the ICs: class id, our instance id, and the guest driver's
 // buffer (4 KiB for most, 16 KiB for KVP).
@@ -34,39 +36,53 @@ vmbus::OfferParams ic_offer(std::string name, const char* class_id, const char* 
 
 class HeartbeatService final : public IcDevice {
 public:
+    using Clock = std::chrono::steady_clock;
     enum class Health { Unknown, Healthy, Lost };
     struct Status {
         Health health = Health::Unknown;
         uint64_t sequence = 0;
         std::optional<std::chrono::milliseconds> since_reply;
     };
-    HeartbeatService(const char* instance_id, TaskLoop& loop, std::chrono::milliseconds interval);
+    HeartbeatService(const char* instance_id, std::chrono::milliseconds interval);
+    // Healthy while replies keep coming; lost after three missed beats; unknown until the
+    // guest's service first connects in this boot. By the loop's clock.
     [[nodiscard]] Status status() const;
+    // A new boot: no contact until the guest's service connects again.
+    void reset() override;
 
 private:
     void on_ready() override;
+    void on_disconnected() override;
     void tick(uint64_t generation);
+    [[nodiscard]] Clock::time_point now() const;
 
-    TaskLoop& loop_;
     const std::chrono::milliseconds interval_;
-    mutable std::mutex mu_;
-    uint64_t generation_ = 0;  // a tick chain per open channel
-    uint64_t sequence_ = 0;
-    std::optional<TaskLoop::Clock::time_point> last_reply_;
-    bool ever_ready_ = false;
+    mutable Mutex mu_;
+    uint64_t generation_ ENL_GUARDED_BY(mu_) = 0;  // a tick chain per open channel
+    uint64_t sequence_ ENL_GUARDED_BY(mu_) = 0;
+    std::optional<Clock::time_point> last_reply_ ENL_GUARDED_BY(mu_);
+    bool ever_ready_ ENL_GUARDED_BY(mu_) = false;
+    bool beat_in_flight_ = false;  // loop thread only
 };
 
 class ShutdownService final : public IcDevice {
 public:
     explicit ShutdownService(const char* instance_id);
-    // Asks the guest to shut down (or reboot); Ok once the guest accepted.
+    // Asks the guest to shut down (or reboot); Ok once the guest accepted. The waiting form
+    // is for threads other than the loop's; `done` runs on the loop.
     Result<> request(bool reboot, std::chrono::milliseconds timeout);
+    void request(bool reboot, std::chrono::milliseconds timeout, std::move_only_function<void(Result<>)> done);
+
+private:
+    static std::vector<uint8_t> body(bool reboot);
+    static Result<> accepted(bool reboot, Result<IcResponse> reply);
 };
 
 class TimeSyncService final : public IcDevice {
 public:
-    // `reference_time`: the partition's TIME_REF_COUNT now (100 ns units).
-    TimeSyncService(const char* instance_id, TaskLoop& loop, std::function<uint64_t()> reference_time);
+    explicit TimeSyncService(const char* instance_id);
+    // Keeps the partition's reference time (TIME_REF_COUNT) of this boot.
+    void attach(const vmbus::DeviceResources& resources) override;
     // Sends the host's UTC time with the SYNC flag: the guest sets its clock.
     Result<> sync(std::chrono::milliseconds timeout);
     // Host UTC in 100 ns units since 1601 (the Windows epoch the protocol uses).
@@ -75,8 +91,8 @@ public:
 
 private:
     void on_ready() override;
-    TaskLoop& loop_;
-    std::function<uint64_t()> reference_time_;
+    mutable Mutex mu_;
+    std::function<uint64_t()> reference_time_ ENL_GUARDED_BY(mu_);
 };
 
 class KvpService final : public IcDevice {
@@ -85,7 +101,7 @@ public:
         std::string key;
         std::string value;
     };
-    KvpService(const char* instance_id, TaskLoop& loop);
+    explicit KvpService(const char* instance_id);
 
     // Host-owned pools (External, AutoExternal) are kept here too and pushed to the guest
     // whenever its KVP service (re)connects, as Hyper-V does.
@@ -100,11 +116,14 @@ public:
     static Result<std::string> decode_utf16(std::span<const uint8_t> bytes);
     static constexpr size_t kMaxEnumerate = 1024;
 
+    // The host-owned entries, as the host holds them (kept across guest reboots).
+    [[nodiscard]] std::vector<std::tuple<uint8_t, std::string, std::string>> host_entries() const;
+
 private:
     void on_ready() override;
-    std::map<std::pair<uint8_t, std::string>, std::string> host_pools_;
-    std::mutex pools_mu_;
-    TaskLoop& loop_;
+    void restore(std::vector<std::tuple<uint8_t, std::string, std::string>> entries, size_t next);
+    mutable Mutex pools_mu_;
+    std::map<std::pair<uint8_t, std::string>, std::string> host_pools_ ENL_GUARDED_BY(pools_mu_);
 };
 
 }  // namespace enlighten::ic

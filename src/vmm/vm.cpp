@@ -1,0 +1,163 @@
+#include "vmm/vm.hpp"
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <optional>
+
+#include "api/server.hpp"
+#include "common/event_loop.hpp"
+#include "common/fd.hpp"
+#include "common/log.hpp"
+#include "kvm/kvm.hpp"
+#include "vmm/console.hpp"
+#include "vmm/control.hpp"
+#include "vmm/devices.hpp"
+#include "vmm/exit_codes.hpp"
+#include "vmm/machine.hpp"
+
+namespace enlighten {
+
+namespace {
+// How long a stopping machine waits for its devices to close their channels.
+constexpr std::chrono::seconds kDeviceCloseTimeout{10};
+// A partial console line is written this long after the guest stopped writing.
+constexpr std::chrono::milliseconds kConsoleFlushDelay{5};
+}  // namespace
+
+// Members in destruction order (last first): the API stops before the control it calls,
+// the devices go after the loop (which drops the work that refers to them).
+struct VirtualMachine::Impl {
+    VmConfig cfg;
+    std::optional<Kvm> kvm;
+    std::unique_ptr<Console> console;
+    DeviceSet devices;
+    std::unique_ptr<EventLoop> loop;
+    UniqueFd signal_fd;
+    std::unique_ptr<MachineControl> control;
+    std::optional<api::ApiServer> api;
+    std::shared_ptr<Machine> machine;  // the running boot, if any
+    bool flush_scheduled = false;
+
+    Result<> watch_host_events();
+    int boot_loop();
+};
+
+VirtualMachine::VirtualMachine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+VirtualMachine::~VirtualMachine() {
+    if (impl_->api) impl_->api->stop();
+}
+
+Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
+    auto impl = std::make_unique<Impl>();
+    impl->cfg = std::move(cfg);
+    // SIGINT/SIGTERM/SIGHUP are read from a signalfd by the loop; blocked here before any
+    // thread exists, so every thread inherits the mask.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
+    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    impl->signal_fd.reset(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!impl->signal_fd.valid()) return fail_errno("signalfd");
+
+    ENL_TRY(impl->devices, DeviceSet::build(impl->cfg.devices));
+    ENL_TRY(Kvm kvm, Kvm::open());
+    impl->kvm.emplace(std::move(kvm));
+    ENL_TRY(impl->console, Console::create(impl->cfg.serial));
+    ENL_TRY(impl->loop, EventLoop::create());
+    ENL_TRY_VOID(impl->watch_host_events());
+
+    // The management API lives across guest reboots; it follows the current machine.
+    impl->control = std::make_unique<MachineControl>(impl->cfg, impl->devices, *impl->loop);
+    if (!impl->cfg.api_socket.empty()) {
+        impl->api.emplace(*impl->control, api::ApiServerOptions{.socket_path = impl->cfg.api_socket});
+        if (auto ok = impl->api->start(); !ok) return std::unexpected(ok.error().context("--api-socket"));
+    }
+    return std::unique_ptr<VirtualMachine>(new VirtualMachine(std::move(impl)));
+}
+
+Result<> VirtualMachine::Impl::watch_host_events() {
+    ENL_TRY_VOID(loop->watch(signal_fd.get(), EPOLLIN, [this](uint32_t) {
+        signalfd_siginfo si{};
+        if (::read(signal_fd.get(), &si, sizeof(si)) != sizeof(si)) return;
+        log::info("received signal {}, stopping the VM", si.ssi_signo);
+        if (machine) machine->request_exit({VmExit::Kind::Signal, static_cast<int>(si.ssi_signo), {}});
+    }));
+    ENL_TRY_VOID(loop->watch(console->flush_fd(), EPOLLIN, [this](uint32_t) {
+        console->ack_flush_event();
+        if (flush_scheduled) return;
+        flush_scheduled = true;
+        loop->post_after(kConsoleFlushDelay, [this] {
+            flush_scheduled = false;
+            console->flush();
+        });
+    }));
+    if (console->input_fd() >= 0) {
+        auto input = std::make_shared<EventLoop::WatchId>(0);
+        ENL_TRY(*input, loop->watch(console->input_fd(), EPOLLIN, [this, input](uint32_t) {
+            uint8_t buf[256];
+            const ssize_t got = ::read(console->input_fd(), buf, sizeof(buf));
+            if (got <= 0) {
+                // End of input: stop watching; the guest keeps running.
+                loop->unwatch(*input);
+                return;
+            }
+            if (machine) machine->console_input(std::span(buf, static_cast<size_t>(got)));
+        }));
+    }
+    return {};
+}
+
+int VirtualMachine::run() { return impl_->boot_loop(); }
+
+int VirtualMachine::Impl::boot_loop() {
+    for (unsigned boot = 1;; ++boot) {
+        auto created = Machine::create({*kvm, cfg, *console, *loop, devices}, [l = loop.get()] { l->stop(); });
+        if (!created) {
+            std::fflush(stdout);
+            std::fprintf(stderr, "enlighten: error: %s\n", created.error().message().c_str());
+            return exit_code::kError;
+        }
+        machine = std::move(*created);
+        control->attach(machine);
+        machine->start();
+        loop->run();  // until the machine asks to stop
+        machine->stop(kDeviceCloseTimeout);
+        const VmExit exit = machine->exit().value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
+        control->detach();
+        machine.reset();
+        console->flush();
+        switch (exit.kind) {
+            case VmExit::Kind::PowerOff:
+                log::info("guest powered off");
+                break;
+            case VmExit::Kind::Reset:
+                if (cfg.on_reboot == OnReboot::Restart) {
+                    log::info("guest reset; restarting (boot {})", boot + 1);
+                    continue;
+                }
+                log::info("guest reset; exiting (--on-reboot=exit)");
+                break;
+            case VmExit::Kind::Error:
+                std::fflush(stdout);
+                std::fprintf(stderr, "enlighten: error: %s\n", exit.message.c_str());
+                return exit_code::kError;
+            case VmExit::Kind::Crash:
+                log::error("guest crashed: {}", exit.message);
+                break;
+            case VmExit::Kind::Signal:
+                break;
+            case VmExit::Kind::ForcedOff:
+                log::warn("VM stopped: {}", exit.message);
+                break;
+        }
+        return exit_status(exit);
+    }
+}
+
+}  // namespace enlighten
