@@ -45,12 +45,16 @@ Json to_json(const VmInfo& info) {
     Json channels = Json::array();
     for (const auto& c : info.channels) {
         channels.push_back({{"relid", c.relid},
+                            {"index", c.index},
                             {"name", c.name},
                             {"class_id", c.class_id},
                             {"instance_id", c.instance_id},
                             {"state", c.state},
                             {"target_vp", c.target_vp}});
     }
+    Json devices = Json::array();
+    for (const auto& d : info.devices)
+        devices.push_back({{"id", d.id}, {"kind", d.kind}, {"class_id", d.class_id}, {"instance_id", d.instance_id}});
     return {{"state", info.state},
             {"cpus", info.cpus},
             {"memory_bytes", info.memory_bytes},
@@ -59,6 +63,7 @@ Json to_json(const VmInfo& info) {
             {"hyperv", info.hyperv},
             {"uptime_ms", info.uptime_ms},
             {"vmbus_version", info.vmbus_version.empty() ? Json(nullptr) : Json(info.vmbus_version)},
+            {"devices", std::move(devices)},
             {"channels", std::move(channels)},
             {"gpadls", info.gpadls},
             {"vmm_rss_bytes", info.vmm_rss_bytes},

@@ -32,11 +32,20 @@ using ApiResult = std::expected<T, ApiError>;
 
 struct ChannelInfo {
     uint32_t relid = 0;
+    uint16_t index = 0;      // 0: the device's primary channel; 1..: its sub-channels
     std::string name;        // e.g. "heartbeat"
     std::string class_id;    // GUID text
     std::string instance_id;
-    std::string state;       // "offered", "open", "closed", "rescinded"
+    std::string state;       // "offered", "opening", "open", "closing", "closed", "failed", "rescinded", "released"
     uint32_t target_vp = 0;
+};
+
+// A device of the VM (it outlives guest reboots; the API addresses it by id).
+struct DeviceInfo {
+    std::string id;    // e.g. "kvp"
+    std::string kind;  // the device class, e.g. "kvp"
+    std::string class_id;
+    std::string instance_id;
 };
 
 struct VmInfo {
@@ -48,6 +57,7 @@ struct VmInfo {
     bool hyperv = false;
     uint64_t uptime_ms = 0;
     std::string vmbus_version;  // "" until the guest connects, e.g. "5.3"
+    std::vector<DeviceInfo> devices;
     std::vector<ChannelInfo> channels;
     uint64_t gpadls = 0;           // GPADLs the guest has established and not torn down
     uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded

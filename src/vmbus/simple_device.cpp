@@ -32,11 +32,16 @@ void SimpleDevice::open(const OpenRequest&, std::shared_ptr<ChannelQueue> queue,
         LockGuard lock(mu_);
         queue_ = std::move(queue);
     }
+    // The device may speak at once: its first packet (the integration services' version
+    // negotiation) is then in the ring before the guest sees OPENCHANNEL_RESULT, as with
+    // OpenVMM's simple devices, whose task starts in open(). Linux installs the channel's
+    // callback before it sends OPENCHANNEL, so it reads the packet either way; a driver that
+    // is unbound right after binding still sees it (a rebind loop counts on that).
+    on_opened();
     done({});
 }
 
 void SimpleDevice::opened(uint16_t) {
-    on_opened();
     drain();  // anything the guest sent already
 }
 

@@ -4,7 +4,7 @@
 // OpenVMM adapts its simple devices the same way (vmbus_channel/src/simple.rs).
 //
 //   class Heartbeat : public SimpleDevice {
-//       void on_opened() override { ... send(...) ... }         // the guest is listening
+//       void on_opened() override { ... send(...) ... }         // the channel is set up: speak
 //       void on_packet(const vmbus::PacketView& p) override { ... }
 //       void on_ring_space() override { ... retry a Busy send ... }
 //       void on_closed() override { ... }

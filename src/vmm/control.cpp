@@ -89,6 +89,10 @@ api::VmInfo MachineControl::info() {
         LockGuard lock(mu_);
         info.state = !m ? "stopped" : shutting_down_ ? "shutting-down" : "running";
     }
+    for (const auto& d : devices_.entries()) {
+        const auto& o = d.device->offer();
+        info.devices.push_back({d.id, d.kind, o.class_id.to_string(), o.instance_id.to_string()});
+    }
     const uint64_t rss = process_resident_bytes();
     if (!m) {
         info.vmm_rss_bytes = rss;
@@ -101,7 +105,7 @@ api::VmInfo MachineControl::info() {
         if (const uint32_t v = bus->version()) info.vmbus_version = vmbus::version_string(v);
         info.gpadls = bus->gpadl_count();
         for (const auto& c : bus->channels())
-            info.channels.push_back({c.relid, c.name, c.class_id.to_string(), c.instance_id.to_string(),
+            info.channels.push_back({c.relid, c.index, c.name, c.class_id.to_string(), c.instance_id.to_string(),
                                      vmbus::to_string(c.state), c.target_vp});
     }
     return info;

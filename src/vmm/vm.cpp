@@ -99,7 +99,7 @@ Result<> VirtualMachine::Impl::watch_host_events() {
     }));
     if (console->input_fd() >= 0) {
         auto input = std::make_shared<EventLoop::WatchId>(0);
-        ENL_TRY(*input, loop->watch(console->input_fd(), EPOLLIN, [this, input](uint32_t) {
+        auto watched = loop->watch(console->input_fd(), EPOLLIN, [this, input](uint32_t) {
             uint8_t buf[256];
             const ssize_t got = ::read(console->input_fd(), buf, sizeof(buf));
             if (got <= 0) {
@@ -108,7 +108,10 @@ Result<> VirtualMachine::Impl::watch_host_events() {
                 return;
             }
             if (machine) machine->console_input(std::span(buf, static_cast<size_t>(got)));
-        }));
+        });
+        // A regular file or /dev/null on stdin cannot be polled (EPERM): there is no input.
+        if (watched) *input = *watched;
+        else log::debug("console input is not pollable ({}); the guest gets no input", watched.error().message());
     }
     return {};
 }

@@ -67,9 +67,11 @@ public:
         i.hyperv = true;
         i.uptime_ms = 1234;
         i.vmbus_version = "5.3";
-        i.channels.push_back({1, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
+        i.devices.push_back({"heartbeat", "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
+                             "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"});
+        i.channels.push_back({1, 0, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
                               "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0", "open", 1});
-        i.channels.push_back({2, "kvp", "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
+        i.channels.push_back({2, 0, "kvp", "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
                               "242ff919-07db-4180-9c2e-b86cb68c8c55", "offered", 0});
         i.gpadls = 3;
         i.vmm_rss_bytes = 10 << 20;
@@ -384,10 +386,13 @@ TEST_F(ApiServerTest, Info) {
     EXPECT_EQ(j["guest_rss_bytes"], 100 << 20);
     ASSERT_TRUE(j["channels"].is_array());
     ASSERT_EQ(j["channels"].size(), 2U);
-    EXPECT_EQ(j["channels"][0], Json::parse(R"({"relid":1,"name":"heartbeat",
+    EXPECT_EQ(j["channels"][0], Json::parse(R"({"relid":1,"index":0,"name":"heartbeat",
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0",
         "state":"open","target_vp":1})"));
-    EXPECT_EQ(j.size(), 12U) << j.dump();
+    ASSERT_EQ(j["devices"].size(), 1U);
+    EXPECT_EQ(j["devices"][0], Json::parse(R"({"id":"heartbeat","kind":"heartbeat",
+        "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"})"));
+    EXPECT_EQ(j.size(), 13U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {

@@ -212,8 +212,13 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
     clock.now += 600ms;
     guest.step();
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Lost);
-    // A new boot (the bus resets the device): unknown until the guest connects again.
+    // A guest UNLOAD (as on a panic) resets the bus but keeps the last contact: still lost.
     hb->reset();
+    EXPECT_EQ(hb->status().health, HeartbeatService::Health::Lost);
+    // A new boot (a new bus attaches the device): unknown until the guest connects again.
+    vmbus::DeviceResources res;
+    res.loop = &g.loop();
+    hb->attach(res);
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
 }
 

@@ -56,8 +56,8 @@ void HeartbeatService::on_disconnected() {
     ++generation_;  // ends the tick chain
 }
 
-void HeartbeatService::reset() {
-    // A new boot: no contact until the guest's service connects again.
+void HeartbeatService::attach(const vmbus::DeviceResources& resources) {
+    IcDevice::attach(resources);
     LockGuard lock(mu_);
     ++generation_;
     ever_ready_ = false;

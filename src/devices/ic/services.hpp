@@ -47,8 +47,9 @@ public:
     // Healthy while replies keep coming; lost after three missed beats; unknown until the
     // guest's service first connects in this boot. By the loop's clock.
     [[nodiscard]] Status status() const;
-    // A new boot: no contact until the guest's service connects again.
-    void reset() override;
+    // A new boot (a new bus): no contact until the guest's service connects again. (A guest
+    // UNLOAD, as on a panic, keeps the last contact: the heartbeat is then lost.)
+    void attach(const vmbus::DeviceResources& resources) override;
 
 private:
     void on_ready() override;
