@@ -6,6 +6,8 @@
 //   api::HttpClient client("/run/enlighten/vm1.sock");
 //   auto r = client.request("PUT", "/api/v1/vm.kvp/external/Owner", R"({"value": "ops"})");
 //   if (!r) ... r.error().message ...;   else r->status, r->body, r->header("Content-Type")
+//
+// Threads: a client is one connection, used by one thread at a time.
 #pragma once
 
 #include <chrono>

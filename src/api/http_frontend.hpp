@@ -10,6 +10,9 @@
 //                      api::handle_request
 //
 // Internal to src/api (and fuzz/); users include api/server.hpp.
+//
+// Threads: one HttpFrontend is shared by the API workers (it keeps no per-connection
+// state); a ConnectionStream belongs to the worker serving that connection.
 #pragma once
 
 #include <sys/types.h>

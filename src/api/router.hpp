@@ -1,6 +1,9 @@
 // The management API's request handling, independent of the HTTP library: a request
 // (method, raw target, body) goes in, a status and a JSON body come out. The HTTP front end
 // (http_frontend.*) and the fuzzer call this; docs/api.md and docs/openapi.yaml describe it.
+//
+// Threads: handle_request may run on several API workers at once; it keeps no state of its
+// own and calls the VmControl.
 #pragma once
 
 #include <cstddef>

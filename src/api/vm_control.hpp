@@ -2,6 +2,9 @@
 // speaks HTTP/JSON and calls this; the VMM implements it (src/vmm/). Every call is made on
 // an API thread and must be thread-safe; none may block for long (a graceful shutdown is
 // started here and finishes in the background).
+//
+// Threads: every call comes from an API worker thread, several at once; implementations
+// are thread-safe and may wait for the guest (never on the VM's loop thread).
 #pragma once
 
 #include <cstdint>

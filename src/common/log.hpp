@@ -5,6 +5,8 @@
 //
 //   log::debug("VP {}: SINT{} masked", vp, sint);
 //   if (log::enabled(log::Level::Debug)) { ...expensive summary... }
+//
+// Threads: every function may be called from any thread (spdlog's logger is thread-safe).
 #pragma once
 
 #include <fmt/format.h>
@@ -24,6 +26,12 @@ void set_level(Level level);
 [[nodiscard]] std::optional<Level> parse_level(std::string_view name);
 
 void write(Level level, std::string_view message);
+
+// The level of each logging function, by its name (for macros that take the name).
+namespace level_of {
+inline constexpr Level trace = Level::Trace, debug = Level::Debug, info = Level::Info, warn = Level::Warn,
+                       error = Level::Error;
+}
 
 template <typename... Args>
 void emit(Level level, fmt::format_string<Args...> f, Args&&... args) {

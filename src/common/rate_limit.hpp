@@ -1,10 +1,14 @@
 // Log-rate limiting for guest-triggered messages: a hostile guest must not be able to
 // flood the host's log. Allows `burst` messages, then one per `interval`.
+//
+// Threads: any thread; the limiter's mutex is a leaf, taken only once the level is enabled.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+
+#include "common/log.hpp"
 
 namespace enlighten {
 
@@ -43,12 +47,13 @@ private:
 
 }  // namespace enlighten
 
-// Logs (common/log.hpp) at most as often as a per-call-site RateLimit allows.
+// Logs (common/log.hpp) at most as often as a per-call-site RateLimit allows. A disabled
+// level costs no lock.
 #define ENL_LOG_LIMITED(level, ...)                                              \
     do {                                                                         \
         static ::enlighten::RateLimit enl_rl_;                                   \
         uint64_t enl_rl_dropped_ = 0;                                            \
-        if (enl_rl_.allow(&enl_rl_dropped_)) {                                   \
+        if (::enlighten::log::enabled(::enlighten::log::level_of::level) && enl_rl_.allow(&enl_rl_dropped_)) {                                   \
             if (enl_rl_dropped_) ::enlighten::log::level("({} similar messages suppressed)", enl_rl_dropped_); \
             ::enlighten::log::level(__VA_ARGS__);                                \
         }                                                                        \

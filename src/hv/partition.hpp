@@ -1,6 +1,10 @@
 // The Hyper-V hypervisor interface of one partition, emulated in user space: the CPUID
 // leaves, the synthetic MSRs, the hypercall page and hypercall dispatch, and the SynIC.
 // KVM's own Hyper-V emulation is never used, so this works on hosts without it.
+//
+// Threads: cpuid_leaves and set_handlers before any vCPU runs (main thread); read_msr,
+// write_msr and hypercall from vCPU threads, concurrently. The partition-wide MSRs have one
+// mutex (a leaf); the message and event handlers are called without it, and on_crash too.
 #pragma once
 
 #include <linux/kvm.h>

@@ -115,11 +115,8 @@ void Synic::try_deliver(uint32_t vp_index, Vp& vp, uint32_t sint) {
         type.store(msg.header.message_type, std::memory_order_release);
         queue.pop_front();
         irq_.raise(vp_index, static_cast<uint8_t>(vp.sint[sint] & 0xff));
-        {
-            std::lock_guard s(stats_mu_);
-            ++stats_.messages_delivered;
-            ++stats_.interrupts;
-        }
+        messages_delivered_.fetch_add(1, std::memory_order_relaxed);
+        interrupts_.fetch_add(1, std::memory_order_relaxed);
         // One message per interrupt and per slot: the rest waits for the EOM.
         return;
     }
@@ -133,8 +130,7 @@ bool Synic::post_message(uint32_t vp_index, uint32_t sint, uint32_t message_type
     std::lock_guard lock(vp.mu);
     auto& queue = vp.queue[sint];
     if (queue.size() >= kQueueLimit) {
-        std::lock_guard s(stats_mu_);
-        ++stats_.messages_dropped;
+        messages_dropped_.fetch_add(1, std::memory_order_relaxed);
         return false;
     }
     HvMessage msg{};
@@ -160,11 +156,8 @@ bool Synic::signal_event(uint32_t vp_index, uint32_t sint, uint32_t flag) {
     std::atomic_ref<uint64_t> bits(*reinterpret_cast<uint64_t*>(word));
     const uint64_t mask = 1ULL << (flag % 64);
     const bool was_set = bits.fetch_or(mask, std::memory_order_acq_rel) & mask;
-    {
-        std::lock_guard s(stats_mu_);
-        ++stats_.events_signalled;
-        if (!was_set) ++stats_.interrupts;
-    }
+    events_signalled_.fetch_add(1, std::memory_order_relaxed);
+    if (!was_set) interrupts_.fetch_add(1, std::memory_order_relaxed);
     // Already set: the guest has not consumed it yet and will see it when it does.
     if (!was_set) irq_.raise(vp_index, static_cast<uint8_t>(vp.sint[sint] & 0xff));
     return true;
@@ -177,8 +170,8 @@ size_t Synic::queued(uint32_t vp_index, uint32_t sint) const {
 }
 
 SynicStats Synic::stats() const {
-    std::lock_guard s(stats_mu_);
-    return stats_;
+    return {messages_delivered_.load(std::memory_order_relaxed), messages_dropped_.load(std::memory_order_relaxed),
+            events_signalled_.load(std::memory_order_relaxed), interrupts_.load(std::memory_order_relaxed)};
 }
 
 }  // namespace enlighten::hv

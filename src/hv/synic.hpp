@@ -2,9 +2,15 @@
 // message page and SIEFP event-flags page (both guest RAM the guest chose), 16 SINTs, and
 // the host-side message queues with the msg_pending / EOM protocol that
 // linux-hv-guest-contract §4.5 describes.
+//
+// Threads: MSR accesses come from the VP's own vCPU thread; post_message and signal_event
+// from any thread (vCPUs, the VMBus server, the control loop, device workers). Each VP has
+// its own mutex: the last lock in every order (nothing else is locked under it; the
+// interrupt sink only issues a KVM ioctl).
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -73,8 +79,8 @@ private:
     const GuestMemory& mem_;
     InterruptSink& irq_;
     std::vector<std::unique_ptr<Vp>> vps_;
-    mutable std::mutex stats_mu_;
-    SynicStats stats_;
+    // Counted on the delivery path: relaxed atomics, no lock.
+    std::atomic<uint64_t> messages_delivered_{0}, messages_dropped_{0}, events_signalled_{0}, interrupts_{0};
 };
 
 }  // namespace enlighten::hv

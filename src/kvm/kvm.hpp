@@ -1,4 +1,9 @@
 // The only code that issues KVM ioctls: the system (/dev/kvm), a VM, and its vCPUs.
+//
+// Threads: Kvm and the Vm's setup calls run on the main thread while a machine is built.
+// Vm::irq_line, signal_msi, set_slot and set_pio_eventfd may be called from any thread at
+// any time (KVM serializes them; they may block briefly in the kernel). A Vcpu's run and
+// register calls belong to its vCPU thread once the vCPU runs (before, to the main thread).
 #pragma once
 
 #include <linux/kvm.h>

@@ -1,5 +1,8 @@
 // The KVM memory slots of a VM, as an interface: kvm::Vm implements it with
 // KVM_SET_USER_MEMORY_REGION; the memory manager's tests use a fake.
+//
+// Threads: set_slot may be called from any thread, also while vCPUs run (KVM allows slot
+// changes at run time); the MemoryManager serializes its own calls.
 #pragma once
 
 #include <cstdint>

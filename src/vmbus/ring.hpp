@@ -7,6 +7,10 @@
 // privately and only ever published, never read back; the other side's index is read once
 // per operation and range-checked; packet lengths are checked against what is available
 // and against a per-channel maximum; all loops are bounded by the ring size.
+//
+// Threads: a ring has one host-side user at a time (ChannelQueue holds the reading side
+// under its receive lock and the writing side under its send lock); the guest is the other
+// party, on its vCPUs, at any time: every shared header field is an atomic access.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,9 @@
 // Where the guest's serial console goes: the VMM's stdio (input too), a file, or nowhere.
 // Output is line-buffered: a full line is written at once; a partial line (a prompt) is
 // written by the event loop shortly after the guest stops writing.
+//
+// Threads: write() from vCPU threads (the UART), flush() and ack_flush_event() from the VM's
+// loop; one mutex, a leaf.
 #pragma once
 
 #include <termios.h>

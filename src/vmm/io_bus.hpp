@@ -1,4 +1,7 @@
 // Address-range dispatch of guest I/O exits to devices.
+//
+// Threads: devices are added while the machine is built (main thread); afterwards lookups
+// come from any vCPU thread and the table is read-only.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,8 @@
 // Factories of the integration services (vmm/devices.cpp lists them by kind). Each service
 // takes an optional `instance` (its VMBus instance GUID; the guest names the device after
 // it) and the heartbeat an `interval_ms`.
+//
+// Threads: called on the main thread while the VM's device set is built.
 #pragma once
 
 #include <memory>

@@ -1,5 +1,9 @@
 // The integration services served to the guest's hv_utils: heartbeat, shutdown, time sync
 // and key-value pair exchange (KVP). Class GUIDs from Linux include/linux/hyperv.h.
+//
+// Threads: as IcDevice (ic_device.hpp): hooks, timers and asynchronous transactions on the
+// control loop; the waiting calls (request, sync, set, remove, get, list) from any thread
+// but the loop's; status() and host_entries() anywhere. Each service's own mutex is a leaf.
 #pragma once
 
 #include <atomic>

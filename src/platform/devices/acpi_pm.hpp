@@ -1,6 +1,9 @@
 // ACPI fixed hardware: the PM1a event and control registers and the FADT reset register
 // (ACPI 6.4 §4.8). The guest powers off by writing SLP_TYP=S5 with SLP_EN to PM1a_CNT and
 // resets through RESET_REG; the host "presses" the fixed-feature power button.
+//
+// Threads: port accesses from vCPU threads, press_power_button from the VM's loop; one
+// mutex. The power-off and reset callbacks run on the vCPU that wrote the register.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,7 @@
 // The MC146818 CMOS real-time clock at ports 0x70/0x71: time of day (BCD, 24-hour) from the
 // host clock plus an offset, and 128 bytes of CMOS RAM. No RTC interrupts.
+//
+// Threads: port accesses from any vCPU thread, serialized by the device's mutex.
 #pragma once
 
 #include <array>

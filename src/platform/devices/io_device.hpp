@@ -1,4 +1,7 @@
 // A device on the port-I/O or MMIO bus, and the interrupt line a device raises.
+//
+// Threads: an IoDevice's read and write are called from any vCPU thread, concurrently; each
+// device locks itself. An IrqLine may be raised from any thread.
 #pragma once
 
 #include <cstdint>

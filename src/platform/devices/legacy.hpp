@@ -1,5 +1,8 @@
 // Small legacy ports: the i8042 reset line (port 0x64, command 0xFE) and the POST/delay
 // port 0x80 that Linux writes for I/O delays.
+//
+// Threads: port accesses from any vCPU thread; these devices keep no state (the reset line
+// calls its callback on the vCPU that wrote it).
 #pragma once
 
 #include <functional>

@@ -2,6 +2,10 @@
 // Register semantics from the National Semiconductor PC16550D data sheet; the Linux 8250
 // driver's autoconfig (IER read-back, MCR loopback test, FIFO detection through IIR[7:6])
 // and its THRE interrupt test (serial8250_do_startup) are what this must satisfy.
+//
+// Threads: read/write come from vCPU threads (port exits), push_input from the VM's loop
+// (console input); the device's mutex serializes them. It calls the IRQ line and the output
+// callback with its mutex held: both take only leaf locks (KVM, the console's).
 #pragma once
 
 #include <cstdint>
