@@ -79,6 +79,7 @@ public:
     ~Vcpu();
 
     [[nodiscard]] uint32_t id() const { return id_; }
+    [[nodiscard]] int fd() const { return fd_.get(); }
     [[nodiscard]] kvm_run* run_struct() const { return run_; }
 
     // KVM_RUN. Returns false (and no error) when interrupted by a signal (EINTR).
