@@ -210,7 +210,11 @@ private:
             case kOpResetAdapter:
                 // Nothing is lost by a reset: requests in flight complete on their own (§7).
                 return reply_status(std::move(room), p.trans_id, pkt, kStatusSuccess);
-            default: return reply_status(std::move(room), p.trans_id, pkt, init_op(pkt));
+            default: {
+                // init_op fills in pkt (QUERY_PROPERTIES), so it runs before pkt is passed on.
+                const uint32_t status = init_op(pkt);
+                return reply_status(std::move(room), p.trans_id, pkt, status);
+            }
         }
     }
 
