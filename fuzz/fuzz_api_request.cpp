@@ -38,7 +38,14 @@ public:
         VmInfo i;
         i.state = "running";
         i.kernel = "k\xff";  // invalid UTF-8 must not break the JSON
-        i.channels.push_back({1, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d", "x", "open", 0});
+        i.channels.push_back({1, 0, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d", "x", "open", 0});
+        DiskInfo d;
+        d.id = "d\xfe";
+        d.controller = "scsi0";
+        d.bus = "scsi";
+        d.path = "/x\xff";
+        i.disks.push_back(d);
+        i.storage_channels.push_back({"scsi0", 1, 1, 5, 0});
         return i;
     }
     ApiResult<> shutdown(const ShutdownRequest& r) override {
@@ -66,6 +73,21 @@ public:
     ApiResult<> kvp_delete(KvpPool, const std::string& key) override {
         check_key(key);
         return {};
+    }
+    ApiResult<DiskInfo> add_disk(const AddDiskRequest& r) override {
+        // The router checked these (parse_add_disk).
+        if (r.path.empty() || r.path.size() > 4096 || r.path.find('\0') != std::string::npos) __builtin_trap();
+        if (r.id.size() > 64 || r.serial.size() > 64 || r.format.size() > 16) __builtin_trap();
+        if (r.path.size() % 3 == 0) return std::unexpected(ApiError{ErrorKind::BadRequest, "cannot open " + r.path});
+        DiskInfo d;
+        d.id = r.id.empty() ? "disk1" : r.id;
+        d.path = r.path;
+        d.format = r.format;
+        d.read_only = r.read_only;
+        return d;
+    }
+    ApiResult<> remove_disk(const std::string& id) override {
+        return std::unexpected(ApiError{ErrorKind::NotFound, "no disk " + id});
     }
 };
 

@@ -7,6 +7,7 @@
 
 #include "fuzz_input.hpp"
 #include "hv/partition.hpp"
+#include "common/event_loop.hpp"
 #include "vmbus/server.hpp"
 
 using namespace enlighten;
@@ -45,7 +46,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     hv::Partition partition(mem, irq, hv::PartitionConfig{.num_vps = 2, .tsc_hz = 1000000, .hypercall_port = 0x5c});
     SynicSink sink;
     sink.synic = &partition.synic();
-    vmbus::Server server(sink, mem, 2);
+    // The control loop the server hands work to; run between operations, as the VMM's is.
+    auto loop = EventLoop::create().value();
+    vmbus::Server server(sink, mem, 2, *loop, loop.get());
     partition.set_handlers(
         [&](uint32_t vp, uint32_t conn, uint32_t, std::span<const uint8_t> payload) {
             return server.handle_message(vp, conn, payload);
@@ -92,6 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 break;
             }
         }
+        while (loop->run_once(std::chrono::milliseconds(0))) {}
     }
     return 0;
 }
