@@ -163,7 +163,7 @@ std::expected<ShutdownRequest, std::string> parse_shutdown(std::string_view body
 }
 
 std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body) {
-    auto j = parse_object(body, {"path", "id", "format", "readonly", "serial"}, true);
+    auto j = parse_object(body, {"path", "id", "format", "readonly", "serial", "controller"}, true);
     if (!j) return std::unexpected(j.error());
     AddDiskRequest r;
     auto text = [&](const char* name, std::string& out, size_t max) -> std::optional<std::string> {
@@ -176,7 +176,8 @@ std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body)
         return std::nullopt;
     };
     for (auto [name, out, max] : {std::tuple{"path", &r.path, size_t{4096}}, std::tuple{"id", &r.id, size_t{64}},
-                                  std::tuple{"format", &r.format, size_t{16}}, std::tuple{"serial", &r.serial, size_t{64}}})
+                                  std::tuple{"format", &r.format, size_t{16}}, std::tuple{"serial", &r.serial, size_t{64}},
+                                  std::tuple{"controller", &r.controller, size_t{64}}})
         if (auto why = text(name, *out, max)) return std::unexpected(*why);
     if (r.path.empty()) return std::unexpected(std::string("path is required"));
     if (auto it = j->find("readonly"); it != j->end()) {

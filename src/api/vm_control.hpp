@@ -79,6 +79,7 @@ struct StorageChannelInfo {
 
 struct AddDiskRequest {
     std::string path;
+    std::string controller;  // a SCSI controller's id ("scsi1"); empty: the first one
     std::string id;  // empty: chosen ("diskN")
     std::string format = "auto";
     bool read_only = false;

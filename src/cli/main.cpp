@@ -18,6 +18,7 @@
 #include <charconv>
 #include <cstdio>
 #include <optional>
+#include <map>
 #include <set>
 #include "common/log.hpp"
 
@@ -35,6 +36,9 @@
 using namespace enlighten;
 
 namespace {
+
+// SCSI controllers a VM may have (scsi0..scsi3), as on Hyper-V.
+constexpr int kMaxScsiControllers = 4;
 
 int error(const Error& e) {
     std::fflush(stdout);
@@ -56,13 +60,14 @@ Result<uint64_t> parse_memory(std::string text) {
     return size;
 }
 
-// --disk path=FILE[,format=raw|auto][,readonly=on|off][,bus=scsi|ide][,id=NAME][,serial=TEXT]
+// --disk path=FILE[,format=raw|auto][,readonly=on|off][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
 // (Cloud Hypervisor style; a first element without '=' is the path). Returns the disk's
-// DeviceConfig (kind "disk") and its bus.
+// DeviceConfig (kind "disk") and where it goes: "ide", or the SCSI controller "scsiN".
 Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec, size_t n) {
     DeviceConfig d;
     d.kind = "disk";
     std::string bus = "scsi";
+    std::string controller;
     std::vector<std::string> items;
     for (size_t start = 0;;) {
         const size_t end = spec.find(',', start);
@@ -88,33 +93,46 @@ Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec,
             d.id = value;
         } else if (key == "bus") {
             bus = value;
+        } else if (key == "controller") {
+            controller = value;
         } else if (key == "path" || key == "format" || key == "readonly" || key == "serial") {
             if (d.params.count(key)) return fail("--disk '{}': '{}' given twice", spec, key);
             d.params[key] = value;
         } else {
-            return fail("--disk '{}': unknown key '{}' (path, format, readonly, bus, id, serial)", spec, key);
+            return fail("--disk '{}': unknown key '{}' (path, format, readonly, bus, controller, id, serial)", spec, key);
         }
     }
     auto path = d.params.find("path");
     if (path == d.params.end() || path->second.empty()) return fail("--disk '{}': no path= given", spec);
     if (bus != "scsi" && bus != "ide") return fail("--disk '{}': bus '{}' (scsi or ide)", spec, bus);
+    std::string where = bus;
+    if (bus == "scsi") {
+        if (controller.empty()) controller = "0";
+        if (controller.size() != 1 || controller[0] < '0' || controller[0] >= '0' + kMaxScsiControllers)
+            return fail("--disk '{}': controller '{}' (0 to {})", spec, controller, kMaxScsiControllers - 1);
+        where = "scsi" + controller;
+    } else if (!controller.empty()) {
+        return fail("--disk '{}': controller= is for the SCSI bus (each IDE disk has its own channel)", spec);
+    }
     if (d.id.empty()) d.id = fmt::format("disk{}", n);
-    return std::pair{std::move(d), bus};
+    return std::pair{std::move(d), where};
 }
 
-// The VMBus devices: the integration services, a SCSI controller "scsi0" (with the --disk
-// disks on the SCSI bus; it is there without any, for disks added later through the API),
-// and one IDE slot per --disk on the IDE bus.
+// The VMBus devices: the integration services, the SCSI controller "scsi0" (with the --disk
+// disks on it; it is there without any, for disks added later through the API), "scsi1" to
+// "scsi3" when a --disk names them (controller=N), and one IDE slot per --disk on the IDE bus.
 Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& disks) {
     auto devices = ic::default_integration_services();
-    DeviceConfig scsi{"scsi", "scsi0", {}, {}};
+    std::map<std::string, DeviceConfig> scsi;
+    scsi.emplace("scsi0", DeviceConfig{"scsi", "scsi0", {}, {}});
     std::vector<DeviceConfig> ide;
     std::set<std::string> ids;
     for (size_t i = 0; i < disks.size(); ++i) {
         ENL_TRY(auto d, parse_disk(disks[i], i));
         if (!ids.insert(d.first.id).second) return fail("--disk: id '{}' is used twice", d.first.id);
-        if (d.second == "scsi") {
-            scsi.children.push_back(std::move(d.first));
+        if (d.second != "ide") {
+            auto [it, _] = scsi.try_emplace(d.second, DeviceConfig{"scsi", d.second, {}, {}});
+            it->second.children.push_back(std::move(d.first));
         } else {
             if (ide.size() == 4) return fail("--disk: at most 4 disks on the IDE bus");
             DeviceConfig slot{"ide", fmt::format("ide{}", ide.size()), {{"slot", std::to_string(ide.size())}}, {}};
@@ -122,7 +140,7 @@ Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& 
             ide.push_back(std::move(slot));
         }
     }
-    devices.push_back(std::move(scsi));
+    for (auto& [id, c] : scsi) devices.push_back(std::move(c));
     for (auto& s : ide) devices.push_back(std::move(s));
     return devices;
 }
@@ -184,7 +202,8 @@ int main(int argc, char** argv) {
     run->add_option("--api-socket", cfg.api_socket, "Serve the management API on this Unix socket (docs/api.md)");
     std::vector<std::string> disks;
     run->add_option("--disk", disks,
-                    "A disk: path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]; repeatable")
+                    "A disk: path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,controller=0..3][,id=NAME][,serial=TEXT]; "
+                    "repeatable")
         ->take_all();
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;

@@ -25,6 +25,7 @@ struct RemoteOptions {
     std::string disk_id;
     std::string disk_format;
     std::string disk_serial;
+    std::string disk_controller;
     bool disk_readonly = false;
 };
 

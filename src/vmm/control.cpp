@@ -282,11 +282,13 @@ api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest
     std::shared_ptr<storvsp::Controller> scsi;
     std::string scsi_id;
     for (const auto& [id, c] : all)
-        if (c->bus() == storvsp::Bus::Scsi) {
+        if (c->bus() == storvsp::Bus::Scsi && (request.controller.empty() || request.controller == id)) {
             scsi = c;
             scsi_id = id;
             break;
         }
+    if (!scsi && !request.controller.empty())
+        return api_error(ErrorKind::NotFound, fmt::format("no SCSI controller '{}'", request.controller));
     if (!scsi) return api_error(ErrorKind::Conflict, "the VM has no SCSI controller (--hyperv off?)");
     auto taken = [&](std::string_view disk) {
         for (const auto& [id, c] : all)

@@ -134,7 +134,8 @@ public:
         return std::unexpected(ApiError{ErrorKind::NotFound, "no such key: " + key});
     }
     ApiResult<DiskInfo> add_disk(const AddDiskRequest& r) override {
-        record("add-disk " + r.path + " " + r.id + (r.read_only ? " ro" : ""));
+        record("add-disk " + r.path + " " + r.id + (r.read_only ? " ro" : "") +
+               (r.controller.empty() ? "" : " on " + r.controller));
         if (r.path == "/missing") return std::unexpected(ApiError{ErrorKind::BadRequest, "no such file"});
         DiskInfo d;
         d.id = r.id.empty() ? "disk0" : r.id;
@@ -512,6 +513,10 @@ TEST_F(ApiServerTest, AddAndRemoveDisks) {
     EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": "/a", "readonly": "yes"})")->status, 400);
     EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": "/a", "bus": "ide"})")->status, 400);
     EXPECT_EQ(put("/api/v1/vm.add-disk", "")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": "/a", "controller": 1})")->status, 400);
+    r = put("/api/v1/vm.add-disk", R"({"path": "/srv/b.img", "controller": "scsi1"})");
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(vm.calls().back(), "add-disk /srv/b.img  on scsi1");
     r = put("/api/v1/vm.add-disk", R"({"path": "/missing"})");
     EXPECT_EQ(r->status, 400);
     EXPECT_EQ(error_of(r->body), "no such file");
