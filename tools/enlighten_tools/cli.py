@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import debian, guest_image, testhost
+from . import debian, guest_image, testhost, userland
 from .common import ToolError
 
 
@@ -27,6 +27,8 @@ def _strip_dashdash(rest: list[str]) -> list[str]:
 def cmd_fetch(a: argparse.Namespace) -> int:
     for name, root in debian.fetch_all().items():
         print(f"{name}\t{root}")
+    for name in userland.packages():
+        print(f"{name}\t{debian.package_tree(name)}")
     return 0
 
 
