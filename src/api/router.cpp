@@ -1,5 +1,7 @@
 #include "api/router.hpp"
 
+#include <tuple>
+
 #include <array>
 #include <charconv>
 #include <expected>
@@ -41,6 +43,16 @@ std::string_view heartbeat_state(HeartbeatState s) {
     return "unknown";
 }
 
+Json to_json(const DiskInfo& d) {
+    return {{"id", d.id},          {"controller", d.controller},   {"bus", d.bus},
+            {"lun", d.lun},        {"path", d.path},               {"format", d.format},
+            {"read_only", d.read_only}, {"direct", d.direct},      {"size_bytes", d.size_bytes},
+            {"block_size", d.block_size}, {"requests", d.requests}, {"reads", d.reads},
+            {"writes", d.writes},  {"flushes", d.flushes},         {"unmaps", d.unmaps},
+            {"bytes_read", d.bytes_read}, {"bytes_written", d.bytes_written}, {"errors", d.errors},
+            {"latency_us_avg", d.latency_us_avg}};
+}
+
 Json to_json(const VmInfo& info) {
     Json channels = Json::array();
     for (const auto& c : info.channels) {
@@ -52,6 +64,12 @@ Json to_json(const VmInfo& info) {
                             {"state", c.state},
                             {"target_vp", c.target_vp}});
     }
+    Json disks = Json::array();
+    for (const auto& d : info.disks) disks.push_back(to_json(d));
+    Json storage_channels = Json::array();
+    for (const auto& c : info.storage_channels)
+        storage_channels.push_back({{"controller", c.controller}, {"index", c.index}, {"target_vp", c.target_vp},
+                                    {"requests", c.requests}, {"in_flight", c.in_flight}});
     Json devices = Json::array();
     for (const auto& d : info.devices)
         devices.push_back({{"id", d.id}, {"kind", d.kind}, {"class_id", d.class_id}, {"instance_id", d.instance_id}});
@@ -65,6 +83,8 @@ Json to_json(const VmInfo& info) {
             {"vmbus_version", info.vmbus_version.empty() ? Json(nullptr) : Json(info.vmbus_version)},
             {"devices", std::move(devices)},
             {"channels", std::move(channels)},
+            {"disks", std::move(disks)},
+            {"storage_channels", std::move(storage_channels)},
             {"gpadls", info.gpadls},
             {"vmm_rss_bytes", info.vmm_rss_bytes},
             {"guest_rss_bytes", info.guest_rss_bytes}};
@@ -140,6 +160,30 @@ std::expected<ShutdownRequest, std::string> parse_shutdown(std::string_view body
                                                *units, kMaxReasonUtf16));
     }
     return req;
+}
+
+std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body) {
+    auto j = parse_object(body, {"path", "id", "format", "readonly", "serial"}, true);
+    if (!j) return std::unexpected(j.error());
+    AddDiskRequest r;
+    auto text = [&](const char* name, std::string& out, size_t max) -> std::optional<std::string> {
+        auto it = j->find(name);
+        if (it == j->end()) return std::nullopt;
+        if (!it->is_string()) return fmt::format("{} must be a string", name);
+        out = it->get<std::string>();
+        if (out.size() > max) return fmt::format("{} is longer than {} bytes", name, max);
+        if (out.find('\0') != std::string::npos) return fmt::format("{} contains a NUL character", name);
+        return std::nullopt;
+    };
+    for (auto [name, out, max] : {std::tuple{"path", &r.path, size_t{4096}}, std::tuple{"id", &r.id, size_t{64}},
+                                  std::tuple{"format", &r.format, size_t{16}}, std::tuple{"serial", &r.serial, size_t{64}}})
+        if (auto why = text(name, *out, max)) return std::unexpected(*why);
+    if (r.path.empty()) return std::unexpected(std::string("path is required"));
+    if (auto it = j->find("readonly"); it != j->end()) {
+        if (!it->is_boolean()) return std::unexpected(std::string("readonly must be true or false"));
+        r.read_only = it->get<bool>();
+    }
+    return r;
 }
 
 enum class Method { Get, Put, Delete, Other };
@@ -259,6 +303,24 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
     if (name == "vm.power-off") return put_only([&] { return no_body([&] { return vm.power_off(); }); });
     if (name == "vm.reset") return put_only([&] { return no_body([&] { return vm.reset(); }); });
     if (name == "vm.time-sync") return put_only([&] { return no_body([&] { return vm.time_sync(); }); });
+    if (name == "vm.add-disk") {
+        return put_only([&] {
+            auto req = parse_add_disk(body);
+            if (!req) return error_reply(400, req.error());
+            auto disk = vm.add_disk(*req);
+            if (!disk) return from_api_error(disk.error());
+            return json_reply(to_json(*disk));
+        });
+    }
+    if (name == "vm.remove-disk") {
+        return put_only([&] {
+            auto j = parse_object(body, {"id"}, true);
+            if (!j) return error_reply(400, j.error());
+            auto it = j->find("id");
+            if (it == j->end() || !it->is_string()) return error_reply(400, "id (a string) is required");
+            return from_result(vm.remove_disk(it->get<std::string>()));
+        });
+    }
     return error_reply(404, fmt::format("no such endpoint: {}", target.substr(0, target.find('?'))));
 }
 

@@ -51,6 +51,40 @@ struct DeviceInfo {
     std::string instance_id;
 };
 
+// A disk of the VM, with its I/O counters since it was attached.
+struct DiskInfo {
+    std::string id;
+    std::string controller;  // the storage device's id, e.g. "scsi0"
+    std::string bus;         // "scsi" or "ide"
+    uint32_t lun = 0;
+    std::string path;
+    std::string format;
+    bool read_only = false;
+    bool direct = false;  // O_DIRECT on the image
+    uint64_t size_bytes = 0;
+    uint32_t block_size = 512;
+    uint64_t requests = 0, reads = 0, writes = 0, flushes = 0, unmaps = 0;
+    uint64_t bytes_read = 0, bytes_written = 0, errors = 0;
+    uint64_t latency_us_avg = 0;  // mean backend latency of reads, writes, flushes and unmaps
+};
+
+// One VMBus channel of a storage controller (its primary, or a sub-channel).
+struct StorageChannelInfo {
+    std::string controller;
+    uint32_t index = 0;
+    uint32_t target_vp = 0;
+    uint64_t requests = 0;
+    uint32_t in_flight = 0;
+};
+
+struct AddDiskRequest {
+    std::string path;
+    std::string id;  // empty: chosen ("diskN")
+    std::string format = "auto";
+    bool read_only = false;
+    std::string serial;
+};
+
 struct VmInfo {
     std::string state;  // "running", "shutting-down", "stopped"
     uint32_t cpus = 0;
@@ -62,6 +96,8 @@ struct VmInfo {
     std::string vmbus_version;  // "" until the guest connects, e.g. "5.3"
     std::vector<DeviceInfo> devices;
     std::vector<ChannelInfo> channels;
+    std::vector<DiskInfo> disks;
+    std::vector<StorageChannelInfo> storage_channels;
     uint64_t gpadls = 0;           // GPADLs the guest has established and not torn down
     uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded
     uint64_t guest_rss_bytes = 0;  // guest RAM the host has backed so far
@@ -110,6 +146,10 @@ public:
     virtual ApiResult<std::string> kvp_get(KvpPool pool, const std::string& key) = 0;
     virtual ApiResult<> kvp_set(KvpPool pool, const std::string& key, const std::string& value) = 0;
     virtual ApiResult<> kvp_delete(KvpPool pool, const std::string& key) = 0;
+
+    // Storage: hot-add a disk to the SCSI controller (the guest sees it appear) and remove one.
+    virtual ApiResult<DiskInfo> add_disk(const AddDiskRequest& request) = 0;
+    virtual ApiResult<> remove_disk(const std::string& id) = 0;
 };
 
 }  // namespace enlighten::api

@@ -3,16 +3,22 @@
 //   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
 //                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--on-crash exit|stay]
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
-//                 [--api-socket PATH]
+//                 [--api-socket PATH] [--disk path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //
 // Exit status: see src/vmm/exit_codes.hpp.
 #include <sys/sysinfo.h>
 
+// GCC 12 warns (-Wnull-dereference) inside CLI11's string splitting, inlined here once a
+// vector option (--disk) exists: a false positive in library code.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnull-dereference"
 #include <CLI/CLI.hpp>
+#pragma GCC diagnostic pop
 #include <charconv>
 #include <cstdio>
 #include <optional>
+#include <set>
 #include "common/log.hpp"
 
 #include "cli/remote.hpp"
@@ -48,6 +54,77 @@ Result<uint64_t> parse_memory(std::string text) {
     auto size = parse_size(text);
     if (!size) return std::unexpected(size.error().context("--memory"));
     return size;
+}
+
+// --disk path=FILE[,format=raw|auto][,readonly=on|off][,bus=scsi|ide][,id=NAME][,serial=TEXT]
+// (Cloud Hypervisor style; a first element without '=' is the path). Returns the disk's
+// DeviceConfig (kind "disk") and its bus.
+Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec, size_t n) {
+    DeviceConfig d;
+    d.kind = "disk";
+    std::string bus = "scsi";
+    std::vector<std::string> items;
+    for (size_t start = 0;;) {
+        const size_t end = spec.find(',', start);
+        items.push_back(spec.substr(start, end == std::string::npos ? std::string::npos : end - start));
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+        const std::string& item = items[i];
+        if (item.empty()) return fail("--disk '{}': an empty element", spec);
+        const size_t eq = item.find('=');
+        std::string key, value;
+        if (eq != std::string::npos) {
+            key = item.substr(0, eq);
+            value = item.substr(eq + 1);
+        } else if (i == 0) {
+            key = "path";  // a first element without '=' is the path
+            value = item;
+        } else {
+            return fail("--disk '{}': '{}' has no value", spec, item);
+        }
+        if (key == "id") {
+            d.id = value;
+        } else if (key == "bus") {
+            bus = value;
+        } else if (key == "path" || key == "format" || key == "readonly" || key == "serial") {
+            if (d.params.count(key)) return fail("--disk '{}': '{}' given twice", spec, key);
+            d.params[key] = value;
+        } else {
+            return fail("--disk '{}': unknown key '{}' (path, format, readonly, bus, id, serial)", spec, key);
+        }
+    }
+    auto path = d.params.find("path");
+    if (path == d.params.end() || path->second.empty()) return fail("--disk '{}': no path= given", spec);
+    if (bus != "scsi" && bus != "ide") return fail("--disk '{}': bus '{}' (scsi or ide)", spec, bus);
+    if (d.id.empty()) d.id = fmt::format("disk{}", n);
+    return std::pair{std::move(d), bus};
+}
+
+// The VMBus devices: the integration services, a SCSI controller "scsi0" (with the --disk
+// disks on the SCSI bus; it is there without any, for disks added later through the API),
+// and one IDE slot per --disk on the IDE bus.
+Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& disks) {
+    auto devices = ic::default_integration_services();
+    DeviceConfig scsi{"scsi", "scsi0", {}, {}};
+    std::vector<DeviceConfig> ide;
+    std::set<std::string> ids;
+    for (size_t i = 0; i < disks.size(); ++i) {
+        ENL_TRY(auto d, parse_disk(disks[i], i));
+        if (!ids.insert(d.first.id).second) return fail("--disk: id '{}' is used twice", d.first.id);
+        if (d.second == "scsi") {
+            scsi.children.push_back(std::move(d.first));
+        } else {
+            if (ide.size() == 4) return fail("--disk: at most 4 disks on the IDE bus");
+            DeviceConfig slot{"ide", fmt::format("ide{}", ide.size()), {{"slot", std::to_string(ide.size())}}, {}};
+            slot.children.push_back(std::move(d.first));
+            ide.push_back(std::move(slot));
+        }
+    }
+    devices.push_back(std::move(scsi));
+    for (auto& s : ide) devices.push_back(std::move(s));
+    return devices;
 }
 
 Result<uint32_t> parse_cpus(std::string text) {
@@ -105,6 +182,10 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
         ->capture_default_str();
     run->add_option("--api-socket", cfg.api_socket, "Serve the management API on this Unix socket (docs/api.md)");
+    std::vector<std::string> disks;
+    run->add_option("--disk", disks,
+                    "A disk: path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]; repeatable")
+        ->take_all();
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -132,7 +213,13 @@ int main(int argc, char** argv) {
     cfg.hyperv = hyperv == "on";
     cfg.exit_on_crash = on_crash == "exit";
     cfg.host_decompress = decompress == "host";
-    if (cfg.hyperv) cfg.devices = ic::default_integration_services();
+    if (cfg.hyperv) {
+        auto devices = vmbus_devices(disks);
+        if (!devices) return error(devices.error());
+        cfg.devices = std::move(*devices);
+    } else if (!disks.empty()) {
+        return error(Error("--disk needs the Hyper-V interface (--hyperv on): disks are served over VMBus"));
+    }
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
     // Bad files are reported before KVM is touched.
     if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0, cfg.host_decompress}); !ok)

@@ -55,6 +55,16 @@ Call make_call(const RemoteOptions& o) {
     if (c == "kvp-get") return {"GET", kvp(true), {}, true};
     if (c == "kvp-set") return {"PUT", kvp(true), Json{{"value", o.value}}.dump(-1, ' ', false, Json::error_handler_t::replace)};
     if (c == "kvp-delete") return {"DELETE", kvp(true), {}};
+    auto json = [](const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); };
+    if (c == "add-disk") {
+        Json j{{"path", o.disk_path}};
+        if (!o.disk_id.empty()) j["id"] = o.disk_id;
+        if (!o.disk_format.empty()) j["format"] = o.disk_format;
+        if (!o.disk_serial.empty()) j["serial"] = o.disk_serial;
+        if (o.disk_readonly) j["readonly"] = true;
+        return {"PUT", base + "vm.add-disk", json(j), true};
+    }
+    if (c == "remove-disk") return {"PUT", base + "vm.remove-disk", json(Json{{"id", o.disk_id}})};
     return {"GET", base + "vmm.ping", {}, true};
 }
 
@@ -109,6 +119,14 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* del = cmd("kvp-delete", "Delete a KVP entry");
     add_pool(del);
     add_key(del);
+    auto* add = cmd("add-disk", "Hot-add a disk to the SCSI controller; prints it");
+    add->add_option("path", opts.disk_path, "The image file or block device")->required();
+    add->add_option("--id", opts.disk_id, "The disk's id (default: diskN)");
+    add->add_option("--format", opts.disk_format, "auto (default) or raw");
+    add->add_option("--serial", opts.disk_serial, "The serial number the guest sees (default: the id)");
+    add->add_flag("--readonly", opts.disk_readonly, "The guest cannot write it");
+    auto* rm = cmd("remove-disk", "Hot-remove a disk (the guest sees it go)");
+    rm->add_option("id", opts.disk_id, "The disk's id")->required();
     return remote;
 }
 

@@ -20,6 +20,12 @@ struct RemoteOptions {
     std::string pool;
     std::string key;
     std::string value;
+    // add-disk / remove-disk
+    std::string disk_path;
+    std::string disk_id;
+    std::string disk_format;
+    std::string disk_serial;
+    bool disk_readonly = false;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace enlighten {
 
@@ -12,6 +13,7 @@ struct DeviceConfig {
     std::string kind;  // "heartbeat", "shutdown", "timesync", "kvp", ...
     std::string id;    // unique in the VM; empty: the kind
     std::map<std::string, std::string, std::less<>> params;
+    std::vector<DeviceConfig> children;  // e.g. a storage controller's disks
 };
 
 }  // namespace enlighten

@@ -45,6 +45,9 @@ namespace enlighten::vmbus {
 
 class ChannelQueue;
 
+// Sub-channels per device, whatever the device declares.
+inline constexpr uint16_t kMaxSubchannels = 64;
+
 // What goes into the OFFERCHANNEL message, plus the limits of the guest driver.
 struct OfferParams {
     std::string name;  // for logs and the API, e.g. "heartbeat"

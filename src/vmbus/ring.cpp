@@ -12,7 +12,6 @@ constexpr uint32_t used_bytes(uint32_t write, uint32_t read, uint32_t size) {
     return write >= read ? write - read : size - read + write;
 }
 
-constexpr uint32_t align8(uint32_t v) { return (v + 7u) & ~7u; }
 
 }  // namespace
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -182,13 +183,13 @@ Result<> Server::rescind(uint32_t relid) {
     if (!ch || ch->index != 0 || ch->slot->withdrawn) return fail(Errc::NotFound, "no device with channel {} to rescind", relid);
     auto slot = ch->slot;
     slot->withdrawn = true;
-    std::vector<uint32_t> group;
+    std::vector<std::pair<uint16_t, uint32_t>> group;  // (index, relid)
     for (auto& [r, c] : channels_)
-        if (c->slot == slot) group.push_back(r);
+        if (c->slot == slot) group.emplace_back(c->index, r);
     // Sub-channels first, as Hyper-V does, then the primary.
-    std::sort(group.begin(), group.end(), [&](uint32_t a, uint32_t b) { return channels_[a]->index > channels_[b]->index; });
-    for (uint32_t r : group)
-        if (Channel* c = find(r)) withdraw(*c);
+    std::sort(group.begin(), group.end(), std::greater<>());
+    for (const auto& entry : group)
+        if (Channel* c = find(entry.second)) withdraw(*c);
     std::erase(devices_, slot);
     post([slot](Server&) {
         slot->device->reset();
@@ -483,7 +484,7 @@ void Server::shutdown(Task done) {
 void Server::on_gpadl_header(std::span<const uint8_t> payload) {
     const auto hdr = read_padded<GpadlHeader>(payload);
     GpadlCreated reply{{msg(MsgType::GpadlCreated), 0}, hdr.child_relid, hdr.gpadl, kStatusFailure};
-    auto refuse = [&](std::string_view why) {
+    auto refuse = [&](std::string_view why) ENL_REQUIRES(mu_) {
         ++stats_.bad_messages;
         ENL_LOG_LIMITED(warn, "vmbus: GPADL {:#x} for channel {} refused: {}", hdr.gpadl, hdr.child_relid, why);
         send(reply);
@@ -606,7 +607,7 @@ void Server::gpadl_released(uint32_t handle, uint64_t pages, uint64_t connection
 
 void Server::on_open_channel(const OpenChannel& m) {
     OpenResult reply{{msg(MsgType::OpenChannelResult), 0}, m.child_relid, m.openid, kStatusFailure};
-    auto refuse = [&](std::string_view why) {
+    auto refuse = [&](std::string_view why) ENL_REQUIRES(mu_) {
         ++stats_.bad_messages;
         ENL_LOG_LIMITED(warn, "vmbus: OPENCHANNEL for channel {} refused: {}", m.child_relid, why);
         send(reply);

@@ -60,7 +60,6 @@ inline constexpr uint32_t kMaxRelid = 2047;             // MAX_CHANNEL_RELIDS - 
 inline constexpr uint64_t kMaxGpadlPages = 1ULL << 16;  // 256 MiB in one GPADL
 inline constexpr size_t kMaxGpadls = 8192;
 inline constexpr uint32_t kChannelConnectionBase = 0x10000;  // connection id = base + relid
-inline constexpr uint16_t kMaxSubchannels = 64;              // per device, whatever it asks
 inline constexpr uint32_t kStatusFailure = 0xc0000001;       // STATUS_UNSUCCESSFUL in replies
 
 enum class ChannelState { Offered, Opening, Open, Closing, Closed, Failed, Rescinded, Released };

@@ -6,6 +6,7 @@
 
 #include "common/event_loop.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/storvsp/storvsp.hpp"
 #include "vmbus/server.hpp"
 #include "vmm/devices.hpp"
 #include "vmm/machine.hpp"
@@ -29,6 +30,40 @@ uint64_t process_resident_bytes() {
     uint64_t size = 0, resident = 0;
     statm >> size >> resident;
     return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// The storage controllers of the VM, with their device ids.
+std::vector<std::pair<std::string, std::shared_ptr<storvsp::Controller>>> controllers(const DeviceSet& set) {
+    std::vector<std::pair<std::string, std::shared_ptr<storvsp::Controller>>> out;
+    for (const auto& e : set.entries())
+        if (auto c = std::dynamic_pointer_cast<storvsp::Controller>(e.device)) out.emplace_back(e.id, std::move(c));
+    return out;
+}
+
+api::DiskInfo disk_info(const std::string& controller, storvsp::Bus bus, const storvsp::DiskStatus& d) {
+    api::DiskInfo i;
+    i.id = d.id;
+    i.controller = controller;
+    i.bus = bus == storvsp::Bus::Scsi ? "scsi" : "ide";
+    i.lun = d.lun;
+    i.path = d.path;
+    i.format = d.format;
+    i.read_only = d.read_only;
+    i.direct = d.direct;
+    i.size_bytes = d.size_bytes;
+    i.block_size = d.block_size;
+    const auto& c = d.counters;
+    i.requests = c.requests;
+    i.reads = c.reads;
+    i.writes = c.writes;
+    i.flushes = c.flushes;
+    i.unmaps = c.unmaps;
+    i.bytes_read = c.bytes_read;
+    i.bytes_written = c.bytes_written;
+    i.errors = c.errors;
+    const uint64_t ops = c.reads + c.writes + c.flushes + c.unmaps;
+    i.latency_us_avg = ops ? c.latency_ns / ops / 1000 : 0;
+    return i;
 }
 
 // An integration service's error, as the API reports it.
@@ -92,6 +127,11 @@ api::VmInfo MachineControl::info() {
     for (const auto& d : devices_.entries()) {
         const auto& o = d.device->offer();
         info.devices.push_back({d.id, d.kind, o.class_id.to_string(), o.instance_id.to_string()});
+    }
+    for (const auto& [id, c] : controllers(devices_)) {
+        for (const auto& d : c->disks()) info.disks.push_back(disk_info(id, c->bus(), d));
+        for (const auto& ch : c->channels())
+            info.storage_channels.push_back({id, ch.index, ch.target_vp, ch.requests, ch.in_flight});
     }
     const uint64_t rss = process_resident_bytes();
     if (!m) {
@@ -235,6 +275,54 @@ api::ApiResult<> MachineControl::kvp_delete(api::KvpPool pool, const std::string
     ENL_TRY(auto* kvp, ready(devices_.first<ic::KvpService>(), "KVP"));
     if (auto r = kvp->remove(static_cast<uint8_t>(pool), key, kIcTimeout); !r) return ic_error(r.error());
     return {};
+}
+
+api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest& request) {
+    const auto all = controllers(devices_);
+    std::shared_ptr<storvsp::Controller> scsi;
+    std::string scsi_id;
+    for (const auto& [id, c] : all)
+        if (c->bus() == storvsp::Bus::Scsi) {
+            scsi = c;
+            scsi_id = id;
+            break;
+        }
+    if (!scsi) return api_error(ErrorKind::Conflict, "the VM has no SCSI controller (--hyperv off?)");
+    auto taken = [&](std::string_view disk) {
+        for (const auto& [id, c] : all)
+            if (c->has_disk(disk)) return true;
+        return false;
+    };
+    storvsp::DiskConfig d;
+    d.id = request.id;
+    for (unsigned n = 0; d.id.empty(); ++n)
+        if (!taken(fmt::format("disk{}", n))) d.id = fmt::format("disk{}", n);
+    if (taken(d.id)) return api_error(ErrorKind::Conflict, fmt::format("there is a disk '{}' already", d.id));
+    d.path = request.path;
+    d.format = request.format;
+    if (d.format != "auto" && d.format != "raw")
+        return api_error(ErrorKind::BadRequest, fmt::format("format '{}': auto or raw", d.format));
+    d.read_only = request.read_only;
+    d.serial = request.serial;
+    auto lun = scsi->add_disk(d);
+    if (!lun) {
+        const auto& e = lun.error();
+        return api_error(e.is(Errc::Busy) ? ErrorKind::Conflict : ErrorKind::BadRequest, e.message());
+    }
+    for (const auto& s : scsi->disks())
+        if (s.id == d.id) return disk_info(scsi_id, storvsp::Bus::Scsi, s);
+    return api_error(ErrorKind::Internal, "the disk was added but is not listed");
+}
+
+api::ApiResult<> MachineControl::remove_disk(const std::string& id) {
+    for (const auto& [cid, c] : controllers(devices_)) {
+        if (!c->has_disk(id)) continue;
+        if (c->bus() != storvsp::Bus::Scsi)
+            return api_error(ErrorKind::Conflict, fmt::format("disk '{}' is on the IDE bus, which cannot remove it", id));
+        if (auto r = c->remove_disk(id); !r) return api_error(ErrorKind::NotFound, r.error().message());
+        return {};
+    }
+    return api_error(ErrorKind::NotFound, fmt::format("no disk '{}'", id));
 }
 
 }  // namespace enlighten

@@ -41,6 +41,8 @@ public:
     api::ApiResult<std::string> kvp_get(api::KvpPool pool, const std::string& key) override;
     api::ApiResult<> kvp_set(api::KvpPool pool, const std::string& key, const std::string& value) override;
     api::ApiResult<> kvp_delete(api::KvpPool pool, const std::string& key) override;
+    api::ApiResult<api::DiskInfo> add_disk(const api::AddDiskRequest& request) override;
+    api::ApiResult<> remove_disk(const std::string& id) override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);

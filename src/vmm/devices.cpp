@@ -3,6 +3,7 @@
 #include <set>
 
 #include "devices/ic/factory.hpp"
+#include "devices/storvsp/factory.hpp"
 
 namespace enlighten {
 
@@ -19,6 +20,8 @@ constexpr Kind kKinds[] = {
     {"shutdown", ic::make_shutdown},
     {"timesync", ic::make_timesync},
     {"kvp", ic::make_kvp},
+    {"scsi", storvsp::make_scsi},
+    {"ide", storvsp::make_ide},
 };
 
 }  // namespace

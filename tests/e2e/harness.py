@@ -1,12 +1,23 @@
-"""Shared pieces of the end-to-end tests: the guest image, one Enlighten run per test
-(directly or in the test host), and readable failure output."""
+"""Shared pieces of the end-to-end tests: the guest image, Enlighten runs (directly or in
+the test host), and readable failure output.
+
+Most tests take their run from a Session: several Enlighten runs (plain boots and API
+scenarios) in ONE test-host boot, executed the first time a test asks for one of them; each
+test then asserts on its run's output. One run may serve several tests (a guest that prints
+everything they check). GuestTestCase.boot() and run_scenario() still give a test its own
+test-host boot."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import sys
+import tempfile
+import time
 import unittest
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,6 +28,7 @@ from enlighten_tools.testhost import Carry, RunResult, StopAfter, run_enlighten 
 
 INIT_RE = re.compile(r"ENLIGHTEN-INIT uptime=[0-9.]+")
 BINARY = testhost.default_enlighten_binary()
+ASAN_BINARY = REPO / "build-asan" / "enlighten"
 # Keep kernel messages short (every serial byte is a VM exit) except in the first test;
 # panic=-1 turns a guest panic into a reset, so a broken boot fails fast (exit 3).
 QUIET_CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -40,14 +52,15 @@ def image() -> guest_image.GuestImage:
     return _image
 
 
-def describe(res: RunResult) -> str:
-    tail = res.output[-4000:]
+def describe(res: RunResult, limit: int = 4000) -> str:
+    tail = res.output[-limit:]
     return (f"\n--- ran: {res.command}\n--- runner={res.runner} exit={res.returncode} after "
-            f"{res.duration:.1f} s; output (last 4000 chars) ---\n{tail}\n--- end ---")
+            f"{res.duration:.1f} s; output (last {limit} chars) ---\n{tail}\n--- end ---")
 
 
 class GuestTestCase(unittest.TestCase):
-    """Each test is one Enlighten run (one test-host boot when not direct)."""
+    """Each test is one Enlighten run (one test-host boot when not direct). A test-host boot
+    costs about as much as a guest boot: prefer a Session run (below) for new tests."""
 
     def setUp(self) -> None:
         require_binary(self)
@@ -93,12 +106,16 @@ start_vm() {
         --cmdline "console=ttyS0 quiet enlighten.services enlighten.stay $extra" "$@" >"$WORK/vmm.log" 2>&1 &
     VM_PID=$!
 }
-# wait_serial PATTERN SECONDS
+# wait_serial PATTERN SECONDS: fails at once if the VM ($VM_PID, when set) has exited.
 wait_serial() {
     n=0
     while ! grep -q "$1" "$SERIAL" 2>/dev/null; do
         n=$((n + 1))
         if [ $n -gt $(($2 * 10)) ]; then echo "SCENARIO-TIMEOUT waiting for '$1'"; return 1; fi
+        if [ -n "${VM_PID:-}" ] && ! kill -0 "$VM_PID" 2>/dev/null; then
+            grep -q "$1" "$SERIAL" 2>/dev/null && return 0
+            echo "SCENARIO-VM-EXITED while waiting for '$1'"; return 1
+        fi
         sleep 0.1
     done
 }
@@ -110,6 +127,9 @@ wait_api() {
     while ! api "$@" 2>/dev/null | grep -q "$pat"; do
         n=$((n + 1))
         if [ $n -gt $((secs * 5)) ]; then echo "SCENARIO-TIMEOUT waiting for '$pat' from $*"; return 1; fi
+        if [ -n "${VM_PID:-}" ] && ! kill -0 "$VM_PID" 2>/dev/null; then
+            echo "SCENARIO-VM-EXITED while waiting for '$pat' from $*"; return 1
+        fi
         sleep 0.2
     done
 }
@@ -152,3 +172,295 @@ def results(res: RunResult) -> dict[str, str]:
     for m in re.finditer(r"^RESULT (\S+?)=(.*)$", res.output, re.M):
         out[m.group(1)] = m.group(2).strip()
     return out
+
+
+# ----------------------------------------------------------------------------- sessions
+# The session's shell script (busybox sh in the test host, or sh here) runs each run as its
+# own process group (setsid) with a watchdog, collects its output in a file, and prints it
+# between two marker lines once the run has ended (runs in parallel lanes do not interleave).
+# Lanes take runs from one queue in registration order: register the runs whose guests need
+# all the test host's vCPUs first, then the others longest first.
+_SESSION_LIB = r"""
+now() { read -r t _ </proc/uptime; echo "$t"; }
+E2E_LOCK=$(mktemp -d)/lock
+# run_item KEY TIMEOUT SCRIPT
+run_item() {
+    key=$1; limit=$2; script=$3
+    d=$(mktemp -d)
+    t0=$(now)
+    echo "E2E-START $key"
+    setsid sh "$script" >"$d/out" 2>&1 </dev/null &
+    pid=$!
+    ( n=0
+      while [ $n -lt "$limit" ]; do sleep 1; n=$((n + 1)); done
+      : >"$d/timeout"; kill -KILL -$pid 2>/dev/null ) &
+    watchdog=$!
+    wait $pid
+    rc=$?
+    kill $watchdog 2>/dev/null; wait $watchdog 2>/dev/null
+    kill -KILL -$pid 2>/dev/null  # whatever the run left behind (a VM of a failed scenario)
+    t1=$(now)
+    timed_out=0; [ -e "$d/timeout" ] && timed_out=1
+    until mkdir "$E2E_LOCK" 2>/dev/null; do sleep 0.1; done
+    echo "E2E-BEGIN $key"
+    cat "$d/out"
+    [ -s "$d/out" ] && [ -n "$(tail -c 1 "$d/out")" ] && echo
+    echo "E2E-END $key rc=$rc seconds=$(awk "BEGIN { print $t1 - $t0 }") timeout=$timed_out"
+    rmdir "$E2E_LOCK"
+    rm -rf "$d"
+}
+# lane QUEUE: run the next "KEY TIMEOUT VCPUS SCRIPT" line of QUEUE (shared by all lanes)
+# once VCPUS of the test host's vCPUs are free, until no line is left. So parallel lanes
+# balance themselves and never give the guests more vCPUs than the test host has.
+E2E_NEXT=$(mktemp); echo 1 >"$E2E_NEXT"
+E2E_FREE=$(mktemp); echo "$E2E_VCPUS" >"$E2E_FREE"
+lane() {
+    while :; do
+        until mkdir "$E2E_LOCK.next" 2>/dev/null; do sleep 0.1; done
+        read -r n <"$E2E_NEXT"; read -r free <"$E2E_FREE"
+        line=$(sed -n "${n}p" "$1")
+        [ -n "$line" ] || { rmdir "$E2E_LOCK.next"; return 0; }
+        set -- "$1" $line
+        if [ "$4" -gt "$free" ]; then rmdir "$E2E_LOCK.next"; sleep 0.2; set -- "$1"; continue; fi
+        echo $((n + 1)) >"$E2E_NEXT"; echo $((free - $4)) >"$E2E_FREE"
+        rmdir "$E2E_LOCK.next"
+        run_item "$2" "$3" "$5"
+        until mkdir "$E2E_LOCK.next" 2>/dev/null; do sleep 0.1; done
+        read -r free <"$E2E_FREE"; echo $((free + $4)) >"$E2E_FREE"
+        rmdir "$E2E_LOCK.next"
+        set -- "$1"
+    done
+}
+"""
+_ITEM_RE = re.compile(r"^E2E-BEGIN (\S+)\n(.*?)^E2E-END \1 rc=(\d+) seconds=([0-9.e+-]+) timeout=([01])$",
+                      re.M | re.S)
+# Runs of a session at the same time (ENLIGHTEN_E2E_LANES, default 1: one after another), as
+# long as their guests' vCPUs fit in the test host's (a 2-vCPU guest runs alone in a 2-vCPU
+# host). Two lanes keep both cores of a 2-core machine busy (about 25% less wall time in
+# one measurement) but are not the default: twice, two guests rebooting with --on-reboot
+# restart at the same time ("restart" and "restart-vmbus") hung the whole test host.
+_LANES = max(1, int(os.environ.get("ENLIGHTEN_E2E_LANES", "1")))
+_sessions: list["Session"] = []
+
+
+@dataclass
+class _Run:
+    key: str
+    timeout: float
+    initrd: Path | None = None      # resolved at execution
+    job: str | None = None
+    binary: Path = BINARY
+    argv_tail: list[str] = field(default_factory=list)  # boot: enlighten args after --initrd
+    stop_after: StopAfter | None = None
+    script: str | None = None       # scenario: shell script (with SCENARIO_LIB)
+    cpus: int = 1
+
+
+class Session:
+    """Several Enlighten runs in one test-host boot (or, with hardware KVM, one `sh` here).
+
+    boot()/scenario() register runs (at import time); result(test, key) executes the whole
+    session the first time any test asks, then returns that run's RunResult (duration: the
+    run's own seconds). If the session, or that run, failed to produce a result (test host
+    error, timeout, binary missing), every test asking for it fails with the reason and the
+    output there is. A run's exit status is for the test to judge."""
+
+    def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None) -> None:
+        self.name = name
+        self.host_cpus = host_cpus  # default: 2 with parallel lanes, else what the largest guest has (max 2)
+        self.notes: list[str] = []
+        self.lanes = lanes or _LANES
+        self.runs: dict[str, _Run] = {}
+        self.results: dict[str, RunResult] = {}
+        self.failures: dict[str, str] = {}
+        self.executed = False
+        self.duration = 0.0
+        self.runner = ""
+        _sessions.append(self)
+
+    def _add(self, run: _Run) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", run.key):
+            raise ValueError(f"session {self.name}: run key {run.key!r} must be [A-Za-z0-9._-]+")
+        if run.key in self.runs:
+            raise ValueError(f"session {self.name}: run {run.key!r} registered twice")
+        self.runs[run.key] = run
+
+    def boot(self, key: str, *, cpus: int = 1, memory: str = "512M", job: str | None = None,
+             cmdline: str = QUIET_CMDLINE, on_reboot: str | None = "exit",
+             stop_after: StopAfter | None = None, timeout: float = BOOT_TIMEOUT,
+             extra_args: list[str] | None = None, binary: Path | None = None) -> None:
+        """`enlighten run` with the default guest (and `job` as its /job): as GuestTestCase.boot."""
+        args = ["--cmdline", cmdline, "--memory", memory, "--cpus", str(cpus), "--serial", "stdio"]
+        if on_reboot:
+            args += ["--on-reboot", on_reboot]
+        args += extra_args or []
+        self._add(_Run(key, timeout, job=job, binary=binary or BINARY, argv_tail=args,
+                       stop_after=stop_after, cpus=cpus))
+
+    def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
+                 timeout: float = 300) -> None:
+        """A shell script with SCENARIO_LIB, as run_scenario()."""
+        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus))
+
+    # -- execution
+    def result(self, test: unittest.TestCase, key: str) -> RunResult:
+        if key not in self.runs:
+            raise KeyError(f"session {self.name} has no run {key!r}")
+        self.execute()
+        if key in self.failures:
+            test.fail(self.failures[key])
+        return self.results[key]
+
+    def execute(self) -> None:
+        if self.executed:
+            return
+        self.executed = True
+        t0 = time.monotonic()
+        try:
+            self._execute()
+        except Exception as e:  # noqa: BLE001 - every run must report it, not one test
+            why = f"session {self.name!r} could not run: {type(e).__name__}: {e}"
+            out = getattr(e, "output", "")
+            if out:
+                why += f"\n--- session output (last 6000 chars) ---\n{out[-6000:]}\n--- end ---"
+            for key in self.runs:
+                if key not in self.results:
+                    self.failures.setdefault(key, why)
+        self.duration = time.monotonic() - t0
+        print(f"\n[session {self.name}: {self.runner or '?'} {self.duration:.1f} s; "
+              + ", ".join(f"{k} {'FAILED' if k in self.failures else f'exit {r.returncode} {r.duration:.1f} s'}"
+                          for k, r in ((k, self.results.get(k)) for k in self.runs))
+              + "] ", end="", file=sys.stderr, flush=True)
+
+    def _execute(self) -> None:
+        runnable = []
+        for key, run in self.runs.items():
+            if not run.binary.is_file() or not os.access(run.binary, os.X_OK):
+                self.failures[key] = (f"{run.binary} does not exist or is not executable: build Enlighten first "
+                                      "(scripts/setup builds build/enlighten and build-asan/enlighten), or "
+                                      "point ENLIGHTEN_BINARY at it")
+            else:
+                runnable.append(run)
+        if not runnable:
+            return
+        img = image()
+        for run in runnable:  # one at a time: make_run_initrd's temporary file is per process
+            run.initrd = guest_image.make_run_initrd(job=run.job) if run.job is not None else img.initrd
+        self.runner = testhost.choose_runner()
+        # If the test host stops answering (it has been seen to hang under heavy load), the
+        # runs it was running fail, and those it had not started get a fresh test host.
+        pending, hosts = runnable, 1
+        while True:
+            started, why = self._run_batch(pending, img)
+            pending = [r for r in pending if r.key not in started]
+            if not pending:
+                return
+            if not started or hosts == 3:  # no progress: the same would happen again
+                break
+            hosts += 1
+            self.notes.append(f"test host #{hosts} for the {len(pending)} run(s) the previous one had not "
+                              f"started: {', '.join(r.key for r in pending)}")
+        for run in pending:
+            self.failures[run.key] = f"session {self.name!r}: run {run.key!r} never started: {why}"
+
+    def _run_batch(self, runnable: list[_Run], img: guest_image.GuestImage) -> tuple[set[str], str]:
+        """Runs `runnable` in one test host; records results and failures; returns the keys
+        of the runs that were started, and what went wrong (with the output) if the test
+        host failed."""
+        runner = self.runner
+        direct = runner == "direct"
+        host_cpus = self.host_cpus or (2 if self.lanes > 1 else max(min(r.cpus, 2) for r in runnable))
+        files: dict[str, str] = {}
+
+        def place(src: Path, dst: str) -> str:
+            if direct:
+                return str(src)
+            for d, s in files.items():
+                if s == str(src):
+                    return d
+            files[dst] = str(src)
+            return dst
+
+        commands: dict[str, str] = {}
+        tmp = Path(tempfile.mkdtemp(prefix=f"enlighten-e2e-{self.name}-"))
+        try:
+            kernel = place(img.kernel, f"{testhost.HOST_GUEST_DIR}/bzImage")
+            queue: list[str] = []
+            for n, run in enumerate(runnable):
+                binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")
+                initrd = place(run.initrd, f"{testhost.HOST_GUEST_DIR}/{n}-{run.key}.img")
+                if run.script is not None:
+                    body = (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
+                            f"INITRD={shlex.quote(initrd)}\nCPUS={run.cpus}\nWORK=$(mktemp -d)\n"
+                            + SCENARIO_LIB + run.script)
+                    commands[run.key] = f"scenario {run.key!r} of session {self.name!r} (ENL={binary})"
+                else:
+                    argv = [binary, "run", "--kernel", kernel, "--initrd", initrd, *run.argv_tail]
+                    command = shlex.join(argv)
+                    commands[run.key] = command
+                    body = run.stop_after.script(command) if run.stop_after else f"exec {command}\n"
+                local = tmp / f"{n}-{run.key}.sh"
+                local.write_text("#!/bin/sh\n" + body)
+                item = place(local, f"/enlighten/e2e/{local.name}")
+                if not re.fullmatch(r"[A-Za-z0-9._/+-]+", item):
+                    raise ValueError(f"run script path {item!r} has characters the queue cannot carry")
+                queue.append(f"{run.key} {int(run.timeout)} {max(1, min(run.cpus, host_cpus))} {item}\n")
+            local = tmp / "queue"
+            local.write_text("".join(queue))
+            lanes = min(self.lanes, len(runnable))
+            master = (f"E2E_VCPUS={host_cpus}\n" + _SESSION_LIB
+                      + f"QUEUE={shlex.quote(place(local, '/enlighten/e2e/queue'))}\n"
+                      + "".join(f"lane \"$QUEUE\" &\nlane{i}=$!\n" for i in range(lanes))
+                      + "".join(f"wait $lane{i}\n" for i in range(lanes)))
+            # Enough for every run to use its whole timeout (the lanes share the work); and
+            # a test host that prints nothing (no run starting or ending) for longer than the
+            # longest run may take has stopped working.
+            longest = max(r.timeout for r in runnable)
+            budget = sum(r.timeout for r in runnable) / lanes + longest
+            try:
+                res = testhost.run_command(master, files=files or None, cpus=host_cpus, timeout=budget + 120,
+                                           runner=runner, idle_timeout=longest + 90, tb_size_mib=64)
+                output, problem = res.output, ""
+            except testhost.ToolError as e:  # TestHostTimeout/TestHostError/CommandTimeout
+                output, problem = getattr(e, "output", ""), f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        host_console = _ITEM_RE.sub("", output).strip()
+        host_note = (f"\n--- the test host's console outside the runs (last 3000 chars) ---\n"
+                     f"{host_console[-3000:]}\n--- end ---" if host_console else "")
+        for m in _ITEM_RE.finditer(output):
+            key, body, rc, seconds, timed_out = m.group(1), m.group(2), int(m.group(3)), float(m.group(4)), m.group(5)
+            run = self.runs.get(key)
+            if run is None:
+                continue
+            r = RunResult(output=body, returncode=rc, duration=seconds, runner=runner,
+                          command=commands.get(key, key))
+            self.results[key] = r
+            if timed_out == "1":  # what the test host printed meanwhile (a soft lockup?) may explain it
+                self.failures[key] = f"run {key!r} timed out after {run.timeout:.0f} s (killed)" + describe(r) + host_note
+        started = set(re.findall(r"^E2E-START (\S+)$", output, re.M)) | set(self.results)
+        for run in runnable:
+            if run.key in started and run.key not in self.results:
+                self.failures[run.key] = (f"session {self.name!r}: run {run.key!r} started but the test host ended "
+                                          f"before it did ({problem or 'no end marker'})\n--- session output "
+                                          f"(last 6000 chars) ---\n{output[-6000:]}\n--- end ---")
+        if problem:
+            self.notes.append(f"test host failed: {problem}")
+        return started, (f"{problem or 'the session script ended early'}\n--- session output (last 6000 chars) "
+                         f"---\n{output[-6000:]}\n--- end ---")
+
+
+def session_report() -> list[str]:
+    """Lines for run.py's timing summary: each executed session and its runs."""
+    lines = []
+    for s in _sessions:
+        if not s.executed:
+            continue
+        lines.append(f"{s.duration:8.1f}  session {s.name} ({s.runner or '?'}, {len(s.runs)} runs, "
+                     f"{s.lanes} lane(s))")
+        lines += [f"{'':10}NOTE: {note}" for note in s.notes]
+        for key in s.runs:
+            r = s.results.get(key)
+            lines.append(f"{'':10}{r.duration:8.1f}  {key} (exit {r.returncode})" if r
+                         else f"{'':10}{'-':>8}  {key} (no result)")
+    return lines

@@ -5,6 +5,7 @@ Run:   python3 -m unittest discover -s tests/e2e -v      (scripts/test does this
 Enlighten runs directly on this machine when it has hardware KVM, or else inside the
 QEMU-TCG "test host" (tools/enlighten_tools/testhost.py); ENLIGHTEN_RUNNER=direct|testhost
 overrides. ENLIGHTEN_BINARY overrides the binary (default <repo>/build/enlighten).
+The guest runs are defined in guests.py and run in one test-host session (harness.Session).
 The bad-input tests run directly by default (they must fail before any guest runs);
 they follow ENLIGHTEN_RUNNER when it is set.
 
@@ -12,7 +13,8 @@ CLI under test:
   enlighten run --kernel PATH --initrd PATH --cmdline STRING --memory SIZE --cpus N
                 [--serial stdio|file:PATH] [--on-reboot exit|restart]
   exit 0: guest powered off; 3: guest reset with --on-reboot=exit;
-  1: bad input, with exactly one stderr line "enlighten: error: ...".
+  1: bad input, with exactly one stderr line "enlighten: error: ..." that names the bad
+     option or file.
 """
 
 from __future__ import annotations
@@ -22,37 +24,49 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from harness import (BINARY, BOOT_TIMEOUT, INIT_RE, QUIET_CMDLINE, GuestTestCase, describe, image,  # noqa: F401
-                     require_binary)
+from harness import BINARY, INIT_RE, QUIET_CMDLINE, describe, image, require_binary  # noqa: F401
+from guests import GUESTS
 from enlighten_tools import testhost  # noqa: E402
-from enlighten_tools.testhost import Carry, RunResult, StopAfter, run_enlighten  # noqa: E402
+from enlighten_tools.testhost import Carry, RunResult, run_enlighten  # noqa: E402
 
 
-class GuestBootTests(GuestTestCase):
+class GuestBootTests(unittest.TestCase):
+    """Each test checks one run of the "guests" session (guests.py); the session boots the
+    test host once for all of them. "facts" and "poweroff" are shared with test_hyperv."""
+
+    def run_of(self, key: str) -> RunResult:
+        return GUESTS.result(self, key)
+
+    def assertMarkers(self, res: RunResult, count: int = 1) -> None:
+        found = len(INIT_RE.findall(res.output))
+        self.assertEqual(found, count, f"expected {count} ENLIGHTEN-INIT marker(s), "
+                                       f"found {found}" + describe(res))
+
     def test_boot_1cpu_to_init(self) -> None:
         """Unmodified kernel, full boot log on the serial console, default /init job."""
-        res = self.boot(cpus=1, cmdline="console=ttyS0 panic=-1")
+        res = self.run_of("full-log")
         self.assertMarkers(res)
         self.assertIn("Hello from the Enlighten default guest.", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
     def test_boot_2cpus_sees_2_processors(self) -> None:
-        res = self.boot(cpus=2, job='echo "CPUS=$(grep -c ^processor /proc/cpuinfo)"\n')
+        res = self.run_of("facts")
         self.assertMarkers(res)
         self.assertIn("CPUS=2", res.output, describe(res))
-        self.assertIn("ENLIGHTEN-JOB-EXIT 0", res.output, describe(res))
+        # the job ran to its end (its last command is `exit 7`)
+        self.assertIn("ENLIGHTEN-JOB-EXIT 7", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
     def test_guest_poweroff_exits_0(self) -> None:
-        res = self.boot(job="echo job-before-poweroff\npoweroff -f\nsleep 5\necho job-after-poweroff\n")
+        res = self.run_of("poweroff")
         self.assertMarkers(res)
         self.assertIn("job-before-poweroff", res.output, describe(res))
         self.assertNotIn("job-after-poweroff", res.output, describe(res))
+        self.assertNotIn("ENLIGHTEN-JOB-EXIT", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
     def test_guest_reboot_with_on_reboot_exit_exits_3(self) -> None:
-        res = self.boot(job="echo job-before-reboot\nreboot -f\nsleep 5\necho job-after-reboot\n",
-                        on_reboot="exit")
+        res = self.run_of("reboot-exit")
         self.assertMarkers(res)
         self.assertIn("job-before-reboot", res.output, describe(res))
         self.assertNotIn("job-after-reboot", res.output, describe(res))
@@ -62,9 +76,7 @@ class GuestBootTests(GuestTestCase):
     def test_guest_reboot_with_on_reboot_restart_boots_again(self) -> None:
         # The guest reboots at every boot. Once the init marker has been printed twice,
         # Enlighten gets SIGTERM (like `timeout -s TERM`), so it should die of it (143).
-        stop = StopAfter("ENLIGHTEN-INIT uptime=", count=2, max_seconds=90, signal="TERM")
-        res = self.boot(job="echo job-rebooting\nreboot -f\n", on_reboot="restart",
-                        stop_after=stop, timeout=BOOT_TIMEOUT + 30)
+        res = self.run_of("restart")
         found = len(INIT_RE.findall(res.output))
         self.assertGreaterEqual(found, 2, "guest did not boot a second time" + describe(res))
         self.assertIn(testhost.STOP_SENT_MARKER, res.output,
@@ -77,18 +89,17 @@ class GuestBootTests(GuestTestCase):
         """The default, --kernel-decompress host: Enlighten decompresses the bzImage's kernel
         and the guest enters the kernel proper directly, so it runs where it was linked
         (16 MiB), which the guest's own /proc/iomem shows."""
-        res = self.boot(job='grep "Kernel code" /proc/iomem\n', extra_args=["--log-level", "debug"])
+        res = self.run_of("facts")
         self.assertMarkers(res)
         self.assertRegex(res.output, r"decompressed and loaded, entry 0x1000000", describe(res))
         self.assertRegex(res.output, r"(?m)^\s*01000000-[0-9a-f]+ : Kernel code", describe(res))
-        self.assertIn("ENLIGHTEN-JOB-EXIT 0", res.output, describe(res))
+        self.assertIn("ENLIGHTEN-JOB-EXIT 7", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
     def test_kernel_decompressed_by_the_guest(self) -> None:
         """--kernel-decompress guest: the bzImage's own decompressor runs in the guest (and
         may place the kernel anywhere: KASLR)."""
-        res = self.boot(job='grep "Kernel code" /proc/iomem\n',
-                        extra_args=["--kernel-decompress", "guest", "--log-level", "debug"])
+        res = self.run_of("decompress-guest")
         self.assertMarkers(res)
         self.assertIn("loaded for the guest's decompressor", res.output, describe(res))
         self.assertRegex(res.output, r"(?m)^\s*[0-9a-f]+-[0-9a-f]+ : Kernel code", describe(res))
@@ -96,15 +107,16 @@ class GuestBootTests(GuestTestCase):
         self.assertEqual(res.returncode, 0, describe(res))
 
     def test_job_exit_status_is_reported(self) -> None:
-        res = self.boot(job="echo job-working\nexit 7\n")
+        res = self.run_of("facts")
         self.assertMarkers(res)
+        self.assertIn("job-working", res.output, describe(res))
         self.assertIn("ENLIGHTEN-JOB-EXIT 7", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
 
 class BadInputTests(unittest.TestCase):
     """Enlighten must reject bad input before running a guest: exit 1 and exactly one
-    stderr line starting with "enlighten: error:"."""
+    stderr line starting with "enlighten: error:" that names the bad option or file."""
 
     tmp: tempfile.TemporaryDirectory
 
@@ -139,7 +151,9 @@ class BadInputTests(unittest.TestCase):
         except (testhost.TestHostTimeout, testhost.CommandTimeout) as e:
             self.fail(f"Enlighten did not reject the input (timed out): {e}")
 
-    def assertRejected(self, res: RunResult) -> None:
+    def assertRejected(self, res: RunResult, *names: str) -> None:
+        """Exit 1, one stderr line "enlighten: error: ..." that contains each of `names`
+        (the option, and the file as the command saw it), and no guest output."""
         detail = (f"\n--- ran: {res.command}\n--- exit {res.returncode}; stderr ---\n{res.stderr}"
                   f"--- stdout ---\n{res.stdout[-2000:]}--- end ---")
         self.assertEqual(res.returncode, 1, "expected exit code 1" + detail)
@@ -147,28 +161,34 @@ class BadInputTests(unittest.TestCase):
         self.assertEqual(len(lines), 1, "expected exactly one line on stderr" + detail)
         self.assertTrue(lines[0].startswith("enlighten: error:"),
                         'stderr line must start with "enlighten: error:"' + detail)
+        for name in names:
+            self.assertIn(name, lines[0], f"the error message should name {name!r}" + detail)
         self.assertNotRegex(res.stdout, INIT_RE, "a guest ran" + detail)
 
+    # A carried file keeps its name in the test host (/enlighten/files/<n>-<name>), so the
+    # messages are checked for the file's name; paths given as they are, in full.
     def test_missing_kernel(self) -> None:
-        self.assertRejected(self.run_bad(kernel="/nonexistent/enlighten-e2e/bzImage"))
+        self.assertRejected(self.run_bad(kernel="/nonexistent/enlighten-e2e/bzImage"),
+                            "kernel", "/nonexistent/enlighten-e2e/bzImage")
 
     def test_kernel_not_a_bzimage(self) -> None:
-        self.assertRejected(self.run_bad(kernel=Carry(self.not_a_kernel)))
+        self.assertRejected(self.run_bad(kernel=Carry(self.not_a_kernel)), "kernel", self.not_a_kernel.name)
 
     def test_kernel_is_a_directory(self) -> None:
-        self.assertRejected(self.run_bad(kernel=self.directory))
+        self.assertRejected(self.run_bad(kernel=self.directory), "kernel", f"'{self.directory}'")
 
     def test_initrd_is_a_directory(self) -> None:
-        self.assertRejected(self.run_bad(initrd=self.directory))
+        self.assertRejected(self.run_bad(initrd=self.directory), "initrd", f"'{self.directory}'")
 
     def test_initrd_larger_than_memory(self) -> None:
-        self.assertRejected(self.run_bad(initrd=Carry(self.huge_initrd), memory="64M"))
+        self.assertRejected(self.run_bad(initrd=Carry(self.huge_initrd), memory="64M"),
+                            "initrd", self.huge_initrd.name)
 
     def test_memory_zero(self) -> None:
-        self.assertRejected(self.run_bad(memory="0"))
+        self.assertRejected(self.run_bad(memory="0"), "--memory")
 
     def test_memory_100T(self) -> None:
-        self.assertRejected(self.run_bad(memory="100T"))
+        self.assertRejected(self.run_bad(memory="100T"), "--memory")
 
 
 if __name__ == "__main__":

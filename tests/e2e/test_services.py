@@ -5,13 +5,12 @@ files, its clock) and what the API returns."""
 
 from __future__ import annotations
 
-import json
 import re
-import time
+import sys
 import unittest
+from urllib.parse import unquote
 
-from harness import GuestTestCase, describe, results, run_scenario
-from enlighten_tools.testhost import RunResult
+from harness import RunResult, Session, describe, results
 
 IC_CLASSES = {
     "heartbeat": "57164f39-9115-4e78-ab55-382f3bd5422d",
@@ -20,30 +19,137 @@ IC_CLASSES = {
     "kvp": "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
 }
 
+SERVICES = Session("services")
 
-class IntegrationServiceTests(GuestTestCase):
+# ----------------------------------------------------------------------------- one shared VM
+# One guest with the integration services up (enlighten.services) serves the offer/bind,
+# KVP, time sync, rebind and API-shutdown checks, in that order. The host drives each phase
+# through the API and tells the guest's job when to start its part by setting a key in the
+# external KVP pool. The job ends after the last phase; then /init stays up
+# (enlighten.stay) until the API shuts the guest down. Every wait is bounded, and a phase
+# that fails does not stop the later ones: each test checks only its own RESULT lines.
+SHARED_JOB = r"""
+# wait_key KEY: wait (at most 300 s) until the host has set KEY in the external pool.
+wait_key() {
+    n=0
+    while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q "^$1\$"; do
+        n=$((n + 1)); [ $n -gt 1500 ] && { echo "GUEST-WAIT-TIMEOUT $1"; return 1; }
+        sleep 0.2
+    done
+}
+# dev_of CLASS: the VMBus device (instance) with that class id
+dev_of() {
+    for d in /sys/bus/vmbus/devices/*; do
+        read -r c < "$d/class_id"; [ "$c" = "{$1}" ] && echo "${d##*/}"
+    done
+}
 
-    def test_ic_devices_are_offered_and_bound_by_hv_utils(self) -> None:
-        job = r"""
+# -- offers and drivers (test_ic_devices_are_offered_and_bound_by_hv_utils)
 for d in /sys/bus/vmbus/devices/*; do
     echo "DEV $(basename "$d") class=$(cat "$d/class_id") driver=$(basename "$(readlink "$d/driver")")"
 done
 dmesg | grep -E 'IC version'
-"""
-        res = self.boot(cpus=1, job=job, cmdline="console=ttyS0 quiet enlighten.services")
-        self.assertEqual(res.returncode, 0, describe(res))
-        devs = re.findall(r"^DEV (\S+) class=\{([0-9a-f-]+)\} driver=(\S+)", res.output, re.M)
-        classes = {c: drv for _inst, c, drv in devs}
-        for name, guid in IC_CLASSES.items():
-            self.assertIn(guid, classes, f"{name} device missing" + describe(res))
-            self.assertEqual(classes[guid], "hv_utils", f"{name} not bound to hv_utils" + describe(res))
-        for ic in ("Shutdown", "TimeSync", "Heartbeat", "KVP"):
-            self.assertRegex(res.output, rf"{ic} IC version \d+\.\d+", describe(res))
 
-    def test_shutdown_through_the_api(self) -> None:
-        res = run_scenario(self, r"""
-start_vm ""
+# -- KVP (test_kvp_host_to_guest_and_guest_intrinsics): an address the KVP daemon reports
+# (it skips loopback), on a dummy interface; then show what the host wrote into pool 0.
+modprobe dummy && ip link add guest0 type dummy && ip addr add 192.0.2.10/24 dev guest0 && ip link set guest0 up
+if wait_key ProbeDone; then
+    echo "GUEST-POOL-0:"
+    tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 | grep -v '^$' | sed 's/^/  pool0 /'
+fi
+
+# -- time sync (test_time_sync_corrects_a_wrong_guest_clock): the clock goes to 2001, then
+# the time sync device is bound again, so the service connects anew (and the host sets the
+# clock, as at the first connect); wrong again, the API forces a sync.
+if wait_key timesync-go; then
+    ts=$(dev_of 9527e630-d0ae-497b-adce-e80ab0175caf)
+    date -s '2001-01-01 00:00:00' >/dev/null
+    echo "GUEST-CLOCK-BEFORE $(date +%s)"
+    echo "$ts" > /sys/bus/vmbus/drivers/hv_utils/unbind && echo "$ts" > /sys/bus/vmbus/drivers/hv_utils/bind \
+        && echo "TIMESYNC-REBOUND $ts"
+    sleep 3
+    echo "GUEST-CLOCK-AFTER $(date +%s)"
+    date -s '2001-01-01 00:00:00' >/dev/null
+    echo "GUEST-CLOCK-WRONG-AGAIN"
+    n=0
+    while [ $n -lt 300 ]; do
+        sleep 0.2; n=$((n + 1))
+        if [ "$(date +%Y)" != 2001 ]; then echo "GUEST-CLOCK-API $(date +%s)"; break; fi
+    done
+fi
+
+# -- rebinding hv_utils' heartbeat device 50 times (test_rebinding_a_driver_50_times_leaks_nothing)
+if wait_key rebind; then
+    dev=$(dev_of 57164f39-9115-4e78-ab55-382f3bd5422d)
+    i=0
+    while [ $i -lt 50 ]; do
+        echo $dev > /sys/bus/vmbus/drivers/hv_utils/unbind || echo "UNBIND-FAILED $i"
+        echo $dev > /sys/bus/vmbus/drivers/hv_utils/bind || echo "BIND-FAILED $i"
+        i=$((i + 1))
+    done
+    [ -e /sys/bus/vmbus/devices/$dev/driver ] && echo "REBOUND-OK"
+    dmesg | grep -c 'Heartbeat IC version' | sed 's/^/HEARTBEAT-NEGOTIATIONS /'
+fi
+echo "REBIND-DONE"
+"""
+
+SHARED_SCRIPT = r"""
+# --log-level debug: the API server logs each request's HTTP status ("api: GET ... -> 404").
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus "$CPUS" --serial "file:$SERIAL" \
+    --api-socket "$API" --on-reboot exit --log-level debug \
+    --cmdline "console=ttyS0 quiet enlighten.services enlighten.stay" >"$WORK/vmm.log" 2>&1 &
+VM_PID=$!
 wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
+
+echo "=== KVP ==="
+api kvp-set external VirtualMachineName 'enlighten-e2e' && echo "RESULT set1=ok"
+api kvp-set external 'Ünïcode key' 'välue €' && echo "RESULT set2=ok"
+api kvp-get external VirtualMachineName > "$WORK/get.json"; cat "$WORK/get.json"
+grep -q '"value": "enlighten-e2e"' "$WORK/get.json" && echo "RESULT get=ok"
+api kvp-set external ProbeDone 1
+wait_serial 'pool0 ProbeDone' 30
+echo "--- auto pool ---"
+api kvp-list auto
+echo "--- end auto pool ---"
+api kvp-delete external 'Ünïcode key' && echo "RESULT delete=ok"
+# refused NAME COMMAND...: an API call that must fail; its status, stdout size and stderr.
+refused() {
+    name=$1; shift
+    api "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"
+    echo "RESULT ${name}_rc=$?"
+    echo "RESULT ${name}_stdout_bytes=$(wc -c < "$WORK/$name.out")"
+    echo "RESULT ${name}_stderr_lines=$(wc -l < "$WORK/$name.err")"
+    echo "RESULT ${name}_stderr=$(head -n 1 "$WORK/$name.err")"
+}
+refused get_deleted kvp-get external 'Ünïcode key'
+refused set_auto kvp-set auto Foo bar
+api kvp-list auto > "$WORK/auto2.json" && echo "RESULT auto_listed_again=ok"
+echo "RESULT auto_foo_entries=$(grep -c '"Foo"' "$WORK/auto2.json")"
+
+echo "=== time sync ==="
+api kvp-set external timesync-go 1 && echo "RESULT timesync_trigger=sent"
+wait_serial GUEST-CLOCK-AFTER 60 && echo "RESULT host_after=$(date +%s)"
+wait_serial GUEST-CLOCK-WRONG-AGAIN 30
+sleep 1
+api time-sync && echo "RESULT api=ok"
+wait_serial GUEST-CLOCK-API 30 && echo "RESULT host_api=$(date +%s)"
+
+echo "=== rebind ==="
+wait_api 20 '"state": "healthy"' heartbeat
+sleep 2
+api info > "$WORK/before.json"; cat "$WORK/before.json"
+echo "RESULT gpadls_before=$(grep '"gpadls"' "$WORK/before.json" | tr -dc 0-9)"
+echo "RESULT rss_before=$(grep '"vmm_rss_bytes"' "$WORK/before.json" | tr -dc 0-9)"
+api kvp-set external rebind 1
+wait_serial REBIND-DONE 300
+wait_api 20 '"state": "healthy"' heartbeat
+sleep 2
+api info > "$WORK/after.json"; cat "$WORK/after.json"
+echo "RESULT gpadls_after=$(grep '"gpadls"' "$WORK/after.json" | tr -dc 0-9)"
+echo "RESULT rss_after=$(grep '"vmm_rss_bytes"' "$WORK/after.json" | tr -dc 0-9)"
+
+echo "=== shutdown ==="
+wait_serial ENLIGHTEN-STAYING 60
 wait_api 20 '"state": "healthy"' heartbeat || true
 t0=$(now)
 api shutdown --timeout 10 && echo "RESULT request=accepted"
@@ -52,20 +158,17 @@ echo "RESULT rc=$?"
 t1=$(now)
 echo "RESULT seconds=$(awk "BEGIN { print $t1 - $t0 }")"
 dump_logs
-""")
-        r = results(res)
-        self.assertEqual(r.get("request"), "accepted", describe(res))
-        self.assertEqual(r.get("rc"), "0", "the VMM should exit 0 after the guest powered off" + describe(res))
-        # The guest's own init saw an orderly shutdown request, and the kernel powered off.
-        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", res.output, describe(res))
-        self.assertIn("reboot: Power down", res.output, describe(res))
-        self.assertLess(float(r["seconds"]), 10.0, describe(res))
-        print(f"[shutdown took {r['seconds']} s] ", end="", flush=True)
+"""
+SERVICES.scenario("shared", SHARED_SCRIPT, job=SHARED_JOB, timeout=600)
 
-    def shutdown_staying_guest(self, *, timeout: int, job: str) -> tuple[RunResult, dict[str, str]]:
-        """Boots a guest that stays up after `job`, asks the API to shut it down with
-        `timeout` per stage, and reports rc and seconds from the request to the VMM's exit."""
-        res = run_scenario(self, r"""
+# ----------------------------------------------------------------------------- separate VMs
+# Each of these ends its VM in its own way (exit status 0 through the power button, 5 after a
+# forced stop, a crash kept up with --on-crash stay): one Enlighten process each, run one
+# after another in the same test-host session.
+
+# Boots a guest that stays up after its job, asks the API to shut it down with `timeout`
+# per stage, and reports rc and seconds from the request to the VMM's exit.
+SHUTDOWN_STAYING_GUEST = r"""
 "$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
     --api-socket "$API" --on-reboot exit --log-level info --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
 VM_PID=$!
@@ -76,12 +179,10 @@ wait $VM_PID
 echo "RESULT rc=$?"
 echo "RESULT seconds=$(awk "BEGIN { print $(now) - $t0 }")"
 dump_logs
-""" % timeout, job=job)
-        return res, results(res)
+"""
 
-    def test_shutdown_falls_back_to_the_acpi_power_button(self) -> None:
-        # No hv_utils in this guest, so no shutdown service; acpid handles the power button.
-        job = r"""
+# No hv_utils in this guest, so no shutdown service; acpid handles the power button.
+SERVICES.scenario("acpi", SHUTDOWN_STAYING_GUEST % 20, job=r"""
 modprobe button; modprobe evdev
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     ls /dev/input/event* >/dev/null 2>&1 && break
@@ -90,31 +191,14 @@ done
 acpid -f -c /etc/acpi -l /dev/null >/dev/null 2>&1 &
 sleep 1  # acpid opens the input device after it starts; a press before that is lost
 echo ACPID-STARTED
-"""
-        res, r = self.shutdown_staying_guest(timeout=20, job=job)
-        self.assertIn("ACPID-STARTED", res.output, describe(res))
-        self.assertEqual(r.get("rc"), "0", describe(res))
-        self.assertIn("pressing the ACPI power button", res.output, describe(res))
-        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", res.output, describe(res))
-        self.assertLess(float(r["seconds"]), 20, "the power button stage should not wait for its timeout" + describe(res))
+""")
 
-    def test_shutdown_ends_with_a_hard_stop_when_the_guest_ignores_it(self) -> None:
-        # Neither hv_utils nor acpid: both graceful stages time out, then the VM is stopped.
-        res, r = self.shutdown_staying_guest(timeout=3, job="echo no integration services here\n")
-        self.assertEqual(r.get("rc"), "5", "a forced power-off exits 5" + describe(res))
-        self.assertGreaterEqual(float(r["seconds"]), 3.0, describe(res))
-        self.assertLess(float(r["seconds"]), 30.0, describe(res))
-        self.assertNotIn("ENLIGHTEN-SHUTDOWN-REQUESTED", res.output, describe(res))
+# Neither hv_utils nor acpid: both graceful stages time out, then the VM is stopped.
+SERVICES.scenario("hard-stop", SHUTDOWN_STAYING_GUEST % 3, job="echo no integration services here\n")
 
-    def test_heartbeat_healthy_then_lost_after_a_guest_crash(self) -> None:
-        # The guest panics when the host sets a KVP key (so the test decides when); with
-        # --on-crash=stay the VM stays up, and the heartbeat must stop.
-        job = r"""
-while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q '^crash-now$'; do sleep 0.2; done
-echo "GUEST-CRASHING"
-echo c > /proc/sysrq-trigger
-"""
-        res = run_scenario(self, r"""
+# The guest panics when the host sets a KVP key (so the test decides when); with
+# --on-crash=stay the VM stays up, and the heartbeat must stop.
+SERVICES.scenario("crash", r"""
 start_vm "" --on-crash stay
 wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
 t0=$(now)
@@ -129,7 +213,160 @@ api power-off
 wait $VM_PID
 echo "RESULT rc=$?"
 dump_logs
-""", job=job)
+""", job=r"""
+while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q '^crash-now$'; do sleep 0.2; done
+echo "GUEST-CRASHING"
+echo c > /proc/sysrq-trigger
+""")
+
+
+def api_statuses(out: str, method: str) -> list[tuple[str, int]]:
+    """(decoded path, HTTP status) of each request the API server logged at debug level."""
+    return [(unquote(path), int(status))
+            for path, status in re.findall(rf"api: {method} (/api/v1/\S+) -> (\d+)", out)]
+
+
+class SharedVmServiceTests(unittest.TestCase):
+    """One VM with the integration services (the "shared" run above) for every check that
+    leaves it usable: offers bound, KVP both ways, time sync, 50 rebinds, API shutdown."""
+
+    res: RunResult
+    r: dict[str, str]
+
+    def setUp(self) -> None:
+        self.res = SERVICES.result(self, "shared")
+        self.r = results(self.res)
+
+    def why(self) -> str:
+        return describe(self.res, 16000)
+
+    def test_ic_devices_are_offered_and_bound_by_hv_utils(self) -> None:
+        out = self.res.output
+        devs = re.findall(r"^DEV (\S+) class=\{([0-9a-f-]+)\} driver=(\S+)", out, re.M)
+        classes = {c: drv for _inst, c, drv in devs}
+        for name, guid in IC_CLASSES.items():
+            self.assertIn(guid, classes, f"{name} device missing" + self.why())
+            self.assertEqual(classes[guid], "hv_utils", f"{name} not bound to hv_utils" + self.why())
+        for ic in ("Shutdown", "TimeSync", "Heartbeat", "KVP"):
+            self.assertRegex(out, rf"{ic} IC version \d+\.\d+", self.why())
+        self.assertEqual(self.r.get("rc"), "0", "the VMM should exit 0 after the guest powered off" + self.why())
+
+    def test_shutdown_through_the_api(self) -> None:
+        r = self.r
+        self.assertEqual(r.get("request"), "accepted", self.why())
+        self.assertEqual(r.get("rc"), "0", "the VMM should exit 0 after the guest powered off" + self.why())
+        # The guest's own init saw an orderly shutdown request, and the kernel powered off.
+        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", self.res.output, self.why())
+        self.assertIn("reboot: Power down", self.res.output, self.why())
+        self.assertIn("seconds", r, self.why())
+        self.assertLess(float(r["seconds"]), 10.0, self.why())
+        print(f"[shutdown took {r['seconds']} s] ", end="", file=sys.stderr, flush=True)
+
+    def test_kvp_host_to_guest_and_guest_intrinsics(self) -> None:
+        r, out = self.r, self.res.output
+        self.assertEqual(r.get("set1"), "ok", self.why())
+        self.assertEqual(r.get("set2"), "ok", self.why())
+        # What hv_kvp_daemon wrote into the guest's pool file.
+        self.assertIn("pool0 VirtualMachineName", out, self.why())
+        self.assertIn("pool0 enlighten-e2e", out, self.why())
+        self.assertIn("pool0 Ünïcode key", out, self.why())
+        self.assertIn("pool0 välue €", out, self.why())
+        # The guest's intrinsic data, through the API.
+        auto = out[out.index("--- auto pool ---"):out.index("--- end auto pool ---")] if "--- auto pool ---" in out else ""
+        self.assertIn("FullyQualifiedDomainName", auto, self.why())
+        self.assertIn("enlighten-guest", auto, self.why())
+        self.assertIn("NetworkAddressIPv4", auto, self.why())
+        self.assertIn("192.0.2.10", auto, self.why())
+        self.assertEqual(r.get("get"), "ok", "kvp-get did not return the value set" + self.why())
+        self.assertIn("OSName", auto, self.why())
+        self.assertEqual(r.get("delete"), "ok", self.why())
+        # The deleted key is gone: `remote` exits 1 with one error line naming the key, and
+        # the server answered 404 (its debug log has each request's status).
+        self.assertEqual(r.get("get_deleted_rc"), "1", "kvp-get of a deleted key must fail" + self.why())
+        self.assertEqual(r.get("get_deleted_stdout_bytes"), "0", self.why())
+        self.assertEqual(r.get("get_deleted_stderr_lines"), "1", self.why())
+        self.assertTrue(r.get("get_deleted_stderr", "").startswith("enlighten: error: "), self.why())
+        self.assertIn("'Ünïcode key'", r.get("get_deleted_stderr", ""), "the error should name the key" + self.why())
+        gets = [st for path, st in api_statuses(out, "GET") if path == "/api/v1/vm.kvp/external/Ünïcode key"]
+        self.assertEqual(gets, [404], "GET of the deleted key should be answered 404" + self.why())
+        # The guest's pools are not the host's to write: exit 1, a message saying which pools
+        # the host writes, HTTP 400, and the auto pool has no such key afterwards.
+        self.assertEqual(r.get("set_auto_rc"), "1", "kvp-set in the auto pool must be refused" + self.why())
+        self.assertEqual(r.get("set_auto_stdout_bytes"), "0", self.why())
+        self.assertEqual(r.get("set_auto_stderr_lines"), "1", self.why())
+        self.assertTrue(r.get("set_auto_stderr", "").startswith("enlighten: error: "), self.why())
+        self.assertIn("external", r.get("set_auto_stderr", ""), "the error should say which pools the host writes"
+                      + self.why())
+        puts = [st for path, st in api_statuses(out, "PUT") if path == "/api/v1/vm.kvp/auto/Foo"]
+        self.assertEqual(puts, [400], "PUT into the auto pool should be answered 400" + self.why())
+        self.assertEqual(r.get("auto_listed_again"), "ok", self.why())
+        self.assertEqual(r.get("auto_foo_entries"), "0", "the refused key is in the auto pool" + self.why())
+        self.assertEqual(r.get("rc"), "0", self.why())
+
+    def test_time_sync_corrects_a_wrong_guest_clock(self) -> None:
+        r, out = self.r, self.res.output
+        self.assertEqual(r.get("timesync_trigger"), "sent", self.why())
+        m = re.search(r"GUEST-CLOCK-BEFORE (\d+)", out)
+        self.assertIsNotNone(m, self.why())
+        self.assertLess(int(m.group(1)), 1_000_000_000, "the guest clock was not set wrong" + self.why())
+        self.assertIn("TIMESYNC-REBOUND", out, "the time sync device was not bound again" + self.why())
+        m = re.search(r"GUEST-CLOCK-AFTER (\d+)", out)
+        self.assertIsNotNone(m, self.why())
+        self.assertIn("host_after", r, self.why())
+        self.assertLess(abs(int(m.group(1)) - int(r["host_after"])), 10,
+                        "guest clock not corrected on connect" + self.why())
+        self.assertEqual(r.get("api"), "ok", self.why())
+        m = re.search(r"GUEST-CLOCK-API (\d+)", out)
+        self.assertIsNotNone(m, "the API time sync did not correct the clock" + self.why())
+        self.assertIn("host_api", r, self.why())
+        self.assertLess(abs(int(m.group(1)) - int(r["host_api"])), 10, self.why())
+
+    def test_rebinding_a_driver_50_times_leaks_nothing(self) -> None:
+        r, out = self.r, self.res.output
+        self.assertIn("REBOUND-OK", out, self.why())
+        self.assertNotIn("UNBIND-FAILED", out, self.why())
+        self.assertNotIn("BIND-FAILED", out, self.why())
+        m = re.search(r"HEARTBEAT-NEGOTIATIONS (\d+)", out)
+        self.assertIsNotNone(m, self.why())
+        self.assertEqual(int(m.group(1)), 51, "each bind should open the channel and negotiate again" + self.why())
+        self.assertEqual(r.get("gpadls_before"), r.get("gpadls_after"), "GPADL count changed" + self.why())
+        self.assertGreater(int(r.get("gpadls_before") or 0), 0, self.why())
+        self.assertTrue(r.get("rss_before") and r.get("rss_after"), self.why())
+        growth = int(r["rss_after"]) - int(r["rss_before"])
+        print(f"[VMM RSS {int(r['rss_before']) // 1024} KiB -> {int(r['rss_after']) // 1024} KiB] ",
+              end="", file=sys.stderr, flush=True)
+        self.assertLess(growth, 512 * 1024, "the VMM's RSS grew by more than 512 KiB" + self.why())
+        self.assertEqual(r.get("rc"), "0", self.why())
+
+
+class SeparateVmServiceTests(unittest.TestCase):
+    """Checks that end their VM in their own way: one Enlighten process each."""
+
+    def test_shutdown_falls_back_to_the_acpi_power_button(self) -> None:
+        res = SERVICES.result(self, "acpi")
+        r = results(res)
+        self.assertIn("ACPID-STARTED", res.output, describe(res))
+        self.assertEqual(r.get("request"), "accepted", describe(res))
+        self.assertEqual(r.get("rc"), "0", describe(res))
+        self.assertIn("pressing the ACPI power button", res.output, describe(res))
+        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", res.output, describe(res))
+        self.assertIn("seconds", r, describe(res))
+        self.assertLess(float(r["seconds"]), 20, "the power button stage should not wait for its timeout" + describe(res))
+        print(f"[shutdown took {r['seconds']} s] ", end="", file=sys.stderr, flush=True)
+
+    def test_shutdown_ends_with_a_hard_stop_when_the_guest_ignores_it(self) -> None:
+        res = SERVICES.result(self, "hard-stop")
+        r = results(res)
+        self.assertEqual(r.get("request"), "accepted", describe(res))
+        self.assertEqual(r.get("rc"), "5", "a forced power-off exits 5" + describe(res))
+        self.assertIn("seconds", r, describe(res))
+        self.assertGreaterEqual(float(r["seconds"]), 3.0, describe(res))
+        self.assertLess(float(r["seconds"]), 30.0, describe(res))
+        self.assertNotIn("ENLIGHTEN-SHUTDOWN-REQUESTED", res.output, describe(res))
+        print(f"[stopped after {r['seconds']} s] ", end="", file=sys.stderr, flush=True)
+
+    def test_heartbeat_healthy_then_lost_after_a_guest_crash(self) -> None:
+        res = SERVICES.result(self, "crash")
         r = results(res)
         self.assertIn("healthy_after", r, "the heartbeat never became healthy" + describe(res))
         self.assertLess(float(r["healthy_after"]), 20, describe(res))
@@ -137,148 +374,8 @@ dump_logs
         self.assertIn("GUEST-CRASHING", res.output, describe(res))
         self.assertIn("lost_after", r, "the heartbeat was not reported lost after the crash" + describe(res))
         self.assertEqual(r.get("rc"), "5", "power-off through the API exits 5" + describe(res))
-        print(f"[healthy after {r['healthy_after']} s, lost {r['lost_after']} s after the panic] ", end="", flush=True)
-
-    def test_kvp_host_to_guest_and_guest_intrinsics(self) -> None:
-        job = r"""
-# An address the KVP daemon reports (it skips loopback), on a dummy interface.
-modprobe dummy && ip link add guest0 type dummy && ip addr add 192.0.2.10/24 dev guest0 && ip link set guest0 up
-while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q '^ProbeDone$'; do sleep 0.2; done
-echo "GUEST-POOL-0:"
-tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 | grep -v '^$' | sed 's/^/  pool0 /'
-"""
-        res = run_scenario(self, r"""
-start_vm ""
-wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
-api kvp-set external VirtualMachineName 'enlighten-e2e' && echo "RESULT set1=ok"
-api kvp-set external 'Ünïcode key' 'välue €' && echo "RESULT set2=ok"
-api kvp-get external VirtualMachineName > "$WORK/get.json"; cat "$WORK/get.json"
-grep -q '"value": "enlighten-e2e"' "$WORK/get.json" && echo "RESULT get=ok"
-api kvp-set external ProbeDone 1
-wait_serial 'pool0 ProbeDone' 30
-echo "--- auto pool ---"
-api kvp-list auto
-echo "--- end auto pool ---"
-api kvp-delete external 'Ünïcode key' && echo "RESULT delete=ok"
-api kvp-get external 'Ünïcode key' || echo "RESULT get_deleted=missing"
-api kvp-set auto Foo bar || echo "RESULT set_auto=refused"
-api shutdown --timeout 10
-wait $VM_PID
-echo "RESULT rc=$?"
-dump_logs
-""", job=job)
-        r = results(res)
-        out = res.output
-        self.assertEqual(r.get("set1"), "ok", describe(res))
-        self.assertEqual(r.get("set2"), "ok", describe(res))
-        # What hv_kvp_daemon wrote into the guest's pool file.
-        self.assertIn("pool0 VirtualMachineName", out, describe(res))
-        self.assertIn("pool0 enlighten-e2e", out, describe(res))
-        self.assertIn("pool0 Ünïcode key", out, describe(res))
-        self.assertIn("pool0 välue €", out, describe(res))
-        # The guest's intrinsic data, through the API.
-        auto = out[out.index("--- auto pool ---"):out.index("--- end auto pool ---")] if "--- auto pool ---" in out else ""
-        self.assertIn("FullyQualifiedDomainName", auto, describe(res))
-        self.assertIn("enlighten-guest", auto, describe(res))
-        self.assertIn("NetworkAddressIPv4", auto, describe(res))
-        self.assertIn("192.0.2.10", auto, describe(res))
-        self.assertEqual(r.get("get"), "ok", "kvp-get did not return the value set" + describe(res))
-        self.assertIn("OSName", auto, describe(res))
-        self.assertEqual(r.get("delete"), "ok", describe(res))
-        self.assertEqual(r.get("get_deleted"), "missing", describe(res))
-        self.assertEqual(r.get("set_auto"), "refused", describe(res))
-        self.assertEqual(r.get("rc"), "0", describe(res))
-
-    def test_time_sync_corrects_a_wrong_guest_clock(self) -> None:
-        # The guest sets its clock to 2001 before hv_utils loads; the time sync service
-        # sets it again when it connects; later the API forces another sync.
-        job = r"""
-date -s '2001-01-01 00:00:00' >/dev/null
-echo "GUEST-CLOCK-BEFORE $(date +%s)"
-modprobe hv_vmbus; modprobe hv_utils
-sleep 3
-echo "GUEST-CLOCK-AFTER $(date +%s)"
-date -s '2001-01-01 00:00:00' >/dev/null
-echo "GUEST-CLOCK-WRONG-AGAIN"
-while ! [ -e /tmp/never ]; do sleep 0.2; if [ "$(date +%Y)" != 2001 ]; then echo "GUEST-CLOCK-API $(date +%s)"; break; fi; done
-"""
-        res = run_scenario(self, r"""
-"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
-    --api-socket "$API" --on-reboot exit --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/vmm.log" 2>&1 &
-VM_PID=$!
-wait_serial GUEST-CLOCK-AFTER 120 || { dump_logs; exit 1; }
-echo "RESULT host_after=$(date +%s)"
-wait_serial GUEST-CLOCK-WRONG-AGAIN 30
-sleep 1
-api time-sync && echo "RESULT api=ok"
-wait_serial GUEST-CLOCK-API 30
-echo "RESULT host_api=$(date +%s)"
-api shutdown --timeout 10
-wait $VM_PID
-dump_logs
-""", job=job)
-        r = results(res)
-        before = int(re.search(r"GUEST-CLOCK-BEFORE (\d+)", res.output).group(1))
-        m = re.search(r"GUEST-CLOCK-AFTER (\d+)", res.output)
-        self.assertIsNotNone(m, describe(res))
-        self.assertLess(before, 1_000_000_000, "the guest clock was not set wrong" + describe(res))
-        after = int(m.group(1))
-        self.assertLess(abs(after - int(r["host_after"])), 10, "guest clock not corrected on connect" + describe(res))
-        self.assertEqual(r.get("api"), "ok", describe(res))
-        m = re.search(r"GUEST-CLOCK-API (\d+)", res.output)
-        self.assertIsNotNone(m, "the API time sync did not correct the clock" + describe(res))
-        self.assertLess(abs(int(m.group(1)) - int(r["host_api"])), 10, describe(res))
-
-    def test_rebinding_a_driver_50_times_leaks_nothing(self) -> None:
-        job = r"""
-dev=b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01
-while ! [ -e /tmp/go ] && ! grep -q . /tmp/go 2>/dev/null; do
-    tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q '^rebind$' && break
-    sleep 0.2
-done
-i=0
-while [ $i -lt 50 ]; do
-    echo $dev > /sys/bus/vmbus/drivers/hv_utils/unbind || echo "UNBIND-FAILED $i"
-    echo $dev > /sys/bus/vmbus/drivers/hv_utils/bind || echo "BIND-FAILED $i"
-    i=$((i + 1))
-done
-[ -e /sys/bus/vmbus/devices/$dev/driver ] && echo "REBOUND-OK"
-dmesg | grep -c 'Heartbeat IC version' | sed 's/^/HEARTBEAT-NEGOTIATIONS /'
-echo "REBIND-DONE"
-"""
-        res = run_scenario(self, r"""
-start_vm ""
-wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
-wait_api 20 '"state": "healthy"' heartbeat
-sleep 2
-api info > "$WORK/before.json"; cat "$WORK/before.json"
-echo "RESULT gpadls_before=$(grep '"gpadls"' "$WORK/before.json" | tr -dc 0-9)"
-echo "RESULT rss_before=$(grep '"vmm_rss_bytes"' "$WORK/before.json" | tr -dc 0-9)"
-api kvp-set external rebind 1
-wait_serial REBIND-DONE 300 || { dump_logs; exit 1; }
-wait_api 20 '"state": "healthy"' heartbeat
-sleep 2
-api info > "$WORK/after.json"; cat "$WORK/after.json"
-echo "RESULT gpadls_after=$(grep '"gpadls"' "$WORK/after.json" | tr -dc 0-9)"
-echo "RESULT rss_after=$(grep '"vmm_rss_bytes"' "$WORK/after.json" | tr -dc 0-9)"
-api shutdown --timeout 10
-wait $VM_PID
-echo "RESULT rc=$?"
-dump_logs
-""", job=job, timeout=600)
-        r = results(res)
-        self.assertIn("REBOUND-OK", res.output, describe(res))
-        self.assertNotIn("UNBIND-FAILED", res.output, describe(res))
-        self.assertNotIn("BIND-FAILED", res.output, describe(res))
-        m = re.search(r"HEARTBEAT-NEGOTIATIONS (\d+)", res.output)
-        self.assertIsNotNone(m, describe(res))
-        self.assertEqual(int(m.group(1)), 51, "each bind should open the channel and negotiate again" + describe(res))
-        self.assertEqual(r.get("gpadls_before"), r.get("gpadls_after"), "GPADL count changed" + describe(res))
-        self.assertGreater(int(r.get("gpadls_before") or 0), 0, describe(res))
-        growth = int(r["rss_after"]) - int(r["rss_before"])
-        print(f"[VMM RSS {int(r['rss_before']) // 1024} KiB -> {int(r['rss_after']) // 1024} KiB] ", end="", flush=True)
-        self.assertLess(growth, 512 * 1024, "the VMM's RSS grew by more than 512 KiB" + describe(res))
-        self.assertEqual(r.get("rc"), "0", describe(res))
+        print(f"[healthy after {r['healthy_after']} s, lost {r['lost_after']} s after the panic] ",
+              end="", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,23 @@ public:
         }
         return std::unexpected(ApiError{ErrorKind::NotFound, "no such key: " + key});
     }
+    ApiResult<DiskInfo> add_disk(const AddDiskRequest& r) override {
+        record("add-disk " + r.path + " " + r.id + (r.read_only ? " ro" : ""));
+        if (r.path == "/missing") return std::unexpected(ApiError{ErrorKind::BadRequest, "no such file"});
+        DiskInfo d;
+        d.id = r.id.empty() ? "disk0" : r.id;
+        d.controller = "scsi0";
+        d.bus = "scsi";
+        d.lun = 3;
+        d.path = r.path;
+        d.read_only = r.read_only;
+        return d;
+    }
+    ApiResult<> remove_disk(const std::string& id) override {
+        record("remove-disk " + id);
+        if (id != "disk0") return std::unexpected(ApiError{ErrorKind::NotFound, "no disk " + id});
+        return {};
+    }
 
 private:
     void record(std::string call) {
@@ -392,7 +409,9 @@ TEST_F(ApiServerTest, Info) {
     ASSERT_EQ(j["devices"].size(), 1U);
     EXPECT_EQ(j["devices"][0], Json::parse(R"({"id":"heartbeat","kind":"heartbeat",
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"})"));
-    EXPECT_EQ(j.size(), 13U) << j.dump();
+    EXPECT_TRUE(j["disks"].is_array());
+    EXPECT_TRUE(j["storage_channels"].is_array());
+    EXPECT_EQ(j.size(), 15U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
@@ -476,6 +495,35 @@ TEST_F(ApiServerTest, KvpSetGetListDelete) {
     const auto calls = vm.calls();
     EXPECT_EQ(calls.front(), "kvp_set 0 Owner=ops team");
     EXPECT_EQ(calls[1], "kvp_set 0 a b/c\xc3\xa9=x");
+}
+
+TEST_F(ApiServerTest, AddAndRemoveDisks) {
+    auto r = put("/api/v1/vm.add-disk", R"({"path": "/srv/a.img", "id": "data", "readonly": true})");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const auto j = Json::parse(r->body);
+    EXPECT_EQ(j["id"], "data");
+    EXPECT_EQ(j["controller"], "scsi0");
+    EXPECT_EQ(j["lun"], 3);
+    EXPECT_EQ(j["read_only"], true);
+    // Bad requests are refused before the VM sees them; the VM's own refusal keeps its status.
+    EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"id": "x"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": 7})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": "/a", "readonly": "yes"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.add-disk", R"({"path": "/a", "bus": "ide"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.add-disk", "")->status, 400);
+    r = put("/api/v1/vm.add-disk", R"({"path": "/missing"})");
+    EXPECT_EQ(r->status, 400);
+    EXPECT_EQ(error_of(r->body), "no such file");
+    EXPECT_EQ(get("/api/v1/vm.add-disk")->status, 405);
+    EXPECT_EQ(put("/api/v1/vm.remove-disk", R"({"id": "disk0"})")->status, 204);
+    r = put("/api/v1/vm.remove-disk", R"({"id": "nope"})");
+    EXPECT_EQ(r->status, 404);
+    EXPECT_EQ(error_of(r->body), "no disk nope");
+    EXPECT_EQ(put("/api/v1/vm.remove-disk", R"({})")->status, 400);
+    const auto calls = vm.calls();
+    EXPECT_EQ(calls.front(), "add-disk /srv/a.img data ro");
+    EXPECT_EQ(calls.back(), "remove-disk nope");
 }
 
 TEST_F(ApiServerTest, KvpPoolsByName) {

@@ -859,9 +859,10 @@ TEST(VmbusChannels, RingsInMemoryAddedAtRunTimeWork) {
         ASSERT_TRUE(g.memory().add_ram(kHotAdd, 2 << 20));
         added = true;
     });
-    size_t reads = 0;
-    while (!added) reads += g.memory().contains(kHotAdd, 4096) ? size_t{0} : size_t{1};
+    size_t misses = 0;
+    while (!added) misses += g.memory().contains(kHotAdd, 4096) ? size_t{0} : size_t{1};
     hot_add.join();
+    EXPECT_TRUE(g.memory().contains(kHotAdd, 4096)) << "after " << misses << " reads that missed it";
     uint8_t* host = g.memory().host_ptr(kHotAdd, 8 * kPageSize);
     ASSERT_NE(host, nullptr);
     // The guest puts a channel's rings there: header + 3 data pages each way.

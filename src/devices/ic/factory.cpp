@@ -58,10 +58,10 @@ Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg) {
 
 std::vector<DeviceConfig> default_integration_services() {
     return {
-        {"heartbeat", "heartbeat", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01"}}},
-        {"shutdown", "shutdown", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02"}}},
-        {"timesync", "timesync", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03"}}},
-        {"kvp", "kvp", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04"}}},
+        {"heartbeat", "heartbeat", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01"}}, {}},
+        {"shutdown", "shutdown", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02"}}, {}},
+        {"timesync", "timesync", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03"}}, {}},
+        {"kvp", "kvp", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04"}}, {}},
     };
 }
 
