@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             enl = benchlib.build(Path(a.build_dir), a.no_build, ["enlighten"])["enlighten"] if need_enl else None
             img = guest_image.build()
             q = qemu.carry()
-            initrd = guest_image.make_run_initrd(job=guest_job(workloads))
+            initrd = guest_image.make_run_initrd(job=guest_job(workloads), tools=True)
     except ToolError as e:
         log(f"error: {e}")
         return 1

@@ -140,8 +140,8 @@ lsblk_all() { lsblk -b -d -n -P -o NAME,SIZE,HCTL,TYPE,RO,VENDOR,MODEL | sed "s/
 
 
 def scenario(key: str, script: str, **kw) -> None:
-    """A run of the session: `script` after STORAGE_LIB."""
-    STORAGE.scenario(key, STORAGE_LIB + script, **kw)
+    """A run of the session: `script` after STORAGE_LIB; the guest has the disk tools."""
+    STORAGE.scenario(key, STORAGE_LIB + script, tools=True, **kw)
 
 
 # ----------------------------------------------------------------------------- channels

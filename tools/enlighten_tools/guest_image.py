@@ -1,14 +1,21 @@
 """The default guest image: the unmodified Debian cloud kernel + a busybox initramfs.
 
-    build() -> GuestImage(kernel=<cache>/guest/bzImage, initrd=<cache>/guest/initrd.img)
+    build() -> GuestImage(kernel=<cache>/guest/bzImage, initrd=<cache>/guest/initrd.img,
+                          tools=<cache>/guest/tools.cpio.gz)
 
-The initramfs holds busybox-static (with applet symlinks), the kernel's Hyper-V, disk
-(sd_mod, sr_mod, virtio) modules and their dependencies (with a generated
-modules.dep/modules.alias, so busybox `modprobe hv_vmbus` works), hyperv-daemons' binaries
-and the storage test tools (e2fsprogs, util-linux, sfdisk, coreutils dd, fio) with their
-shared libraries, all from Debian packages (userland.py), and /init (INIT_SCRIPT below). It is rebuilt only when a hash of its inputs
-changes. Extra per-run content (a /job script and files) goes into a second small
-cpio that is appended to a copy of the base image: make_run_initrd().
+The initramfs (initrd.img) holds busybox-static (with applet symlinks) and Debian's
+dynamically linked busybox for jobs, the kernel's Hyper-V, disk (sd_mod, sr_mod, virtio)
+modules and their dependencies (with a generated modules.dep/modules.alias, so busybox
+`modprobe hv_vmbus` works), hyperv-daemons' binaries with their shared libraries from
+Debian packages (userland.py), and /init (INIT_SCRIPT below).
+
+The disk tools (e2fsprogs, util-linux, sfdisk, coreutils dd, fio, sg3-utils, with their
+libraries; userland.GUEST_PROGRAMS) are a second cpio, tools.cpio.gz, that the kernel
+unpacks over the base when it is appended: make_run_initrd(tools=True), `enlighten-tools
+guest-image --tools`. They are not in initrd.img because the guest pays for every byte of
+its initramfs at boot (about 0.5 s per uncompressed MiB in the nested test host; the tools
+are 10 MiB). Both are rebuilt only when a hash of their inputs changes. Extra per-run
+content (a /job script and files) goes into a third small cpio: make_run_initrd().
 
 /init output contract (see INIT_SCRIPT):
     ENLIGHTEN-INIT uptime=<seconds>      as soon as /proc is mounted
@@ -167,7 +174,8 @@ while :; do sleep 3600; done
 @dataclass(frozen=True)
 class GuestImage:
     kernel: Path
-    initrd: Path
+    initrd: Path                 # the base: busybox, modules, hyperv-daemons, /init
+    tools: Path | None = None    # the disk-tools layer, appended by make_run_initrd(tools=True)
 
 
 def _guest_dir() -> Path:
@@ -269,56 +277,77 @@ def _daemon_paths(hvd_root: Path) -> list[tuple[str, Path]]:
 
 
 def build(force: bool = False) -> GuestImage:
-    """Build (or reuse) <cache>/guest/{bzImage,initrd.img}."""
+    """Build (or reuse) <cache>/guest/{bzImage,initrd.img,tools.cpio.gz}."""
     kern = debian.kernel()
     busybox = debian.busybox()
     hvd = debian.hyperv_daemons()
     daemons = _daemon_paths(hvd)
-    # hyperv-daemons and the storage tools, with their libraries from Debian packages
+    # The base: Debian's busybox and hyperv-daemons with their libraries. All: the same plus
+    # the disk tools (userland.GUEST_PROGRAMS); the tools layer is what the base lacks.
+    base_user = userland.collect(extra_programs=daemons, programs_of=userland.BASE_PROGRAMS, data=[])
     user = userland.collect(extra_programs=daemons)
     key = sha256_text(
-        "guest-image-v3", _sources_hash(), sha256_file(kern.deb), sha256_file(busybox),
+        "guest-image-v4", _sources_hash(), sha256_file(kern.deb), sha256_file(busybox),
         *[f"{dst}={sha256_file(src)}:{perm:o}" for dst, src, perm in user.files],
         *[f"{path}->{target}" for path, target in user.symlinks],
         *user.inputs,
         ",".join(GUEST_MODULES),
     )
     gdir = _guest_dir()
-    image = GuestImage(gdir / "bzImage", gdir / "initrd.img")
+    image = GuestImage(gdir / "bzImage", gdir / "initrd.img", gdir / "tools.cpio.gz")
     stamp = gdir / "inputs.sha256"
     if (not force and stamp.is_file() and stamp.read_text().strip() == key
-            and image.kernel.is_file() and image.initrd.is_file()):
+            and image.kernel.is_file() and image.initrd.is_file() and image.tools.is_file()):
         return image
 
     log(f"building guest image from {kern.package} ({kern.version})")
     arc = CpioArchive()
     add_base_dirs(arc)
-    # a real program replaces busybox's applet of the same name wherever busybox puts it
-    # (e.g. its blkdiscard is /usr/bin/blkdiscard, before util-linux's /sbin in PATH)
-    real = {os.path.basename(p) for p, _src, _perm in user.files} | \
-        {os.path.basename(p) for p, _t in user.symlinks}
-    add_guest_busyboxes(arc, busybox, userland.program_file("busybox", "bin/busybox"), real)
+    dynamic_busybox = userland.program_file("busybox", "bin/busybox")
+    add_guest_busyboxes(arc, busybox, dynamic_busybox, set())
     tree = ModuleTree(kern.moddir)
     mods = add_modules(arc, tree, GUEST_MODULES)
-    for dst, src, perm in user.files:
+    for dst, src, perm in base_user.files:
         arc.add_file(dst, src, perm=perm)
-    for path, target in user.symlinks:
+    for path, target in base_user.symlinks:
         arc.add_symlink(path, target)
     arc.add_bytes("/init", INIT_SCRIPT, perm=0o755)
     arc.add_bytes("/etc/os-release", OS_RELEASE, perm=0o644)
     arc.add_bytes("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 enlighten-guest.localdomain enlighten-guest\n", perm=0o644)
     arc.add_bytes("/etc/acpi/PWRF/00000080", ACPID_POWER_SCRIPT, perm=0o755)
     arc.add_dir("/var/lib/hyperv")
+
+    # The disk-tools layer: a second cpio that the kernel unpacks over the base (an entry
+    # replaces what the base has at its path). A real program replaces busybox's applet of
+    # the same name wherever busybox put it (e.g. busybox's blkdiscard is /usr/bin/blkdiscard,
+    # before util-linux's /sbin in PATH): those applet paths become links to the program.
+    tools = CpioArchive()
+    in_base = {dst for dst, _src, _perm in base_user.files} | {p for p, _t in base_user.symlinks}
+    real: dict[str, str] = {}
+    for dst, src, perm in user.files:
+        if dst not in in_base:
+            tools.add_file(dst, src, perm=perm)
+            real[os.path.basename(dst)] = dst
+    for path, target in user.symlinks:
+        if path not in in_base:
+            tools.add_symlink(path, target)
+            real.setdefault(os.path.basename(path), path)
+    for rel in sorted(set(_applets(busybox)) | set(_applets(dynamic_busybox))):
+        path, name = "/" + rel, os.path.basename(rel)
+        if name in real and path not in tools and name not in STATIC_APPLETS:
+            tools.add_symlink(path, real[name])
     arc.write(image.initrd, compress=True)
+    tools.write(image.tools, compress=True)
     tmp = gdir / f".bzImage.tmp{os.getpid()}"
     shutil.copyfile(kern.vmlinuz, tmp)
     os.replace(tmp, image.kernel)
     atomic_write_bytes(gdir / "initrd.list", ("\n".join("/" + p for p in arc.paths()) + "\n").encode())
+    atomic_write_bytes(gdir / "tools.list", ("\n".join("/" + p for p in tools.paths()) + "\n").encode())
     atomic_write_bytes(stamp, (key + "\n").encode())
-    log(f"guest image: {image.kernel} + {image.initrd} "
-        f"({image.initrd.stat().st_size // 1024} KiB; modules: {', '.join(mods)}; "
-        f"libraries from {', '.join(sorted(set(user.libraries.values())))}; "
-        f"stubs: {', '.join(user.stubs)})")
+    libs = sorted(set(user.libraries.values()))
+    log(f"guest image: {image.kernel} + {image.initrd} ({image.initrd.stat().st_size // 1024} KiB; "
+        f"modules: {', '.join(mods)}) + disk tools {image.tools} ({image.tools.stat().st_size // 1024} KiB; "
+        f"libraries from {', '.join(libs)}; stubs: {', '.join(user.stubs)})")
     return image
 
 
@@ -346,24 +375,29 @@ def write_extra_cpio(out: Path | str, job: str | os.PathLike | None = None,
 def make_run_initrd(job: str | os.PathLike | None = None,
                     files: list[tuple[str | os.PathLike, str]] | None = None,
                     out: Path | str | None = None,
-                    base: GuestImage | None = None) -> Path:
-    """A per-run initrd: the base initrd.img followed by an extra cpio with /job and
-    `files` (see write_extra_cpio). The base image is not rebuilt.
+                    base: GuestImage | None = None,
+                    tools: bool = False) -> Path:
+    """A per-run initrd: the base initrd.img, with `tools` the disk-tools layer, then an
+    extra cpio with /job and `files` (see write_extra_cpio). The base image is not rebuilt.
 
     out: where to write it; by default <cache>/guest/runs/<hash of content>.img
     (content-addressed, so repeating a run reuses the file)."""
     base = base or build()
+    if tools and base.tools is None:
+        raise ToolError("this guest image has no disk-tools layer")
+    layers = [base.initrd] + ([base.tools] if tools else [])
     runs = _guest_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     extra = runs / f".extra-{os.getpid()}.cpio.gz"
     try:
         write_extra_cpio(extra, job, files)
         if out is None:
-            key = sha256_text(sha256_file(base.initrd), sha256_file(extra))[:24]
+            key = sha256_text(sha256_file(base.initrd), sha256_file(base.tools) if layers[1:] else "",
+                              sha256_file(extra))[:24]
             out = runs / f"{key}.img"
             if out.is_file():
                 return out
-        concatenate(out, base.initrd, extra)
+        concatenate(out, *layers, extra)
     finally:
         if extra.exists():
             extra.unlink()

@@ -69,6 +69,9 @@ GUEST_PROGRAMS = [
     Program("sg3-utils", "usr/bin/sg_readcap"),
     Program("sg3-utils", "usr/bin/sg_modes"),
 ]
+# The ones in every guest's base initrd (the rest are the disk-tools layer, see
+# guest_image.py: every byte of the initrd costs boot time).
+BASE_PROGRAMS = [p for p in GUEST_PROGRAMS if p.package == "busybox"]
 # Data files the programs read: (package, path in the package = path in the guest).
 GUEST_DATA = [("e2fsprogs", "etc/mke2fs.conf")]
 
@@ -285,13 +288,16 @@ def build_stub(soname: str, symbols: dict[str, str | None]) -> tuple[Path, str]:
     return out, key
 
 
-def collect(extra_programs: list[tuple[str, Path]] | None = None) -> Userland:
-    """Programs (GUEST_PROGRAMS, plus `extra_programs` as (guest path, file)) with their
-    library closure resolved in LIBRARY_PACKAGES, and stubs for STUB_LIBRARIES."""
+def collect(extra_programs: list[tuple[str, Path]] | None = None,
+            programs_of: list[Program] | None = None,
+            data: list[tuple[str, str]] | None = None) -> Userland:
+    """Programs (`programs_of`, default GUEST_PROGRAMS, plus `extra_programs` as (guest path,
+    file)) and data files (`data`, default GUEST_DATA) with their library closure resolved
+    in LIBRARY_PACKAGES, and stubs for STUB_LIBRARIES."""
     index = LibraryIndex(LIBRARY_PACKAGES)
     u = Userland()
     programs: list[tuple[str, Path]] = []
-    for prog in GUEST_PROGRAMS:
+    for prog in GUEST_PROGRAMS if programs_of is None else programs_of:
         src = debian.package_tree(prog.package) / prog.path
         if not src.is_file():
             raise ToolError(f"{prog.path} is not in {prog.package} ({src})")
@@ -299,7 +305,7 @@ def collect(extra_programs: list[tuple[str, Path]] | None = None) -> Userland:
         programs.append((dst, src))
         u.symlinks += [(link, dst) for link in prog.links]
     programs += list(extra_programs or [])
-    for pkg, rel in GUEST_DATA:
+    for pkg, rel in GUEST_DATA if data is None else data:
         src = debian.package_tree(pkg) / rel
         if not src.is_file():
             raise ToolError(f"{rel} is not in {pkg}")
