@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from enlighten_tools import guest_image, qemu, testhost  # noqa: E402
 from enlighten_tools.common import ToolError  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import git_commit, lockup_log, log, machine_name  # noqa: E402
 
 MEMORY = "512M"
 CMDLINE = "console=ttyS0 quiet"
@@ -89,28 +90,11 @@ BASELINE = "qemu-pc"
 BASELINE_HOST = "qemu-pc-host"
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- build
 def build(build_dir: Path, skip: bool) -> tuple[Path, Path]:
     """Build (or just locate) build/enlighten and build/bench/boot_timer."""
-    enl = Path(os.environ.get("ENLIGHTEN_BINARY", build_dir / "enlighten"))
-    timer = build_dir / "bench" / "boot_timer"
-    if not skip:
-        if not (build_dir / "build.ninja").is_file() and not (build_dir / "Makefile").is_file():
-            raise ToolError(f"{build_dir} is not a configured build directory: run scripts/setup")
-        targets = ["boot_timer"] + ([] if "ENLIGHTEN_BINARY" in os.environ else ["enlighten"])
-        log(f"building {' '.join(targets)} in {build_dir}")
-        proc = subprocess.run(["cmake", "--build", str(build_dir), "--target", *targets],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise ToolError(f"build failed:\n{proc.stdout[-4000:]}")
-    for p in (enl, timer):
-        if not p.is_file():
-            raise ToolError(f"{p} does not exist (build it, or drop --no-build)")
-    return enl, timer
+    paths = benchlib.build(build_dir, skip, ["boot_timer", "enlighten"])
+    return paths["enlighten"], paths["boot_timer"]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -152,16 +136,7 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], t
     lines = [
         "set -u",
         f"mkdir -p {H_LOGS}",
-        # A soft lockup in the test host's kernel (seen twice in benchmark sessions, cause
-        # unknown) leaves the VMM stuck where no signal reaches it, and the session would
-        # wait for its timeout. Panic instead: the panic replays the whole kernel log,
-        # backtrace included, to the console (panic_print bit 5), and panic=-1 ends the
-        # session at once. The report then shows that log.
-        "echo 1 > /proc/sys/kernel/softlockup_panic",
-        "echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace",
-        "echo 32 > /proc/sys/kernel/panic_print",
-        'echo "BENCH-INFO host_kernel=$(uname -r) host_cpus=$(grep -c ^processor /proc/cpuinfo) '
-        'host_mem_kib=$(sed -n \'s/^MemTotal: *\\([0-9]*\\).*/\\1/p\' /proc/meminfo)"',
+        *benchlib.TESTHOST_PRELUDE,  # soft lockup -> panic with the whole log (see benchlib)
         f'echo "BENCH-INFO qemu_version=$({shlex.quote(q.binary)} --version | head -n 1)"',
         "bench_run() {  # id round argv...",
         '    id=$1; rnd=$2; shift 2',
@@ -267,16 +242,6 @@ def parse(output: str) -> tuple[list[Run], dict[str, str], bool]:
         elif line.startswith("BENCH-DONE"):
             done = True
     return runs, info, done
-
-
-def lockup_log(output: str, limit: int = 200) -> list[str]:
-    """The test host's kernel log from its soft-lockup report on (at most `limit` lines),
-    or [] when there was none. The report appears twice: printed as it happened (the
-    console shows only that line), then in the panic's replay of the whole log, followed
-    by the backtraces: take the last one."""
-    lines = output.splitlines()
-    hits = [i for i, line in enumerate(lines) if "BUG: soft lockup" in line]
-    return [x.rstrip() for x in lines[hits[-1]:hits[-1] + limit]] if hits else []
 
 
 # ----------------------------------------------------------------------------- report
@@ -530,40 +495,6 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
 
 
 # ----------------------------------------------------------------------------- main
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              check=True).stdout.strip()
-        # --no-optional-locks: do not refresh (write) the index
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "status",
-                                "--porcelain", "--untracked-files=no"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-        return head + ("+uncommitted changes" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
-def results_path(out_dir: Path, date: str) -> Path:
-    p = out_dir / f"boot-{date}.md"
-    n = 2
-    while p.exists():
-        p = out_dir / f"boot-{date}-{n}.md"
-        n += 1
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -675,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_save and not a.from_raw:
         out_dir = Path(a.results_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = results_path(out_dir, now.strftime("%Y-%m-%d"))
+        path = benchlib.results_path(out_dir, "boot", now.strftime("%Y-%m-%d"))
         path.write_text(text)
         log(f"written {path}")
     return 0

@@ -254,6 +254,7 @@ class _Run:
     stop_after: StopAfter | None = None
     script: str | None = None       # scenario: shell script (with SCENARIO_LIB)
     cpus: int = 1
+    tools: bool = False             # the guest image's disk-tools layer (mkfs, fio, ...)
 
 
 class Session:
@@ -298,9 +299,10 @@ class Session:
                        stop_after=stop_after, cpus=cpus))
 
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
-                 timeout: float = 300) -> None:
-        """A shell script with SCENARIO_LIB, as run_scenario()."""
-        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus))
+                 timeout: float = 300, tools: bool = False) -> None:
+        """A shell script with SCENARIO_LIB, as run_scenario(); `tools`: the guest has the
+        disk tools (guest_image.make_run_initrd)."""
+        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -345,7 +347,8 @@ class Session:
             return
         img = image()
         for run in runnable:  # one at a time: make_run_initrd's temporary file is per process
-            run.initrd = guest_image.make_run_initrd(job=run.job) if run.job is not None else img.initrd
+            run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools)
+                          if run.job is not None or run.tools else img.initrd)
         self.runner = testhost.choose_runner()
         # If the test host stops answering (it has been seen to hang under heavy load), the
         # runs it was running fail, and those it had not started get a fresh test host.

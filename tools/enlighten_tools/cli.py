@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import debian, guest_image, testhost
+from . import debian, guest_image, testhost, userland
 from .common import ToolError
 
 
@@ -27,16 +27,18 @@ def _strip_dashdash(rest: list[str]) -> list[str]:
 def cmd_fetch(a: argparse.Namespace) -> int:
     for name, root in debian.fetch_all().items():
         print(f"{name}\t{root}")
+    for name in userland.packages():
+        print(f"{name}\t{debian.package_tree(name)}")
     return 0
 
 
 def cmd_guest_image(a: argparse.Namespace) -> int:
     base = guest_image.build(force=a.force)
     kernel, initrd = base.kernel, base.initrd
-    if a.job or a.add:
+    if a.job or a.add or a.tools:
         out = Path(a.out) / "initrd.img" if a.out else None
         initrd = guest_image.make_run_initrd(job=Path(a.job) if a.job else None,
-                                             files=a.add, out=out, base=base)
+                                             files=a.add, out=out, base=base, tools=a.tools)
     if a.out:
         out_dir = Path(a.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job", metavar="FILE", help="script to run as /job in the guest")
     s.add_argument("--add", metavar="SRC:DST", type=_pair, action="append", default=[],
                    help="extra file for the guest (repeatable)")
+    s.add_argument("--tools", action="store_true",
+                   help="with the disk tools (mkfs, fsck, lsblk, fio, sg3-utils...)")
     s.add_argument("--out", metavar="DIR", help="copy bzImage and initrd.img into DIR")
     s.add_argument("--force", action="store_true", help="rebuild the base image")
     s.set_defaults(func=cmd_guest_image)
