@@ -40,6 +40,10 @@ struct VirtualMachine::Impl {
     std::optional<api::ApiServer> api;
     std::shared_ptr<Machine> machine;  // the running boot, if any
     bool flush_scheduled = false;
+    // A stop signal (SIGINT/SIGTERM/SIGHUP) received: it ends Enlighten whatever else the
+    // machine was doing, a guest reset in progress included (otherwise the reset, recorded
+    // first, would restart the VM and the user's signal would be lost).
+    int stop_signal = 0;
 
     Result<> watch_host_events();
     int boot_loop();
@@ -86,7 +90,8 @@ Result<> VirtualMachine::Impl::watch_host_events() {
         signalfd_siginfo si{};
         if (::read(signal_fd.get(), &si, sizeof(si)) != sizeof(si)) return;
         log::info("received signal {}, stopping the VM", si.ssi_signo);
-        if (machine) machine->request_exit({VmExit::Kind::Signal, static_cast<int>(si.ssi_signo), {}});
+        if (!stop_signal) stop_signal = static_cast<int>(si.ssi_signo);
+        if (machine) machine->request_exit({VmExit::Kind::Signal, stop_signal, {}});
     }));
     ENL_TRY_VOID(loop->watch(console->flush_fd(), EPOLLIN, [this](uint32_t) {
         console->ack_flush_event();
@@ -131,7 +136,8 @@ int VirtualMachine::Impl::boot_loop() {
         machine->start();
         loop->run();  // until the machine asks to stop
         machine->stop(kDeviceCloseTimeout);
-        const VmExit exit = machine->exit().value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
+        VmExit exit = machine->exit().value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
+        if (stop_signal && exit.kind != VmExit::Kind::Error) exit = VmExit{VmExit::Kind::Signal, stop_signal, {}};
         control->detach();
         machine.reset();
         console->flush();
