@@ -46,7 +46,7 @@ std::string_view heartbeat_state(HeartbeatState s) {
 Json to_json(const DiskInfo& d) {
     return {{"id", d.id},          {"controller", d.controller},   {"bus", d.bus},
             {"lun", d.lun},        {"path", d.path},               {"format", d.format},
-            {"read_only", d.read_only}, {"direct", d.direct},      {"size_bytes", d.size_bytes},
+            {"read_only", d.read_only}, {"direct", d.direct},      {"write_cache", d.write_cache},      {"size_bytes", d.size_bytes},
             {"block_size", d.block_size}, {"requests", d.requests}, {"reads", d.reads},
             {"writes", d.writes},  {"flushes", d.flushes},         {"unmaps", d.unmaps},
             {"bytes_read", d.bytes_read}, {"bytes_written", d.bytes_written}, {"errors", d.errors},
@@ -163,7 +163,7 @@ std::expected<ShutdownRequest, std::string> parse_shutdown(std::string_view body
 }
 
 std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body) {
-    auto j = parse_object(body, {"path", "id", "format", "readonly", "serial", "controller"}, true);
+    auto j = parse_object(body, {"path", "id", "format", "readonly", "cache", "serial", "controller"}, true);
     if (!j) return std::unexpected(j.error());
     AddDiskRequest r;
     auto text = [&](const char* name, std::string& out, size_t max) -> std::optional<std::string> {
@@ -183,6 +183,11 @@ std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body)
     if (auto it = j->find("readonly"); it != j->end()) {
         if (!it->is_boolean()) return std::unexpected(std::string("readonly must be true or false"));
         r.read_only = it->get<bool>();
+    }
+    if (auto it = j->find("cache"); it != j->end()) {
+        if (!it->is_string() || (*it != "writeback" && *it != "writethrough"))
+            return std::unexpected(std::string("cache must be \"writeback\" or \"writethrough\""));
+        r.writethrough = *it == "writethrough";
     }
     return r;
 }

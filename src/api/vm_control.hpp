@@ -61,6 +61,7 @@ struct DiskInfo {
     std::string format;
     bool read_only = false;
     bool direct = false;  // O_DIRECT on the image
+    bool write_cache = true;  // the guest is told of a volatile write cache (WCE); false: write-through
     uint64_t size_bytes = 0;
     uint32_t block_size = 512;
     uint64_t requests = 0, reads = 0, writes = 0, flushes = 0, unmaps = 0;
@@ -83,6 +84,7 @@ struct AddDiskRequest {
     std::string id;  // empty: chosen ("diskN")
     std::string format = "auto";
     bool read_only = false;
+    bool writethrough = false;
     std::string serial;
 };
 

@@ -60,7 +60,7 @@ Result<uint64_t> parse_memory(std::string text) {
     return size;
 }
 
-// --disk path=FILE[,format=raw|auto][,readonly=on|off][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
+// --disk path=FILE[,format=raw|auto][,readonly=on|off][,cache=writeback|writethrough][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
 // (Cloud Hypervisor style; a first element without '=' is the path). Returns the disk's
 // DeviceConfig (kind "disk") and where it goes: "ide", or the SCSI controller "scsiN".
 Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec, size_t n) {
@@ -95,11 +95,11 @@ Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec,
             bus = value;
         } else if (key == "controller") {
             controller = value;
-        } else if (key == "path" || key == "format" || key == "readonly" || key == "serial") {
+        } else if (key == "path" || key == "format" || key == "readonly" || key == "serial" || key == "cache") {
             if (d.params.count(key)) return fail("--disk '{}': '{}' given twice", spec, key);
             d.params[key] = value;
         } else {
-            return fail("--disk '{}': unknown key '{}' (path, format, readonly, bus, controller, id, serial)", spec, key);
+            return fail("--disk '{}': unknown key '{}' (path, format, readonly, cache, bus, controller, id, serial)", spec, key);
         }
     }
     auto path = d.params.find("path");
@@ -202,7 +202,8 @@ int main(int argc, char** argv) {
     run->add_option("--api-socket", cfg.api_socket, "Serve the management API on this Unix socket (docs/api.md)");
     std::vector<std::string> disks;
     run->add_option("--disk", disks,
-                    "A disk: path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,controller=0..3][,id=NAME][,serial=TEXT]; "
+                    "A disk: path=FILE[,format=raw][,readonly=on][,cache=writeback|writethrough][,bus=scsi|ide]"
+                    "[,controller=0..3][,id=NAME][,serial=TEXT]; "
                     "repeatable")
         ->take_all();
     cfg.cmdline = "console=ttyS0";

@@ -63,6 +63,7 @@ Call make_call(const RemoteOptions& o) {
         if (!o.disk_serial.empty()) j["serial"] = o.disk_serial;
         if (!o.disk_controller.empty()) j["controller"] = o.disk_controller;
         if (o.disk_readonly) j["readonly"] = true;
+        if (o.disk_writethrough) j["cache"] = "writethrough";
         return {"PUT", base + "vm.add-disk", json(j), true};
     }
     if (c == "remove-disk") return {"PUT", base + "vm.remove-disk", json(Json{{"id", o.disk_id}})};
@@ -126,6 +127,7 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     add->add_option("--format", opts.disk_format, "auto (default) or raw");
     add->add_option("--serial", opts.disk_serial, "The serial number the guest sees (default: the id)");
     add->add_flag("--readonly", opts.disk_readonly, "The guest cannot write it");
+    add->add_flag("--writethrough", opts.disk_writethrough, "Every write stable before it completes (no write cache)");
     add->add_option("--controller", opts.disk_controller, "The SCSI controller (default: scsi0)");
     auto* rm = cmd("remove-disk", "Hot-remove a disk (the guest sees it go)");
     rm->add_option("id", opts.disk_id, "The disk's id")->required();

@@ -27,6 +27,7 @@ struct RemoteOptions {
     std::string disk_serial;
     std::string disk_controller;
     bool disk_readonly = false;
+    bool disk_writethrough = false;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

@@ -50,6 +50,7 @@ api::DiskInfo disk_info(const std::string& controller, storvsp::Bus bus, const s
     i.format = d.format;
     i.read_only = d.read_only;
     i.direct = d.direct;
+    i.write_cache = d.write_cache;
     i.size_bytes = d.size_bytes;
     i.block_size = d.block_size;
     const auto& c = d.counters;
@@ -305,6 +306,7 @@ api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest
     if (d.format != "auto" && d.format != "raw")
         return api_error(ErrorKind::BadRequest, fmt::format("format '{}': auto or raw", d.format));
     d.read_only = request.read_only;
+    d.writethrough = request.writethrough;
     d.serial = request.serial;
     auto lun = scsi->add_disk(d);
     if (!lun) {

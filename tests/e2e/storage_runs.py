@@ -177,7 +177,7 @@ stop_vm
 
 # ----------------------------------------------------------------------------- disks
 # Sizes in MiB, all different: the guest and the test know a disk by its size.
-DISK_SIZES = {"s0": 48, "s1": 80, "s2": 112, "ide0": 72, "ro": 32}
+DISK_SIZES = {"s0": 48, "s1": 80, "s2": 112, "ide0": 72, "ro": 32, "wt": 56}
 # The guest's view of every disk, a pattern written to and read back from each writable
 # one, then the read-only disk's refusals.
 JOB_DISKS = GUEST_LIB + r"""
@@ -190,6 +190,7 @@ for b in /sys/block/sd*; do
     n=${b##*/}
     echo "SYSPATH $n $(readlink -f "$b")"
     echo "SIZE64 $n $(blockdev --getsize64 "/dev/$n")"
+    echo "CACHE $(( $(cat "$b/size") / 2048 )) $(cat "$b"/device/scsi_disk/*/cache_type)"
 done
 dmesg | grep -E 'sd [0-9:]+: \[sd[a-z]+\]|scsi [0-9:]+: ' | sed 's/^/DMESG /'
 # a pattern unique to each writable disk (its size in MiB is the tag), at 1 MiB, O_DIRECT,
@@ -222,17 +223,17 @@ sed 's/^/RO-SG-RAW /' /tmp/sg.out
 dmesg | grep -E "$ro|hv_storvsc" | sed 's/^/RO-DMESG /'
 """
 scenario("disks", r"""
-for d in s0:48 s1:80 s2:112 ide0:72 ro:32; do truncate -s "${d##*:}M" "$DISKS/${d%%:*}.img"; done
+for d in s0:48 s1:80 s2:112 ide0:72 ro:32 wt:56; do truncate -s "${d##*:}M" "$DISKS/${d%%:*}.img"; done
 pattern 1024 RO00 > "$WORK/ro"
 dd if="$WORK/ro" of="$DISKS/ro.img" bs=65536 seek=16 conv=notrunc 2>/dev/null
 echo "RESULT host.ro_md5_before=$(md5sum < "$DISKS/ro.img" | cut -d' ' -f1)"
-start_bg disks "t.disks=5" --disk "path=$DISKS/s0.img,id=s0" --disk "path=$DISKS/s1.img,format=raw,bus=scsi,id=s1" \
+start_bg disks "t.disks=6" --disk "path=$DISKS/s0.img,id=s0" --disk "path=$DISKS/s1.img,format=raw,bus=scsi,id=s1" \
     --disk "path=$DISKS/s2.img,id=s2,serial=ENL-S2" --disk "path=$DISKS/ide0.img,bus=ide,id=ide0" \
-    --disk "path=$DISKS/ro.img,id=ro,readonly=on"
+    --disk "path=$DISKS/ro.img,id=ro,readonly=on" --disk "path=$DISKS/wt.img,id=wt,controller=1,cache=writethrough"
 wait_guest ENLIGHTEN-JOB-EXIT 240
 info disks
 stop_vm
-for d in s0:48 s1:80 s2:112 ide0:72; do
+for d in s0:48 s1:80 s2:112 ide0:72 wt:56; do
     id=${d%%:*}; mib=${d##*:}
     pattern 1024 "$(printf %04d "$mib")" > "$WORK/p.$id"
     host_cmp "$id" "$DISKS/$id.img" 16 1 "$WORK/p.$id"

@@ -98,8 +98,9 @@ class StorageCase(unittest.TestCase):
 
 
 class DiskTests(StorageCase):
-    """The "disks" run: SCSI LUNs s0, s1, s2, IDE disk ide0 and read-only SCSI disk ro on one
-    guest boot."""
+    """The "disks" run: SCSI LUNs s0, s1, s2 and read-only SCSI disk ro on scsi0, the
+    write-through disk wt on a second SCSI controller (scsi1), and IDE disk ide0, on one guest
+    boot."""
 
     res: RunResult
     console: str
@@ -146,6 +147,23 @@ class DiskTests(StorageCase):
             self.assertEqual(d["lun"], self.hctl(mib)[3], f"{name}: the API's LUN is the guest's" + describe(res))
         self.assertEqual(len({disks[k]["controller"] for k in ("s0", "s1", "s2", "ro")}), 1, describe(res))
         self.assertNotEqual(disks["ide0"]["controller"], disks["s0"]["controller"], describe(res))
+        # A second SCSI controller (controller=1): its own VMBus device, so its own SCSI host.
+        self.assertEqual((disks["s0"]["controller"], disks["wt"]["controller"]), ("scsi0", "scsi1"), describe(res))
+        wt = self.hctl(DISK_SIZES["wt"])
+        self.assertNotIn(wt[0], {scsi[0][0], self.hctl(DISK_SIZES["ide0"])[0]},
+                         "the second SCSI controller is a SCSI host of its own" + describe(res))
+
+    def test_the_guest_sees_the_write_cache_as_configured(self) -> None:
+        # cache=writethrough: the caching mode page says WCE=0 and sd reports "write through";
+        # the others have a volatile cache that SYNCHRONIZE CACHE flushes ("write back").
+        res = self.res
+        cache = dict(line.split(" ", 1) for line in tagged(self.console, "CACHE"))
+        self.assertEqual(cache.get(str(DISK_SIZES["wt"])), "write through", describe(res))
+        for name in ("s0", "s1", "s2"):
+            self.assertEqual(cache.get(str(DISK_SIZES[name])), "write back", name + describe(res))
+        disks = disks_by_id(vm_info(res, "disks"))
+        self.assertEqual({k: d["write_cache"] for k, d in disks.items() if k != "ide0"},
+                         {"s0": True, "s1": True, "s2": True, "ro": False, "wt": False}, describe(res))
 
     def test_ide_disk_is_found_through_its_ide_channel(self) -> None:
         # Each block device hangs off a VMBus device: the IDE disk off one of the IDE class,

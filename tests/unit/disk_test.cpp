@@ -195,6 +195,26 @@ protected:
 
 // ---- Round trips ----
 
+TEST_F(DiskTest, WriteThroughHasNoVolatileCacheAndItsWritesLand) {
+    const auto path = dir.file("wt.img");
+    make_file(path, 1 << 20);
+    auto disk = open_ok({.path = path, .writethrough = true});
+    ASSERT_TRUE(disk);
+    EXPECT_FALSE(disk->info().volatile_cache);
+    auto q = disk->open_queue(4);
+    ASSERT_TRUE(q.has_value()) << q.error().message();
+    Buffer out(4096);
+    out.pattern(3);
+    const iovec w[] = {iov(out.data(), 4096)};
+    EXPECT_EQ(run(**q, {.op = Op::Write, .offset = 8192, .iov = w, .tag = 1}), 4096);
+    std::vector<uint8_t> back(4096);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(::pread(fd, back.data(), back.size(), 8192), 4096);
+    ::close(fd);
+    EXPECT_EQ(std::memcmp(back.data(), out.data(), 4096), 0);
+}
+
 TEST_F(DiskTest, WriteReadRoundTripThroughIovecs) {
     const auto path = dir.file("disk.img");
     make_file(path, 1 << 20);

@@ -404,6 +404,42 @@ TEST(Storvsp, ReadOnlyDisksRefuseWritesWithDataProtect) {
     EXPECT_EQ(img.read(0, 512), std::vector<uint8_t>(512, 0));
 }
 
+// The caching mode page (MODE SENSE(6), DBD, page 0x08) as the guest reads it: WCE is
+// byte 2 bit 2 of the page, after the 4-byte header.
+bool wce_of(StorGuest& s) {
+    auto r = s.srb({0x1a, 0x08, 0x08, 0, 36, 0}, 36);
+    EXPECT_EQ(r.body.srb.scsi_status, 0x00);
+    EXPECT_EQ(s.buf()[4] & 0x3f, 0x08);
+    return (s.buf()[4 + 2] & 0x04) != 0;
+}
+
+TEST(Storvsp, TheCachingPageTellsTheTruthAboutTheWriteCache) {
+    TempImage a, b;
+    ControllerOptions o;
+    o.bus = Bus::Scsi;
+    o.name = "scsi0";
+    o.instance = vmbus::Guid::parse("11111111-2222-3333-4444-555555555555");
+    DiskConfig back{"back", a.path, "raw", false, ""};
+    DiskConfig through{"through", b.path, "raw", false, ""};
+    through.writethrough = true;
+    StorGuest s(Controller::create(o, {back, through}).value());
+    s.init();
+    EXPECT_TRUE(wce_of(s));  // LUN 0: writes are stable after SYNCHRONIZE CACHE
+    // LUN 1: write-through, every write stable before it completes, so no cache to report.
+    auto r = s.srb({0x1a, 0x08, 0x08, 0, 36, 0}, 36, 1);
+    EXPECT_EQ(r.body.srb.scsi_status, 0x00);
+    EXPECT_EQ(s.buf()[4 + 2] & 0x04, 0);
+    // A write to it completes and is in the file.
+    std::memset(s.buf(), 0x5a, 512);
+    r = s.srb(rw10(0x2a, 3, 1), 512, 1);
+    EXPECT_EQ(r.body.srb.srb_status, kSrbSuccess);
+    EXPECT_EQ(b.read(3 * 512, 512), std::vector<uint8_t>(512, 0x5a));
+    const auto disks = s.ctl().disks();
+    ASSERT_EQ(disks.size(), 2u);
+    EXPECT_TRUE(disks[0].write_cache);
+    EXPECT_FALSE(disks[1].write_cache);
+}
+
 TEST(Storvsp, HotAddAndRemoveTellTheGuestOnceItIsUp) {
     TempImage a, b;
     StorGuest s(scsi_controller({a.path}));

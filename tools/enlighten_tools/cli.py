@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -81,6 +82,9 @@ def cmd_testhost(a: argparse.Namespace) -> int:
 
 def cmd_run_enlighten(a: argparse.Namespace) -> int:
     args = _strip_dashdash(a.args)
+    # Arguments that name a --carry file go into the test host with it.
+    carried = {os.path.abspath(c) for c in a.carry}
+    args = [testhost.Carry(x) if os.path.abspath(x) in carried else x for x in args]
     kernel, initrd = a.kernel, a.initrd
     if a.default_guest:
         img = guest_image.build()
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host-cpus", type=int)
     s.add_argument("--timeout", type=float, default=600)
     s.add_argument("--runner", choices=["direct", "testhost"])
+    s.add_argument("--carry", metavar="FILE", action="append", default=[],
+                   help="a file that an argument of Enlighten's names as a whole (e.g. --disk FILE): "
+                        "in the test host, it is carried in and the argument renamed (repeatable)")
     s.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS for Enlighten, e.g. run --cpus 2")
     s.set_defaults(func=cmd_run_enlighten)
     return p

@@ -154,6 +154,21 @@ else
     else
         echo "  vmbus:      /sys/bus/vmbus not present (try enlighten.services)"
     fi
+    if [ -d /sys/module/hv_storvsc ]; then
+        # The SCSI scan runs asynchronously after the driver binds: give it a moment.
+        for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+            [ -e /sys/block/sda/size ] && break
+            sleep 0.1
+        done
+        echo "  disks:"
+        for b in /sys/block/sd*; do
+            [ -e "$b/size" ] || continue
+            read -r sectors < "$b/size"; read -r ro < "$b/ro"
+            vendor=; read -r vendor 2>/dev/null < "$b/device/vendor"
+            model=; read -r model 2>/dev/null < "$b/device/model"
+            echo "    ${b##*/} $((sectors / 2048)) MiB $vendor $model$([ "$ro" = 1 ] && echo ' (read-only)')"
+        done
+    fi
 fi
 
 # enlighten.stay: keep running until the host shuts us down (the traps above). `wait`

@@ -128,6 +128,9 @@ struct OpenOptions {
     // O_DIRECT: Auto uses it when the file system takes it (else buffered, with one warning);
     // On fails if it cannot; Off always goes through the host page cache.
     enum class Direct { Auto, On, Off } direct = Direct::Auto;
+    // Every write stable before it completes (RWF_DSYNC on each), so the disk has no volatile
+    // cache to report (WCE = 0): QEMU's cache=writethrough. Off: writes are stable after a flush.
+    bool writethrough = false;
 };
 
 // Opens the image. Errc::NotFound (no such file), Errc::Invalid (not a regular file or block

@@ -269,7 +269,8 @@ public:
         if (nothing) {
             s.nop = true;
         } else if (r.op == Op::Read || r.op == Op::Write) {
-            if (r.op == Op::Write && r.fua) s.rw_flags = kRwfDsync;
+            // Write-through: every write is a FUA write (there is no cache to flush later).
+            if (r.op == Op::Write && (r.fua || !info.volatile_cache)) s.rw_flags = kRwfDsync;
             if (!info.direct) {
                 ++stats_.buffered;
             } else if (!disk_->offset_ok(r.offset, len)) {
@@ -612,7 +613,7 @@ Result<std::shared_ptr<RawDisk>> open_raw(const OpenOptions& o, const OpenFn& op
         info.physical_block = d->off_align_;
 
     // Durability: fdatasync and RWF_DSYNC work on every file and block device.
-    info.volatile_cache = !info.read_only;
+    info.volatile_cache = !info.read_only && !o.writethrough;
     info.fua = !info.read_only;
 
     // Discard.

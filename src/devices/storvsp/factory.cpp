@@ -56,7 +56,7 @@ vmbus::Guid guid_from(std::string_view id) {
 }  // namespace
 
 Result<DiskConfig> disk_config(const DeviceConfig& cfg) {
-    ENL_TRY_VOID(only(cfg, {"path", "format", "readonly", "serial"}));
+    ENL_TRY_VOID(only(cfg, {"path", "format", "readonly", "serial", "cache"}));
     DiskConfig d;
     d.id = cfg.id;
     auto get = [&](std::string_view k) -> std::string {
@@ -73,6 +73,10 @@ Result<DiskConfig> disk_config(const DeviceConfig& cfg) {
     if (!ro.empty() && ro != "on" && ro != "off" && ro != "true" && ro != "false")
         return fail(Errc::Invalid, "disk '{}': readonly '{}' (on or off)", d.id, ro);
     d.read_only = ro == "on" || ro == "true";
+    const std::string cache = get("cache");
+    if (!cache.empty() && cache != "writeback" && cache != "writethrough")
+        return fail(Errc::Invalid, "disk '{}': cache '{}' (writeback or writethrough)", d.id, cache);
+    d.writethrough = cache == "writethrough";
     d.serial = get("serial");
     if (d.serial.size() > 64) return fail(Errc::Invalid, "disk '{}': a serial of at most 64 characters", d.id);
     return d;

@@ -586,6 +586,7 @@ Result<std::shared_ptr<Controller::Lun>> Controller::open_lun(const DiskConfig& 
     oo.path = cfg.path;
     oo.format = cfg.format;
     oo.read_only = cfg.read_only;
+    oo.writethrough = cfg.writethrough;
     ENL_TRY(auto d, disk::open_disk(oo));
     auto lun = std::make_shared<Lun>();
     lun->cfg = cfg;
@@ -695,6 +696,7 @@ std::vector<DiskStatus> Controller::disks() const {
         s.lun = l->number;
         s.read_only = l->params.read_only;
         s.direct = l->disk->info().direct;
+        s.write_cache = l->params.write_cache;
         s.size_bytes = l->params.blocks * l->params.block_size;
         s.block_size = l->params.block_size;
         s.counters = {l->requests.load(), l->reads.load(), l->writes.load(), l->flushes.load(), l->unmaps.load(),

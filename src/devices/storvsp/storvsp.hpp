@@ -47,6 +47,7 @@ struct DiskConfig {
     std::string format = "auto";
     bool read_only = false;
     std::string serial;  // VPD page 0x80; default: the id
+    bool writethrough = false;  // every write stable before it completes; the guest sees WCE = 0
 };
 
 // Counters of one disk (or one channel), read by the API.
@@ -65,6 +66,7 @@ struct DiskStatus {
     uint8_t lun = 0;
     bool read_only = false;
     bool direct = false;
+    bool write_cache = true;  // WCE as the guest sees it
     uint64_t size_bytes = 0;
     uint32_t block_size = 512;
     IoCounters counters;
