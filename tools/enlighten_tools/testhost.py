@@ -408,6 +408,10 @@ def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
     guests one after another keeps the stale translations of the earlier ones; with a 1 GiB
     cache that made each later guest boot about 50% slower, with 64 MiB it does not."""
     accel = "tcg" if tb_size_mib is None else f"tcg,tb-size={tb_size_mib}"
+    # ENLIGHTEN_TESTHOST_TCG_THREAD=single|multi: QEMU's TCG threading (default: QEMU's
+    # choice, multi-threaded for several vCPUs).
+    if os.environ.get("ENLIGHTEN_TESTHOST_TCG_THREAD") in ("single", "multi"):
+        accel += f",thread={os.environ['ENLIGHTEN_TESTHOST_TCG_THREAD']}"
     return ["qemu-system-x86_64", "-accel", accel, "-cpu", "max",
             "-m", str(memory_mib), "-smp", str(cpus),
             "-nographic", "-vga", "none", "-no-reboot", "-nic", "none",
