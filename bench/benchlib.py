@@ -99,5 +99,14 @@ def results_path(out_dir: Path, prefix: str, date: str) -> Path:
     return p
 
 
+def save_results(out_dir: str | Path, prefix: str, date: str, text: str) -> Path:
+    """Writes a report to a new results_path() under out_dir (created if need be)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = results_path(out, prefix, date)
+    path.write_text(text)
+    return path
+
+
 def load_text() -> str:
     return f"{os.getloadavg()[0]:.1f}"

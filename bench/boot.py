@@ -604,10 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(text)
     sys.stdout.flush()
     if not a.no_save and not a.from_raw:
-        out_dir = Path(a.results_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = benchlib.results_path(out_dir, "boot", now.strftime("%Y-%m-%d"))
-        path.write_text(text)
+        path = benchlib.save_results(a.results_dir, "boot", now.strftime("%Y-%m-%d"), text)
         log(f"written {path}")
     return 0
 

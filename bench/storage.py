@@ -494,10 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                   benchlib.lockup_log(output))
     sys.stdout.write(text)
     if not a.no_save and not a.from_raw:
-        out = Path(a.results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = benchlib.results_path(out, "storage", now.strftime("%Y-%m-%d"))
-        path.write_text(text)
+        path = benchlib.save_results(a.results_dir, "storage", now.strftime("%Y-%m-%d"), text)
         log(f"written {path}")
     return 0
 
