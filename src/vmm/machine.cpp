@@ -433,9 +433,20 @@ void Machine::vcpu_loop(size_t index) {
                 exit_stats_.mmio.fetch_add(1, std::memory_order_relaxed);
                 handle_mmio(run);
                 break;
-            case KVM_EXIT_SHUTDOWN:  // triple fault: a reset on PC hardware
+            case KVM_EXIT_SHUTDOWN: {  // triple fault: a reset on PC hardware
+                // Not a reset the guest asked for: say so, with where it was, since the
+                // guest itself had no chance to print anything.
+                // (AMD's KVM has already reset the registers by now: then there is nothing to show.)
+                std::string where;
+                auto regs = vcpu.get_regs();
+                auto sregs = vcpu.get_sregs();
+                if (regs && sregs && !(regs->rip == 0xfff0 && sregs->cr0 == 0x10))
+                    where = fmt::format(" at rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x}", regs->rip,
+                                        regs->rsp, sregs->cr0, sregs->cr2, sregs->cr3, sregs->cr4);
+                log::warn("vCPU {}: triple fault (the guest CPU shut down){}; a reset on PC hardware", index, where);
                 request_exit({VmExit::Kind::Reset, 0, {}});
                 break;
+            }
             case KVM_EXIT_SYSTEM_EVENT:
                 if (run->system_event.type == KVM_SYSTEM_EVENT_RESET)
                     request_exit({VmExit::Kind::Reset, 0, {}});

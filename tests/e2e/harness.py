@@ -336,8 +336,11 @@ class Session:
 
     def _execute(self) -> None:
         runnable = []
+        only = {k for k in os.environ.get("ENLIGHTEN_E2E_RUNS", "").split(",") if k}
         for key, run in self.runs.items():
-            if not run.binary.is_file() or not os.access(run.binary, os.X_OK):
+            if only and key not in only:
+                self.failures[key] = f"run {key!r} not selected (ENLIGHTEN_E2E_RUNS={','.join(sorted(only))})"
+            elif not run.binary.is_file() or not os.access(run.binary, os.X_OK):
                 self.failures[key] = (f"{run.binary} does not exist or is not executable: build Enlighten first "
                                       "(scripts/setup builds build/enlighten and build-asan/enlighten), or "
                                       "point ENLIGHTEN_BINARY at it")
@@ -351,18 +354,27 @@ class Session:
                           if run.job is not None or run.tools else img.initrd)
         self.runner = testhost.choose_runner()
         # If the test host stops answering (it has been seen to hang under heavy load), the
-        # runs it was running fail, and those it had not started get a fresh test host.
-        pending, hosts = runnable, 1
+        # runs it had not started get a fresh test host. A run the test host died under (its kernel panicked or reset, or it stopped
+        # answering: the nested QEMU-TCG host does, now and then, under load; a VMM in
+        # user space cannot do that to a kernel) runs again, once, in the next test host,
+        # and the session report says so. A run that failed by itself is never retried.
+        pending, hosts, retried = runnable, 1, set()
         while True:
             started, why = self._run_batch(pending, img)
-            pending = [r for r in pending if r.key not in started]
+            cut = [r for r in pending if r.key in started and r.key not in self.results and r.key not in retried]
+            for r in cut:
+                retried.add(r.key)
+                self.failures.pop(r.key, None)
+            pending = [r for r in pending if r.key not in started or r in cut]
             if not pending:
                 return
-            if not started or hosts == 3:  # no progress: the same would happen again
+            if (not started and not cut) or hosts == 4:  # no progress: the same would happen again
                 break
             hosts += 1
             self.notes.append(f"test host #{hosts} for the {len(pending)} run(s) the previous one had not "
-                              f"started: {', '.join(r.key for r in pending)}")
+                              f"finished: {', '.join(r.key for r in pending)}"
+                              + (f" (again, after the test host died under them: {', '.join(r.key for r in cut)})"
+                                 if cut else ""))
         for run in pending:
             self.failures[run.key] = f"session {self.name!r}: run {run.key!r} never started: {why}"
 

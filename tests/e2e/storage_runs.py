@@ -11,7 +11,7 @@ hole punching, which the UNMAP run needs), and prints:
 - the API's VM info between "INFO-BEGIN TAG" and "INFO-END TAG".
 
 Runs (guest boots):
-  channels  4 vCPUs, fio on one disk: sub-channels and per-channel counters (1 boot)
+  channels  2 vCPUs, fio on one disk: sub-channels and per-channel counters (1 boot)
   disks     3 SCSI LUNs, 1 IDE disk, 1 read-only SCSI disk: lsblk, sizes, data, WP (1 boot)
   fs        ext4 made and written, then read back in a second boot (2 boots)
   durable   write + fsync, SIGKILL of the VMM as soon as the guest says fsync returned (1)
@@ -145,8 +145,13 @@ def scenario(key: str, script: str, **kw) -> None:
 
 
 # ----------------------------------------------------------------------------- channels
-# storvsc asks for min(vCPUs - 1, max_channel_cnt) sub-channels. With 4 vCPUs the guest runs
-# in the 2-vCPU test host (slower, allowed). One fio job pinned to each vCPU.
+# storvsc asks for min(vCPUs - 1, max_channel_cnt) sub-channels: with 2 vCPUs, one, so two
+# channels. One fio job pinned to each vCPU. Not 4 vCPUs: in the 2-vCPU QEMU-TCG test host a
+# 4-vCPU guest under fio load crashed the test host's own kernel ("corrupted stack end
+# detected inside scheduler" in a vCPU thread's madvise, and silent test-host resets) or
+# triple-faulted the guest, in about 1 run in 5, before VMBus was even connected in one case
+# (2026-12-06; bench/storage.py --cpus 4 crashed the same way). The 4-vCPU case stays in the
+# storage benchmark, out of CI.
 JOB_CHANNELS = GUEST_LIB + r"""
 need_disks 1
 echo "RESULT cpus=$(grep -c ^processor /proc/cpuinfo)"
@@ -173,7 +178,7 @@ truncate -s 128M "$DISKS/mc.img"
 start_bg mc "" --disk "path=$DISKS/mc.img,id=mc"
 wait_guest MC-IO-DONE 300 && info mc
 stop_vm
-""", job=JOB_CHANNELS, cpus=4, timeout=420)
+""", job=JOB_CHANNELS, cpus=2, timeout=300)
 
 # ----------------------------------------------------------------------------- disks
 # Sizes in MiB, all different: the guest and the test know a disk by its size.

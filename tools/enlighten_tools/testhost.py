@@ -412,11 +412,18 @@ def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
     # choice, multi-threaded for several vCPUs).
     if os.environ.get("ENLIGHTEN_TESTHOST_TCG_THREAD") in ("single", "multi"):
         accel += f",thread={os.environ['ENLIGHTEN_TESTHOST_TCG_THREAD']}"
+    # For diagnosing the test host itself: ENLIGHTEN_TESTHOST_QEMU_ARGS (more QEMU options,
+    # e.g. "-d cpu_reset,guest_errors -D /tmp/th.log") and ENLIGHTEN_TESTHOST_LOGLEVEL (its
+    # kernel's console log level; default 1, only panics).
+    cmdline = HOST_CMDLINE
+    if os.environ.get("ENLIGHTEN_TESTHOST_LOGLEVEL", "").isdigit():
+        cmdline = cmdline.replace("loglevel=1", f"loglevel={os.environ['ENLIGHTEN_TESTHOST_LOGLEVEL']}")
     return ["qemu-system-x86_64", "-accel", accel, "-cpu", "max",
             "-m", str(memory_mib), "-smp", str(cpus),
             "-nographic", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", "stdio", "-monitor", "none",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", HOST_CMDLINE]
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+            *shlex.split(os.environ.get("ENLIGHTEN_TESTHOST_QEMU_ARGS", ""))]
 
 
 def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = None,
