@@ -19,7 +19,7 @@ import re
 import unittest
 
 from harness import RunResult, describe, results
-from storage_runs import DISK_SIZES, IDE_CLASS, SCSI_CLASS, STORAGE
+from storage_runs import DISK_SIZES, IDE_CLASS, MULTICHANNEL, SCSI_CLASS, STORAGE
 
 MiB = 1 << 20
 GUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -285,13 +285,13 @@ class DurabilityTests(StorageCase):
 
 class MultiChannelTests(StorageCase):
 
-    def test_two_vcpus_open_a_sub_channel_and_io_flows_on_every_channel(self) -> None:
-        res = self.run_of("channels")
+    def test_four_vcpus_open_sub_channels_and_io_flows_on_every_channel(self) -> None:
+        res = MULTICHANNEL.result(self, "channels")
         console = self.booted(res, "mc")
         g = kv(console)
-        self.assertEqual(g.get("cpus"), "2", describe(res))
+        self.assertEqual(g.get("cpus"), "4", describe(res))
         channels = int(g.get("channels", "0"))
-        self.assertEqual(channels, 2, "the guest opened a sub-channel: one channel per vCPU" + describe(res))
+        self.assertEqual(channels, 4, "the guest opened sub-channels: one channel per vCPU" + describe(res))
         self.assertEqual(g.get("fio_rc"), "0", describe(res))
         fio = [line.split(";") for line in tagged(console, "FIO") if line.startswith("3;")]
         self.assertEqual(len(fio), 1, describe(res))
