@@ -424,6 +424,10 @@ TEST(Vhdx, LogReplay) {
     const std::string img = dir.file("l.vhdx");
     Model m;
     make_dirty(img, m);
+    // fuzz/corpus/fuzz_vhdx/ has this file as a seed: VHDX_TEST_SEED_DIR=DIR keeps a copy.
+    if (const char* seeds = std::getenv("VHDX_TEST_SEED_DIR"))
+        std::filesystem::copy_file(img, std::string(seeds) + "/ours-dirty-log.vhdx",
+                                   std::filesystem::copy_options::overwrite_existing);
     auto [rc, out] = sh("qemu-img check " + img);
     EXPECT_NE(rc, 0) << "qemu-img should refuse a file with a log to replay: " << out;
     // Read-only: replayed in memory (or refused when asked to).
