@@ -960,6 +960,7 @@ Result<> Image::flush_locked() {
         last = eof_;
     }
     auto r = [&]() -> Result<> {
+        commit_mu_.assert_held();  // the lambda runs here, under it
         for (size_t i = 0; i < pages.size(); i += kMaxPagesPerEntry) {
             const auto batch = std::span(pages).subspan(i, std::min(kMaxPagesPerEntry, pages.size() - i));
             if (i > 0) ENL_TRY_VOID(sync());  // the previous batch in place before its entry can be overwritten
