@@ -3,8 +3,9 @@
 //   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
 //                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--on-crash exit|stay]
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
-//                 [--api-socket PATH] [--disk path=FILE[,format=raw][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
+//                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
+//   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
 // Exit status: see src/vmm/exit_codes.hpp.
 #include <sys/sysinfo.h>
@@ -22,6 +23,7 @@
 #include <set>
 #include "common/log.hpp"
 
+#include "backends/disk/image_tool.hpp"
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/size.hpp"
@@ -60,7 +62,7 @@ Result<uint64_t> parse_memory(std::string text) {
     return size;
 }
 
-// --disk path=FILE[,format=raw|auto][,readonly=on|off][,cache=writeback|writethrough][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
+// --disk path=FILE[,format=raw|vhdx|auto][,readonly=on|off][,cache=writeback|writethrough][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
 // (Cloud Hypervisor style; a first element without '=' is the path). Returns the disk's
 // DeviceConfig (kind "disk") and where it goes: "ide", or the SCSI controller "scsiN".
 Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec, size_t n) {
@@ -154,6 +156,96 @@ Result<uint32_t> parse_cpus(std::string text) {
     return n;
 }
 
+// `enlighten image ...`: the options, and what to run once they are parsed.
+struct ImageCommand {
+    CLI::App* create = nullptr;
+    CLI::App* info = nullptr;
+    CLI::App* check = nullptr;
+    CLI::App* merge = nullptr;
+    CLI::App* convert = nullptr;
+    std::string file, out, size, format = "vhdx", type = "dynamic", parent, block_size;
+    uint32_t sector_size = 512;
+    bool json = false, repair = false;
+};
+
+void add_image_command(CLI::App& app, ImageCommand& c) {
+    auto* image = app.add_subcommand("image", "Create, inspect, check, merge and convert disk images (raw, VHDX)");
+    image->require_subcommand(1);
+    auto type_opt = [&](CLI::App* a) {
+        a->add_option("--type", c.type, "vhdx: dynamic (blocks allocated when written) or fixed (all up front)")
+            ->check(CLI::IsMember({"dynamic", "fixed"}))
+            ->capture_default_str();
+        a->add_option("--block-size", c.block_size, "vhdx block size, 1M to 256M, a power of two (default 32M; 2M differencing)");
+        a->add_option("--sector-size", c.sector_size, "vhdx logical sector size")->check(CLI::IsMember({512, 4096}))->capture_default_str();
+    };
+    c.create = image->add_subcommand("create", "Create an image");
+    c.create->add_option("FILE", c.file, "The new image")->required();
+    c.create->add_option("--size", c.size, "Virtual size, e.g. 10G (differencing: the parent's)");
+    c.create->add_option("--format", c.format, "raw or vhdx")->check(CLI::IsMember({"raw", "vhdx"}))->capture_default_str();
+    c.create->add_option("--parent", c.parent, "vhdx: make a differencing disk on this parent");
+    type_opt(c.create);
+    c.info = image->add_subcommand("info", "Format, sizes and parent chain of an image");
+    c.info->add_option("FILE", c.file, "The image")->required();
+    c.info->add_flag("--json", c.json, "As JSON");
+    c.check = image->add_subcommand("check", "Validate an image (exit 0: clean, 2: corrupt, 1: could not check)");
+    c.check->add_option("FILE", c.file, "The image")->required();
+    c.check->add_flag("--repair", c.repair, "Replay a pending log into the file (opens it for writing)");
+    c.merge = image->add_subcommand("merge", "Merge a differencing disk into its parent");
+    c.merge->add_option("FILE", c.file, "The differencing disk")->required();
+    c.convert = image->add_subcommand("convert", "Copy an image into a new one of another format");
+    c.convert->add_option("IN", c.file, "The source image (raw or vhdx)")->required();
+    c.convert->add_option("OUT", c.out, "The new image")->required();
+    c.convert->add_option("--format", c.format, "raw or vhdx")->check(CLI::IsMember({"raw", "vhdx"}))->required();
+    type_opt(c.convert);
+}
+
+int run_image(const ImageCommand& c) {
+    disk::ImageCreate p;
+    p.format = c.format;
+    p.fixed = c.type == "fixed";
+    p.parent = c.parent;
+    p.sector_size = c.sector_size;
+    if (!c.size.empty()) {
+        auto s = parse_size(c.size);
+        if (!s) return error(s.error().context("--size"));
+        p.size = *s;
+    }
+    if (!c.block_size.empty()) {
+        auto s = parse_size(c.block_size);
+        if (!s || *s > UINT32_MAX) return error(Error(fmt::format("--block-size '{}': 1M to 256M", c.block_size)));
+        p.block_size = static_cast<uint32_t>(*s);
+    }
+    if (c.create->parsed()) {
+        if (p.size == 0 && p.parent.empty()) return error(Error("image create: --size is needed"));
+        if (auto r = disk::image_create(c.file, p); !r) return error(r.error());
+        return 0;
+    }
+    if (c.info->parsed()) {
+        auto i = disk::image_info(c.file);
+        if (!i) return error(i.error());
+        std::fputs((c.json ? disk::image_info_json(*i) : disk::image_info_text(*i)).c_str(), stdout);
+        return 0;
+    }
+    if (c.check->parsed()) {
+        auto r = disk::image_check(c.file, c.repair);
+        if (!r) return error(r.error());
+        for (const auto& n : r->notes) std::printf("note: %s\n", n.c_str());
+        for (const auto& n : r->problems) std::printf("corrupt: %s\n", n.c_str());
+        if (!r->problems.empty()) return 2;
+        std::printf("%s: no problems found\n", c.file.c_str());
+        return 0;
+    }
+    if (c.merge->parsed()) {
+        auto r = disk::image_merge(c.file);
+        if (!r) return error(r.error());
+        std::printf("merged %s into %s (%s no longer matches its parent: delete it)\n", c.file.c_str(), r->c_str(),
+                    c.file.c_str());
+        return 0;
+    }
+    if (auto r = disk::image_convert(c.file, c.out, p); !r) return error(r.error());
+    return 0;
+}
+
 int run_vm(const VmConfig& cfg) {
     // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread. Not fatal: glibc's default works.
     if (!limit_thread_stacks()) log::warn("could not set the default thread stack size; using glibc's");
@@ -202,13 +294,15 @@ int main(int argc, char** argv) {
     run->add_option("--api-socket", cfg.api_socket, "Serve the management API on this Unix socket (docs/api.md)");
     std::vector<std::string> disks;
     run->add_option("--disk", disks,
-                    "A disk: path=FILE[,format=raw][,readonly=on][,cache=writeback|writethrough][,bus=scsi|ide]"
+                    "A disk: path=FILE[,format=auto|raw|vhdx][,readonly=on][,cache=writeback|writethrough][,bus=scsi|ide]"
                     "[,controller=0..3][,id=NAME][,serial=TEXT]; "
                     "repeatable")
         ->take_all();
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
+    ImageCommand image_cmd;
+    add_image_command(app, image_cmd);
 
     try {
         app.parse(argc, argv);
@@ -218,6 +312,7 @@ int main(int argc, char** argv) {
         return exit_code::kUsage;
     }
     if (remote->parsed()) return cli::run_remote(remote_opts);
+    if (app.got_subcommand("image")) return run_image(image_cmd);
     log::set_level(log::parse_level(log_level).value_or(log::Level::Warn));
 
     auto mem = parse_memory(memory);

@@ -303,8 +303,8 @@ api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest
     if (taken(d.id)) return api_error(ErrorKind::Conflict, fmt::format("there is a disk '{}' already", d.id));
     d.path = request.path;
     d.format = request.format;
-    if (d.format != "auto" && d.format != "raw")
-        return api_error(ErrorKind::BadRequest, fmt::format("format '{}': auto or raw", d.format));
+    if (d.format != "auto" && d.format != "raw" && d.format != "vhdx")
+        return api_error(ErrorKind::BadRequest, fmt::format("format '{}': auto, raw or vhdx", d.format));
     d.read_only = request.read_only;
     d.writethrough = request.writethrough;
     d.serial = request.serial;

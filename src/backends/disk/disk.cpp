@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "backends/disk/raw.hpp"
+#include "backends/disk/vhdx/vhdx.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 
@@ -47,7 +48,10 @@ Result<std::shared_ptr<Disk>> open_disk(const OpenOptions& o) {
         ENL_TRY(auto d, open_raw(o));
         return std::shared_ptr<Disk>(std::move(d));
     }
-    if (format == "vhdx") return fail(Errc::Unsupported, "disk {}: VHDX images are not supported yet", o.path);
+    if (format == "vhdx") {
+        ENL_TRY(auto d, open_vhdx(o));
+        return std::shared_ptr<Disk>(std::move(d));
+    }
     if (format == "qcow2")
         return fail(Errc::Unsupported, "disk {}: qcow2 images are not supported (qemu-img convert -O raw makes a raw one)",
                     o.path);

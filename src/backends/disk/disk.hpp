@@ -60,7 +60,7 @@ struct DiskInfo {
     bool volatile_cache = true;        // writes may be lost on a host crash until flush(): report WCE=1
     bool fua = false;                  // a write can be made stable by itself (RWF_DSYNC): report DPOFUA
     uint32_t discard_granularity = 4096;  // bytes; the optimal unmap granularity
-    std::string format;                // "raw"
+    std::string format;                // "raw", "vhdx"
     std::string path;
     bool direct = false;               // O_DIRECT in use (else the host page cache)
 };
@@ -123,7 +123,7 @@ public:
 
 struct OpenOptions {
     std::string path;
-    std::string format = "auto";       // "auto", "raw" ("vhdx": not supported yet)
+    std::string format = "auto";       // "auto", "raw", "vhdx" (backends/disk/vhdx/vhdx.hpp)
     bool read_only = false;
     // O_DIRECT: Auto uses it when the file system takes it (else buffered, with one warning);
     // On fails if it cannot; Off always goes through the host page cache.

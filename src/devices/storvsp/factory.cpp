@@ -67,8 +67,8 @@ Result<DiskConfig> disk_config(const DeviceConfig& cfg) {
     if (d.path.empty()) return fail(Errc::Invalid, "disk '{}': no path", cfg.id);
     if (d.id.empty()) return fail(Errc::Invalid, "disk {}: no id", d.path);
     d.format = get("format").empty() ? "auto" : get("format");
-    if (d.format != "auto" && d.format != "raw")
-        return fail(Errc::Invalid, "disk '{}': format '{}' (auto or raw)", d.id, d.format);
+    if (d.format != "auto" && d.format != "raw" && d.format != "vhdx")
+        return fail(Errc::Invalid, "disk '{}': format '{}' (auto, raw or vhdx)", d.id, d.format);
     const std::string ro = get("readonly");
     if (!ro.empty() && ro != "on" && ro != "off" && ro != "true" && ro != "false")
         return fail(Errc::Invalid, "disk '{}': readonly '{}' (on or off)", d.id, ro);
