@@ -448,3 +448,122 @@ host_cmp other "$DISKS/o.img" 16 1 "$WORK/after"
 # The block at LBA 0x20000 (past the end) must not exist in the file: it is exactly 64 MiB.
 echo "RESULT host.h_size=$(stat -c %s "$DISKS/h.img")"
 """, job=JOB_HOSTILE, timeout=360)
+
+# ----------------------------------------------------------------------------- vhdx
+# VHDX disks made by `enlighten image` in the test host: a dynamic one, a fixed one with 4 KiB
+# sectors, a dynamic one with 4 KiB sectors and 1 MiB blocks, the top of a chain of three
+# differencing disks, and two dynamic ones for fstrim. Then the host checks, converts and
+# merges them with `enlighten image`; and three SIGKILLs in a write+fsync storm on one image,
+# each reopen replaying the log of the last.
+JOB_VHDX = GUEST_LIB + r"""
+if [ "$(arg t.mode)" = storm ]; then
+    need_disks 1
+    k=$(arg t.round)
+    i=0
+    while [ $i -lt 20 ]; do
+        s=$(((k - 1) * 20 + i))
+        pattern 1024 "$(printf 'K%d%02d' "$k" "$i")" > /tmp/p
+        dd if=/tmp/p of=/dev/sda bs=65536 seek=$((s * 17)) oflag=direct conv=fsync status=none || echo "STORM-DD-FAILED $i"
+        echo "FSYNCED-$i-"
+        i=$((i + 1))
+    done
+    echo "STORM-DONE"
+    exit 0
+fi
+need_disks 6
+lsblk_all LSBLK
+for mib in 48 40 36; do
+    n=$(by_size $mib)
+    pattern 1024 "$(printf 'V%03d' "$mib")" > "/tmp/p.$mib"
+    dd if="/tmp/p.$mib" of="/dev/$n" bs=65536 seek=16 oflag=direct conv=fsync status=none && echo "RESULT vwrite.$mib=ok"
+    dd if="/dev/$n" bs=65536 skip=16 count=1 iflag=direct status=none | cmp -s - "/tmp/p.$mib" && echo "RESULT vread.$mib=same"
+    echo "RESULT lbs.$mib=$(cat /sys/block/$n/queue/logical_block_size)"
+done
+# the chain: the base's 1 MiB pattern, read through two differencing disks; then 64 KiB at 512 KiB
+top=$(by_size 44)
+pattern 16384 BASE > /tmp/base
+dd if="/dev/$top" bs=65536 count=16 iflag=direct status=none | cmp -s - /tmp/base && echo "RESULT chain_read=same"
+pattern 1024 TOP0 > /tmp/top
+dd if=/tmp/top of="/dev/$top" bs=65536 seek=8 oflag=direct conv=fsync status=none && echo "RESULT chain_write=ok"
+# fstrim: the same 16 MiB file written and deleted on both, trimmed on one
+for mib in 64 66; do
+    n=$(by_size $mib); mkdir -p "/mnt/$mib"
+    mkfs.ext4 -q -F "/dev/$n" && mount -t ext4 "/dev/$n" "/mnt/$mib" || echo "RESULT mkfs.$mib=failed"
+    dd if=/dev/urandom of="/mnt/$mib/f" bs=1M count=16 conv=fsync status=none
+    rm "/mnt/$mib/f"; sync
+done
+fstrim -v /mnt/66 | sed 's/^/FSTRIM /'
+umount /mnt/64 /mnt/66 && echo "RESULT umount=ok"
+storvsc_errors
+"""
+scenario("vhdx", r"""
+img() { "$ENL" image "$@"; }
+cd "$DISKS"
+img create dyn.vhdx --size 48M --format vhdx >/dev/null && echo "RESULT host.create_dyn=ok"
+img create fixed.vhdx --size 40M --format vhdx --type fixed --sector-size 4096 >/dev/null && echo "RESULT host.create_fixed=ok"
+img create s4k.vhdx --size 36M --format vhdx --sector-size 4096 --block-size 1M >/dev/null && echo "RESULT host.create_4k=ok"
+truncate -s 44M base.raw
+pattern 16384 BASE | dd of=base.raw conv=notrunc status=none
+img convert base.raw base.vhdx --format vhdx >/dev/null && echo "RESULT host.convert_base=ok"
+img create mid.vhdx --parent base.vhdx >/dev/null && img create top.vhdx --parent mid.vhdx >/dev/null && echo "RESULT host.chain=ok"
+img create trim64.vhdx --size 64M --format vhdx >/dev/null; img create trim66.vhdx --size 66M --format vhdx >/dev/null
+base_md5=$(md5sum < base.vhdx | cut -d' ' -f1)
+start_bg vhdx "" --disk "path=$DISKS/dyn.vhdx,id=dyn" --disk "path=$DISKS/fixed.vhdx,format=vhdx,id=fixed" \
+    --disk "path=$DISKS/s4k.vhdx,id=s4k" --disk "path=$DISKS/top.vhdx,id=top" \
+    --disk "path=$DISKS/trim64.vhdx,id=trim64" --disk "path=$DISKS/trim66.vhdx,id=trim66"
+wait_guest ENLIGHTEN-JOB-EXIT 240
+info vhdx
+stop_vm
+for f in dyn fixed s4k top trim64 trim66; do
+    img check "$f.vhdx" >"$WORK/check.$f" 2>&1; echo "RESULT host.check_$f=$?"; sed "s/^/CHECK-$f /" "$WORK/check.$f"
+done
+for d in dyn:48 fixed:40 s4k:36; do
+    id=${d%%:*}; mib=${d##*:}
+    img convert "$id.vhdx" "$id.raw" --format raw >/dev/null
+    pattern 1024 "$(printf 'V%03d' "$mib")" > "$WORK/p.$id"
+    host_cmp "$id" "$id.raw" 16 1 "$WORK/p.$id"
+    echo "RESULT host.size_$id=$(stat -c %s "$id.raw")"
+    rm -f "$id.raw"
+done
+cp base.raw expect.raw
+pattern 1024 TOP0 | dd of=expect.raw bs=65536 seek=8 conv=notrunc status=none
+img convert top.vhdx top.raw --format raw >/dev/null
+cmp -s top.raw expect.raw && echo "RESULT host.top=same"
+echo "RESULT host.base_unchanged=$([ "$(md5sum < base.vhdx | cut -d' ' -f1)" = "$base_md5" ] && echo yes || echo no)"
+img convert mid.vhdx mid.raw --format raw >/dev/null
+cmp -s mid.raw base.raw && echo "RESULT host.mid_before_merge=base"
+img merge top.vhdx > "$WORK/merge.out" 2>&1; echo "RESULT host.merge=$?"; sed 's/^/MERGE /' "$WORK/merge.out"
+img convert mid.vhdx mid2.raw --format raw >/dev/null
+cmp -s mid2.raw expect.raw && echo "RESULT host.mid_after_merge=same"
+rm -f top.raw mid.raw mid2.raw expect.raw
+for f in trim64 trim66; do echo "RESULT host.alloc_$f=$(allocated "$f.vhdx")"; done
+
+# The write storm: 3 rounds on one dynamic image with 1 MiB blocks, each killed after a
+# random number of fsynced writes; each round's VM opens the image the last one was killed on.
+img create storm.vhdx --size 72M --format vhdx --block-size 1M >/dev/null
+for k in 1 2 3; do
+    n=$(( $(od -An -N1 -tu1 /dev/urandom) % 12 + 1 ))
+    start_bg "storm$k" "t.mode=storm t.round=$k" --disk "path=$DISKS/storm.vhdx,id=storm"
+    if wait_guest "FSYNCED-$n-" 240; then kill -KILL "$VM_PID"; fi
+    wait "$VM_PID"; echo "RESULT storm$k.rc=$?"
+    last=$(tr -d '\r' < "$WORK/storm$k.serial" | sed -n 's/^FSYNCED-\([0-9]*\)-$/\1/p' | tail -n 1)
+    eval "last$k=\$last"
+    echo "RESULT host.storm$k.fsynced=$last"
+    img check storm.vhdx > "$WORK/storm.check" 2>&1; echo "RESULT host.storm$k.check=$?"; sed "s/^/STORM-CHECK /" "$WORK/storm.check"
+    # every write fsynced in this round and the earlier ones (whose logs were replayed) is there
+    img convert storm.vhdx "$WORK/storm.raw" --format raw >/dev/null 2>&1 || echo "RESULT host.storm$k.convert=failed"
+    bad=0; j=1
+    while [ $j -le $k ]; do
+        eval "lj=\$last$j"; i=0
+        while [ -n "$lj" ] && [ $i -le "$lj" ]; do
+            pattern 1024 "$(printf 'K%d%02d' "$j" "$i")" > "$WORK/p"
+            dd if="$WORK/storm.raw" bs=65536 skip=$((((j - 1) * 20 + i) * 17)) count=1 2>/dev/null | cmp -s - "$WORK/p" || bad=$((bad + 1))
+            i=$((i + 1))
+        done
+        j=$((j + 1))
+    done
+    echo "RESULT host.storm$k.lost=$bad"
+    rm -f "$WORK/storm.raw"
+    show "storm$k" | grep -v '^FSYNCED'
+done
+""", job=JOB_VHDX, timeout=600)

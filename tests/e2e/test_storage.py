@@ -421,3 +421,84 @@ class HostileGuestTests(StorageCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class VhdxTests(StorageCase):
+    """The "vhdx" run: VHDX disks made by `enlighten image` (dynamic, fixed with 4 KiB sectors,
+    dynamic with 4 KiB sectors and 1 MiB blocks, a chain of three, two for fstrim) in one
+    guest boot; then the host's checks, conversions and merge; then three SIGKILLs in a
+    write+fsync storm on one image."""
+
+    res: RunResult
+    console: str
+    g: dict[str, str]
+    h: dict[str, str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.res = None  # type: ignore[assignment]
+
+    def setUp(self) -> None:
+        if VhdxTests.res is None:
+            VhdxTests.res = self.run_of("vhdx")
+            VhdxTests.console = self.booted(VhdxTests.res, "vhdx")
+            VhdxTests.g, VhdxTests.h = kv(VhdxTests.console), results(VhdxTests.res)
+
+    def test_the_image_tool_made_every_kind_of_vhdx(self) -> None:
+        for k in ("create_dyn", "create_fixed", "create_4k", "convert_base", "chain"):
+            self.assertEqual(self.h.get(f"host.{k}"), "ok", k + describe(self.res))
+
+    def test_dynamic_fixed_and_4k_vhdx_disks_hold_what_the_guest_wrote(self) -> None:
+        for mib in (48, 40, 36):
+            self.assertEqual(self.g.get(f"vwrite.{mib}"), "ok", describe(self.res))
+            self.assertEqual(self.g.get(f"vread.{mib}"), "same", describe(self.res))
+        self.assertEqual(self.g.get("lbs.48"), "512", describe(self.res))
+        self.assertEqual(self.g.get("lbs.40"), "4096", "the fixed disk's 4 KiB sectors" + describe(self.res))
+        self.assertEqual(self.g.get("lbs.36"), "4096", describe(self.res))
+        rows = {int(r["SIZE"]) // MiB for r in lsblk_rows(self.console, "LSBLK")}
+        self.assertEqual(rows, {48, 40, 36, 44, 64, 66}, "every VHDX with its exact size" + describe(self.res))
+        # the host's view: converted to raw by `enlighten image convert`
+        for d, mib in (("dyn", 48), ("fixed", 40), ("s4k", 36)):
+            self.assertEqual(self.h.get(f"host.{d}"), "same", d + describe(self.res))
+            self.assertEqual(self.h.get(f"host.size_{d}"), str(mib * MiB), d + describe(self.res))
+        self.assertEqual(self.res_rc(), API_POWER_OFF, describe(self.res))
+        self.assertNoStorvscErrors(self.res, self.console)
+
+    def res_rc(self) -> str | None:
+        return self.h.get("vhdx.rc")
+
+    def test_every_image_checks_clean_after_the_guest_wrote_to_it(self) -> None:
+        for f in ("dyn", "fixed", "s4k", "top", "trim64", "trim66"):
+            self.assertEqual(self.h.get(f"host.check_{f}"), "0", f + "\n" + "\n".join(tagged(self.res.output, f"CHECK-{f}"))
+                             + describe(self.res))
+
+    def test_a_chain_of_three_reads_through_and_writes_land_in_the_child(self) -> None:
+        self.assertEqual(self.g.get("chain_read"), "same", "the base's data through two differencing disks" + describe(self.res))
+        self.assertEqual(self.g.get("chain_write"), "ok", describe(self.res))
+        self.assertEqual(self.h.get("host.top"), "same", "the chain as a whole holds base + the guest's write" + describe(self.res))
+        self.assertEqual(self.h.get("host.base_unchanged"), "yes", describe(self.res))
+        self.assertEqual(self.h.get("host.mid_before_merge"), "base", "the write went to the child, not the middle" + describe(self.res))
+
+    def test_merge_folds_the_child_into_its_parent(self) -> None:
+        self.assertEqual(self.h.get("host.merge"), "0", "\n".join(tagged(self.res.output, "MERGE")) + describe(self.res))
+        self.assertEqual(self.h.get("host.mid_after_merge"), "same", describe(self.res))
+
+    def test_fstrim_shrinks_the_vhdx(self) -> None:
+        self.assertEqual(self.g.get("umount"), "ok", describe(self.res))
+        m = re.search(r"\((\d+) bytes\) trimmed", "\n".join(tagged(self.console, "FSTRIM")))
+        self.assertTrue(m and int(m.group(1)) >= 16 * MiB, "fstrim trimmed at least the deleted file" + describe(self.res))
+        kept, trimmed = int(self.h.get("host.alloc_trim64", "0")), int(self.h.get("host.alloc_trim66", "-1"))
+        self.assertGreaterEqual(kept, 16 * MiB, "the untrimmed image holds the deleted file's blocks" + describe(self.res))
+        self.assertLessEqual(trimmed, kept - 8 * MiB, "UNMAP freed space in the trimmed image" + describe(self.res))
+
+    def test_sigkill_in_a_write_storm_leaves_a_consistent_image_with_every_fsynced_write(self) -> None:
+        for k in (1, 2, 3):
+            booted = section(self.res, f"storm{k}")
+            self.assertIn("ENLIGHTEN-INIT", booted, f"round {k}: the VM opened the killed image" + describe(self.res))
+            self.assertEqual(self.h.get(f"host.storm{k}.check"), "0",
+                             f"round {k}: `enlighten image check` after the kill\n"
+                             + "\n".join(tagged(self.res.output, "STORM-CHECK")) + describe(self.res))
+            self.assertRegex(self.h.get(f"host.storm{k}.fsynced", ""), r"^\d+$", describe(self.res))
+            self.assertEqual(self.h.get(f"host.storm{k}.lost"), "0",
+                             f"round {k}: every write fsynced so far, in this round and the earlier ones" + describe(self.res))
+            self.assertEqual(self.h.get(f"storm{k}.rc"), "137", f"round {k} was killed (SIGKILL)" + describe(self.res))

@@ -240,7 +240,7 @@ TEST(Vhdx, SectorSize4KAndBlockSizes) {
             auto d = open(img);
             ASSERT_TRUE(d);
             EXPECT_EQ(d->info().logical_block, sector);
-            EXPECT_EQ(d->info().discard_granularity, block);
+            EXPECT_EQ(d->info().discard_granularity, 4096u);  // a base disk punches partial ranges too
             Sync s(*d);
             auto data = pattern(3 * sector, block + sector);
             EXPECT_EQ(s.write(MiB - sector, data), static_cast<int64_t>(data.size()));

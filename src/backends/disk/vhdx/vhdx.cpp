@@ -528,7 +528,11 @@ Result<std::shared_ptr<VhdxDisk>> open_vhdx(const OpenOptions& o) {
     info.fua = !o.read_only;
     info.discard = !o.read_only && !img.fixed();
     info.discard_zeroes = info.discard && !img.differencing();
-    info.discard_granularity = img.block_size();
+    // A base disk punches partial ranges too (whole blocks also leave the BAT), so the guest
+    // may send small discards: with the block size (32 MiB by default) as the granularity,
+    // ext4's fstrim found almost nothing aligned enough to trim. A differencing disk drops
+    // partial ranges (its parent's data must keep showing through), so it asks for blocks.
+    info.discard_granularity = img.differencing() ? img.block_size() : std::max<uint32_t>(info.physical_block, 4096);
 
     bool direct = o.direct != OpenOptions::Direct::Off;
     std::string why;
