@@ -781,7 +781,12 @@ TEST(Vhdx, HostileImages) {
         {"locator wrong type", "diff", [](Patcher& p) { p.b[item(5)] ^= 1; }, "not the VHDX parent locator"},
         {"locator without parent_linkage", "diff", [](Patcher& p) { p.b[item(5) + p.at<uint32_t>(item(5) + 20)] = 'q'; },
          "no parent_linkage"},
-        {"parent_linkage mismatch", "diff", [&](Patcher& p) { p.b[locator_value(p, 0) + 2] ^= 1; }, "DataWriteGuid"},
+        {"parent_linkage mismatch", "diff", [&](Patcher& p) {
+             // another hex digit (the GUID is random: flipping a bit could make it no GUID at all)
+             auto& c = p.b[locator_value(p, 0) + 2];
+             c = c == '0' ? '1' : '0';
+         },
+         "DataWriteGuid"},
         {"dirty log, read-only open without replay", "dirty", [](Patcher&) {}, "needs replaying"},
         {"log entry bad checksum (ignored)", "dirty", [](Patcher& p) { p.b[kLog + 4096 + 100] ^= 1; }, nullptr},
         {"log entry wrong LogGuid (ignored)", "dirty",

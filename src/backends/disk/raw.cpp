@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "backends/disk/queue_common.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
@@ -120,138 +121,27 @@ public:
     Result<std::unique_ptr<Queue>> open_queue(uint32_t depth) override;
 };
 
-// ---- The helper thread (blocking operations io_uring cannot do: BLKDISCARD) ----
-
-class Helper {
-public:
-    using Job = std::function<int64_t()>;
-    struct Done {
-        uint32_t slot;
-        int64_t result;
-    };
-
-    explicit Helper(int notify_fd) : notify_fd_(notify_fd), thread_([this] { run(); }) {}
-    ~Helper() {
-        {
-            LockGuard g(mu_);
-            stop_ = true;
-        }
-        cv_.notify_one();
-        thread_.join();
-    }
-    Helper(const Helper&) = delete;
-    Helper& operator=(const Helper&) = delete;
-
-    void post(uint32_t slot, Job job) {
-        {
-            LockGuard g(mu_);
-            jobs_.push_back({slot, std::move(job)});
-        }
-        cv_.notify_one();
-    }
-    void take(std::vector<Done>& out) {
-        LockGuard g(mu_);
-        out.swap(done_);
-    }
-
-private:
-    void run() {
-        ::pthread_setname_np(::pthread_self(), "disk-helper");
-        UniqueLock lock(mu_);
-        for (;;) {
-            while (!stop_ && jobs_.empty()) cv_.wait(lock);
-            if (jobs_.empty()) return;  // stop_, nothing left
-            auto [slot, job] = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            const int64_t r = job();
-            lock.lock();
-            done_.push_back({slot, r});
-            ::eventfd_write(notify_fd_, 1);
-        }
-    }
-
-    const int notify_fd_;
-    Mutex mu_;  // a leaf
-    std::condition_variable_any cv_;
-    std::deque<std::pair<uint32_t, Job>> jobs_ ENL_GUARDED_BY(mu_);
-    std::vector<Done> done_ ENL_GUARDED_BY(mu_);
-    bool stop_ ENL_GUARDED_BY(mu_) = false;
-    std::thread thread_;  // last: starts once the rest is built
-};
-
 // ---- RawQueueImpl ----
 
 class RawQueueImpl final : public RawQueue {
 public:
     static Result<std::unique_ptr<Queue>> create(std::shared_ptr<const RawDiskImpl> disk, uint32_t depth) {
         auto q = std::unique_ptr<RawQueueImpl>(new RawQueueImpl(std::move(disk), depth));
-        io_uring_params p{};
-        p.flags = IORING_SETUP_SUBMIT_ALL;  // Linux 5.18+: a failing SQE does not stop the batch
-        int rc = ::io_uring_queue_init_params(depth, &q->ring_, &p);
-        if (rc == -EINVAL) {
-            p = io_uring_params{};
-            rc = ::io_uring_queue_init_params(depth, &q->ring_, &p);
-        }
-        if (rc < 0) {
-            const int err = -rc;
-            return std::unexpected(Error(fmt::format("disk {}: io_uring_setup: {}", q->disk_->info_.path, std::strerror(err)),
-                                         err == ENOSYS || err == EPERM ? Errc::Unsupported : Errc::Io, err));
-        }
+        ENL_TRY_VOID(detail::open_ring(q->disk_->info_.path, depth, q->ring_, q->efd_));
         q->ring_ok_ = true;
-        q->efd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-        if (!q->efd_.valid()) return std::unexpected(io_error(q->disk_->info_.path, "eventfd", errno));
-        if (rc = ::io_uring_register_eventfd(&q->ring_, q->efd_.get()); rc < 0)
-            return std::unexpected(io_error(q->disk_->info_.path, "io_uring_register_eventfd", -rc));
         return std::unique_ptr<Queue>(std::move(q));
     }
 
     ~RawQueueImpl() override {
         if (!ring_ok_) return;
-        // Guest memory stays in use until the kernel is done with it: wait for everything.
-        while (in_flight() > 0) {
-            kick();
-            if (reap([](const Completion&) {}) > 0) continue;
-            pollfd pfd{efd_.get(), POLLIN, 0};
-            (void)::poll(&pfd, 1, 100);
-        }
+        detail::wait_idle(*this);
         helper_.reset();
         ::io_uring_queue_exit(&ring_);
     }
 
     Result<> submit(const Request& r) override {
         const DiskInfo& info = disk_->info_;
-        uint64_t len = 0;
-        switch (r.op) {
-            case Op::Read:
-            case Op::Write:
-                if (r.op == Op::Write && info.read_only) return fail(Errc::Invalid, "disk {}: write to a read-only disk", info.path);
-                if (r.iov.size() > kMaxIovecs)
-                    return fail(Errc::Invalid, "disk {}: {} iovecs (at most {})", info.path, r.iov.size(), kMaxIovecs);
-                for (const auto& v : r.iov) {
-                    if (v.iov_len > std::numeric_limits<uint64_t>::max() - len)
-                        return fail(Errc::Invalid, "disk {}: iovec lengths overflow", info.path);
-                    len += v.iov_len;
-                }
-                break;
-            case Op::Discard:
-                if (info.read_only) return fail(Errc::Invalid, "disk {}: discard on a read-only disk", info.path);
-                if (!info.discard) return fail(Errc::Unsupported, "disk {}: discard is not supported", info.path);
-                len = r.length;
-                break;
-            case Op::Flush:
-                break;
-            default:
-                return fail(Errc::Invalid, "disk {}: unknown operation {}", info.path, static_cast<int>(r.op));
-        }
-        if (r.op != Op::Flush) {
-            const uint64_t lb = info.logical_block;
-            if (r.offset % lb != 0 || len % lb != 0)
-                return fail(Errc::Invalid, "disk {}: {:#x}+{:#x} is not in whole {}-byte blocks", info.path, r.offset, len, lb);
-            if (r.offset > info.size_bytes || len > info.size_bytes - r.offset)
-                return fail(Errc::Invalid, "disk {}: {:#x}+{:#x} is outside the disk ({:#x} bytes)", info.path, r.offset, len,
-                            info.size_bytes);
-        }
+        ENL_TRY(const uint64_t len, detail::check_request(info, r));
         if (free_.empty()) return fail(Errc::Busy, "disk {}: queue full ({} in flight)", info.path, depth_);
 
         const uint32_t idx = free_.back();
@@ -294,7 +184,7 @@ public:
             s.busy = true;
             free_.pop_back();
             ++stats_.helper;
-            if (!helper_) helper_ = std::make_unique<Helper>(efd_.get());
+            if (!helper_) helper_ = std::make_unique<detail::BlockingHelper>("disk-helper", efd_.get());
             helper_->post(idx, [fd = s.fd, off = r.offset, len] {
                 uint64_t range[2] = {off, len};
                 return ::ioctl(fd, BLKDISCARD, range) < 0 ? -int64_t{errno} : int64_t{0};
@@ -501,8 +391,8 @@ private:
     UniqueFd efd_;
     std::vector<Slot> slots_;
     std::vector<uint32_t> free_;
-    std::unique_ptr<Helper> helper_;  // started at the first block-device discard
-    std::vector<Helper::Done> helper_done_;
+    std::unique_ptr<detail::BlockingHelper> helper_;  // started at the first block-device discard
+    std::vector<detail::BlockingHelper::Done> helper_done_;
     RawQueueStats stats_;
 };
 

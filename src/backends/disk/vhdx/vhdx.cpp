@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "backends/disk/queue_common.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
@@ -50,62 +51,6 @@ void zero_iov(std::span<const iovec> iov) {
     for (const auto& v : iov) std::memset(v.iov_base, 0, v.iov_len);
 }
 
-// Runs Image::flush() off the worker thread (as raw.cpp's helper runs BLKDISCARD).
-class Helper {
-public:
-    using Job = std::function<int64_t()>;
-    struct Done {
-        uint32_t slot;
-        int64_t result;
-    };
-    explicit Helper(int notify_fd) : notify_fd_(notify_fd), thread_([this] { run(); }) {}
-    ~Helper() {
-        {
-            LockGuard g(mu_);
-            stop_ = true;
-        }
-        cv_.notify_one();
-        thread_.join();
-    }
-    Helper(const Helper&) = delete;
-    Helper& operator=(const Helper&) = delete;
-    void post(uint32_t slot, Job job) {
-        {
-            LockGuard g(mu_);
-            jobs_.push_back({slot, std::move(job)});
-        }
-        cv_.notify_one();
-    }
-    void take(std::vector<Done>& out) {
-        LockGuard g(mu_);
-        out.swap(done_);
-    }
-
-private:
-    void run() {
-        ::pthread_setname_np(::pthread_self(), "vhdx-flush");
-        UniqueLock lock(mu_);
-        for (;;) {
-            while (!stop_ && jobs_.empty()) cv_.wait(lock);
-            if (jobs_.empty()) return;
-            auto [slot, job] = std::move(jobs_.front());
-            jobs_.pop_front();
-            lock.unlock();
-            const int64_t r = job();
-            lock.lock();
-            done_.push_back({slot, r});
-            ::eventfd_write(notify_fd_, 1);
-        }
-    }
-    const int notify_fd_;
-    Mutex mu_;  // a leaf
-    std::condition_variable_any cv_;
-    std::deque<std::pair<uint32_t, Job>> jobs_ ENL_GUARDED_BY(mu_);
-    std::vector<Done> done_ ENL_GUARDED_BY(mu_);
-    bool stop_ ENL_GUARDED_BY(mu_) = false;
-    std::thread thread_;
-};
-
 // One file of the chain, as the data path sees it.
 struct Level {
     int buffered = -1;  // the Image's descriptor
@@ -138,71 +83,24 @@ class VhdxQueueImpl final : public Queue {
 public:
     static Result<std::unique_ptr<Queue>> create(std::shared_ptr<VhdxDiskImpl> disk, uint32_t depth) {
         auto q = std::unique_ptr<VhdxQueueImpl>(new VhdxQueueImpl(std::move(disk), depth));
-        io_uring_params p{};
         // Room for a request split over several blocks or files; more sub-requests than this
         // are submitted in turns (submit() flushes the SQ when it is full).
         const unsigned entries = std::min<unsigned>(kMaxQueueDepth, std::max<unsigned>(64, depth * 2));
-        p.flags = IORING_SETUP_SUBMIT_ALL;
-        int rc = ::io_uring_queue_init_params(entries, &q->ring_, &p);
-        if (rc == -EINVAL) {
-            p = io_uring_params{};
-            rc = ::io_uring_queue_init_params(entries, &q->ring_, &p);
-        }
-        if (rc < 0)
-            return std::unexpected(Error(fmt::format("disk {}: io_uring_setup: {}", q->disk_->info_.path, std::strerror(-rc)),
-                                         rc == -ENOSYS || rc == -EPERM ? Errc::Unsupported : Errc::Io, -rc));
+        ENL_TRY_VOID(detail::open_ring(q->disk_->info_.path, entries, q->ring_, q->efd_));
         q->ring_ok_ = true;
-        q->efd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-        if (!q->efd_.valid()) return fail_errno("eventfd");
-        if (rc = ::io_uring_register_eventfd(&q->ring_, q->efd_.get()); rc < 0) return fail_errno("io_uring_register_eventfd", -rc);
         return std::unique_ptr<Queue>(std::move(q));
     }
 
     ~VhdxQueueImpl() override {
         if (!ring_ok_) return;
-        while (in_flight() > 0) {
-            kick();
-            if (reap([](const Completion&) {}) > 0) continue;
-            pollfd pfd{efd_.get(), POLLIN, 0};
-            (void)::poll(&pfd, 1, 100);
-        }
+        detail::wait_idle(*this);
         helper_.reset();
         ::io_uring_queue_exit(&ring_);
     }
 
     Result<> submit(const Request& r) override {
         const DiskInfo& info = disk_->info_;
-        uint64_t len = 0;
-        switch (r.op) {
-            case Op::Read:
-            case Op::Write:
-                if (r.op == Op::Write && info.read_only) return fail(Errc::Invalid, "disk {}: write to a read-only disk", info.path);
-                if (r.iov.size() > kMaxIovecs)
-                    return fail(Errc::Invalid, "disk {}: {} iovecs (at most {})", info.path, r.iov.size(), kMaxIovecs);
-                for (const auto& v : r.iov) {
-                    if (v.iov_len > std::numeric_limits<uint64_t>::max() - len)
-                        return fail(Errc::Invalid, "disk {}: iovec lengths overflow", info.path);
-                    len += v.iov_len;
-                }
-                break;
-            case Op::Discard:
-                if (info.read_only) return fail(Errc::Invalid, "disk {}: discard on a read-only disk", info.path);
-                if (!info.discard) return fail(Errc::Unsupported, "disk {}: discard is not supported", info.path);
-                len = r.length;
-                break;
-            case Op::Flush:
-                break;
-            default:
-                return fail(Errc::Invalid, "disk {}: unknown operation {}", info.path, static_cast<int>(r.op));
-        }
-        if (r.op != Op::Flush) {
-            const uint64_t lb = info.logical_block;
-            if (r.offset % lb != 0 || len % lb != 0)
-                return fail(Errc::Invalid, "disk {}: {:#x}+{:#x} is not in whole {}-byte blocks", info.path, r.offset, len, lb);
-            if (r.offset > info.size_bytes || len > info.size_bytes - r.offset)
-                return fail(Errc::Invalid, "disk {}: {:#x}+{:#x} is outside the disk ({:#x} bytes)", info.path, r.offset, len,
-                            info.size_bytes);
-        }
+        ENL_TRY(const uint64_t len, detail::check_request(info, r));
         if (free_.empty()) return fail(Errc::Busy, "disk {}: queue full ({} in flight)", info.path, depth_);
         const uint32_t idx = free_.back();
         free_.pop_back();
@@ -424,7 +322,7 @@ private:
 
     void post_flush(uint32_t slot) {
         ++slots_[slot].pending;
-        if (!helper_) helper_ = std::make_unique<Helper>(efd_.get());
+        if (!helper_) helper_ = std::make_unique<detail::BlockingHelper>("vhdx-flush", efd_.get());
         helper_->post(slot, [disk = disk_] { return flush_result(disk->image_->flush()); });
     }
 
@@ -501,8 +399,8 @@ private:
     std::vector<uint32_t> queued_;
     std::vector<vhdx::Extent> extents_;
     std::vector<iovec> scratch_;
-    std::unique_ptr<Helper> helper_;
-    std::vector<Helper::Done> helper_done_;
+    std::unique_ptr<detail::BlockingHelper> helper_;
+    std::vector<detail::BlockingHelper::Done> helper_done_;
 };
 
 Result<std::unique_ptr<Queue>> VhdxDiskImpl::open_queue(uint32_t depth) {
