@@ -56,6 +56,10 @@ H_BIN = "/enlighten/bench"
 H_GUEST = "/enlighten/guest"
 H_DISK_DIR = "/bench-disk"
 H_DISK = f"{H_DISK_DIR}/disk.img"
+# The VHDX variants: the filled raw image converted by `enlighten image convert` (every block
+# allocated, so the workloads read and rewrite allocated blocks), one copy per VMM (QEMU
+# updates the headers of a VHDX it writes).
+H_VHDX = {"enlighten": f"{H_DISK_DIR}/disk-enl.vhdx", "qemu": f"{H_DISK_DIR}/disk-qemu.vhdx"}
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,17 @@ class Variant:
     label: str
     kind: str               # "enlighten" | "qemu"
     modules: str            # the guest's enlighten.modules=
+    format: str = "raw"     # the backing file: raw, or vhdx (made from the raw one)
 
 
 VARIANTS = [
     Variant("enlighten", "Enlighten storvsc (SCSI)", "enlighten", "hv_vmbus,hv_storvsc,sd_mod"),
     Variant("qemu-blk", "QEMU virtio-blk", "qemu", "virtio_pci,virtio_blk"),
     Variant("qemu-scsi", "QEMU virtio-scsi", "qemu", "virtio_pci,virtio_scsi,sd_mod"),
+    Variant("enlighten-vhdx", "Enlighten storvsc on VHDX", "enlighten", "hv_vmbus,hv_storvsc,sd_mod", "vhdx"),
+    Variant("qemu-blk-vhdx", "QEMU virtio-blk on VHDX", "qemu", "virtio_pci,virtio_blk", "vhdx"),
 ]
+DEFAULT_VARIANTS = ("enlighten", "qemu-blk", "qemu-scsi")
 BASELINE = "qemu-blk"
 
 
@@ -144,14 +152,15 @@ def vmm_argv(case: Case, kernel: str, initrd: str, enlighten: str, q: qemu.QemuC
     v = case.variant
     cmdline = (f"console=ttyS0 quiet enlighten.modules={v.modules} bench.size={size} "
                f"bench.runtime={runtime}")
+    path = H_DISK if v.format == "raw" else H_VHDX[v.kind]
     if v.kind == "enlighten":
         return [enlighten, "run", "--kernel", kernel, "--initrd", initrd, "--cmdline", cmdline,
                 "--memory", MEMORY, "--cpus", str(case.cpus), "--serial", f"file:{serial}",
-                "--on-reboot", "exit", "--disk", f"path={H_DISK},format=raw"]
+                "--on-reboot", "exit", "--disk", f"path={path},format={v.format}"]
     # The image is in a tmpfs, which has no O_DIRECT in the test host's kernel 6.1: QEMU's
     # default cache=writeback (page cache) and aio=threads, said explicitly.
-    drive = f"file={H_DISK},if=none,id=d0,format=raw,cache=writeback,aio=threads"
-    dev = (["-device", "virtio-blk-pci,drive=d0"] if v.key == "qemu-blk" else
+    drive = f"file={path},if=none,id=d0,format={v.format},cache=writeback,aio=threads"
+    dev = (["-device", "virtio-blk-pci,drive=d0"] if v.key.startswith("qemu-blk") else
            ["-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0"])
     return [q.binary, "-L", q.firmware_dir, "-M", "pc", "-cpu", "host", "-enable-kvm",
             "-m", MEMORY, "-smp", str(case.cpus), "-nodefaults", "-no-user-config", "-nographic",
@@ -160,15 +169,18 @@ def vmm_argv(case: Case, kernel: str, initrd: str, enlighten: str, q: qemu.QemuC
 
 
 def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], disk_mib: int,
-                q: qemu.QemuCarry, run_timeout: int) -> str:
+                q: qemu.QemuCarry, run_timeout: int, enlighten: str) -> str:
+    vhdx = sorted({c.variant.kind for c in cases if c.variant.format == "vhdx"})
     lines = [
         "set -u",
         *benchlib.TESTHOST_PRELUDE,
         f'echo "BENCH-INFO qemu_version=$({shlex.quote(q.binary)} --version | head -n 1)"',
         f"mkdir -p {H_DISK_DIR}",
-        f"mount -t tmpfs -o size={disk_mib + 64}m tmpfs {H_DISK_DIR}",
+        f"mount -t tmpfs -o size={(1 + len(vhdx)) * (disk_mib + 64)}m tmpfs {H_DISK_DIR}",
         # non-zero content: reading a hole of a tmpfs file is cheaper than reading data
         f"yes ENLIGHTEN-BENCH | dd of={H_DISK} bs=1M count={disk_mib} iflag=fullblock 2>/dev/null",
+        *(f"{shlex.quote(enlighten)} image convert {H_DISK} {H_VHDX[k]} --format vhdx >/dev/null "
+          f'|| echo "BENCH-ERROR enlighten image convert failed"' for k in vhdx),
         f'echo "BENCH-INFO disk={H_DISK} disk_bytes=$(stat -c %s {H_DISK}) '
         f'disk_fs=$(stat -f -c %T {H_DISK_DIR})"',
         # bench_case ID ROUND SERIAL ARGV...: run the VMM in the background; at every mark
@@ -390,7 +402,7 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS))
     ap.add_argument("--cpus", default="1,4", help="guest vCPU counts (default 1,4)")
     ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
@@ -398,8 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runtime", type=int, default=10, help="seconds per fio run (default 10)")
     ap.add_argument("--disk-mib", type=int, default=512, help="backing file size (default 512)")
-    ap.add_argument("--host-cpus", type=int, default=2)
-    ap.add_argument("--host-memory", type=int, default=3072)
+    # A 4-vCPU guest in a 2-vCPU test host crashed the test host now and then (see
+    # tests/e2e/storage_runs.py, "channels"): by default the test host has as many vCPUs as
+    # the largest guest (at least 2), on this machine's cores.
+    ap.add_argument("--host-cpus", type=int, default=0, help="test-host vCPUs (default: max(2, largest --cpus))")
+    ap.add_argument("--host-memory", type=int, default=0, help="test-host MiB (default 3072, 4096 with VHDX variants)")
     ap.add_argument("--build-dir", default=str(benchlib.REPO / "build"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
@@ -426,10 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.rounds < 1 or not cpus or min(cpus) < 1 or a.runtime < 1:
         ap.error("--rounds, --cpus and --runtime must be >= 1")
     cases = [Case(known[k], n) for n in cpus for k in keys]
+    a.host_cpus = a.host_cpus or max(2, max(cpus))
+    a.host_memory = a.host_memory or (4096 if any(c.variant.format == "vhdx" for c in cases) else 3072)
     workloads = [wl[k] for k in wnames]
 
     try:
-        need_enl = any(c.variant.kind == "enlighten" for c in cases)
+        need_enl = any(c.variant.kind == "enlighten" or c.variant.format == "vhdx" for c in cases)
         if a.from_raw:
             enl = Path("enlighten")
             img = guest_image.GuestImage(Path("bzImage"), Path("initrd.img"))
@@ -453,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_of = {c.id: vmm_argv(c, h_kernel, h_initrd, h_enl, q, f"/tmp/serial.{c.id}", size, a.runtime)
                for c in cases}
     run_timeout = 180 + len(workloads) * (a.runtime + 20) * 4
-    script = host_script(cases, a.rounds, argv_of, a.disk_mib, q, run_timeout)
+    script = host_script(cases, a.rounds, argv_of, a.disk_mib, q, run_timeout, h_enl)
     if a.dry_run:
         print(script)
         return 0
