@@ -255,6 +255,7 @@ class _Run:
     script: str | None = None       # scenario: shell script (with SCENARIO_LIB)
     cpus: int = 1
     tools: bool = False             # the guest image's disk-tools layer (mkfs, fio, ...)
+    programs: dict[str, Path] = field(default_factory=dict)  # scenario: $NAME -> a program of this machine
 
 
 class Session:
@@ -299,10 +300,13 @@ class Session:
                        stop_after=stop_after, cpus=cpus))
 
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
-                 timeout: float = 300, tools: bool = False) -> None:
+                 timeout: float = 300, tools: bool = False, programs: dict[str, str] | None = None) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`: the guest has the
         disk tools (guest_image.make_run_initrd)."""
-        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools))
+        found = {}
+        for var, name in (programs or {}).items():  # e.g. {"QEMU_IMG": "qemu-img"}: found at execution
+            found[var] = Path(shutil.which(name) or f"/nonexistent/{name}")
+        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, programs=found))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -338,8 +342,12 @@ class Session:
         runnable = []
         only = {k for k in os.environ.get("ENLIGHTEN_E2E_RUNS", "").split(",") if k}
         for key, run in self.runs.items():
+            missing = [str(p) for p in run.programs.values() if not p.is_file()]
             if only and key not in only:
                 self.failures[key] = f"run {key!r} not selected (ENLIGHTEN_E2E_RUNS={','.join(sorted(only))})"
+            elif missing:
+                self.failures[key] = (f"run {key!r} needs {', '.join(missing)} on this machine (scripts/setup "
+                                      "installs it)")
             elif not run.binary.is_file() or not os.access(run.binary, os.X_OK):
                 self.failures[key] = (f"{run.binary} does not exist or is not executable: build Enlighten first "
                                       "(scripts/setup builds build/enlighten and build-asan/enlighten), or "
@@ -405,7 +413,9 @@ class Session:
                 binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")
                 initrd = place(run.initrd, f"{testhost.HOST_GUEST_DIR}/{n}-{run.key}.img")
                 if run.script is not None:
-                    body = (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
+                    progs = "".join(f"{var}={shlex.quote(place(path, f'{testhost.HOST_BIN_DIR}/{path.name}'))}\n"
+                                    for var, path in run.programs.items())
+                    body = progs + (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
                             f"INITRD={shlex.quote(initrd)}\nCPUS={run.cpus}\nWORK=$(mktemp -d)\n"
                             + SCENARIO_LIB + run.script)
                     commands[run.key] = f"scenario {run.key!r} of session {self.name!r} (ENL={binary})"

@@ -47,6 +47,7 @@ echo "RESULT host.disks_fs=$(stat -f -c %T "$DISKS")"
 pattern() { awk -v n="$1" -v tag="$2" 'BEGIN { for (i = 0; i < n; i++) printf "%s %058d\n", tag, i }'; }
 show() {
     echo "--- $1: guest console ---"; tr -d '\r' < "$WORK/$1.serial" 2>/dev/null
+    [ -n "$(tail -c 1 "$WORK/$1.serial" 2>/dev/null)" ] && echo   # a VM killed mid-line
     echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
     echo "--- $1: end ---"
 }
@@ -450,8 +451,9 @@ echo "RESULT host.h_size=$(stat -c %s "$DISKS/h.img")"
 """, job=JOB_HOSTILE, timeout=360)
 
 # ----------------------------------------------------------------------------- vhdx
-# VHDX disks made by `enlighten image` in the test host: a dynamic one, a fixed one with 4 KiB
-# sectors, a dynamic one with 4 KiB sectors and 1 MiB blocks, the top of a chain of three
+# VHDX disks made by `enlighten image` in the test host: a dynamic one, a fixed one, a dynamic
+# one with 4 KiB sectors and 1 MiB blocks (QEMU 7.2 cannot open it: its vhdx.c takes 512-byte
+# logical sectors only, ENOTSUP), the top of a chain of three
 # differencing disks, and two dynamic ones for fstrim. Then the host checks, converts and
 # merges them with `enlighten image`; and three SIGKILLs in a write+fsync storm on one image,
 # each reopen replaying the log of the last.
@@ -500,7 +502,7 @@ scenario("vhdx", r"""
 img() { "$ENL" image "$@"; }
 cd "$DISKS"
 img create dyn.vhdx --size 48M --format vhdx >/dev/null && echo "RESULT host.create_dyn=ok"
-img create fixed.vhdx --size 40M --format vhdx --type fixed --sector-size 4096 >/dev/null && echo "RESULT host.create_fixed=ok"
+img create fixed.vhdx --size 40M --format vhdx --type fixed >/dev/null && echo "RESULT host.create_fixed=ok"
 img create s4k.vhdx --size 36M --format vhdx --sector-size 4096 --block-size 1M >/dev/null && echo "RESULT host.create_4k=ok"
 truncate -s 44M base.raw
 pattern 16384 BASE | dd of=base.raw conv=notrunc status=none
@@ -523,7 +525,12 @@ for d in dyn:48 fixed:40 s4k:36; do
     pattern 1024 "$(printf 'V%03d' "$mib")" > "$WORK/p.$id"
     host_cmp "$id" "$id.raw" 16 1 "$WORK/p.$id"
     echo "RESULT host.size_$id=$(stat -c %s "$id.raw")"
-    rm -f "$id.raw"
+    [ "$id" = s4k ] && { rm -f "$id.raw"; continue; }
+    # QEMU's view of the same file: clean, and the same bytes
+    "$QEMU_IMG" check -f vhdx "$id.vhdx" > "$WORK/qcheck.$id" 2>&1; echo "RESULT host.qcheck_$id=$?"
+    sed "s/^/QCHECK-$id /" "$WORK/qcheck.$id"
+    "$QEMU_IMG" convert -f vhdx -O raw "$id.vhdx" "$id.q.raw" && cmp -s "$id.raw" "$id.q.raw" && echo "RESULT host.qemu_$id=same"
+    rm -f "$id.raw" "$id.q.raw"
 done
 cp base.raw expect.raw
 pattern 1024 TOP0 | dd of=expect.raw bs=65536 seek=8 conv=notrunc status=none
@@ -566,4 +573,11 @@ for k in 1 2 3; do
     rm -f "$WORK/storm.raw"
     show "storm$k" | grep -v '^FSYNCED'
 done
-""", job=JOB_VHDX, timeout=600)
+# After the last kill: our repair replays the log, then QEMU finds the file clean and reads
+# the same data (QEMU refuses a VHDX whose log still needs replaying).
+img check --repair storm.vhdx > "$WORK/storm.repair" 2>&1; echo "RESULT host.storm_repair=$?"; sed 's/^/STORM-REPAIR /' "$WORK/storm.repair"
+"$QEMU_IMG" check -f vhdx storm.vhdx > "$WORK/storm.qcheck" 2>&1; echo "RESULT host.storm_qcheck=$?"; sed 's/^/STORM-QCHECK /' "$WORK/storm.qcheck"
+img convert storm.vhdx storm.raw --format raw >/dev/null
+"$QEMU_IMG" convert -f vhdx -O raw storm.vhdx storm.q.raw && cmp -s storm.raw storm.q.raw && echo "RESULT host.storm_qemu=same"
+rm -f storm.raw storm.q.raw
+""", job=JOB_VHDX, timeout=600, programs={"QEMU_IMG": "qemu-img"})
