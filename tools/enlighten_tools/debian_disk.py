@@ -25,8 +25,9 @@ root filesystem except the apt sources):
 3. A raw disk: an MBR partition table by sfdisk (fixed label-id), partition 1 at 1 MiB =
    the ext4 image (copied sparsely). Then `enlighten image convert disk.raw debian.vhdx
    --format vhdx --block-size 1M`: a dynamic VHDX holds only the MiBs that are not zero.
-   The raw disk is bit-for-bit reproducible (its sha256 is in disk.raw.sha256); the VHDX
-   differs between builds only in the GUIDs Enlighten generates for a new image.
+   Meant to be reproducible (SOURCE_DATE_EPOCH, fixed ids, ctimes), but two builds of the
+   same inputs still gave different raw disks (sha256 in disk.raw.sha256): not found yet
+   what differs. The VHDX also differs by the GUIDs Enlighten generates for a new image.
 
 The cache key is a hash of PACKAGES, this file (scripts, hooks, sizes), the kernel .deb,
 the apt sources used and SOURCE_DATE_EPOCH; the image is rebuilt only when it changes (or
