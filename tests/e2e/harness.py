@@ -19,6 +19,7 @@ import time
 import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -141,6 +142,12 @@ dump_logs() {
 """
 
 
+def program(name: str) -> Path:
+    """A program of this machine for a scenario's `files` ($NAME in its script): its path, or
+    a path that does not exist (the run then fails, saying what is missing)."""
+    return Path(shutil.which(name) or f"/nonexistent/{name}")
+
+
 def run_scenario(test: unittest.TestCase, script: str, *, job: str | None = None, cpus: int = 1,
                  timeout: float = 300) -> RunResult:
     """Runs `script` (sh) with SCENARIO_LIB, next to Enlighten and the guest image: directly
@@ -255,7 +262,9 @@ class _Run:
     script: str | None = None       # scenario: shell script (with SCENARIO_LIB)
     cpus: int = 1
     tools: bool = False             # the guest image's disk-tools layer (mkfs, fio, ...)
-    programs: dict[str, Path] = field(default_factory=dict)  # scenario: $NAME -> a program of this machine
+    # scenario: more files, NAME -> local path (or a function giving it, called when the session
+    # runs); the script finds each at $NAME (carried into the test host)
+    files: dict[str, Path | Callable[[], Path]] = field(default_factory=dict)
 
 
 class Session:
@@ -267,8 +276,10 @@ class Session:
     error, timeout, binary missing), every test asking for it fails with the reason and the
     output there is. A run's exit status is for the test to judge."""
 
-    def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None) -> None:
+    def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None,
+                 host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB) -> None:
         self.name = name
+        self.host_memory_mib = host_memory_mib
         self.host_cpus = host_cpus  # default: 2 with parallel lanes, else what the largest guest has (max 2)
         self.notes: list[str] = []
         self.lanes = lanes or _LANES
@@ -300,13 +311,16 @@ class Session:
                        stop_after=stop_after, cpus=cpus))
 
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
-                 timeout: float = 300, tools: bool = False, programs: dict[str, str] | None = None) -> None:
+                 timeout: float = 300, tools: bool = False,
+                 files: dict[str, Path | Callable[[], Path]] | None = None) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`: the guest has the
-        disk tools (guest_image.make_run_initrd)."""
-        found = {}
-        for var, name in (programs or {}).items():  # e.g. {"QEMU_IMG": "qemu-img"}: found at execution
-            found[var] = Path(shutil.which(name) or f"/nonexistent/{name}")
-        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, programs=found))
+        disk tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
+        returning it, called when the session runs, e.g. to build an image): $NAME in the
+        script is that file (carried into the test host)."""
+        for name in files or {}:
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+                raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
+        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, files=dict(files or {})))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -342,12 +356,12 @@ class Session:
         runnable = []
         only = {k for k in os.environ.get("ENLIGHTEN_E2E_RUNS", "").split(",") if k}
         for key, run in self.runs.items():
-            missing = [str(p) for p in run.programs.values() if not p.is_file()]
+            missing = [str(p) for p in run.files.values() if isinstance(p, Path) and not p.is_file()]
             if only and key not in only:
                 self.failures[key] = f"run {key!r} not selected (ENLIGHTEN_E2E_RUNS={','.join(sorted(only))})"
             elif missing:
                 self.failures[key] = (f"run {key!r} needs {', '.join(missing)} on this machine (scripts/setup "
-                                      "installs it)")
+                                      "installs what the tests need)")
             elif not run.binary.is_file() or not os.access(run.binary, os.X_OK):
                 self.failures[key] = (f"{run.binary} does not exist or is not executable: build Enlighten first "
                                       "(scripts/setup builds build/enlighten and build-asan/enlighten), or "
@@ -360,6 +374,7 @@ class Session:
         for run in runnable:  # one at a time: make_run_initrd's temporary file is per process
             run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools)
                           if run.job is not None or run.tools else img.initrd)
+            run.files = {name: Path(f() if callable(f) else f) for name, f in run.files.items()}
         self.runner = testhost.choose_runner()
         # If the test host stops answering (it has been seen to hang under heavy load), the
         # runs it had not started get a fresh test host. A run the test host died under (its kernel panicked or reset, or it stopped
@@ -413,11 +428,11 @@ class Session:
                 binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")
                 initrd = place(run.initrd, f"{testhost.HOST_GUEST_DIR}/{n}-{run.key}.img")
                 if run.script is not None:
-                    progs = "".join(f"{var}={shlex.quote(place(path, f'{testhost.HOST_BIN_DIR}/{path.name}'))}\n"
-                                    for var, path in run.programs.items())
-                    body = progs + (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
+                    extra = "".join(f"{name}={shlex.quote(place(path, f'/enlighten/e2e/{n}-{path.name}'))}\n"
+                                    for name, path in run.files.items())
+                    body = (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
                             f"INITRD={shlex.quote(initrd)}\nCPUS={run.cpus}\nWORK=$(mktemp -d)\n"
-                            + SCENARIO_LIB + run.script)
+                            + extra + SCENARIO_LIB + run.script)
                     commands[run.key] = f"scenario {run.key!r} of session {self.name!r} (ENL={binary})"
                 else:
                     argv = [binary, "run", "--kernel", kernel, "--initrd", initrd, *run.argv_tail]
@@ -444,7 +459,8 @@ class Session:
             budget = sum(r.timeout for r in runnable) / lanes + longest
             try:
                 res = testhost.run_command(master, files=files or None, cpus=host_cpus, timeout=budget + 120,
-                                           runner=runner, idle_timeout=longest + 90, tb_size_mib=64)
+                                           runner=runner, idle_timeout=longest + 90, tb_size_mib=64,
+                                           memory_mib=self.host_memory_mib)
                 output, problem = res.output, ""
             except testhost.ToolError as e:  # TestHostTimeout/TestHostError/CommandTimeout
                 output, problem = getattr(e, "output", ""), f"{type(e).__name__}: {str(e).splitlines()[0]}"

@@ -22,7 +22,7 @@ Runs (guest boots):
 
 from __future__ import annotations
 
-from harness import Session
+from harness import Session, program
 
 STORAGE = Session("storage")
 # The 4-vCPU guest gets a test host of its own with 4 vCPUs (on this machine's cores), see
@@ -580,4 +580,4 @@ img check --repair storm.vhdx > "$WORK/storm.repair" 2>&1; echo "RESULT host.sto
 img convert storm.vhdx storm.raw --format raw >/dev/null
 "$QEMU_IMG" convert -f vhdx -O raw storm.vhdx storm.q.raw && cmp -s storm.raw storm.q.raw && echo "RESULT host.storm_qemu=same"
 rm -f storm.raw storm.q.raw
-""", job=JOB_VHDX, timeout=600, programs={"QEMU_IMG": "qemu-img"})
+""", job=JOB_VHDX, timeout=600, files={"QEMU_IMG": program("qemu-img")})

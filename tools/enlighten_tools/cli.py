@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import debian, guest_image, testhost, userland
+from . import debian, debian_disk, guest_image, testhost, userland
 from .common import ToolError
 
 
@@ -50,6 +50,14 @@ def cmd_guest_image(a: argparse.Namespace) -> int:
             initrd = out_dir / "initrd.img"
     print(kernel)
     print(initrd)
+    return 0
+
+
+def cmd_debian_disk(a: argparse.Namespace) -> int:
+    disk = debian_disk.build(force=a.force, enlighten_binary=Path(a.binary) if a.binary else None)
+    print(disk.kernel)
+    print(disk.initrd)
+    print(disk.vhdx)
     return 0
 
 
@@ -114,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="DIR", help="copy bzImage and initrd.img into DIR")
     s.add_argument("--force", action="store_true", help="rebuild the base image")
     s.set_defaults(func=cmd_guest_image)
+
+    s = sub.add_parser("debian-disk",
+                       help="build the bootable Debian 12 root disk (VHDX, root=/dev/sda1); "
+                            "print the kernel, initrd and VHDX paths")
+    s.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
+    s.add_argument("--binary", help="Enlighten binary for `image convert` (default: build/enlighten)")
+    s.set_defaults(func=cmd_debian_disk)
 
     s = sub.add_parser("testhost-image", help="build the test host's cached initramfs")
     s.add_argument("--force", action="store_true")

@@ -665,11 +665,12 @@ def run_enlighten(enlighten_args: list[str | Carry], *,
 
 def run_command(command: str, *, files: dict[str, str] | None = None, cpus: int = 1,
                 timeout: float = 300, stream: bool = False, runner: str | None = None,
-                idle_timeout: float | None = None, tb_size_mib: int | None = None) -> RunResult:
+                idle_timeout: float | None = None, tb_size_mib: int | None = None,
+                memory_mib: int = DEFAULT_HOST_MEMORY_MIB) -> RunResult:
     """Run a shell command with a working /dev/kvm (direct: `sh -c` here). idle_timeout,
-    tb_size_mib: see run_in_testhost (test host only)."""
+    tb_size_mib, memory_mib: see run_in_testhost (test host only)."""
     runner = runner or choose_runner()
     if runner == "direct":
         return run_direct(["sh", "-c", command], timeout=timeout, stream=stream)
     return run_in_testhost(command, files=files, cpus=cpus, timeout=timeout, stream=stream,
-                           idle_timeout=idle_timeout, tb_size_mib=tb_size_mib)
+                           idle_timeout=idle_timeout, tb_size_mib=tb_size_mib, memory_mib=memory_mib)
