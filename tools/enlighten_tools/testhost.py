@@ -287,9 +287,12 @@ class _Streamer:
 
 
 def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | None,
-          echo_stderr: bool = False, idle_timeout: float | None = None) -> bool:
+          echo_stderr: bool = False, idle_timeout: float | None = None,
+          ended=None, grace: float = 20.0) -> bool:
     """Read proc's stdout (and stderr) until EOF, the deadline, or (with idle_timeout) that
-    many seconds without any output. True if EOF reached."""
+    many seconds without any output. True if EOF reached, or if `ended()` (the process has
+    said all it had to say) became true and EOF did not follow within `grace` seconds."""
+    grace_until = None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     if proc.stderr is not None:
@@ -298,6 +301,10 @@ def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | N
     last_output = time.monotonic()
     while open_fds:
         now = time.monotonic()
+        if grace_until is None and ended is not None and ended():
+            grace_until = now + grace
+        if grace_until is not None and now >= grace_until:
+            return True
         remaining = deadline - now
         if remaining <= 0 or (idle_timeout is not None and now - last_output > idle_timeout):
             return False
@@ -481,12 +488,29 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
             raw.append(data)
             streamer.feed(data)
 
+        # Once the host reported its exit status, its poweroff gets a little time; a test
+        # host that hangs there (seen under load: it kept printing soft-lockup reports, so
+        # the idle timeout never fired) is killed instead of holding the session for its
+        # whole timeout.
+        tail = bytearray()
+
+        def ended() -> bool:
+            return EXIT_RE.search(tail) is not None
+
+        def on_out_tail(data: bytes) -> None:
+            on_out(data)
+            tail.extend(data)
+            del tail[:-4096]
+
         finished = False
         try:
-            finished = _pump(proc, t0 + timeout, on_out, None, idle_timeout=idle_timeout)
+            finished = _pump(proc, t0 + timeout, on_out_tail, None, idle_timeout=idle_timeout, ended=ended)
         finally:
             if finished:
-                proc.wait()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
             else:
                 _kill_group(proc)
             proc.stdout.close()
