@@ -1,0 +1,80 @@
+// netvsp: the network VSP that Linux's hv_netvsc drives (contract-network.md). One Nic is
+// one VMBus network adapter: NVSP on its primary channel, RNDIS over NVSP, vRSS
+// sub-channels, in front of one net::Backend.
+//
+// (The public interface below is what the VMM and the API use. The implementation part is
+// documented with the implementation.)
+//
+// Threads: the vmbus::Device calls come on the control loop; each open channel has a
+// worker thread; the backend calls the Receiver side from its own thread(s); set_link and
+// status from API threads.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/net/net.hpp"
+#include "common/result.hpp"
+#include "vmbus/device.hpp"
+
+namespace enlighten::netvsp {
+
+struct NicOptions {
+    std::string name = "net0";  // the device id
+    vmbus::Guid instance;
+    std::array<uint8_t, 6> mac{};
+    uint16_t max_queues = 64;  // vRSS queues offered (the guest uses min(this, vCPUs, 64))
+    bool link_up = true;
+};
+
+struct QueueCounters {
+    uint16_t index = 0;  // channel index
+    uint32_t target_vp = 0;
+    uint64_t rx_packets = 0, rx_bytes = 0, rx_dropped = 0;
+    uint64_t tx_packets = 0, tx_bytes = 0, tx_dropped = 0;
+};
+
+struct NicStatus {
+    std::string id;
+    std::array<uint8_t, 6> mac{};
+    bool link_up = true;       // as the host drives it
+    bool guest_ready = false;  // RNDIS initialised and the packet filter set
+    uint32_t mtu = 0;          // from the guest's NDIS_CONFIG (0 before)
+    uint32_t nvsp_version = 0;
+    uint16_t queues = 0;       // channels open now
+    uint16_t max_queues = 0;
+    net::BackendStatus backend;
+    std::vector<QueueCounters> per_queue;
+};
+
+class Nic final : public vmbus::Device, public std::enable_shared_from_this<Nic> {
+public:
+    // Makes the NIC around a running backend (its receiver is set when the guest is ready).
+    static Result<std::shared_ptr<Nic>> create(NicOptions options, std::unique_ptr<net::Backend> backend);
+    ~Nic() override;
+
+    // Down: the guest gets MEDIA_DISCONNECT (NO-CARRIER) and no frames; up: MEDIA_CONNECT.
+    // Any thread.
+    void set_link(bool up);
+    [[nodiscard]] NicStatus status() const;
+    [[nodiscard]] const std::string& id() const;
+
+    // vmbus::Device
+    [[nodiscard]] const vmbus::OfferParams& offer() const override;
+    [[nodiscard]] uint16_t max_subchannels() const override;
+    void attach(const vmbus::DeviceResources& resources) override;
+    void open(const vmbus::OpenRequest& request, std::shared_ptr<vmbus::ChannelQueue> queue,
+              vmbus::OpenDone done) override;
+    void close(uint16_t index, vmbus::CloseDone done) override;
+    void retarget(uint16_t index, uint32_t vp) override;
+    void reset() override;
+    void detach() override;
+
+private:
+    // (implementation)
+};
+
+}  // namespace enlighten::netvsp
