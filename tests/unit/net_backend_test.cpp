@@ -945,6 +945,90 @@ TEST(Tap, CreatesATapAndCarriesUdpBothWays) {
     EXPECT_EQ(::if_nametoindex(name.c_str()), 0u) << "the created tap outlived its backend";
 }
 
+// A created tap with 10.250.N.1/24 on the host side (N from the pid: other tests on the
+// machine may use taps too) and a static ARP entry for the guest's .2 at kGuestMac.
+struct TapSetup {
+    std::unique_ptr<Backend> tap;
+    std::string name;
+    uint32_t host_ip = 0, guest_ip = 0;
+    Mac tap_mac{};
+};
+
+void make_tap(TapSetup& t, uint32_t subnet_offset) {
+    BackendConfig c;
+    c.kind = "tap";
+    auto made = make_backend(c);
+    ASSERT_TRUE(made) << made.error().message();
+    t.tap = std::move(*made);
+    const std::string d = t.tap->status().description;
+    t.name = d.substr(4, d.find(' ', 4) - 4);
+    const uint32_t net = ip4("10.250.0.0") | (((static_cast<uint32_t>(::getpid()) + subnet_offset) % 200 + 20) << 8);
+    t.host_ip = net | 1;
+    t.guest_ip = net | 2;
+    ifreq ifr{};
+    sockaddr_in a = sin4(t.host_ip);
+    std::memcpy(&ifr.ifr_addr, &a, sizeof a);
+    ASSERT_TRUE(ifreq_ioctl(t.name, SIOCSIFADDR, ifr));
+    ifr = {};
+    a = sin4(0xffffff00);
+    std::memcpy(&ifr.ifr_netmask, &a, sizeof a);
+    ASSERT_TRUE(ifreq_ioctl(t.name, SIOCSIFNETMASK, ifr));
+    ifr = {};
+    ASSERT_TRUE(ifreq_ioctl(t.name, SIOCGIFHWADDR, ifr));
+    std::memcpy(t.tap_mac.data(), ifr.ifr_hwaddr.sa_data, 6);
+    arpreq ar{};
+    a = sin4(t.guest_ip);
+    std::memcpy(&ar.arp_pa, &a, sizeof a);
+    ar.arp_ha.sa_family = ARPHRD_ETHER;
+    std::memcpy(ar.arp_ha.sa_data, kGuestMac.data(), 6);
+    ar.arp_flags = ATF_COM;
+    std::strncpy(ar.arp_dev, t.name.c_str(), sizeof ar.arp_dev - 1);
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::ioctl(s.get(), SIOCSARP, &ar), 0) << std::strerror(errno);
+}
+
+// A GSO frame (CHECKSUM_PARTIAL seed, gso_size 1000) written to the tap arrives at a host
+// socket as a TCP stream: the vnet header carries GSO and checksum offsets the kernel accepts.
+TEST(Tap, GsoFrameArrivesAsATcpStream) {
+    if (::geteuid() != 0) GTEST_SKIP() << "creating a tap needs root (CAP_NET_ADMIN)";
+    TapSetup t;
+    ASSERT_NO_FATAL_FAILURE(make_tap(t, 100));
+    FakeReceiver rx;
+    t.tap->set_receiver(&rx);
+    UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a = sin4(t.host_ip);
+    ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(listener.get(), 1), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    const uint16_t port = ntohs(a.sin_port), gport = 40002;
+    const uint32_t isn = 1'000'000;
+    ASSERT_TRUE(send_bytes(*t.tap, tcp4(t.tap_mac, t.guest_ip, t.host_ip,
+                                        {.sport = gport, .dport = port, .seq = isn, .flags = kSyn}, {})));
+    auto synack = rx.wait_for([&](const Bytes& f) {
+        auto v = parse_tcp4(f);
+        return v && v->sport == port && v->dport == gport && (v->flags & (kSyn | kAck)) == (kSyn | kAck);
+    });
+    ASSERT_TRUE(synack) << "no SYN-ACK from the host";
+    const uint32_t hseq = parse_tcp4(*synack)->seq + 1;
+    ASSERT_TRUE(send_bytes(*t.tap, tcp4(t.tap_mac, t.guest_ip, t.host_ip,
+                                        {.sport = gport, .dport = port, .seq = isn + 1, .ack = hseq, .flags = kAck},
+                                        {})));
+    ASSERT_TRUE(readable(listener.get(), 5000));
+    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(conn.valid());
+    const Bytes big = pattern(3000, 3);
+    Bytes g = tcp4(t.tap_mac, t.guest_ip, t.host_ip,
+                   {.sport = gport, .dport = port, .seq = isn + 1, .ack = hseq, .flags = kAck | kPsh}, big);
+    Offload o = make_partial(g, 14, 34, 16, false);
+    o.gso = Offload::Gso::Tcp4;
+    o.gso_size = 1000;
+    o.hdr_len = 54;
+    ASSERT_TRUE(send_bytes(*t.tap, g, o));
+    EXPECT_EQ(read_n(conn.get(), big.size()), big);
+    t.tap->set_receiver(nullptr);
+}
+
 TEST(Tap, RejectsBadNamesAndOffsets) {
     BackendConfig c;
     c.kind = "tap";
