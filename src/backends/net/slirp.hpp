@@ -15,7 +15,8 @@
 //
 // TX (send, any thread): slirp checks every checksum, so send() completes needs_csum frames and
 // cuts GSO frames into MSS-sized ones in software (offload.hpp), on the caller's thread, and
-// copies the resulting frames into a bounded queue (kMaxQueuedFrames frames, kMaxQueuedBytes
+// copies the resulting frames into a bounded queue (never blocking but for the queue's leaf
+// lock) (kMaxQueuedFrames frames, kMaxQueuedBytes
 // bytes; all the segments of one frame or none). A full queue drops the frame: Errc::Busy and
 // tx_dropped. Hence capabilities() says tx_csum and tx_tso.
 // RX (send_packet callback, on the slirp thread): each frame goes to Receiver::receive at once
@@ -26,8 +27,9 @@
 // thread but the slirp thread (not from inside Receiver calls). Locks, both leaves with
 // respect to each other: tx_mu_ (the queue) is held only to push or take frames; rx_mu_ is
 // held while the slirp thread calls the Receiver (so set_receiver, which takes it, waits
-// until no such call is running): rx_mu_ comes before the receiver's own locks. The
-// destructor stops and joins the thread.
+// until no such call is running): rx_mu_ comes before the receiver's own locks. Blocking:
+// make_slirp_backend (waits for the thread to start), set_receiver (for a call into the
+// receiver to end) and the destructor (stops and joins the thread).
 #pragma once
 
 #include <memory>

@@ -25,6 +25,7 @@
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
 #include "common/thread_annotations.hpp"
+#include "common/wire.hpp"
 
 namespace enlighten::net {
 namespace {
@@ -46,7 +47,10 @@ struct VnetHdr {
     uint16_t csum_offset;  // 8
     uint16_t num_buffers;  // 10
 };
-static_assert(sizeof(VnetHdr) == kTapVnetHdrSize);
+ENL_WIRE(VnetHdr, kTapVnetHdrSize);
+ENL_WIRE_OFFSET(VnetHdr, hdr_len, 2);
+ENL_WIRE_OFFSET(VnetHdr, csum_start, 6);
+ENL_WIRE_OFFSET(VnetHdr, num_buffers, 10);
 static_assert(std::endian::native == std::endian::little, "the tap's vnet header is little-endian here");
 
 // The largest frame read from the tap: its MTU may be up to 65535, plus an Ethernet header

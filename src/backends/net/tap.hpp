@@ -30,8 +30,10 @@
 // Threads and locks: send(), status(), capabilities(), set_mtu() from any thread;
 // set_receiver from any thread but the reader (never from inside Receiver calls). rx_mu_ is
 // held while the reader calls the Receiver (so set_receiver waits for such a call to end);
-// it comes before the receiver's own locks. send() takes no lock (writev on the tap is
-// atomic per frame). The destructor stops and joins the reader, then closes the tap.
+// it comes before the receiver's own locks. send() takes no lock and never blocks (writev on
+// the non-blocking tap, atomic per frame). Blocking: make_tap_backend (ioctls), set_mtu (an
+// ioctl), set_receiver (for a call into the receiver to end), the destructor (stops and joins
+// the reader, then closes the tap).
 #pragma once
 
 #include <memory>
