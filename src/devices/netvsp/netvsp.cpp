@@ -77,6 +77,7 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
         std::vector<uint32_t> pending_sections;
         std::map<uint64_t, std::vector<uint32_t>> outstanding;  // type-7 trans_id -> sections
         uint32_t held = 0;  // sections pending or outstanding
+        bool flush_blocked = false;  // a flush found the ring full: the worker retries on room
     };
 
     Impl(NicOptions o, std::unique_ptr<net::Backend> b) : opt(std::move(o)), backend(std::move(b)), rx(*this) {
@@ -742,7 +743,8 @@ void Nic::Impl::rx_completion(uint16_t index, const vmbus::PacketView& p) {
 
 void Nic::Impl::on_room(uint16_t index) {
     LockGuard lock(mu_);
-    if (Chan* c = chans_[index].get()) flush_locked(*c);
+    // Only a flush that found no room is retried here: the backend's flush() ends its bursts.
+    if (Chan* c = chans_[index].get(); c && c->flush_blocked) flush_locked(*c);
     if (index == 0) pump_control_locked();
 }
 
@@ -862,6 +864,7 @@ void Nic::Impl::flush() {
 
 // One type-7 packet per kMaxRangesPerPacket pending ranges (§4.3).
 void Nic::Impl::flush_locked(Chan& c) {
+    c.flush_blocked = false;
     while (!c.pending.empty() && recv_) {
         const size_t n = std::min<size_t>(c.pending.size(), kMaxRangesPerPacket);
         const NvspRndisPacket m{nvsp::kSendRndisPkt, nvsp::kChannelData, nvsp::kNoSection, 0};
@@ -869,7 +872,10 @@ void Nic::Impl::flush_locked(Chan& c) {
         const uint64_t tid = next_tid_;
         auto r = c.q->send(vmbus::OutPacket::xfer_pages(tid, recv_id_, std::span(c.pending.data(), n), std::span(&iov, 1)));
         if (!r) {
-            if (r.error().code() == Errc::Busy) return;  // the worker flushes once the guest made room
+            if (r.error().code() == Errc::Busy) {
+                c.flush_blocked = true;  // the worker flushes once the guest made room
+                return;
+            }
             // Closed (or a programming error): these sections are never announced.
             for (uint32_t s : c.pending_sections) free_.push_back(s);
             c.held -= std::min<uint32_t>(c.held, static_cast<uint32_t>(c.pending.size()));
