@@ -313,7 +313,9 @@ const std::array<uint8_t, kRssKeySize> kDefaultRssKey = {
     0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa};
 
 uint32_t toeplitz(std::span<const uint8_t> key, std::span<const uint8_t> input) {
-    auto key_bit = [&](size_t i) -> uint32_t { return i / 8 < key.size() ? (key[i / 8] >> (7 - i % 8)) & 1 : 0; };
+    auto key_bit = [&](size_t i) -> uint32_t {
+        return i / 8 < key.size() ? static_cast<uint32_t>(key[i / 8] >> (7 - i % 8)) & 1u : 0u;
+    };
     uint32_t window = 0;
     for (size_t i = 0; i < 32; ++i) window = window << 1 | key_bit(i);
     uint32_t result = 0;
