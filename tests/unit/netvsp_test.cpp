@@ -634,7 +634,8 @@ TEST(NetvspRndis, WalkAcrossSegmentsAndHostileStreams) {
     h = at<RndisPacket>(m, 0);
     h.ppi_len = 40;
     std::memcpy(m.data(), &h, sizeof(h));
-    EXPECT_FALSE(parse_tx_packet(SgSource(std::span(&mi, 1)), 0, static_cast<uint32_t>(m.size())));
+    const iovec mi2{m.data(), m.size()};
+    EXPECT_FALSE(parse_tx_packet(SgSource(std::span(&mi2, 1)), 0, static_cast<uint32_t>(m.size())));
 }
 
 TEST(NetvspRndis, PpiWalkChecks) {

@@ -95,6 +95,9 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
         chans_.resize(kMaxChannels);
     }
 
+    // The last reference: the backend must not keep a pointer into this.
+    ~Impl() { backend->set_receiver(nullptr); }
+
     // --- control loop ---
     void open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::ChannelQueue> q, vmbus::OpenDone done);
     void close(uint16_t index, vmbus::CloseDone done);
@@ -159,6 +162,7 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
     bool want_room_ ENL_GUARDED_BY(mu_) = false;
     bool receiver_wanted_ ENL_GUARDED_BY(mu_) = false;
     bool receiver_update_posted_ ENL_GUARDED_BY(mu_) = false;
+    bool dead_ ENL_GUARDED_BY(mu_) = false;  // the Nic is gone: never hand out the receiver again
     std::vector<uint8_t> rx_scratch_ ENL_GUARDED_BY(mu_);
 };
 
@@ -338,7 +342,7 @@ void Nic::Impl::apply_receiver() {
     {
         LockGuard lock(mu_);
         receiver_update_posted_ = false;
-        want = receiver_wanted_;
+        want = receiver_wanted_ && !dead_;
     }
     backend->set_receiver(want ? &rx : nullptr);
 }
@@ -905,6 +909,10 @@ Nic::Nic(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Nic::~Nic() {
     for (auto& w : impl_->workers_)
         if (w) w->stop();
+    {
+        LockGuard lock(impl_->mu_);
+        impl_->dead_ = true;
+    }
     impl_->backend->set_receiver(nullptr);
 }
 
