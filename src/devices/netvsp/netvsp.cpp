@@ -80,23 +80,10 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
         bool flush_blocked = false;  // a flush found the ring full: the worker retries on room
     };
 
-    Impl(NicOptions o, std::unique_ptr<net::Backend> b) : opt(std::move(o)), backend(std::move(b)), rx(*this) {
-        caps = backend->capabilities();
-        if (caps.tx_tso && !caps.tx_csum) caps.tx_tso = false;  // TSO needs the checksum offload
-        offer.name = opt.name;
-        offer.class_id = vmbus::Guid::parse(kNicClass);
-        offer.instance_id = opt.instance;
-        offer.max_packet_to_guest = kMaxPacketToGuest;
-        offer.max_packet_from_guest = 8192;
-        room_fd_ = UniqueFd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-        LockGuard lock(mu_);
-        mac_ = opt.mac;
-        link_up_ = opt.link_up;
-        chans_.resize(kMaxChannels);
-    }
+    Impl(NicOptions o, std::unique_ptr<net::Backend> b);
 
     // The last reference: the backend must not keep a pointer into this.
-    ~Impl() { backend->set_receiver(nullptr); }
+    ~Impl();
 
     // --- control loop ---
     void open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::ChannelQueue> q, vmbus::OpenDone done);
@@ -138,7 +125,7 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
     RxPort rx;
     UniqueFd room_fd_;
     // Control loop only.
-    std::vector<std::unique_ptr<Worker>> workers_ = std::vector<std::unique_ptr<Worker>>(kMaxChannels);
+    std::vector<std::unique_ptr<Worker>> workers_;  // by channel index
 
     mutable Mutex mu_;
     vmbus::DeviceResources res_ ENL_GUARDED_BY(mu_);
@@ -243,6 +230,28 @@ private:
 };
 
 // ---------------------------------------------------------------------------- lifecycle
+
+Nic::Impl::Impl(NicOptions o, std::unique_ptr<net::Backend> b) : opt(std::move(o)), backend(std::move(b)), rx(*this) {
+    caps = backend->capabilities();
+    if (caps.tx_tso && !caps.tx_csum) caps.tx_tso = false;  // TSO needs the checksum offload
+    offer.name = opt.name;
+    offer.class_id = vmbus::Guid::parse(kNicClass);
+    offer.instance_id = opt.instance;
+    offer.max_packet_to_guest = kMaxPacketToGuest;
+    offer.max_packet_from_guest = 8192;
+    room_fd_ = UniqueFd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    workers_.resize(kMaxChannels);
+    LockGuard lock(mu_);
+    mac_ = opt.mac;
+    link_up_ = opt.link_up;
+    chans_.resize(kMaxChannels);
+}
+
+Nic::Impl::~Impl() {
+    for (auto& w : workers_)
+        if (w) w->stop();
+    backend->set_receiver(nullptr);
+}
 
 void Nic::Impl::open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::ChannelQueue> q, vmbus::OpenDone done) {
     const GuestMemory* mem = nullptr;
