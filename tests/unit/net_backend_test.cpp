@@ -641,9 +641,9 @@ TEST_F(SlirpFixture, AnswersArpForTheGateway) {
     arp_gateway();
     EXPECT_EQ(backend->capabilities().tx_csum, true);
     EXPECT_EQ(backend->capabilities().tx_tso, true);
-    // The reply reached the receiver; the burst's flush comes at the end of slirp's poll
-    // round, a moment later.
-    for (int i = 0; i < 200 && rx.flushes() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // The counters and the flush come after receive() returned: wait for them.
+    for (int i = 0; i < 250 && (backend->status().rx_packets == 0 || rx.flushes() == 0); ++i)
+        std::this_thread::sleep_for(20ms);
     const BackendStatus s = backend->status();
     EXPECT_EQ(s.kind, "slirp");
     EXPECT_GE(s.tx_packets, 1u);
@@ -777,7 +777,7 @@ TEST_F(SlirpFixture, DropsWithoutReceiverOrRoomAndRejectsBadFrames) {
     start();
     rx.set_refuse(true);
     ASSERT_TRUE(send_bytes(*backend, arp_request(kGuestMac, kGuestIp, kGatewayIp)));
-    for (int i = 0; i < 100 && rx.refused() == 0; ++i) std::this_thread::sleep_for(20ms);
+    for (int i = 0; i < 250 && backend->status().rx_dropped == 0; ++i) std::this_thread::sleep_for(20ms);
     EXPECT_GE(rx.refused(), 1u);
     EXPECT_GE(backend->status().rx_dropped, 1u);
 
