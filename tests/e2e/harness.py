@@ -262,6 +262,7 @@ class _Run:
     script: str | None = None       # scenario: shell script (with SCENARIO_LIB)
     cpus: int = 1
     tools: bool = False             # the guest image's disk-tools layer (mkfs, fio, ...)
+    net: bool = False               # the guest image's network-tools layer (iperf3, ethtool)
     # scenario: more files, NAME -> local path (or a function giving it, called when the session
     # runs); the script finds each at $NAME (carried into the test host)
     files: dict[str, Path | Callable[[], Path]] = field(default_factory=dict)
@@ -277,8 +278,11 @@ class Session:
     output there is. A run's exit status is for the test to judge."""
 
     def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None,
-                 host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB) -> None:
+                 host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB,
+                 host_net_tools: bool = False) -> None:
+        """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3)."""
         self.name = name
+        self.host_net_tools = host_net_tools
         self.host_memory_mib = host_memory_mib
         self.host_cpus = host_cpus  # default: 2 with parallel lanes, else what the largest guest has (max 2)
         self.notes: list[str] = []
@@ -301,26 +305,29 @@ class Session:
     def boot(self, key: str, *, cpus: int = 1, memory: str = "512M", job: str | None = None,
              cmdline: str = QUIET_CMDLINE, on_reboot: str | None = "exit",
              stop_after: StopAfter | None = None, timeout: float = BOOT_TIMEOUT,
-             extra_args: list[str] | None = None, binary: Path | None = None) -> None:
-        """`enlighten run` with the default guest (and `job` as its /job): as GuestTestCase.boot."""
+             extra_args: list[str] | None = None, binary: Path | None = None,
+             net: bool = False) -> None:
+        """`enlighten run` with the default guest (and `job` as its /job): as GuestTestCase.boot.
+        `net`: the guest has the network tools (iperf3, ethtool)."""
         args = ["--cmdline", cmdline, "--memory", memory, "--cpus", str(cpus), "--serial", "stdio"]
         if on_reboot:
             args += ["--on-reboot", on_reboot]
         args += extra_args or []
         self._add(_Run(key, timeout, job=job, binary=binary or BINARY, argv_tail=args,
-                       stop_after=stop_after, cpus=cpus))
+                       stop_after=stop_after, cpus=cpus, net=net))
 
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
-                 timeout: float = 300, tools: bool = False,
+                 timeout: float = 300, tools: bool = False, net: bool = False,
                  files: dict[str, Path | Callable[[], Path]] | None = None) -> None:
-        """A shell script with SCENARIO_LIB, as run_scenario(); `tools`: the guest has the
-        disk tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
+        """A shell script with SCENARIO_LIB, as run_scenario(); `tools`, `net`: the guest has
+        the disk tools, the network tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
         returning it, called when the session runs, e.g. to build an image): $NAME in the
         script is that file (carried into the test host)."""
         for name in files or {}:
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
-        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, files=dict(files or {})))
+        self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, net=net,
+                       files=dict(files or {})))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -372,8 +379,8 @@ class Session:
             return
         img = image()
         for run in runnable:  # one at a time: make_run_initrd's temporary file is per process
-            run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools)
-                          if run.job is not None or run.tools else img.initrd)
+            run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools, net=run.net)
+                          if run.job is not None or run.tools or run.net else img.initrd)
             run.files = {name: Path(f() if callable(f) else f) for name, f in run.files.items()}
         self.runner = testhost.choose_runner()
         # If the test host stops answering (it has been seen to hang under heavy load), the
@@ -460,7 +467,8 @@ class Session:
             try:
                 res = testhost.run_command(master, files=files or None, cpus=host_cpus, timeout=budget + 120,
                                            runner=runner, idle_timeout=longest + 90, tb_size_mib=64,
-                                           memory_mib=self.host_memory_mib)
+                                           memory_mib=self.host_memory_mib,
+                                           layers=[testhost.net_tools_layer()] if self.host_net_tools else ())
                 output, problem = res.output, ""
             except testhost.ToolError as e:  # TestHostTimeout/TestHostError/CommandTimeout
                 output, problem = getattr(e, "output", ""), f"{type(e).__name__}: {str(e).splitlines()[0]}"

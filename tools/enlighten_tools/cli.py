@@ -36,10 +36,11 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 def cmd_guest_image(a: argparse.Namespace) -> int:
     base = guest_image.build(force=a.force)
     kernel, initrd = base.kernel, base.initrd
-    if a.job or a.add or a.tools:
+    if a.job or a.add or a.tools or a.net:
         out = Path(a.out) / "initrd.img" if a.out else None
         initrd = guest_image.make_run_initrd(job=Path(a.job) if a.job else None,
-                                             files=a.add, out=out, base=base, tools=a.tools)
+                                             files=a.add, out=out, base=base, tools=a.tools,
+                                             net=a.net)
     if a.out:
         out_dir = Path(a.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra file for the guest (repeatable)")
     s.add_argument("--tools", action="store_true",
                    help="with the disk tools (mkfs, fsck, lsblk, fio, sg3-utils...)")
+    s.add_argument("--net", action="store_true", help="with the network tools (iperf3, ethtool)")
     s.add_argument("--out", metavar="DIR", help="copy bzImage and initrd.img into DIR")
     s.add_argument("--force", action="store_true", help="rebuild the base image")
     s.set_defaults(func=cmd_guest_image)

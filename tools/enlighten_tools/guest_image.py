@@ -19,10 +19,22 @@ content (a /job script and files) goes into a third small cpio: make_run_initrd(
 
 /init output contract (see INIT_SCRIPT):
     ENLIGHTEN-INIT uptime=<seconds>      as soon as /proc is mounted
+    ENLIGHTEN-NET eth0 <addr/len>|no address mac <mac> driver <driver> (<how>, <s> s)
+                                         when the guest has an eth0 (before the job)
     ENLIGHTEN-JOB-EXIT <status>          after `sh /job`, if /job exists
     ENLIGHTEN-POWEROFF-FAILED            if `poweroff -f` returned (then it idles)
 Kernel command line option `enlighten.modules=a,b,...` makes /init modprobe those
 modules (after the marker, before the job).
+
+Network: when there is an eth0 (hv_netvsc, or virtio_net under QEMU; /init waits up to 2 s
+for it only when one of those drivers is loaded), /init brings it up and configures it
+before the job: by default with DHCP (`udhcpc -i eth0 -n -q -t 5 -T 1`, at most about 5 s;
+UDHCPC_SCRIPT sets address, default route and /etc/resolv.conf), with
+`enlighten.net=ADDR/LEN[,GATEWAY]` statically, with `enlighten.net=off` not at all (left
+down). It prints ENLIGHTEN-NET and a "net:" line in the summary.
+
+The network tools (iperf3, ethtool; userland.NET_PROGRAMS, about 6 MiB with libcrypto) are
+a third layer, net.cpio.gz: make_run_initrd(net=True), `enlighten-tools guest-image --net`.
 """
 
 from __future__ import annotations
@@ -52,6 +64,8 @@ GUEST_MODULES = [
     "sd_mod", "sr_mod", "cdrom", "isofs",
     # the same disks from QEMU, for the side-by-side storage benchmark (bench/storage.py)
     "virtio_pci", "virtio_blk", "virtio_scsi",
+    # QEMU's virtio-net, for the side-by-side network benchmark (bench/net.py)
+    "virtio_net",
 ]
 HV_DAEMONS = ["hv_kvp_daemon", "hv_vss_daemon", "hv_fcopy_daemon"]
 
@@ -60,6 +74,30 @@ JOB_EXIT_MARKER = "ENLIGHTEN-JOB-EXIT"
 POWEROFF_FAILED_MARKER = "ENLIGHTEN-POWEROFF-FAILED"
 SHUTDOWN_MARKER = "ENLIGHTEN-SHUTDOWN-REQUESTED"
 SERVICES_MARKER = "ENLIGHTEN-SERVICES-READY"
+NET_MARKER = "ENLIGHTEN-NET"
+
+# busybox udhcpc's event script (its compiled-in default path, in both busyboxes):
+# address, default route and resolv.conf from the lease. `mask` is the prefix length.
+UDHCPC_SCRIPT_PATH = "/etc/udhcpc/default.script"
+UDHCPC_SCRIPT = r"""#!/bin/busybox-static sh
+# udhcpc event script of the Enlighten default guest (tools/enlighten_tools/guest_image.py).
+case "$1" in
+deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" broadcast "${broadcast:-+}" dev "$interface"
+    while ip route del default dev "$interface" 2>/dev/null; do :; done
+    for r in $router; do ip route add default via "$r" dev "$interface" && break; done
+    : > /etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+"""
 
 OS_RELEASE = """PRETTY_NAME="Enlighten default guest (Debian 12 kernel, busybox)"
 NAME="Enlighten default guest"
@@ -130,6 +168,40 @@ if has_arg enlighten.services; then
     echo "ENLIGHTEN-SERVICES-READY uptime=$up"
 fi
 
+# The network: eth0, if there is one (see the module docstring).
+net_line=
+if [ -d /sys/module/hv_netvsc ] || [ -d /sys/module/virtio_net ]; then
+    # the vmbus offer (or the PCI probe) may still be on its way when modprobe returns
+    for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+        [ -e /sys/class/net/eth0 ] && break
+        sleep 0.1
+    done
+    [ -e /sys/class/net/eth0 ] || net_line="none (a NIC driver is loaded, but there is no eth0)"
+fi
+if [ -e /sys/class/net/eth0 ]; then
+    read -r t0 _ < /proc/uptime
+    how=dhcp
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in enlighten.net=*) how=${arg#enlighten.net=} ;; esac
+    done
+    case "$how" in
+    off) ;;
+    dhcp)
+        ip link set eth0 up
+        udhcpc -i eth0 -s /etc/udhcpc/default.script -n -q -t 5 -T 1 >/dev/null 2>&1 ;;
+    *)
+        ip link set eth0 up
+        ip addr add "${how%%,*}" dev eth0
+        case "$how" in *,*) ip route add default via "${how#*,}" dev eth0 ;; esac ;;
+    esac
+    read -r t1 _ < /proc/uptime
+    addr=$(ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9./]*\).*/\1/p' | head -n 1)
+    read -r mac < /sys/class/net/eth0/address
+    drv=$(readlink /sys/class/net/eth0/device/driver); drv=${drv##*/}
+    net_line="eth0 ${addr:-no address} mac $mac driver ${drv:-none} ($how, $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }") s)"
+fi
+[ -n "$net_line" ] && echo "ENLIGHTEN-NET $net_line"
+
 if [ -f /job ]; then
     /bin/sh /job   # Debian's busybox sh: commands found through PATH (see STATIC_APPLETS)
     echo "ENLIGHTEN-JOB-EXIT $?"
@@ -141,6 +213,7 @@ else
     echo "  cpus:       $(grep -c '^processor' /proc/cpuinfo)"
     echo "  memory:     $(sed -n 's/^MemTotal: *//p' /proc/meminfo) (MemTotal)"
     echo "  cmdline:    $(cat /proc/cmdline)"
+    [ -n "$net_line" ] && echo "  net:        $net_line"
     if [ -d /sys/bus/vmbus/devices ]; then
         echo "  vmbus devices:"
         # Builtins where possible (a command substitution only for a bound driver): a fork
@@ -191,6 +264,7 @@ class GuestImage:
     kernel: Path
     initrd: Path                 # the base: busybox, modules, hyperv-daemons, /init
     tools: Path | None = None    # the disk-tools layer, appended by make_run_initrd(tools=True)
+    net: Path | None = None      # the network-tools layer, appended by make_run_initrd(net=True)
 
 
 def _guest_dir() -> Path:
@@ -292,7 +366,7 @@ def _daemon_paths(hvd_root: Path) -> list[tuple[str, Path]]:
 
 
 def build(force: bool = False) -> GuestImage:
-    """Build (or reuse) <cache>/guest/{bzImage,initrd.img,tools.cpio.gz}."""
+    """Build (or reuse) <cache>/guest/{bzImage,initrd.img,tools.cpio.gz,net.cpio.gz}."""
     kern = debian.kernel()
     busybox = debian.busybox()
     hvd = debian.hyperv_daemons()
@@ -301,18 +375,22 @@ def build(force: bool = False) -> GuestImage:
     # the disk tools (userland.GUEST_PROGRAMS); the tools layer is what the base lacks.
     base_user = userland.collect(extra_programs=daemons, programs_of=userland.BASE_PROGRAMS, data=[])
     user = userland.collect(extra_programs=daemons)
+    # The network tools: the base plus userland.NET_PROGRAMS; the layer is what the base lacks.
+    net_user = userland.collect(extra_programs=daemons, data=[],
+                                programs_of=userland.BASE_PROGRAMS + userland.NET_PROGRAMS)
     key = sha256_text(
-        "guest-image-v4", _sources_hash(), sha256_file(kern.deb), sha256_file(busybox),
-        *[f"{dst}={sha256_file(src)}:{perm:o}" for dst, src, perm in user.files],
-        *[f"{path}->{target}" for path, target in user.symlinks],
+        "guest-image-v5", _sources_hash(), sha256_file(kern.deb), sha256_file(busybox),
+        *[f"{dst}={sha256_file(src)}:{perm:o}" for u in (user, net_user) for dst, src, perm in u.files],
+        *[f"{path}->{target}" for u in (user, net_user) for path, target in u.symlinks],
         *user.inputs,
         ",".join(GUEST_MODULES),
     )
     gdir = _guest_dir()
-    image = GuestImage(gdir / "bzImage", gdir / "initrd.img", gdir / "tools.cpio.gz")
+    image = GuestImage(gdir / "bzImage", gdir / "initrd.img", gdir / "tools.cpio.gz", gdir / "net.cpio.gz")
     stamp = gdir / "inputs.sha256"
     if (not force and stamp.is_file() and stamp.read_text().strip() == key
-            and image.kernel.is_file() and image.initrd.is_file() and image.tools.is_file()):
+            and image.kernel.is_file() and image.initrd.is_file() and image.tools.is_file()
+            and image.net.is_file()):
         return image
 
     log(f"building guest image from {kern.package} ({kern.version})")
@@ -330,6 +408,7 @@ def build(force: bool = False) -> GuestImage:
     arc.add_bytes("/etc/os-release", OS_RELEASE, perm=0o644)
     arc.add_bytes("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 enlighten-guest.localdomain enlighten-guest\n", perm=0o644)
     arc.add_bytes("/etc/acpi/PWRF/00000080", ACPID_POWER_SCRIPT, perm=0o755)
+    arc.add_bytes(UDHCPC_SCRIPT_PATH, UDHCPC_SCRIPT, perm=0o755)
     arc.add_dir("/var/lib/hyperv")
 
     # The disk-tools layer: a second cpio that the kernel unpacks over the base (an entry
@@ -351,18 +430,29 @@ def build(force: bool = False) -> GuestImage:
         path, name = "/" + rel, os.path.basename(rel)
         if name in real and path not in tools and name not in STATIC_APPLETS:
             tools.add_symlink(path, real[name])
+    # The network-tools layer (no busybox applet has these names).
+    net = CpioArchive()
+    for dst, src, perm in net_user.files:
+        if dst not in in_base:
+            net.add_file(dst, src, perm=perm)
+    for path, target in net_user.symlinks:
+        if path not in in_base:
+            net.add_symlink(path, target)
     arc.write(image.initrd, compress=True)
     tools.write(image.tools, compress=True)
+    net.write(image.net, compress=True)
     tmp = gdir / f".bzImage.tmp{os.getpid()}"
     shutil.copyfile(kern.vmlinuz, tmp)
     os.replace(tmp, image.kernel)
     atomic_write_bytes(gdir / "initrd.list", ("\n".join("/" + p for p in arc.paths()) + "\n").encode())
     atomic_write_bytes(gdir / "tools.list", ("\n".join("/" + p for p in tools.paths()) + "\n").encode())
+    atomic_write_bytes(gdir / "net.list", ("\n".join("/" + p for p in net.paths()) + "\n").encode())
     atomic_write_bytes(stamp, (key + "\n").encode())
     libs = sorted(set(user.libraries.values()))
     log(f"guest image: {image.kernel} + {image.initrd} ({image.initrd.stat().st_size // 1024} KiB; "
         f"modules: {', '.join(mods)}) + disk tools {image.tools} ({image.tools.stat().st_size // 1024} KiB; "
-        f"libraries from {', '.join(libs)}; stubs: {', '.join(user.stubs)})")
+        f"libraries from {', '.join(libs)}; stubs: {', '.join(user.stubs)}) + network tools {image.net} "
+        f"({image.net.stat().st_size // 1024} KiB: {', '.join(p.path for p in userland.NET_PROGRAMS)})")
     return image
 
 
@@ -391,24 +481,26 @@ def make_run_initrd(job: str | os.PathLike | None = None,
                     files: list[tuple[str | os.PathLike, str]] | None = None,
                     out: Path | str | None = None,
                     base: GuestImage | None = None,
-                    tools: bool = False) -> Path:
-    """A per-run initrd: the base initrd.img, with `tools` the disk-tools layer, then an
-    extra cpio with /job and `files` (see write_extra_cpio). The base image is not rebuilt.
+                    tools: bool = False, net: bool = False) -> Path:
+    """A per-run initrd: the base initrd.img, with `tools` the disk-tools layer, with `net`
+    the network-tools layer, then an extra cpio with /job and `files` (see write_extra_cpio).
+    The base image is not rebuilt.
 
     out: where to write it; by default <cache>/guest/runs/<hash of content>.img
     (content-addressed, so repeating a run reuses the file)."""
     base = base or build()
     if tools and base.tools is None:
         raise ToolError("this guest image has no disk-tools layer")
-    layers = [base.initrd] + ([base.tools] if tools else [])
+    if net and base.net is None:
+        raise ToolError("this guest image has no network-tools layer")
+    layers = [base.initrd] + ([base.tools] if tools else []) + ([base.net] if net else [])
     runs = _guest_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     extra = runs / f".extra-{os.getpid()}.cpio.gz"
     try:
         write_extra_cpio(extra, job, files)
         if out is None:
-            key = sha256_text(sha256_file(base.initrd), sha256_file(base.tools) if layers[1:] else "",
-                              sha256_file(extra))[:24]
+            key = sha256_text(*(sha256_file(layer) for layer in layers), sha256_file(extra))[:24]
             out = runs / f"{key}.img"
             if out.is_file():
                 return out

@@ -8,12 +8,20 @@ unmodified Linux guests boot. See /work/shared/test-host.md for measurements.
 Python API
 ----------
 run_in_testhost(command, files={dst_in_host: src_here}, cpus=1, memory_mib=3072,
-                timeout=300, stream=False, separate_stderr=False, idle_timeout=None) -> RunResult
+                timeout=300, stream=False, separate_stderr=False, idle_timeout=None,
+                layers=()) -> RunResult
     Boot the test host, run `sh /run.sh` (holding `command`) with stdout+stderr on the
     console, return what it printed and its exit status (idle_timeout: give up after that
     many seconds without console output, e.g. a hung test host). Every carried file that is a
     dynamically linked ELF program gets the libraries `ldd` lists for it carried too
-    (at the same absolute paths). Raises TestHostTimeout / TestHostError.
+    (at the same absolute paths). `layers`: more cpio archives unpacked over the host's
+    base before the run's files, e.g. net_tools_layer(). Raises TestHostTimeout / TestHostError.
+
+net_tools_layer() -> Path
+    The test host's network tools, a cached cpio.gz for `layers`: Debian's iperf3 (for the
+    network benchmark and tests) with its libraries. The base image always has busybox's
+    ip, tunctl (a persistent tap: `tunctl -t tap0`), brctl, nc, httpd, udhcpd, and the
+    modules tun and vhost_net (not loaded: `modprobe tun`, `modprobe vhost_net`).
 
 run_direct(argv, timeout, stream, separate_stderr) -> RunResult
     The same on this machine, with subprocess.
@@ -63,6 +71,9 @@ from .guest_image import add_base_dirs, add_busybox
 from .kmod import ModuleTree
 
 HOST_MODULES = ["kvm-amd"]  # plus dependencies: irqbypass, kvm
+# In the image but loaded only by the scripts that need them (modprobe): taps for the tap
+# network backend, vhost-net for QEMU's comparison runs.
+HOST_NET_MODULES = ["tun", "vhost_net"]
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
 DEFAULT_HOST_MEMORY_MIB = 3072
 READY = b"TESTHOST-READY"
@@ -86,6 +97,8 @@ mount -t devpts devpts /dev/pts
 # Let the console pass bytes through unchanged (no \n -> \r\n).
 stty -opost 2>/dev/null
 hostname testhost
+# loopback up: user-mode networking (slirp) reaches the host's services at 127.0.0.1
+ip link set lo up
 ok=1
 for m in @MODULES@; do
     insmod "$m" || { echo "TESTHOST-ERROR insmod $m failed"; ok=0; }
@@ -213,7 +226,7 @@ def host_image(force: bool = False) -> HostImage:
     busybox = debian.busybox()
     here = Path(__file__).parent
     src_hash = sha256_text(*((here / n).read_bytes() for n in ("testhost.py", "cpio.py", "kmod.py")))
-    key = sha256_text("testhost-v1", src_hash, sha256_file(kern.deb), sha256_file(busybox))
+    key = sha256_text("testhost-v2", src_hash, sha256_file(kern.deb), sha256_file(busybox))
     hdir = _host_dir()
     img = HostImage(kern.vmlinuz, hdir / "base.cpio.gz")
     stamp = hdir / "inputs.sha256"
@@ -231,11 +244,44 @@ def host_image(force: bool = False) -> HostImage:
         dst = f"/lib/modules/{tree.version}/{tree.rel(m)}"
         arc.add_file(dst, tree.path(m), perm=0o644)
         paths.append(dst)
-    arc.add_bytes(f"/lib/modules/{tree.version}/modules.dep", tree.modules_dep(HOST_MODULES))
+    for m in tree.load_order(HOST_NET_MODULES):
+        if m not in order:
+            arc.add_file(f"/lib/modules/{tree.version}/{tree.rel(m)}", tree.path(m), perm=0o644)
+    arc.add_bytes(f"/lib/modules/{tree.version}/modules.dep",
+                  tree.modules_dep(HOST_MODULES + HOST_NET_MODULES))
     arc.add_bytes("/init", HOST_INIT_TEMPLATE.replace("@MODULES@", " ".join(paths)), perm=0o755)
     arc.write(img.base_initrd, compress=True)
     atomic_write_bytes(stamp, (key + "\n").encode())
     return img
+
+
+# Debian programs (with their libraries from Debian packages, userland.collect) for the
+# network benchmark and tests.
+HOST_NET_PROGRAMS = [("iperf3", "usr/bin/iperf3")]
+
+
+def net_tools_layer(force: bool = False) -> Path:
+    """<cache>/testhost/net-tools.cpio.gz: HOST_NET_PROGRAMS and their libraries, for
+    run_in_testhost(layers=[...]). Built once per content."""
+    from . import userland
+    progs = [userland.Program(pkg, path) for pkg, path in HOST_NET_PROGRAMS]
+    u = userland.collect(programs_of=progs, data=[])
+    key = sha256_text("testhost-net-v1", *[f"{dst}={sha256_file(src)}:{perm:o}" for dst, src, perm in u.files],
+                      *[f"{path}->{target}" for path, target in u.symlinks])
+    out = _host_dir() / "net-tools.cpio.gz"
+    stamp = _host_dir() / "net-tools.sha256"
+    if not force and out.is_file() and stamp.is_file() and stamp.read_text().strip() == key:
+        return out
+    arc = CpioArchive()
+    for dst, src, perm in u.files:
+        arc.add_file(dst, src, perm=perm)
+    for path, target in u.symlinks:
+        if path != "/etc/mtab":
+            arc.add_symlink(path, target)
+    arc.write(out, compress=True)
+    atomic_write_bytes(stamp, (key + "\n").encode())
+    log(f"test host network tools: {out} ({out.stat().st_size // 1024} KiB)")
+    return out
 
 
 def _is_dynamic_elf(path: str) -> bool:
@@ -437,7 +483,8 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
                     cpus: int = 1, memory_mib: int = DEFAULT_HOST_MEMORY_MIB,
                     timeout: float = 300, stream: bool = False,
                     separate_stderr: bool = False, idle_timeout: float | None = None,
-                    tb_size_mib: int | None = None) -> RunResult:
+                    tb_size_mib: int | None = None,
+                    layers: list[Path] | tuple[Path, ...] = ()) -> RunResult:
     """Boot the test host and run `command` (busybox sh) in it.
 
     files: {absolute path in the host: path on this machine}. Dynamically linked ELF
@@ -446,6 +493,7 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
     idle_timeout: QEMU is also killed (TestHostTimeout) after that many seconds without
     any console output, e.g. when the test host hangs.
     tb_size_mib: see qemu_command (for a test host that runs many guests).
+    layers: cpio archives (gzip'd or not) unpacked after the base, before the run's files.
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise ToolError("qemu-system-x86_64 not found (install qemu-system-x86; scripts/setup does)")
@@ -472,7 +520,7 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
         extra = tmpdir / "run.cpio"
         arc.write(extra, compress=False)  # uncompressed: faster to unpack under TCG
         initrd = tmpdir / "initrd.img"
-        concatenate(initrd, img.base_initrd, extra)
+        concatenate(initrd, img.base_initrd, *layers, extra)
         extra.unlink()
         # `timeout` guards against this Python process dying; our own deadline is shorter.
         qemu = ["timeout", "-s", "KILL", str(int(timeout) + 30)] + \
@@ -690,11 +738,13 @@ def run_enlighten(enlighten_args: list[str | Carry], *,
 def run_command(command: str, *, files: dict[str, str] | None = None, cpus: int = 1,
                 timeout: float = 300, stream: bool = False, runner: str | None = None,
                 idle_timeout: float | None = None, tb_size_mib: int | None = None,
-                memory_mib: int = DEFAULT_HOST_MEMORY_MIB) -> RunResult:
+                memory_mib: int = DEFAULT_HOST_MEMORY_MIB,
+                layers: list[Path] | tuple[Path, ...] = ()) -> RunResult:
     """Run a shell command with a working /dev/kvm (direct: `sh -c` here). idle_timeout,
-    tb_size_mib, memory_mib: see run_in_testhost (test host only)."""
+    tb_size_mib, memory_mib, layers: see run_in_testhost (test host only)."""
     runner = runner or choose_runner()
     if runner == "direct":
         return run_direct(["sh", "-c", command], timeout=timeout, stream=stream)
     return run_in_testhost(command, files=files, cpus=cpus, timeout=timeout, stream=stream,
-                           idle_timeout=idle_timeout, tb_size_mib=tb_size_mib, memory_mib=memory_mib)
+                           idle_timeout=idle_timeout, tb_size_mib=tb_size_mib, memory_mib=memory_mib,
+                           layers=layers)

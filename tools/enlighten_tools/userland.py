@@ -69,6 +69,13 @@ GUEST_PROGRAMS = [
     Program("sg3-utils", "usr/bin/sg_readcap"),
     Program("sg3-utils", "usr/bin/sg_modes"),
 ]
+# Network test tools (the network-tools layer, see guest_image.py): iperf3 (Debian's is
+# dynamically linked: libiperf0, OpenSSL's libcrypto.so.3 from libssl3 (4.7 MB), libsctp1)
+# and ethtool (libmnl0), which busybox lacks.
+NET_PROGRAMS = [
+    Program("iperf3", "usr/bin/iperf3"),
+    Program("ethtool", "sbin/ethtool"),
+]
 # The ones in every guest's base initrd (the rest are the disk-tools layer, see
 # guest_image.py: every byte of the initrd costs boot time).
 BASE_PROGRAMS = [p for p in GUEST_PROGRAMS if p.package == "busybox"]
@@ -83,6 +90,7 @@ LIBRARY_PACKAGES = [
     "libmount1", "libsmartcols1", "libudev1", "libselinux1", "libpcre2-8-0",
     "libfdisk1", "libreadline8", "libtinfo6",
     "libaio1", "libnuma1", "zlib1g", "libsgutils2-1.46-2",
+    "libiperf0", "libssl3", "libsctp1", "libmnl0",
 ]
 # Loaded with dlopen by glibc (pthread_cancel/pthread_exit unwinding), not in DT_NEEDED.
 EXTRA_LIBRARIES = ["libgcc_s.so.1"]
@@ -97,7 +105,8 @@ STUB_MESSAGE = "fio: this I/O engine's library is not in the Enlighten guest ima
 
 def packages() -> list[str]:
     """Every Debian package the programs and their libraries come from."""
-    return sorted({p.package for p in GUEST_PROGRAMS} | {p for p, _ in GUEST_DATA} | set(LIBRARY_PACKAGES))
+    return sorted({p.package for p in GUEST_PROGRAMS + NET_PROGRAMS} | {p for p, _ in GUEST_DATA}
+                  | set(LIBRARY_PACKAGES))
 
 
 def program_file(package: str, path: str) -> Path:
