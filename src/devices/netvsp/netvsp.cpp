@@ -783,7 +783,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
         for (const auto& v : frame) {
             if (done == head_len) break;
             const size_t n = std::min(v.iov_len, head_len - done);
-            std::memcpy(head + done, v.iov_base, n);
+            if (n) std::memcpy(head + done, v.iov_base, n);
             done += n;
         }
     }
@@ -827,7 +827,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
         rx_scratch_.resize(len);
         size_t done = 0;
         for (const auto& v : frame) {
-            std::memcpy(rx_scratch_.data() + done, v.iov_base, v.iov_len);
+            if (v.iov_len) std::memcpy(rx_scratch_.data() + done, v.iov_base, v.iov_len);
             done += v.iov_len;
         }
         if (!complete_checksum(rx_scratch_, offload.csum_start, offload.csum_offset)) {
@@ -853,6 +853,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
     }
     at += hdr_len;
     for (const auto& v : data) {
+        if (v.iov_len == 0) continue;
         if (!recv_.write(*res_.memory, at, std::span(static_cast<const uint8_t*>(v.iov_base), v.iov_len))) {
             ++c.counters.rx_dropped;
             return true;
