@@ -1205,6 +1205,12 @@ TEST(NetvspHostile, NvspOutOfSequence) {
         auto p = n.completion(n.ch, 7000 + len);
         EXPECT_TRUE(p) << len;
     }
+    // A SEND_RNDIS_PKT cut short: a failed completion, not zeros taken for fields.
+    const uint32_t short_rndis[2] = {nvsp::kSendRndisPkt, 0};
+    n.send(n.ch, vmbus::kPacketDataInband, 7100, as_bytes(short_rndis));
+    auto sc = n.completion(n.ch, 7100);
+    ASSERT_TRUE(sc);
+    EXPECT_EQ(at<NvspRndisComplete>(sc->payload, 0).status, nvsp::kStatFail);
     EXPECT_EQ(n.send_frame_a(n.ch, rndis_packet(tcp4_frame(10))), nvsp::kStatSuccess);
 }
 

@@ -371,6 +371,28 @@ void Nic::Impl::handle(Worker& w, const vmbus::PacketView& p, vmbus::Reservation
     auto refuse = [&](const char* why) {
         ENL_LOG_LIMITED(warn, "{}-{}: NVSP message {} refused: {}", opt.name, w.index, m.msg_type, why);
     };
+    // Each message is at least its struct (the guest always sends 40 bytes; §8).
+    size_t need = 4;
+    switch (m.msg_type) {
+        case nvsp::kInit: need = 12; break;
+        case nvsp::kSendNdisVersion: need = sizeof(NvspNdisVersion); break;
+        case nvsp::kSendRecvBuf:
+        case nvsp::kSendSendBuf: need = 10; break;
+        case nvsp::kRevokeRecvBuf:
+        case nvsp::kRevokeSendBuf: need = 6; break;
+        case nvsp::kSendRndisPkt: need = sizeof(NvspRndisPacket); break;
+        case nvsp::kSendNdisConfig: need = sizeof(NvspNdisConfig); break;
+        case nvsp::kSubchannel: need = sizeof(NvspSubchannel); break;
+        case nvsp::kSwitchDataPath: need = sizeof(NvspSwitchDataPath); break;
+        default: break;
+    }
+    if (p.payload.size() < need) {
+        refuse("too short");
+        if (!answer) return;
+        if (m.msg_type == nvsp::kSendRndisPkt)
+            return reply(nvsp_of(NvspRndisComplete{nvsp::kSendRndisPktComplete, nvsp::kStatFail}));
+        return reply(nvsp_of(NvspRndisComplete{m.msg_type, nvsp::kStatFail}));
+    }
     const bool primary = w.index == 0;
     switch (m.msg_type) {
         case nvsp::kInit: {
