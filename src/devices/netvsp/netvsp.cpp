@@ -279,6 +279,9 @@ void Nic::Impl::open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::Chann
 
 void Nic::Impl::close(uint16_t index, vmbus::CloseDone done) {
     if (index >= kMaxChannels) return done();
+    // The worker first: once it is joined no late packet of this channel (a SEND_RECV_BUF
+    // right before the close) can take a buffer again after the reset below.
+    if (auto w = std::move(workers_[index])) w->stop();
     {
         LockGuard lock(mu_);
         if (auto& c = chans_[index]) {
@@ -290,7 +293,6 @@ void Nic::Impl::close(uint16_t index, vmbus::CloseDone done) {
             reset_protocol();
         }
     }
-    if (auto w = std::move(workers_[index])) w->stop();
     apply_receiver();
     done();
 }
