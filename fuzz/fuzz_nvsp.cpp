@@ -243,11 +243,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 case 0: {  // any NVSP message
                     NvspMessage m{};
                     const auto raw = in.take_bytes(sizeof(m));
-                    std::memcpy(&m, raw.data(), raw.size());
+                    if (!raw.empty()) std::memcpy(&m, raw.data(), raw.size());
                     if (what & 0x40) m.msg_type = kTypes[m.msg_type % std::size(kTypes)];
                     const size_t len = (what & 0x20) ? in.take<uint8_t>() % 48 : sizeof(m);
                     std::vector<uint8_t> payload(len, 0);
-                    std::memcpy(payload.data(), &m, std::min(len, sizeof(m)));
+                    if (len) std::memcpy(payload.data(), &m, std::min(len, sizeof(m)));
                     guest.send(vmbus::kPacketDataInband, tid++, payload, {}, want);
                     break;
                 }
@@ -255,7 +255,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                     const uint32_t k = in.take<uint8_t>() % 12;
                     const uint32_t len = in.take<uint16_t>() % 6400;
                     const auto b = in.take_bytes(len);
-                    if (k < kSendPages * 4096 / 6144)
+                    if (k < kSendPages * 4096 / 6144 && !b.empty())
                         std::memcpy(guest.g.ram().data() + guest.send_page * 4096 + k * 6144, b.data(),
                                     std::min<size_t>(b.size(), 6144));
                     NvspRndisPacket r{nvsp::kSendRndisPkt, what & 0x40 ? 1u : 0u, k, len};
@@ -274,7 +274,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 }
                 case 2: {  // RNDIS in GPA ranges (shape C), ranges that may lie
                     const auto b = in.take_bytes(in.take<uint16_t>() % (16 * 4096));
-                    std::memcpy(guest.g.ram().data() + guest.data_page * 4096, b.data(), b.size());
+                    if (!b.empty()) std::memcpy(guest.g.ram().data() + guest.data_page * 4096, b.data(), b.size());
                     std::vector<test::SimGuest::Range> ranges;
                     const uint8_t nr = 1 + in.take<uint8_t>() % 4;
                     for (uint8_t i = 0; i < nr; ++i) {

@@ -279,6 +279,9 @@ void Nic::Impl::open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::Chann
 
 void Nic::Impl::close(uint16_t index, vmbus::CloseDone done) {
     if (index >= kMaxChannels) return done();
+    // The worker first: once it is joined no late packet of this channel (a SEND_RECV_BUF
+    // right before the close) can take a buffer again after the reset below.
+    if (auto w = std::move(workers_[index])) w->stop();
     {
         LockGuard lock(mu_);
         if (auto& c = chans_[index]) {
@@ -290,7 +293,6 @@ void Nic::Impl::close(uint16_t index, vmbus::CloseDone done) {
             reset_protocol();
         }
     }
-    if (auto w = std::move(workers_[index])) w->stop();
     apply_receiver();
     done();
 }
@@ -371,6 +373,28 @@ void Nic::Impl::handle(Worker& w, const vmbus::PacketView& p, vmbus::Reservation
     auto refuse = [&](const char* why) {
         ENL_LOG_LIMITED(warn, "{}-{}: NVSP message {} refused: {}", opt.name, w.index, m.msg_type, why);
     };
+    // Each message is at least its struct (the guest always sends 40 bytes; §8).
+    size_t need = 4;
+    switch (m.msg_type) {
+        case nvsp::kInit: need = 12; break;
+        case nvsp::kSendNdisVersion: need = sizeof(NvspNdisVersion); break;
+        case nvsp::kSendRecvBuf:
+        case nvsp::kSendSendBuf: need = 10; break;
+        case nvsp::kRevokeRecvBuf:
+        case nvsp::kRevokeSendBuf: need = 6; break;
+        case nvsp::kSendRndisPkt: need = sizeof(NvspRndisPacket); break;
+        case nvsp::kSendNdisConfig: need = sizeof(NvspNdisConfig); break;
+        case nvsp::kSubchannel: need = sizeof(NvspSubchannel); break;
+        case nvsp::kSwitchDataPath: need = sizeof(NvspSwitchDataPath); break;
+        default: break;
+    }
+    if (p.payload.size() < need) {
+        refuse("too short");
+        if (!answer) return;
+        if (m.msg_type == nvsp::kSendRndisPkt)
+            return reply(nvsp_of(NvspRndisComplete{nvsp::kSendRndisPktComplete, nvsp::kStatFail}));
+        return reply(nvsp_of(NvspRndisComplete{m.msg_type, nvsp::kStatFail}));
+    }
     const bool primary = w.index == 0;
     switch (m.msg_type) {
         case nvsp::kInit: {
@@ -783,7 +807,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
         for (const auto& v : frame) {
             if (done == head_len) break;
             const size_t n = std::min(v.iov_len, head_len - done);
-            std::memcpy(head + done, v.iov_base, n);
+            if (n) std::memcpy(head + done, v.iov_base, n);
             done += n;
         }
     }
@@ -827,7 +851,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
         rx_scratch_.resize(len);
         size_t done = 0;
         for (const auto& v : frame) {
-            std::memcpy(rx_scratch_.data() + done, v.iov_base, v.iov_len);
+            if (v.iov_len) std::memcpy(rx_scratch_.data() + done, v.iov_base, v.iov_len);
             done += v.iov_len;
         }
         if (!complete_checksum(rx_scratch_, offload.csum_start, offload.csum_offset)) {
@@ -853,6 +877,7 @@ bool Nic::Impl::receive(std::span<const iovec> frame, const net::Offload& offloa
     }
     at += hdr_len;
     for (const auto& v : data) {
+        if (v.iov_len == 0) continue;
         if (!recv_.write(*res_.memory, at, std::span(static_cast<const uint8_t*>(v.iov_base), v.iov_len))) {
             ++c.counters.rx_dropped;
             return true;

@@ -92,9 +92,8 @@ public:
     void reset() override;
     void detach() override;
 
-    struct Impl;  // netvsp.cpp
-
 private:
+    struct Impl;  // netvsp.cpp
     explicit Nic(std::shared_ptr<Impl> impl);
     std::shared_ptr<Impl> impl_;
 };
