@@ -14,7 +14,7 @@ Three guest boots, each checked by several tests:
               down and up through the API (the guest sees NO-CARRIER, then traffic again), the
               NIC in vm.info with growing per-queue counters
     tap       a tap of the test host (10.0.3.1/24), the guest at 10.0.3.2 (static): ping, TSO on,
-              64 MiB each way intact, iperf3
+              64 MiB guest -> host intact, iperf3 each way
   session "net-multiqueue" (a 4-vCPU test host of its own, as storage's "multichannel"):
     channels  4 vCPUs: ethtool -l shows 4 combined channels, 8 flows land on several receive
               queues, ethtool -L combined 2 and back to 4, MTU 9000 and back to 1500, traffic
@@ -345,8 +345,10 @@ echo "NET-DONE"
 NETWORK.scenario("slirp", NET_LIB + r"""
 recv 5001 "$WORK/hello.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
-dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
-echo "RESULT host.h2g_sha=$(sha "$WORK/h2g")"
+# the host -> guest data, made while the guest boots
+( dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
+  sha "$WORK/h2g" > "$WORK/h2g.sha" ) &
+MAKE_PID=$!
 start_bg slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
 if wait_guest "NET-READY fwd" 120; then
     part boot
@@ -361,6 +363,8 @@ if wait_guest "NET-READY h2g" 400; then
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
     echo "RESULT host.g2h_sha=$(sha "$WORK/g2h.recv")"
     part g2h
+    wait $MAKE_PID
+    echo "RESULT host.h2g_sha=$(cat "$WORK/h2g.sha")"
     timeout 300 nc 127.0.0.1 """ + str(HOSTFWD_PORT) + r""" < "$WORK/h2g"
     echo "RESULT host.h2g_nc_rc=$?"
 fi
@@ -495,16 +499,7 @@ timeout 300 nc "$HOST" 5002 < /tmp/g2h
 echo "RESULT g2h_nc_rc=$?"
 echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
-recv 8080 /tmp/h2g
-sleep 0.5
-echo "NET-READY h2g"
-t=$(now)
-wait_gone $RECV_PID 300 || kill $RECV_PID
-kill $RECV_HOLD
-echo "RESULT h2g_seconds=$(since $t)"
-echo "RESULT h2g_bytes=$(wc -c < /tmp/h2g)"
-echo "RESULT h2g_sha=$(sha256sum < /tmp/h2g | cut -d' ' -f1)"
-rm -f /tmp/h2g
+echo "NET-READY g2h"
 iperf tx -t 3
 iperf rx -t 3 -R
 ethtool -S eth0 | sed 's/^/ETHTOOL-S /'
@@ -519,17 +514,12 @@ ip link set """ + TAP + r""" up
 echo "RESULT host.tap=$(ip -4 addr show dev """ + TAP + r""" | sed -n 's/.*inet \([0-9./]*\).*/\1/p')"
 bg iperf3 -s -B 10.0.3.1
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
-dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
-echo "RESULT host.h2g_sha=$(sha "$WORK/h2g")"
 start_bg tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
-if wait_guest "NET-READY h2g" 300; then
+if wait_guest "NET-READY g2h" 300; then
     wait_gone $G2H_PID 60
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
     echo "RESULT host.g2h_sha=$(sha "$WORK/g2h.recv")"
     part boot+g2h
-    timeout 300 nc 10.0.3.2 8080 < "$WORK/h2g"
-    echo "RESULT host.h2g_nc_rc=$?"
-    part h2g
 fi
 wait_guest NET-DONE 120 && info final
 part iperf
@@ -539,7 +529,7 @@ tunctl -d """ + TAP + r""" >/dev/null
 
 
 class TapTests(NetCase):
-    """The tap guest: static address, ping, TSO, transfers both ways, iperf3."""
+    """The tap guest: static address, ping, TSO, a transfer, iperf3 both ways."""
     KEY = "tap"
 
     def test_static_address_on_the_tap_network(self) -> None:
@@ -565,14 +555,6 @@ class TapTests(NetCase):
         self.assertEqual(h.get("host.g2h_sha"), g.get("g2h_sha"), describe(res))
         print(f"[guest->host {BLOB_MIB} MiB in {g.get('g2h_seconds')} s] ", end="", file=sys.stderr)
 
-    def test_64mib_host_to_guest_intact(self) -> None:
-        res, g, h = self.run_of(), self.guest(), self.host()
-        self.assertEqual(h.get("host.h2g_nc_rc"), "0", describe(res))
-        self.assertEqual(g.get("h2g_bytes"), str(BLOB_MIB * MiB), describe(res))
-        self.assertRegex(h.get("host.h2g_sha", ""), r"^[0-9a-f]{64}$", describe(res))
-        self.assertEqual(g.get("h2g_sha"), h.get("host.h2g_sha"), describe(res))
-        print(f"[host->guest {BLOB_MIB} MiB in {g.get('h2g_seconds')} s] ", end="", file=sys.stderr)
-
     def test_iperf3_both_ways(self) -> None:
         tx, rx = self.assertIperf("tx"), self.assertIperf("rx")
         print(f"[tap iperf3: guest->host {tx['end']['sum_received']['bits_per_second'] / 1e6:.0f} Mbit/s, "
@@ -587,7 +569,7 @@ class TapTests(NetCase):
         res = self.run_of()
         n = nic(vm_info(res, "final"))
         self.assertEqual(n.get("backend"), "tap", json.dumps(n))
-        self.assertGreaterEqual(queue_sum(n, "rx_bytes"), BLOB_MIB * MiB, json.dumps(n))
+        self.assertGreater(queue_sum(n, "rx_bytes"), 0, json.dumps(n))
         self.assertGreaterEqual(queue_sum(n, "tx_bytes"), BLOB_MIB * MiB, json.dumps(n))
 
 
