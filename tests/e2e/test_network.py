@@ -8,15 +8,15 @@ guest's hv_netvsc drives, on its two host backends, through
 Three guest boots, each checked by several tests:
 
   session "network" (one test-host boot, 1-vCPU guests):
-    slirp     hv_netvsc binds, the MAC given, DHCP from slirp (10.0.2.15), a TCP service and an
+    net-slirp     hv_netvsc binds, the MAC given, DHCP from slirp (10.0.2.15), a TCP service and an
               HTTP server of the test host through the gateway 10.0.2.2, a host port forward
               to an HTTP server in the guest, 64 MiB each way intact (sha256 on both ends), link
               down and up through the API (the guest sees NO-CARRIER, then traffic again), the
               NIC in vm.info with growing per-queue counters
-    tap       a tap of the test host (10.0.3.1/24), the guest at 10.0.3.2 (static): ping, TSO on,
+    net-tap       a tap of the test host (10.0.3.1/24), the guest at 10.0.3.2 (static): ping, TSO on,
               64 MiB guest -> host intact, iperf3 each way
   session "net-multiqueue" (a 4-vCPU test host of its own, as storage's "multichannel"):
-    channels  4 vCPUs: ethtool -l shows 4 combined channels, 8 flows land on several receive
+    net-channels  4 vCPUs: ethtool -l shows 4 combined channels, 8 flows land on several receive
               queues, ethtool -L combined 2 and back to 4, MTU 9000 and back to 1500, traffic
               after each
 
@@ -114,7 +114,10 @@ recv() {
     RECV_PID=$!
     sleep 100000 > "$f" &
     RECV_HOLD=$!
+    n=0; until listening "$1" || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
 }
+# listening PORT: a TCP socket listens on PORT (/proc/net/tcp and tcp6: state 0A)
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ":$(printf %04X "$1") 0+:0000 0A"; }
 # alive PID / wait_gone PID SECONDS: a child that exited is a zombie until reaped
 alive() { st=; read -r _ _ st _ < "/proc/$1/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 wait_gone() { n=0; while alive "$1"; do n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1; sleep 0.1; done; }
@@ -138,7 +141,10 @@ recv() {
     RECV_PID=$!
     sleep 100000 > "$f" &
     RECV_HOLD=$!
+    n=0; until listening "$1" || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
 }
+# listening PORT: a TCP socket listens on PORT (/proc/net/tcp and tcp6: state 0A)
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ":$(printf %04X "$1") 0+:0000 0A"; }
 # alive PID / wait_gone PID SECONDS: a child that exited is a zombie until reaped
 alive() { st=; read -r _ _ st _ < "/proc/$1/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 wait_gone() { n=0; while alive "$1"; do n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1; sleep 0.1; done; }
@@ -299,6 +305,7 @@ echo "guest-token-$(cat /proc/sys/kernel/random/uuid)" > /www/token.txt
 echo "RESULT guest_token=$(cat /www/token.txt)"
 httpd -f -p 8080 -h /www &
 hpid=$!
+wait_until 10 listening 8080
 echo "NET-READY fwd"
 go fwd || exit 1
 kill $hpid; wait $hpid 2>/dev/null
@@ -313,7 +320,6 @@ echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
 # test host -> guest through the port forward, 64 MiB
 recv 8080 /tmp/h2g
-sleep 0.5
 echo "NET-READY h2g"
 t=$(now)
 wait_gone $RECV_PID 300 || kill $RECV_PID
@@ -342,14 +348,14 @@ dmesg | grep -i netvsc | sed 's/^/DMESG-NETVSC /'
 netvsc_errors
 echo "NET-DONE"
 """
-NETWORK.scenario("slirp", NET_LIB + r"""
+NETWORK.scenario("net-slirp", NET_LIB + r"""
 recv 5001 "$WORK/hello.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
 # the host -> guest data, made while the guest boots
 ( dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
   sha "$WORK/h2g" > "$WORK/h2g.sha" ) &
 MAKE_PID=$!
-start_bg slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
+start_bg net-slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
 if wait_guest "NET-READY fwd" 120; then
     part boot
     echo "RESULT host.hello=$(cat "$WORK/hello.recv")"
@@ -384,7 +390,7 @@ stop_vm
 
 class SlirpTests(NetCase):
     """The slirp guest: binding, DHCP, gateway, port forward, transfers, link, vm.info."""
-    KEY = "slirp"
+    KEY = "net-slirp"
 
     def test_hv_netvsc_binds(self) -> None:
         self.assertGuest("driver", "hv_netvsc")
@@ -479,7 +485,7 @@ class SlirpTests(NetCase):
         self.assertGreater(queue_sum(after, "tx_packets"), queue_sum(before, "tx_packets"))
 
     def test_vmm_exits_after_the_api_power_off(self) -> None:
-        self.assertEqual(self.host().get("slirp.rc"), "5", describe(self.run_of()))
+        self.assertEqual(self.host().get("net-slirp.rc"), "5", describe(self.run_of()))
 
 
 # ----------------------------------------------------------------------------- tap
@@ -506,7 +512,7 @@ ethtool -S eth0 | sed 's/^/ETHTOOL-S /'
 netvsc_errors
 echo "NET-DONE"
 """
-NETWORK.scenario("tap", NET_LIB + r"""
+NETWORK.scenario("net-tap", NET_LIB + r"""
 modprobe tun 2>/dev/null
 tunctl -t """ + TAP + r""" >/dev/null
 ip addr add 10.0.3.1/24 dev """ + TAP + r"""
@@ -514,7 +520,7 @@ ip link set """ + TAP + r""" up
 echo "RESULT host.tap=$(ip -4 addr show dev """ + TAP + r""" | sed -n 's/.*inet \([0-9./]*\).*/\1/p')"
 bg iperf3 -s -B 10.0.3.1
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
-start_bg tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
+start_bg net-tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
 if wait_guest "NET-READY g2h" 300; then
     wait_gone $G2H_PID 60
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
@@ -530,7 +536,7 @@ tunctl -d """ + TAP + r""" >/dev/null
 
 class TapTests(NetCase):
     """The tap guest: static address, ping, TSO, a transfer, iperf3 both ways."""
-    KEY = "tap"
+    KEY = "net-tap"
 
     def test_static_address_on_the_tap_network(self) -> None:
         self.assertEqual(self.host().get("host.tap"), "10.0.3.1/24", describe(self.run_of()))
@@ -609,9 +615,9 @@ echo "RESULT addr_after=$(ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9./]*
 netvsc_errors
 echo "NET-DONE"
 """
-NET_MULTIQUEUE.scenario("channels", NET_LIB + r"""
+NET_MULTIQUEUE.scenario("net-channels", NET_LIB + r"""
 bg iperf3 -s
-start_bg channels "" --net "backend=slirp,id=net0"
+start_bg net-channels "" --net "backend=slirp,id=net0"
 wait_guest NET-DONE 300 && info final
 part all
 stop_vm
@@ -621,7 +627,7 @@ stop_vm
 class ChannelTests(NetCase):
     """The 4-vCPU guest: channels, receive queues, ethtool -L, MTU."""
     SESSION = NET_MULTIQUEUE
-    KEY = "channels"
+    KEY = "net-channels"
 
     def test_four_combined_channels(self) -> None:
         self.assertGuest("cpus", "4")
