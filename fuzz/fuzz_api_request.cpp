@@ -89,6 +89,10 @@ public:
     ApiResult<> remove_disk(const std::string& id) override {
         return std::unexpected(ApiError{ErrorKind::NotFound, "no disk " + id});
     }
+    ApiResult<> set_net_link(const std::string& id, bool) override {
+        if (id.empty()) return std::unexpected(ApiError{ErrorKind::NotFound, "no NIC"});
+        return {};
+    }
 };
 
 // One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.

@@ -53,6 +53,17 @@ Json to_json(const DiskInfo& d) {
             {"latency_us_avg", d.latency_us_avg}};
 }
 
+Json to_json(const NicInfo& n) {
+    Json queues = Json::array();
+    for (const auto& q : n.per_queue)
+        queues.push_back({{"index", q.index}, {"target_vp", q.target_vp}, {"rx_packets", q.rx_packets},
+                          {"rx_bytes", q.rx_bytes}, {"rx_dropped", q.rx_dropped}, {"tx_packets", q.tx_packets},
+                          {"tx_bytes", q.tx_bytes}, {"tx_dropped", q.tx_dropped}});
+    return {{"id", n.id},       {"mac", n.mac},           {"backend", n.backend},     {"backend_info", n.backend_info},
+            {"link_up", n.link_up}, {"guest_ready", n.guest_ready}, {"mtu", n.mtu}, {"queues", n.queues},
+            {"max_queues", n.max_queues}, {"per_queue", std::move(queues)}};
+}
+
 Json to_json(const VmInfo& info) {
     Json channels = Json::array();
     for (const auto& c : info.channels) {
@@ -70,6 +81,8 @@ Json to_json(const VmInfo& info) {
     for (const auto& c : info.storage_channels)
         storage_channels.push_back({{"controller", c.controller}, {"index", c.index}, {"target_vp", c.target_vp},
                                     {"requests", c.requests}, {"in_flight", c.in_flight}});
+    Json nics = Json::array();
+    for (const auto& n : info.nics) nics.push_back(to_json(n));
     Json devices = Json::array();
     for (const auto& d : info.devices)
         devices.push_back({{"id", d.id}, {"kind", d.kind}, {"class_id", d.class_id}, {"instance_id", d.instance_id}});
@@ -85,6 +98,7 @@ Json to_json(const VmInfo& info) {
             {"channels", std::move(channels)},
             {"disks", std::move(disks)},
             {"storage_channels", std::move(storage_channels)},
+            {"nics", std::move(nics)},
             {"gpadls", info.gpadls},
             {"vmm_rss_bytes", info.vmm_rss_bytes},
             {"guest_rss_bytes", info.guest_rss_bytes}};
@@ -325,6 +339,17 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
             auto it = j->find("id");
             if (it == j->end() || !it->is_string()) return error_reply(400, "id (a string) is required");
             return from_result(vm.remove_disk(it->get<std::string>()));
+        });
+    }
+    if (name == "vm.net-link") {
+        return put_only([&] {
+            auto j = parse_object(body, {"id", "up"}, true);
+            if (!j) return error_reply(400, j.error());
+            auto id = j->find("id");
+            auto up = j->find("up");
+            if (id == j->end() || !id->is_string()) return error_reply(400, "id (a string) is required");
+            if (up == j->end() || !up->is_boolean()) return error_reply(400, "up (true or false) is required");
+            return from_result(vm.set_net_link(id->get<std::string>(), up->get<bool>()));
         });
     }
     return error_reply(404, fmt::format("no such endpoint: {}", target.substr(0, target.find('?'))));

@@ -78,6 +78,28 @@ struct StorageChannelInfo {
     uint32_t in_flight = 0;
 };
 
+// One queue (VMBus channel) of a NIC: the primary is queue 0.
+struct NicQueueInfo {
+    uint32_t index = 0;
+    uint32_t target_vp = 0;
+    uint64_t rx_packets = 0, rx_bytes = 0, rx_dropped = 0;  // to the guest
+    uint64_t tx_packets = 0, tx_bytes = 0, tx_dropped = 0;  // from the guest
+};
+
+// A network adapter of the VM.
+struct NicInfo {
+    std::string id;
+    std::string mac;      // aa:bb:cc:dd:ee:ff
+    std::string backend;  // "slirp", "tap"
+    std::string backend_info;  // e.g. the tap's name, slirp's network
+    bool link_up = true;       // as the host drives it (vm.net-link)
+    bool guest_ready = false;  // the guest's driver initialised the NIC and opened it
+    uint32_t mtu = 0;          // the guest's, 0 before it said
+    uint32_t queues = 0;       // open now
+    uint32_t max_queues = 0;   // offered
+    std::vector<NicQueueInfo> per_queue;
+};
+
 struct AddDiskRequest {
     std::string path;
     std::string controller;  // a SCSI controller's id ("scsi1"); empty: the first one
@@ -101,6 +123,7 @@ struct VmInfo {
     std::vector<ChannelInfo> channels;
     std::vector<DiskInfo> disks;
     std::vector<StorageChannelInfo> storage_channels;
+    std::vector<NicInfo> nics;
     uint64_t gpadls = 0;           // GPADLs the guest has established and not torn down
     uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded
     uint64_t guest_rss_bytes = 0;  // guest RAM the host has backed so far
@@ -153,6 +176,9 @@ public:
     // Storage: hot-add a disk to the SCSI controller (the guest sees it appear) and remove one.
     virtual ApiResult<DiskInfo> add_disk(const AddDiskRequest& request) = 0;
     virtual ApiResult<> remove_disk(const std::string& id) = 0;
+
+    // Network: plug or unplug a NIC's virtual cable (the guest sees carrier come and go).
+    virtual ApiResult<> set_net_link(const std::string& id, bool up) = 0;
 };
 
 }  // namespace enlighten::api

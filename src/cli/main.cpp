@@ -4,6 +4,7 @@
 //                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--on-crash exit|stay]
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
+//                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -18,6 +19,7 @@
 #pragma GCC diagnostic pop
 #include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <map>
 #include <set>
@@ -62,35 +64,39 @@ Result<uint64_t> parse_memory(std::string text) {
     return size;
 }
 
+// The key=value elements of a device option (Cloud Hypervisor style, comma-separated); a
+// first element without '=' takes `first_key`. Keys may repeat (the caller decides).
+Result<std::vector<std::pair<std::string, std::string>>> spec_items(std::string_view flag, const std::string& spec,
+                                                                    std::string_view first_key) {
+    std::vector<std::pair<std::string, std::string>> out;
+    size_t i = 0;
+    for (size_t start = 0;; ++i) {
+        const size_t end = spec.find(',', start);
+        const std::string item = spec.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (item.empty()) return fail("{} '{}': an empty element", flag, spec);
+        const size_t eq = item.find('=');
+        if (eq != std::string::npos)
+            out.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+        else if (i == 0 && !first_key.empty())
+            out.emplace_back(std::string(first_key), item);
+        else
+            return fail("{} '{}': '{}' has no value", flag, spec, item);
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return out;
+}
+
 // --disk path=FILE[,format=raw|vhdx|auto][,readonly=on|off][,cache=writeback|writethrough][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
-// (Cloud Hypervisor style; a first element without '=' is the path). Returns the disk's
-// DeviceConfig (kind "disk") and where it goes: "ide", or the SCSI controller "scsiN".
+// (a first element without '=' is the path). Returns the disk's DeviceConfig (kind "disk")
+// and where it goes: "ide", or the SCSI controller "scsiN".
 Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec, size_t n) {
     DeviceConfig d;
     d.kind = "disk";
     std::string bus = "scsi";
     std::string controller;
-    std::vector<std::string> items;
-    for (size_t start = 0;;) {
-        const size_t end = spec.find(',', start);
-        items.push_back(spec.substr(start, end == std::string::npos ? std::string::npos : end - start));
-        if (end == std::string::npos) break;
-        start = end + 1;
-    }
-    for (size_t i = 0; i < items.size(); ++i) {
-        const std::string& item = items[i];
-        if (item.empty()) return fail("--disk '{}': an empty element", spec);
-        const size_t eq = item.find('=');
-        std::string key, value;
-        if (eq != std::string::npos) {
-            key = item.substr(0, eq);
-            value = item.substr(eq + 1);
-        } else if (i == 0) {
-            key = "path";  // a first element without '=' is the path
-            value = item;
-        } else {
-            return fail("--disk '{}': '{}' has no value", spec, item);
-        }
+    ENL_TRY(auto items, spec_items("--disk", spec, "path"));
+    for (const auto& [key, value] : items) {
         if (key == "id") {
             d.id = value;
         } else if (key == "bus") {
@@ -120,10 +126,35 @@ Result<std::pair<DeviceConfig, std::string>> parse_disk(const std::string& spec,
     return std::pair{std::move(d), where};
 }
 
+// --net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]: one
+// NIC's DeviceConfig (kind "nic"; devices/netvsp/factory.hpp checks the values). Each
+// hostfwd is a child of kind "hostfwd". Without mac=, `vm_key` (what names this VM on the
+// host) and the NIC's id give a stable one (netvsp::stable_mac).
+Result<DeviceConfig> parse_net(const std::string& spec, size_t n) {
+    DeviceConfig d;
+    d.kind = "nic";
+    ENL_TRY(auto items, spec_items("--net", spec, "backend"));
+    for (const auto& [key, value] : items) {
+        if (key == "id") {
+            d.id = value;
+        } else if (key == "hostfwd") {
+            d.children.push_back(DeviceConfig{"hostfwd", "", {{"rule", value}}, {}});
+        } else if (key == "backend" || key == "tap" || key == "mac" || key == "queues") {
+            if (d.params.count(key)) return fail("--net '{}': '{}' given twice", spec, key);
+            d.params[key] = value;
+        } else {
+            return fail("--net '{}': unknown key '{}' (backend, tap, mac, hostfwd, queues, id)", spec, key);
+        }
+    }
+    if (d.id.empty()) d.id = fmt::format("net{}", n);
+    return d;
+}
+
 // The VMBus devices: the integration services, the SCSI controller "scsi0" (with the --disk
 // disks on it; it is there without any, for disks added later through the API), "scsi1" to
 // "scsi3" when a --disk names them (controller=N), and one IDE slot per --disk on the IDE bus.
-Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& disks) {
+Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& disks,
+                                                const std::vector<std::string>& nets, const std::string& vm_key) {
     auto devices = ic::default_integration_services();
     std::map<std::string, DeviceConfig> scsi;
     scsi.emplace("scsi0", DeviceConfig{"scsi", "scsi0", {}, {}});
@@ -144,6 +175,12 @@ Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& 
     }
     for (auto& [id, c] : scsi) devices.push_back(std::move(c));
     for (auto& s : ide) devices.push_back(std::move(s));
+    for (size_t i = 0; i < nets.size(); ++i) {
+        ENL_TRY(auto nic, parse_net(nets[i], i));
+        if (!ids.insert(nic.id).second) return fail("--net: id '{}' is used twice", nic.id);
+        if (!nic.params.count("mac")) nic.params["vm_key"] = vm_key;
+        devices.push_back(std::move(nic));
+    }
     return devices;
 }
 
@@ -298,6 +335,11 @@ int main(int argc, char** argv) {
                     "[,controller=0..3][,id=NAME][,serial=TEXT]; "
                     "repeatable")
         ->take_all();
+    std::vector<std::string> nets;
+    run->add_option("--net", nets,
+                    "A NIC: backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT]..."
+                    "[,queues=N][,id=NAME]; repeatable (docs/network.md)")
+        ->take_all();
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -329,11 +371,21 @@ int main(int argc, char** argv) {
     cfg.exit_on_crash = on_crash == "exit";
     cfg.host_decompress = decompress == "host";
     if (cfg.hyperv) {
-        auto devices = vmbus_devices(disks);
+        // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.
+        std::string vm_key = cfg.kernel;
+        if (!disks.empty()) {
+            auto first = spec_items("--disk", disks[0], "path");
+            if (first)
+                for (const auto& [k, v] : *first)
+                    if (k == "path") vm_key = v;
+        }
+        std::error_code ec;
+        if (auto abs = std::filesystem::absolute(vm_key, ec); !ec) vm_key = abs.lexically_normal().string();
+        auto devices = vmbus_devices(disks, nets, vm_key);
         if (!devices) return error(devices.error());
         cfg.devices = std::move(*devices);
-    } else if (!disks.empty()) {
-        return error(Error("--disk needs the Hyper-V interface (--hyperv on): disks are served over VMBus"));
+    } else if (!disks.empty() || !nets.empty()) {
+        return error(Error("--disk and --net need the Hyper-V interface (--hyperv on): disks and NICs are served over VMBus"));
     }
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
     // Bad files are reported before KVM is touched.

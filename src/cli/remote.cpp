@@ -67,6 +67,7 @@ Call make_call(const RemoteOptions& o) {
         return {"PUT", base + "vm.add-disk", json(j), true};
     }
     if (c == "remove-disk") return {"PUT", base + "vm.remove-disk", json(Json{{"id", o.disk_id}})};
+    if (c == "net-link") return {"PUT", base + "vm.net-link", json(Json{{"id", o.nic_id}, {"up", o.link == "up"}})};
     return {"GET", base + "vmm.ping", {}, true};
 }
 
@@ -131,6 +132,9 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     add->add_option("--controller", opts.disk_controller, "The SCSI controller (default: scsi0)");
     auto* rm = cmd("remove-disk", "Hot-remove a disk (the guest sees it go)");
     rm->add_option("id", opts.disk_id, "The disk's id")->required();
+    auto* link = cmd("net-link", "Plug (up) or unplug (down) a NIC's cable; the guest sees its carrier change");
+    link->add_option("id", opts.nic_id, "The NIC's id (net0, ...)")->required();
+    link->add_option("state", opts.link, "up or down")->required()->check(CLI::IsMember({"up", "down"}));
     return remote;
 }
 

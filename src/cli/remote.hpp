@@ -28,6 +28,9 @@ struct RemoteOptions {
     std::string disk_controller;
     bool disk_readonly = false;
     bool disk_writethrough = false;
+    // net-link
+    std::string nic_id;
+    std::string link;  // "up" | "down"
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

@@ -24,6 +24,22 @@ Guid Guid::parse(const char* text) {
     return g;
 }
 
+Guid Guid::from_name(std::string_view name) {
+    uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
+    for (char c : name) {
+        h1 = (h1 ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
+        h2 = (h2 ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
+    }
+    Guid g;
+    for (int i = 0; i < 8; ++i) {
+        g.bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(h1 >> (8 * i));
+        g.bytes[static_cast<size_t>(8 + i)] = static_cast<uint8_t>(h2 >> (8 * i));
+    }
+    g.bytes[7] = static_cast<uint8_t>((g.bytes[7] & 0x0f) | 0x40);  // version 4 style
+    g.bytes[8] = static_cast<uint8_t>((g.bytes[8] & 0x3f) | 0x80);
+    return g;
+}
+
 std::string Guid::to_string() const {
     const auto& o = bytes;
     return fmt::format("{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",

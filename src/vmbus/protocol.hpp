@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "common/wire.hpp"
@@ -17,6 +18,9 @@ struct Guid {
     std::array<uint8_t, 16> bytes{};
     // From canonical text "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"; all zeros if malformed.
     static Guid parse(const char* text);
+    // A stable GUID from a name (FNV-1a, version-4 layout), so that a device is named the
+    // same at every boot (instance GUIDs made from device ids).
+    static Guid from_name(std::string_view name);
     [[nodiscard]] std::string to_string() const;
     friend bool operator==(const Guid&, const Guid&) = default;
 };

@@ -6,6 +6,8 @@
 
 #include "common/event_loop.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/netvsp/factory.hpp"
+#include "devices/netvsp/netvsp.hpp"
 #include "devices/storvsp/storvsp.hpp"
 #include "vmbus/server.hpp"
 #include "vmm/devices.hpp"
@@ -38,6 +40,23 @@ std::vector<std::pair<std::string, std::shared_ptr<storvsp::Controller>>> contro
     for (const auto& e : set.entries())
         if (auto c = std::dynamic_pointer_cast<storvsp::Controller>(e.device)) out.emplace_back(e.id, std::move(c));
     return out;
+}
+
+api::NicInfo nic_info(const netvsp::NicStatus& s) {
+    api::NicInfo n;
+    n.id = s.id;
+    n.mac = netvsp::format_mac(s.mac);
+    n.backend = s.backend.kind;
+    n.backend_info = s.backend.description;
+    n.link_up = s.link_up;
+    n.guest_ready = s.guest_ready;
+    n.mtu = s.mtu;
+    n.queues = s.queues;
+    n.max_queues = s.max_queues;
+    for (const auto& q : s.per_queue)
+        n.per_queue.push_back({q.index, q.target_vp, q.rx_packets, q.rx_bytes, q.rx_dropped, q.tx_packets, q.tx_bytes,
+                               q.tx_dropped});
+    return n;
 }
 
 api::DiskInfo disk_info(const std::string& controller, storvsp::Bus bus, const storvsp::DiskStatus& d) {
@@ -134,6 +153,8 @@ api::VmInfo MachineControl::info() {
         for (const auto& ch : c->channels())
             info.storage_channels.push_back({id, ch.index, ch.target_vp, ch.requests, ch.in_flight});
     }
+    for (const auto& e : devices_.entries())
+        if (auto nic = std::dynamic_pointer_cast<netvsp::Nic>(e.device)) info.nics.push_back(nic_info(nic->status()));
     const uint64_t rss = process_resident_bytes();
     if (!m) {
         info.vmm_rss_bytes = rss;
@@ -327,6 +348,14 @@ api::ApiResult<> MachineControl::remove_disk(const std::string& id) {
         return {};
     }
     return api_error(ErrorKind::NotFound, fmt::format("no disk '{}'", id));
+}
+
+api::ApiResult<> MachineControl::set_net_link(const std::string& id, bool up) {
+    const auto* e = devices_.find(id);
+    auto nic = e ? std::dynamic_pointer_cast<netvsp::Nic>(e->device) : nullptr;
+    if (!nic) return api_error(ErrorKind::NotFound, fmt::format("no NIC '{}'", id));
+    nic->set_link(up);
+    return {};
 }
 
 }  // namespace enlighten

@@ -43,6 +43,7 @@ public:
     api::ApiResult<> kvp_delete(api::KvpPool pool, const std::string& key) override;
     api::ApiResult<api::DiskInfo> add_disk(const api::AddDiskRequest& request) override;
     api::ApiResult<> remove_disk(const std::string& id) override;
+    api::ApiResult<> set_net_link(const std::string& id, bool up) override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);

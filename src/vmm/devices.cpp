@@ -3,6 +3,7 @@
 #include <set>
 
 #include "devices/ic/factory.hpp"
+#include "devices/netvsp/factory.hpp"
 #include "devices/storvsp/factory.hpp"
 
 namespace enlighten {
@@ -22,6 +23,7 @@ constexpr Kind kKinds[] = {
     {"kvp", ic::make_kvp},
     {"scsi", storvsp::make_scsi},
     {"ide", storvsp::make_ide},
+    {"nic", netvsp::make_nic},
 };
 
 }  // namespace

@@ -26,6 +26,8 @@
 #include "api/http_client.hpp"
 #include "api/router.hpp"
 #include "api/server.hpp"
+#include <fmt/format.h>
+
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/thread_stack.hpp"
@@ -73,6 +75,17 @@ public:
                               "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0", "open", 1});
         i.channels.push_back({2, 0, "kvp", "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
                               "242ff919-07db-4180-9c2e-b86cb68c8c55", "offered", 0});
+        NicInfo nic;
+        nic.id = "net0";
+        nic.mac = "00:15:5d:12:34:56";
+        nic.backend = "slirp";
+        nic.queues = 2;
+        nic.max_queues = 4;
+        nic.mtu = 1500;
+        nic.guest_ready = true;
+        nic.per_queue.push_back({0, 0, 10, 1000, 0, 20, 2000, 1});
+        nic.per_queue.push_back({1, 1, 5, 500, 2, 0, 0, 0});
+        i.nics.push_back(nic);
         i.gpadls = 3;
         i.vmm_rss_bytes = 10 << 20;
         i.guest_rss_bytes = 100 << 20;
@@ -149,6 +162,11 @@ public:
     ApiResult<> remove_disk(const std::string& id) override {
         record("remove-disk " + id);
         if (id != "disk0") return std::unexpected(ApiError{ErrorKind::NotFound, "no disk " + id});
+        return {};
+    }
+    ApiResult<> set_net_link(const std::string& id, bool up) override {
+        record(fmt::format("net-link {} {}", id, up ? "up" : "down"));
+        if (id != "net0") return std::unexpected(ApiError{ErrorKind::NotFound, "no NIC " + id});
         return {};
     }
 
@@ -412,7 +430,7 @@ TEST_F(ApiServerTest, Info) {
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"})"));
     EXPECT_TRUE(j["disks"].is_array());
     EXPECT_TRUE(j["storage_channels"].is_array());
-    EXPECT_EQ(j.size(), 15U) << j.dump();
+    EXPECT_EQ(j.size(), 16U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
@@ -529,6 +547,31 @@ TEST_F(ApiServerTest, AddAndRemoveDisks) {
     const auto calls = vm.calls();
     EXPECT_EQ(calls.front(), "add-disk /srv/a.img data ro");
     EXPECT_EQ(calls.back(), "remove-disk nope");
+}
+
+TEST_F(ApiServerTest, NicsInInfoAndLinkControl) {
+    auto r = get("/api/v1/vm.info");
+    ASSERT_EQ(r->status, 200);
+    const auto nic = Json::parse(r->body)["nics"][0];
+    EXPECT_EQ(nic["id"], "net0");
+    EXPECT_EQ(nic["mac"], "00:15:5d:12:34:56");
+    EXPECT_EQ(nic["backend"], "slirp");
+    EXPECT_EQ(nic["link_up"], true);
+    EXPECT_EQ(nic["queues"], 2);
+    EXPECT_EQ(nic["per_queue"].size(), 2U);
+    EXPECT_EQ(nic["per_queue"][0]["tx_bytes"], 2000);
+    EXPECT_EQ(nic["per_queue"][1]["rx_dropped"], 2);
+    EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0", "up": false})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "net-link net0 down");
+    EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0", "up": true})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "net-link net0 up");
+    r = put("/api/v1/vm.net-link", R"({"id": "net9", "up": true})");
+    EXPECT_EQ(r->status, 404);
+    EXPECT_EQ(error_of(r->body), "no NIC net9");
+    EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0", "up": "no"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.net-link", R"({"up": true, "speed": 1})")->status, 400);
+    EXPECT_EQ(get("/api/v1/vm.net-link")->status, 405);
 }
 
 TEST_F(ApiServerTest, KvpPoolsByName) {
@@ -1030,9 +1073,12 @@ TEST_F(ApiServerTest, CliEveryCommand) {
     EXPECT_EQ(Json::parse(ok({"kvp-get", "0", key})), (Json{{"key", key}, {"value", "v \"quoted\""}}));
     EXPECT_EQ(Json::parse(ok({"kvp-list", "external"}))["entries"].size(), 1U);
     EXPECT_EQ(ok({"kvp-delete", "external", key}), "");
+    EXPECT_EQ(ok({"net-link", "net0", "down"}), "");
+    EXPECT_EQ(ok({"net-link", "net0", "up"}), "");
     EXPECT_EQ(vm.calls(), (std::vector<std::string>{"info", "heartbeat", "shutdown", "reboot", "shutdown", "power_off",
                                                     "reset", "time_sync", "kvp_set 0 " + key + "=v \"quoted\"",
-                                                    "kvp_get 0 " + key, "kvp_list 0", "kvp_delete 0 " + key}));
+                                                    "kvp_get 0 " + key, "kvp_list 0", "kvp_delete 0 " + key,
+                                                    "net-link net0 down", "net-link net0 up"}));
 }
 
 TEST_F(ApiServerTest, CliErrorsAreOneLine) {

@@ -2,12 +2,31 @@
 // one VMBus network adapter: NVSP on its primary channel, RNDIS over NVSP, vRSS
 // sub-channels, in front of one net::Backend.
 //
-// (The public interface below is what the VMM and the API use. The implementation part is
-// documented with the implementation.)
+// (The public interface below is what the VMM and the API use.)
 //
-// Threads: the vmbus::Device calls come on the control loop; each open channel has a
-// worker thread; the backend calls the Receiver side from its own thread(s); set_link and
-// status from API threads.
+//   guest TX: channel ring ─► Worker (one thread per open channel, primary and sub-channels)
+//               NVSP message ─► SEND_RNDIS_PKT: send section copy + GPA ranges as one byte
+//               stream ─► RNDIS walk (rndis.hpp) ─► PACKET: Backend::send(frame, Offload)
+//                                                  └► control: handle_control ─► response
+//             ◄─ one completion per request, into ring room reserved before the packet is taken
+//   guest RX: Backend thread ─► Receiver::receive: RSS steering (Toeplitz over the table),
+//             a free receive section of that channel, RNDIS PACKET + PPIs + frame written
+//             into it; flush(): one type-7 packet per channel; the guest's completion frees
+//             the sections (on the channel's worker).
+//   control:  RNDIS responses and link indications are type-7 packets on the primary
+//             (channel_type 1) in sections of their own (a reserve of 16 that data never takes).
+//
+// Threads: the vmbus::Device calls (attach, open, close, retarget, reset, detach) come on
+// the control loop; open starts a worker thread for the channel, close stops and joins it
+// (close blocks the control loop only for that: a worker never waits for anything). Each
+// worker drains its own ring; the backend calls the Receiver (receive, flush) from its own
+// thread(s); set_link and status from API threads. Backend::set_receiver and set_mtu are
+// called on the control loop only (posted there by the workers), never under a Nic lock.
+// Nothing here blocks but close's join; the backend's send never blocks.
+// Locks: one Nic mutex (protocol state, buffers, section allocator, per-channel RX state
+// and counters), a leaf except that ChannelQueue::send/commit, GpadlView and
+// ChannelControl calls are made under it (Nic -> server -> queue -> SynIC). Backend calls
+// are made without it.
 #pragma once
 
 #include <array>
@@ -74,7 +93,9 @@ public:
     void detach() override;
 
 private:
-    // (implementation)
+    struct Impl;  // netvsp.cpp
+    explicit Nic(std::shared_ptr<Impl> impl);
+    std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace enlighten::netvsp

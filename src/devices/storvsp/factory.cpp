@@ -1,28 +1,8 @@
 #include "devices/storvsp/factory.hpp"
 
-#include <charconv>
-
 namespace enlighten::storvsp {
 
 namespace {
-
-Result<uint32_t> number(const DeviceConfig& cfg, std::string_view key, uint32_t dflt, uint32_t lo, uint32_t hi) {
-    auto it = cfg.params.find(key);
-    if (it == cfg.params.end()) return dflt;
-    uint32_t v = 0;
-    const auto& t = it->second;
-    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-    if (ec != std::errc() || p != t.data() + t.size() || v < lo || v > hi)
-        return fail(Errc::Invalid, "{} '{}': expected {} to {}", key, t, lo, hi);
-    return v;
-}
-
-Result<> only(const DeviceConfig& cfg, std::initializer_list<std::string_view> known) {
-    for (const auto& [k, v] : cfg.params)
-        if (std::find(known.begin(), known.end(), k) == known.end())
-            return fail(Errc::Invalid, "unknown parameter '{}'", k);
-    return {};
-}
 
 Result<std::vector<DiskConfig>> disks_of(const DeviceConfig& cfg) {
     std::vector<DiskConfig> disks;
@@ -36,33 +16,13 @@ Result<std::vector<DiskConfig>> disks_of(const DeviceConfig& cfg) {
     return disks;
 }
 
-// A stable instance GUID from a device id (FNV-1a), so the guest names it the same at every boot.
-vmbus::Guid guid_from(std::string_view id) {
-    uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
-    for (char c : id) {
-        h1 = (h1 ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
-        h2 = (h2 ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
-    }
-    vmbus::Guid g;
-    for (int i = 0; i < 8; ++i) {
-        g.bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(h1 >> (8 * i));
-        g.bytes[static_cast<size_t>(8 + i)] = static_cast<uint8_t>(h2 >> (8 * i));
-    }
-    g.bytes[7] = static_cast<uint8_t>((g.bytes[7] & 0x0f) | 0x40);  // version 4 style
-    g.bytes[8] = static_cast<uint8_t>((g.bytes[8] & 0x3f) | 0x80);
-    return g;
-}
-
 }  // namespace
 
 Result<DiskConfig> disk_config(const DeviceConfig& cfg) {
-    ENL_TRY_VOID(only(cfg, {"path", "format", "readonly", "serial", "cache"}));
+    ENL_TRY_VOID(only_params(cfg, {"path", "format", "readonly", "serial", "cache"}));
     DiskConfig d;
     d.id = cfg.id;
-    auto get = [&](std::string_view k) -> std::string {
-        auto it = cfg.params.find(k);
-        return it == cfg.params.end() ? std::string() : it->second;
-    };
+    auto get = [&](std::string_view k) { return param(cfg, k); };
     d.path = get("path");
     if (d.path.empty()) return fail(Errc::Invalid, "disk '{}': no path", cfg.id);
     if (d.id.empty()) return fail(Errc::Invalid, "disk {}: no id", d.path);
@@ -83,7 +43,7 @@ Result<DiskConfig> disk_config(const DeviceConfig& cfg) {
 }
 
 Result<std::shared_ptr<vmbus::Device>> make_scsi(const DeviceConfig& cfg) {
-    ENL_TRY_VOID(only(cfg, {"instance", "subchannels", "queue_depth"}));
+    ENL_TRY_VOID(only_params(cfg, {"instance", "subchannels", "queue_depth"}));
     ControllerOptions o;
     o.bus = Bus::Scsi;
     o.name = cfg.id.empty() ? "scsi" : cfg.id;
@@ -91,19 +51,19 @@ Result<std::shared_ptr<vmbus::Device>> make_scsi(const DeviceConfig& cfg) {
         o.instance = vmbus::Guid::parse(it->second.c_str());
         if (o.instance == vmbus::Guid{}) return fail(Errc::Invalid, "instance '{}' is not a GUID", it->second);
     } else {
-        o.instance = guid_from(o.name);
+        o.instance = vmbus::Guid::from_name(o.name);
     }
-    ENL_TRY(uint32_t subchannels, number(cfg, "subchannels", vmbus::kMaxSubchannels, 0, vmbus::kMaxSubchannels));
+    ENL_TRY(uint32_t subchannels, param_number(cfg, "subchannels", vmbus::kMaxSubchannels, 0, vmbus::kMaxSubchannels));
     o.max_subchannels = static_cast<uint16_t>(subchannels);
-    ENL_TRY(o.queue_depth, number(cfg, "queue_depth", 256, 1, 1024));
+    ENL_TRY(o.queue_depth, param_number(cfg, "queue_depth", 256, 1, 1024));
     ENL_TRY(auto disks, disks_of(cfg));
     ENL_TRY(auto c, Controller::create(std::move(o), disks));
     return std::static_pointer_cast<vmbus::Device>(c);
 }
 
 Result<std::shared_ptr<vmbus::Device>> make_ide(const DeviceConfig& cfg) {
-    ENL_TRY_VOID(only(cfg, {"slot"}));
-    ENL_TRY(uint32_t slot, number(cfg, "slot", 0, 0, 3));
+    ENL_TRY_VOID(only_params(cfg, {"slot"}));
+    ENL_TRY(uint32_t slot, param_number(cfg, "slot", 0, 0, 3));
     ControllerOptions o;
     o.bus = Bus::Ide;
     o.name = cfg.id.empty() ? fmt::format("ide{}", slot) : cfg.id;
