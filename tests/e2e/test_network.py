@@ -83,6 +83,10 @@ start_bg() {
     VM_PID=$!
 }
 vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
+# vm_deadline SECONDS: kill the VM after that long, so that a slow or stuck guest fails the
+# waits below at once and the run still prints its console (set it below the run's timeout,
+# whose watchdog kills the whole run and everything it would have printed)
+vm_deadline() { ( sleep "$1"; vm_alive && echo "SCENARIO-DEADLINE: the VM ran $1 s, killed" && kill -KILL "$VM_PID" ) & BG_PIDS="$BG_PIDS $!"; }
 # wait_guest PATTERN SECONDS: until the guest console shows PATTERN; gives up at once when
 # the VMM has exited (e.g. it refused its command line).
 wait_guest() {
@@ -314,7 +318,7 @@ dd if=/dev/urandom of=/tmp/g2h bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/nul
 echo "RESULT g2h_bytes=$(wc -c < /tmp/g2h)"
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h | cut -d' ' -f1)"
 t=$(now)
-timeout 300 nc "$HOST" 5002 < /tmp/g2h
+timeout 200 nc "$HOST" 5002 < /tmp/g2h
 echo "RESULT g2h_nc_rc=$?"
 echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
@@ -322,7 +326,7 @@ rm -f /tmp/g2h
 recv 8080 /tmp/h2g
 echo "NET-READY h2g"
 t=$(now)
-wait_gone $RECV_PID 300 || kill $RECV_PID
+wait_gone $RECV_PID 200 || kill $RECV_PID
 kill $RECV_HOLD
 echo "RESULT h2g_seconds=$(since $t)"
 echo "RESULT h2g_bytes=$(wc -c < /tmp/h2g)"
@@ -356,6 +360,7 @@ recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RE
   sha "$WORK/h2g" > "$WORK/h2g.sha" ) &
 MAKE_PID=$!
 start_bg net-slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
+vm_deadline 560
 if wait_guest "NET-READY fwd" 120; then
     part boot
     echo "RESULT host.hello=$(cat "$WORK/hello.recv")"
@@ -371,7 +376,7 @@ if wait_guest "NET-READY h2g" 400; then
     part g2h
     wait $MAKE_PID
     echo "RESULT host.h2g_sha=$(cat "$WORK/h2g.sha")"
-    timeout 300 nc 127.0.0.1 """ + str(HOSTFWD_PORT) + r""" < "$WORK/h2g"
+    timeout 200 nc 127.0.0.1 """ + str(HOSTFWD_PORT) + r""" < "$WORK/h2g"
     echo "RESULT host.h2g_nc_rc=$?"
 fi
 if wait_guest "NET-READY link" 400; then
@@ -385,7 +390,7 @@ fi
 wait_guest NET-DONE 120 && info final
 part link
 stop_vm
-""", job=JOB_SLIRP, timeout=600, net=True)
+""", job=JOB_SLIRP, timeout=640, net=True)
 
 
 class SlirpTests(NetCase):
@@ -501,7 +506,7 @@ dd if=/dev/urandom of=/tmp/g2h bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/nul
 echo "RESULT g2h_bytes=$(wc -c < /tmp/g2h)"
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h | cut -d' ' -f1)"
 t=$(now)
-timeout 300 nc "$HOST" 5002 < /tmp/g2h
+timeout 200 nc "$HOST" 5002 < /tmp/g2h
 echo "RESULT g2h_nc_rc=$?"
 echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
@@ -521,6 +526,7 @@ echo "RESULT host.tap=$(ip -4 addr show dev """ + TAP + r""" | sed -n 's/.*inet 
 bg iperf3 -s -B 10.0.3.1
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
 start_bg net-tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
+vm_deadline 400
 if wait_guest "NET-READY g2h" 300; then
     wait_gone $G2H_PID 60
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
@@ -531,7 +537,7 @@ wait_guest NET-DONE 120 && info final
 part iperf
 stop_vm
 tunctl -d """ + TAP + r""" >/dev/null
-""", job=JOB_TAP, timeout=420, net=True)
+""", job=JOB_TAP, timeout=480, net=True)
 
 
 class TapTests(NetCase):
@@ -618,6 +624,7 @@ echo "NET-DONE"
 NET_MULTIQUEUE.scenario("net-channels", NET_LIB + r"""
 bg iperf3 -s
 start_bg net-channels "" --net "backend=slirp,id=net0"
+vm_deadline 340
 wait_guest NET-DONE 300 && info final
 part all
 stop_vm
