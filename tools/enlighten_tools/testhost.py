@@ -334,11 +334,13 @@ class _Streamer:
 
 def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | None,
           echo_stderr: bool = False, idle_timeout: float | None = None,
-          ended=None, grace: float = 20.0) -> bool:
+          ended=None, grace: float = 20.0, on_idle=None, idle_probe: float | None = None) -> bool:
     """Read proc's stdout (and stderr) until EOF, the deadline, or (with idle_timeout) that
     many seconds without any output. True if EOF reached, or if `ended()` (the process has
-    said all it had to say) became true and EOF did not follow within `grace` seconds."""
+    said all it had to say) became true and EOF did not follow within `grace` seconds.
+    on_idle(): called once per silence, after idle_probe seconds without output."""
     grace_until = None
+    probed = False
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     if proc.stderr is not None:
@@ -354,9 +356,13 @@ def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | N
         remaining = deadline - now
         if remaining <= 0 or (idle_timeout is not None and now - last_output > idle_timeout):
             return False
+        if on_idle is not None and idle_probe is not None and not probed and now - last_output > idle_probe:
+            probed = True
+            on_idle()
         for key, _ in sel.select(timeout=min(remaining, 1.0)):
             data = os.read(key.fileobj.fileno(), 65536)
             last_output = time.monotonic()
+            probed = False
             if not data:
                 sel.unregister(key.fileobj)
                 open_fds -= 1
@@ -456,8 +462,9 @@ def _split_separate(body: bytes) -> tuple[bytes, bytes]:
 
 
 def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
-                 tb_size_mib: int | None = None) -> list[str]:
-    """tb_size_mib: QEMU's translation cache (default 1 GiB). A test host that runs many
+                 tb_size_mib: int | None = None, monitor: Path | None = None) -> list[str]:
+    """monitor: QEMU's human monitor on that Unix socket (else none).
+    tb_size_mib: QEMU's translation cache (default 1 GiB). A test host that runs many
     guests one after another keeps the stale translations of the earlier ones; with a 1 GiB
     cache that made each later guest boot about 50% slower, with 64 MiB it does not."""
     accel = "tcg" if tb_size_mib is None else f"tcg,tb-size={tb_size_mib}"
@@ -474,9 +481,64 @@ def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
     return ["qemu-system-x86_64", "-accel", accel, "-cpu", "max",
             "-m", str(memory_mib), "-smp", str(cpus),
             "-nographic", "-vga", "none", "-no-reboot", "-nic", "none",
-            "-serial", "stdio", "-monitor", "none",
+            "-serial", "stdio", "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             *shlex.split(os.environ.get("ENLIGHTEN_TESTHOST_QEMU_ARGS", ""))]
+
+
+def _monitor_commands(sock: Path, commands: list[str], timeout: float = 10.0) -> str:
+    """Run commands on QEMU's human monitor at sock; what it answered (or why not)."""
+    import socket
+    out: list[str] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+
+            def until_prompt() -> str:
+                buf = b""
+                while not buf.endswith(b"(qemu) "):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                return buf.decode(errors="replace")
+
+            until_prompt()  # the banner
+            for c in commands:
+                s.sendall(c.encode() + b"\n")
+                text = until_prompt().replace("\r", "")
+                # without the echo of the typed command (terminal escapes)
+                text = "\n".join(ln for ln in text.removesuffix("(qemu) ").splitlines() if "\x1b" not in ln)
+                out.append(f"(qemu) {c}\n" + text)
+    except OSError as e:
+        out.append(f"monitor: {e}")
+    return "\n".join(out)
+
+
+def _qemu_cpu_seconds(proc: subprocess.Popen) -> float | None:
+    """CPU seconds used so far by QEMU (the child of the `timeout` wrapper proc runs)."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        fields = Path(f"/proc/{children[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _diagnose_silent_host(proc: subprocess.Popen, monitor: Path) -> str:
+    """What a test host that stopped printing is doing: QEMU's CPU use, each vCPU's state
+    (halted? interrupts on?) and local APIC; then an NMI, which revives a host whose vCPUs
+    all sleep on a lost wakeup (the kernel logs the NMI and goes on)."""
+    c0 = _qemu_cpu_seconds(proc)
+    time.sleep(3)
+    c1 = _qemu_cpu_seconds(proc)
+    lines = [f"silent test host: QEMU used {((c1 - c0) / 3 * 100):.0f}% of a core over 3 s"
+             if c0 is not None and c1 is not None else "silent test host: QEMU's CPU use unknown"]
+    regs = _monitor_commands(monitor, ["info registers -a"])
+    lines += [ln for ln in regs.splitlines() if re.match(r"(CPU#|RIP=|EIP=|\(qemu\)|monitor:)", ln)]
+    lines += _monitor_commands(monitor, ["info lapic", "nmi"]).splitlines()
+    return "\n".join(lines)
 
 
 def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = None,
@@ -523,8 +585,9 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
         concatenate(initrd, img.base_initrd, *layers, extra)
         extra.unlink()
         # `timeout` guards against this Python process dying; our own deadline is shorter.
+        monitor = tmpdir / "monitor.sock"
         qemu = ["timeout", "-s", "KILL", str(int(timeout) + 30)] + \
-            qemu_command(img.kernel, initrd, cpus, memory_mib, tb_size_mib)
+            qemu_command(img.kernel, initrd, cpus, memory_mib, tb_size_mib, monitor=monitor)
         if stream:
             log(f"booting the test host (QEMU TCG, {cpus} vCPU(s), {memory_mib} MiB)...")
         proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -552,7 +615,15 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
 
         finished = False
         try:
-            finished = _pump(proc, t0 + timeout, on_out_tail, None, idle_timeout=idle_timeout, ended=ended)
+            # A silent test host is looked at (and kicked with an NMI) halfway to its idle
+            # timeout; what was seen goes into the log (TESTHOST-DIAG lines).
+            def on_idle() -> None:
+                for line in _diagnose_silent_host(proc, monitor).splitlines():
+                    on_out(f"\nTESTHOST-DIAG {line}".encode())
+                on_out(b"\n")
+
+            finished = _pump(proc, t0 + timeout, on_out_tail, None, idle_timeout=idle_timeout, ended=ended,
+                             on_idle=on_idle, idle_probe=idle_timeout / 2 if idle_timeout else None)
         finally:
             if finished:
                 try:
