@@ -507,6 +507,8 @@ class Session:
                                           f"(last 6000 chars) ---\n{output[-6000:]}\n--- end ---")
         if problem:
             self.notes.append(f"test host failed: {problem}")
+            # what testhost saw when it looked at the silent host (QEMU's CPU use, vCPU state)
+            self.notes += [ln for ln in output.splitlines() if ln.startswith("TESTHOST-DIAG ")]
         return started, (f"{problem or 'the session script ended early'}\n--- session output (last 6000 chars) "
                          f"---\n{output[-6000:]}\n--- end ---")
 
