@@ -94,7 +94,7 @@ void BalloonDevice::on_packet(const vmbus::PacketView& packet) {
         ENL_LOG_LIMITED(warn, "dynamic memory: a packet of type {} from the guest; ignored", packet.type);
         return;
     }
-    engine_.on_message(packet.payload, std::chrono::steady_clock::now());
+    engine_.on_message(packet.payload, loop()->now());
     step();
 }
 
@@ -115,7 +115,8 @@ void BalloonDevice::flush() {
 }
 
 void BalloonDevice::step() {
-    const auto now = std::chrono::steady_clock::now();
+    if (!loop()) return;
+    const auto now = loop()->now();
     engine_.tick(now);
     flush();
     PolicySettings s;
