@@ -41,7 +41,7 @@ public:
     GpaWindow hot_add_window() const override { return {kWindowGpa, kWindowSize}; }
     Result<> hot_add(uint64_t gpa, uint64_t size) override {
         CHECK(gpa % (128 * kMiB) == 0 && size % (128 * kMiB) == 0 && size > 0);
-        CHECK(GpaWindow{kWindowGpa, kWindowSize}.contains(gpa, size));
+        CHECK((GpaWindow{kWindowGpa, kWindowSize}.contains(gpa, size)));
         for (const auto& a : added) CHECK(gpa >= a.end() || gpa + size <= a.gpa);
         added.push_back({gpa, size});
         return {};

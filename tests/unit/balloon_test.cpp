@@ -591,8 +591,12 @@ private:
 
 TEST(BalloonDevice, ThroughVmbusNegotiatesBalloonsToTargetAndGivesBackZeroedPages) {
     // 64 MiB of simulated guest RAM; the device believes the guest has 64 MiB.
+    // The RAM control outlives the server, whose shutdown closes the device (as the
+    // Machine's MemoryManager outlives its VMBus server).
+    std::unique_ptr<FakeRam> ram_holder;
     SimGuest g(1, 16384);
-    FakeRam ram{{{0, 64 * kMiB}}, {}, &g.memory()};
+    ram_holder = std::make_unique<FakeRam>(std::vector<GpaWindow>{{0, 64 * kMiB}}, GpaWindow{}, &g.memory());
+    FakeRam& ram = *ram_holder;
     g.server().set_ram_control(&ram);
     PolicySettings s = settings(false, 32 * kMiB, 64 * kMiB);
     auto dev = std::make_shared<BalloonDevice>(kDefaultInstance, 64 * kMiB, 64 * kMiB, s);
@@ -643,8 +647,8 @@ TEST(BalloonDevice, ThroughVmbusNegotiatesBalloonsToTargetAndGivesBackZeroedPage
 }
 
 TEST(BalloonDevice, DynamicPolicyGrowsByHotAddUpToMax) {
+    FakeRam ram{{{0, 512 * kMiB}}, {4 * kGiB, 1536 * kMiB}};  // outlives the server
     SimGuest g(1, 4096);
-    FakeRam ram{{{0, 512 * kMiB}}, {4 * kGiB, 1536 * kMiB}};
     g.server().set_ram_control(&ram);
     PolicySettings s = settings(true, 256 * kMiB, 2 * kGiB, 20);
     auto dev = std::make_shared<BalloonDevice>(kDefaultInstance, 512 * kMiB, 2 * kGiB, s);
