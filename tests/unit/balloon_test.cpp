@@ -691,3 +691,31 @@ TEST(BalloonFactory, ParamsAreChecked) {
     EXPECT_EQ(st.min, 128 * kMiB);
     EXPECT_EQ(st.max, 2 * kGiB);
 }
+
+TEST_F(EngineFixture, ANewBootStartsAtTheStartupSize) {
+    balloon(512);
+    e.on_message(balloon_response({{0x100, 512}}, false), t);
+    ASSERT_TRUE(e.hot_add(32768, t));
+    e.on_message(hot_add_response(32768, 1), t);
+    EXPECT_EQ(e.ballooned_pages(), 512U);
+    EXPECT_EQ(e.hot_added_pages(), 32768U);
+    // The next boot's RAM (a new MemoryManager): nothing ballooned, nothing hot-added.
+    FakeRam next{{{0, kGiB}}, {4 * kGiB, 2 * kGiB}};
+    e.attach(&next, 0);
+    EXPECT_EQ(e.state(), DmState::Closed);
+    EXPECT_EQ(e.ballooned_pages(), 0U);
+    EXPECT_EQ(e.hot_added_pages(), 0U);
+    EXPECT_EQ(e.hot_add_room_bytes(), 2 * kGiB);
+    EXPECT_FALSE(e.last_status());
+    // A reopened channel in the same boot keeps the hot-added RAM but not the balloon.
+    e.open();
+    e.on_message(version_request(kVersionWin10), t);
+    e.on_message(caps_report(), t);
+    ASSERT_TRUE(e.hot_add(32768, t));
+    e.on_message(hot_add_response(32768, 1), t);
+    ASSERT_TRUE(e.balloon(10, t));
+    e.on_message(balloon_response({{0x100, 10}}, false), t);
+    e.open();
+    EXPECT_EQ(e.ballooned_pages(), 0U);
+    EXPECT_EQ(e.hot_added_pages(), 32768U);
+}
