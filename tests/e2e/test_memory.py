@@ -258,8 +258,12 @@ class MemCase(unittest.TestCase):
         if self.KEY not in _parts_shown:
             _parts_shown.add(self.KEY)
             parts = re.findall(r"^PART (\S+) (\S+)$", res.output, re.M)
-            print(f"[{self.KEY}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}] ",
-                  end="", file=sys.stderr, flush=True)
+            # the figures worth seeing next to the times (KiB for memtotal and rss)
+            figures = {k: v for k, v in kv(res.output).items()
+                       if k.endswith((".memtotal", "_after", "rss_before", "rss_down", "hot_blocks_online",
+                                      "reports_in_5s", "hog"))}
+            print(f"[{self.KEY}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}; "
+                  f"{' '.join(f'{k}={v}' for k, v in figures.items())}] ", end="", file=sys.stderr, flush=True)
         return res
 
     def console(self) -> str:
