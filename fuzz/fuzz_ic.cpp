@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const auto bytes = in.take_bytes(in.take<uint16_t>() % 5000U);
         // Overwrite the start of a genuine request (or send bytes of its own).
         if (payload.size() < bytes.size()) payload.resize(bytes.size());
-        std::memcpy(payload.data(), bytes.data(), bytes.size());
+        if (!bytes.empty()) std::memcpy(payload.data(), bytes.data(), bytes.size());  // no memcpy from null
         if (op & 2 && payload.size() >= ic::kIcHeaderSize) payload[sizeof(ic::PipeHeader) + 17] = ic::kIcFlagResponse;
         const uint16_t type = static_cast<uint16_t>((op >> 2) % 13U);
         (void)g.send(ch, type, trans, payload, {}, true);

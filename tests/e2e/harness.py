@@ -30,6 +30,12 @@ from enlighten_tools.testhost import Carry, RunResult, StopAfter, run_enlighten 
 INIT_RE = re.compile(r"ENLIGHTEN-INIT uptime=[0-9.]+")
 BINARY = testhost.default_enlighten_binary()
 ASAN_BINARY = REPO / "build-asan" / "enlighten"
+# A test host is given up when it prints nothing for this long: every run prints a heartbeat
+# (E2E-ALIVE) every 30 s (before, a hung host was noticed only after its longest run's
+# timeout, up to 12 minutes).
+HEARTBEAT_IDLE_S = 300
+# How often a run whose test host died under it is tried again in a fresh one.
+RETRIES_AFTER_HOST_DEATH = 2
 # Keep kernel messages short (every serial byte is a VM exit) except in the first test;
 # panic=-1 turns a guest panic into a reset, so a broken boot fails fast (exit 3).
 QUIET_CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -199,7 +205,11 @@ run_item() {
     setsid sh "$script" >"$d/out" 2>&1 </dev/null &
     pid=$!
     ( n=0
-      while [ $n -lt "$limit" ]; do sleep 1; n=$((n + 1)); done
+      while [ $n -lt "$limit" ]; do
+          sleep 1; n=$((n + 1))
+          # a heartbeat, so that a test host that stops answering is noticed in 5 minutes
+          [ $((n % 30)) -eq 0 ] && echo "E2E-ALIVE $key $n"
+      done
       : >"$d/timeout"; kill -KILL -$pid 2>/dev/null ) &
     watchdog=$!
     wait $pid
@@ -388,12 +398,14 @@ class Session:
         # answering: the nested QEMU-TCG host does, now and then, under load; a VMM in
         # user space cannot do that to a kernel) runs again, once, in the next test host,
         # and the session report says so. A run that failed by itself is never retried.
-        pending, hosts, retried = runnable, 1, set()
+        # (Up to RETRIES_AFTER_HOST_DEATH times: one CI run saw the same run's host die twice.)
+        pending, hosts, retried = runnable, 1, {}
         while True:
             started, why = self._run_batch(pending, img)
-            cut = [r for r in pending if r.key in started and r.key not in self.results and r.key not in retried]
+            cut = [r for r in pending if r.key in started and r.key not in self.results
+                   and retried.get(r.key, 0) < RETRIES_AFTER_HOST_DEATH]
             for r in cut:
-                retried.add(r.key)
+                retried[r.key] = retried.get(r.key, 0) + 1
                 self.failures.pop(r.key, None)
             pending = [r for r in pending if r.key not in started or r in cut]
             if not pending:
@@ -466,7 +478,7 @@ class Session:
             budget = sum(r.timeout for r in runnable) / lanes + longest
             try:
                 res = testhost.run_command(master, files=files or None, cpus=host_cpus, timeout=budget + 120,
-                                           runner=runner, idle_timeout=longest + 90, tb_size_mib=64,
+                                           runner=runner, idle_timeout=min(longest + 90, HEARTBEAT_IDLE_S), tb_size_mib=64,
                                            memory_mib=self.host_memory_mib,
                                            layers=[testhost.net_tools_layer()] if self.host_net_tools else ())
                 output, problem = res.output, ""

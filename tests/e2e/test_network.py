@@ -8,15 +8,15 @@ guest's hv_netvsc drives, on its two host backends, through
 Three guest boots, each checked by several tests:
 
   session "network" (one test-host boot, 1-vCPU guests):
-    slirp     hv_netvsc binds, the MAC given, DHCP from slirp (10.0.2.15), a TCP service and an
+    net-slirp     hv_netvsc binds, the MAC given, DHCP from slirp (10.0.2.15), a TCP service and an
               HTTP server of the test host through the gateway 10.0.2.2, a host port forward
               to an HTTP server in the guest, 64 MiB each way intact (sha256 on both ends), link
               down and up through the API (the guest sees NO-CARRIER, then traffic again), the
               NIC in vm.info with growing per-queue counters
-    tap       a tap of the test host (10.0.3.1/24), the guest at 10.0.3.2 (static): ping, TSO on,
-              64 MiB each way intact, iperf3
+    net-tap       a tap of the test host (10.0.3.1/24), the guest at 10.0.3.2 (static): ping, TSO on,
+              64 MiB guest -> host intact, iperf3 each way
   session "net-multiqueue" (a 4-vCPU test host of its own, as storage's "multichannel"):
-    channels  4 vCPUs: ethtool -l shows 4 combined channels, 8 flows land on several receive
+    net-channels  4 vCPUs: ethtool -l shows 4 combined channels, 8 flows land on several receive
               queues, ethtool -L combined 2 and back to 4, MTU 9000 and back to 1500, traffic
               after each
 
@@ -83,6 +83,10 @@ start_bg() {
     VM_PID=$!
 }
 vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
+# vm_deadline SECONDS: kill the VM after that long, so that a slow or stuck guest fails the
+# waits below at once and the run still prints its console (set it below the run's timeout,
+# whose watchdog kills the whole run and everything it would have printed)
+vm_deadline() { ( sleep "$1"; vm_alive && echo "SCENARIO-DEADLINE: the VM ran $1 s, killed" && kill -KILL "$VM_PID" ) & BG_PIDS="$BG_PIDS $!"; }
 # wait_guest PATTERN SECONDS: until the guest console shows PATTERN; gives up at once when
 # the VMM has exited (e.g. it refused its command line).
 wait_guest() {
@@ -114,7 +118,10 @@ recv() {
     RECV_PID=$!
     sleep 100000 > "$f" &
     RECV_HOLD=$!
+    n=0; until listening "$1" || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
 }
+# listening PORT: a TCP socket listens on PORT (/proc/net/tcp and tcp6: state 0A)
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ":$(printf %04X "$1") 0+:0000 0A"; }
 # alive PID / wait_gone PID SECONDS: a child that exited is a zombie until reaped
 alive() { st=; read -r _ _ st _ < "/proc/$1/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 wait_gone() { n=0; while alive "$1"; do n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1; sleep 0.1; done; }
@@ -138,7 +145,10 @@ recv() {
     RECV_PID=$!
     sleep 100000 > "$f" &
     RECV_HOLD=$!
+    n=0; until listening "$1" || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
 }
+# listening PORT: a TCP socket listens on PORT (/proc/net/tcp and tcp6: state 0A)
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ":$(printf %04X "$1") 0+:0000 0A"; }
 # alive PID / wait_gone PID SECONDS: a child that exited is a zombie until reaped
 alive() { st=; read -r _ _ st _ < "/proc/$1/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 wait_gone() { n=0; while alive "$1"; do n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1; sleep 0.1; done; }
@@ -299,6 +309,7 @@ echo "guest-token-$(cat /proc/sys/kernel/random/uuid)" > /www/token.txt
 echo "RESULT guest_token=$(cat /www/token.txt)"
 httpd -f -p 8080 -h /www &
 hpid=$!
+wait_until 10 listening 8080
 echo "NET-READY fwd"
 go fwd || exit 1
 kill $hpid; wait $hpid 2>/dev/null
@@ -307,16 +318,15 @@ dd if=/dev/urandom of=/tmp/g2h bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/nul
 echo "RESULT g2h_bytes=$(wc -c < /tmp/g2h)"
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h | cut -d' ' -f1)"
 t=$(now)
-timeout 300 nc "$HOST" 5002 < /tmp/g2h
+timeout 200 nc "$HOST" 5002 < /tmp/g2h
 echo "RESULT g2h_nc_rc=$?"
 echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
 # test host -> guest through the port forward, 64 MiB
 recv 8080 /tmp/h2g
-sleep 0.5
 echo "NET-READY h2g"
 t=$(now)
-wait_gone $RECV_PID 300 || kill $RECV_PID
+wait_gone $RECV_PID 200 || kill $RECV_PID
 kill $RECV_HOLD
 echo "RESULT h2g_seconds=$(since $t)"
 echo "RESULT h2g_bytes=$(wc -c < /tmp/h2g)"
@@ -342,12 +352,15 @@ dmesg | grep -i netvsc | sed 's/^/DMESG-NETVSC /'
 netvsc_errors
 echo "NET-DONE"
 """
-NETWORK.scenario("slirp", NET_LIB + r"""
+NETWORK.scenario("net-slirp", NET_LIB + r"""
 recv 5001 "$WORK/hello.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
-dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
-echo "RESULT host.h2g_sha=$(sha "$WORK/h2g")"
-start_bg slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
+# the host -> guest data, made while the guest boots
+( dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
+  sha "$WORK/h2g" > "$WORK/h2g.sha" ) &
+MAKE_PID=$!
+start_bg net-slirp "" --net "backend=slirp,id=net0,mac=""" + MAC + r""",hostfwd=tcp::""" + str(HOSTFWD_PORT) + r"""-:8080"
+vm_deadline 560
 if wait_guest "NET-READY fwd" 120; then
     part boot
     echo "RESULT host.hello=$(cat "$WORK/hello.recv")"
@@ -361,7 +374,9 @@ if wait_guest "NET-READY h2g" 400; then
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
     echo "RESULT host.g2h_sha=$(sha "$WORK/g2h.recv")"
     part g2h
-    timeout 300 nc 127.0.0.1 """ + str(HOSTFWD_PORT) + r""" < "$WORK/h2g"
+    wait $MAKE_PID
+    echo "RESULT host.h2g_sha=$(cat "$WORK/h2g.sha")"
+    timeout 200 nc 127.0.0.1 """ + str(HOSTFWD_PORT) + r""" < "$WORK/h2g"
     echo "RESULT host.h2g_nc_rc=$?"
 fi
 if wait_guest "NET-READY link" 400; then
@@ -375,12 +390,12 @@ fi
 wait_guest NET-DONE 120 && info final
 part link
 stop_vm
-""", job=JOB_SLIRP, timeout=600, net=True)
+""", job=JOB_SLIRP, timeout=640, net=True)
 
 
 class SlirpTests(NetCase):
     """The slirp guest: binding, DHCP, gateway, port forward, transfers, link, vm.info."""
-    KEY = "slirp"
+    KEY = "net-slirp"
 
     def test_hv_netvsc_binds(self) -> None:
         self.assertGuest("driver", "hv_netvsc")
@@ -475,7 +490,7 @@ class SlirpTests(NetCase):
         self.assertGreater(queue_sum(after, "tx_packets"), queue_sum(before, "tx_packets"))
 
     def test_vmm_exits_after_the_api_power_off(self) -> None:
-        self.assertEqual(self.host().get("slirp.rc"), "5", describe(self.run_of()))
+        self.assertEqual(self.host().get("net-slirp.rc"), "5", describe(self.run_of()))
 
 
 # ----------------------------------------------------------------------------- tap
@@ -491,27 +506,18 @@ dd if=/dev/urandom of=/tmp/g2h bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/nul
 echo "RESULT g2h_bytes=$(wc -c < /tmp/g2h)"
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h | cut -d' ' -f1)"
 t=$(now)
-timeout 300 nc "$HOST" 5002 < /tmp/g2h
+timeout 200 nc "$HOST" 5002 < /tmp/g2h
 echo "RESULT g2h_nc_rc=$?"
 echo "RESULT g2h_seconds=$(since $t)"
 rm -f /tmp/g2h
-recv 8080 /tmp/h2g
-sleep 0.5
-echo "NET-READY h2g"
-t=$(now)
-wait_gone $RECV_PID 300 || kill $RECV_PID
-kill $RECV_HOLD
-echo "RESULT h2g_seconds=$(since $t)"
-echo "RESULT h2g_bytes=$(wc -c < /tmp/h2g)"
-echo "RESULT h2g_sha=$(sha256sum < /tmp/h2g | cut -d' ' -f1)"
-rm -f /tmp/h2g
+echo "NET-READY g2h"
 iperf tx -t 3
 iperf rx -t 3 -R
 ethtool -S eth0 | sed 's/^/ETHTOOL-S /'
 netvsc_errors
 echo "NET-DONE"
 """
-NETWORK.scenario("tap", NET_LIB + r"""
+NETWORK.scenario("net-tap", NET_LIB + r"""
 modprobe tun 2>/dev/null
 tunctl -t """ + TAP + r""" >/dev/null
 ip addr add 10.0.3.1/24 dev """ + TAP + r"""
@@ -519,28 +525,24 @@ ip link set """ + TAP + r""" up
 echo "RESULT host.tap=$(ip -4 addr show dev """ + TAP + r""" | sed -n 's/.*inet \([0-9./]*\).*/\1/p')"
 bg iperf3 -s -B 10.0.3.1
 recv 5002 "$WORK/g2h.recv"; BG_PIDS="$BG_PIDS $RECV_PID $RECV_HOLD"; G2H_PID=$RECV_PID
-dd if=/dev/urandom of="$WORK/h2g" bs=1M count=""" + str(BLOB_MIB) + r""" 2>/dev/null
-echo "RESULT host.h2g_sha=$(sha "$WORK/h2g")"
-start_bg tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
-if wait_guest "NET-READY h2g" 300; then
+start_bg net-tap "enlighten.net=10.0.3.2/24" --net "backend=tap,tap=""" + TAP + r""",id=net0"
+vm_deadline 400
+if wait_guest "NET-READY g2h" 300; then
     wait_gone $G2H_PID 60
     echo "RESULT host.g2h_bytes=$(size "$WORK/g2h.recv")"
     echo "RESULT host.g2h_sha=$(sha "$WORK/g2h.recv")"
     part boot+g2h
-    timeout 300 nc 10.0.3.2 8080 < "$WORK/h2g"
-    echo "RESULT host.h2g_nc_rc=$?"
-    part h2g
 fi
 wait_guest NET-DONE 120 && info final
 part iperf
 stop_vm
 tunctl -d """ + TAP + r""" >/dev/null
-""", job=JOB_TAP, timeout=420, net=True)
+""", job=JOB_TAP, timeout=480, net=True)
 
 
 class TapTests(NetCase):
-    """The tap guest: static address, ping, TSO, transfers both ways, iperf3."""
-    KEY = "tap"
+    """The tap guest: static address, ping, TSO, a transfer, iperf3 both ways."""
+    KEY = "net-tap"
 
     def test_static_address_on_the_tap_network(self) -> None:
         self.assertEqual(self.host().get("host.tap"), "10.0.3.1/24", describe(self.run_of()))
@@ -565,14 +567,6 @@ class TapTests(NetCase):
         self.assertEqual(h.get("host.g2h_sha"), g.get("g2h_sha"), describe(res))
         print(f"[guest->host {BLOB_MIB} MiB in {g.get('g2h_seconds')} s] ", end="", file=sys.stderr)
 
-    def test_64mib_host_to_guest_intact(self) -> None:
-        res, g, h = self.run_of(), self.guest(), self.host()
-        self.assertEqual(h.get("host.h2g_nc_rc"), "0", describe(res))
-        self.assertEqual(g.get("h2g_bytes"), str(BLOB_MIB * MiB), describe(res))
-        self.assertRegex(h.get("host.h2g_sha", ""), r"^[0-9a-f]{64}$", describe(res))
-        self.assertEqual(g.get("h2g_sha"), h.get("host.h2g_sha"), describe(res))
-        print(f"[host->guest {BLOB_MIB} MiB in {g.get('h2g_seconds')} s] ", end="", file=sys.stderr)
-
     def test_iperf3_both_ways(self) -> None:
         tx, rx = self.assertIperf("tx"), self.assertIperf("rx")
         print(f"[tap iperf3: guest->host {tx['end']['sum_received']['bits_per_second'] / 1e6:.0f} Mbit/s, "
@@ -587,7 +581,7 @@ class TapTests(NetCase):
         res = self.run_of()
         n = nic(vm_info(res, "final"))
         self.assertEqual(n.get("backend"), "tap", json.dumps(n))
-        self.assertGreaterEqual(queue_sum(n, "rx_bytes"), BLOB_MIB * MiB, json.dumps(n))
+        self.assertGreater(queue_sum(n, "rx_bytes"), 0, json.dumps(n))
         self.assertGreaterEqual(queue_sum(n, "tx_bytes"), BLOB_MIB * MiB, json.dumps(n))
 
 
@@ -627,9 +621,10 @@ echo "RESULT addr_after=$(ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9./]*
 netvsc_errors
 echo "NET-DONE"
 """
-NET_MULTIQUEUE.scenario("channels", NET_LIB + r"""
+NET_MULTIQUEUE.scenario("net-channels", NET_LIB + r"""
 bg iperf3 -s
-start_bg channels "" --net "backend=slirp,id=net0"
+start_bg net-channels "" --net "backend=slirp,id=net0"
+vm_deadline 340
 wait_guest NET-DONE 300 && info final
 part all
 stop_vm
@@ -639,7 +634,7 @@ stop_vm
 class ChannelTests(NetCase):
     """The 4-vCPU guest: channels, receive queues, ethtool -L, MTU."""
     SESSION = NET_MULTIQUEUE
-    KEY = "channels"
+    KEY = "net-channels"
 
     def test_four_combined_channels(self) -> None:
         self.assertGuest("cpus", "4")

@@ -178,8 +178,8 @@ TEST(IcNegotiation, RequestLayoutAndLinuxPicksItsPreferredCommonVersion) {
 }
 
 TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
+    FakeClock clock;  // outlives the guest, whose teardown still runs the loop on it
     SimGuest g;
-    FakeClock clock;
     clock.install(g.loop());
     auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100ms);
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
@@ -223,8 +223,8 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
 }
 
 TEST(Shutdown, AcceptedOrRefusedByTheGuestAndTimedOutByTheLoopsClock) {
+    FakeClock clock;  // outlives the guest, whose teardown still runs the loop on it
     SimGuest g;
-    FakeClock clock;
     clock.install(g.loop());
     auto sd = std::make_shared<ShutdownService>("11111111-0000-0000-0000-000000000002");
     uint32_t last_flags = 99;
@@ -412,8 +412,8 @@ TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
 // Each service has its own queue on the loop: a KVP daemon that never answers does not hold
 // up the heartbeat, and too many waiting requests are refused rather than queued forever.
 TEST(IcFramework, ASlowServiceDoesNotDelayAnotherAndQueuesAreBounded) {
+    FakeClock clock;  // outlives the guest, whose teardown still runs the loop on it
     SimGuest g;
-    FakeClock clock;
     clock.install(g.loop());
     auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100ms);
     auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");

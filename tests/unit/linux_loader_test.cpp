@@ -106,23 +106,23 @@ TEST(ParseBzImage, RejectsWhatIsNotABzImage) {
 TEST(E820, SmallGuest) {
     const auto map = build_e820(512 * MiB);
     ASSERT_EQ(map.size(), 3u);
-    EXPECT_EQ(map[0].addr, 0u);
-    EXPECT_EQ(map[0].size, layout::kEbdaStart);
+    EXPECT_EQ(+map[0].addr, 0u);
+    EXPECT_EQ(+map[0].size, layout::kEbdaStart);
     EXPECT_EQ(map[0].type, kE820Ram);
-    EXPECT_EQ(map[1].addr, layout::kEbdaStart);
-    EXPECT_EQ(map[1].addr + map[1].size, 0x100000u);
+    EXPECT_EQ(+map[1].addr, layout::kEbdaStart);
+    EXPECT_EQ(+map[1].addr + map[1].size, 0x100000u);
     EXPECT_EQ(map[1].type, kE820Reserved);
-    EXPECT_EQ(map[2].addr, 0x100000u);
-    EXPECT_EQ(map[2].addr + map[2].size, 512 * MiB);
+    EXPECT_EQ(+map[2].addr, 0x100000u);
+    EXPECT_EQ(+map[2].addr + map[2].size, 512 * MiB);
     EXPECT_EQ(map[2].type, kE820Ram);
 }
 
 TEST(E820, LargeGuestSplitsAroundTheMmioHole) {
     const auto map = build_e820(6 * GiB);
     ASSERT_EQ(map.size(), 4u);
-    EXPECT_EQ(map[2].addr + map[2].size, layout::kMmioHoleStart);
-    EXPECT_EQ(map[3].addr, layout::kFourGiB);
-    EXPECT_EQ(map[3].size, 6 * GiB - layout::kMmioHoleStart);
+    EXPECT_EQ(+map[2].addr + map[2].size, layout::kMmioHoleStart);
+    EXPECT_EQ(+map[3].addr, layout::kFourGiB);
+    EXPECT_EQ(+map[3].size, 6 * GiB - layout::kMmioHoleStart);
     uint64_t ram = 0;
     for (const auto& e : map)
         if (e.type == kE820Ram) ram += e.size;
@@ -179,17 +179,17 @@ TEST_F(LoadLinux, FillsBootParamsAndLoadsEverything) {
 
     BootParams bp;
     std::memcpy(&bp, ram.data() + layout::kBootParams, sizeof(bp));
-    EXPECT_EQ(bp.hdr.header, kHdrSMagic);
-    EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
-    EXPECT_EQ(bp.hdr.cmd_line_ptr, layout::kCmdline);
-    EXPECT_EQ(bp.acpi_rsdp_addr, 0xe0000u);
-    EXPECT_EQ(bp.hdr.ramdisk_size, 12345u);
-    EXPECT_EQ(bp.hdr.ramdisk_image, entry->initrd_gpa);
-    EXPECT_EQ(bp.hdr.ramdisk_image % 4096, 0u);
-    EXPECT_GE(bp.hdr.ramdisk_image, layout::kKernelLoad + 8 * MiB);
+    EXPECT_EQ(+bp.hdr.header, kHdrSMagic);
+    EXPECT_EQ(+bp.hdr.type_of_loader, 0xff);
+    EXPECT_EQ(+bp.hdr.cmd_line_ptr, layout::kCmdline);
+    EXPECT_EQ(+bp.acpi_rsdp_addr, 0xe0000u);
+    EXPECT_EQ(+bp.hdr.ramdisk_size, 12345u);
+    EXPECT_EQ(+bp.hdr.ramdisk_image, entry->initrd_gpa);
+    EXPECT_EQ(+bp.hdr.ramdisk_image % 4096, 0u);
+    EXPECT_GE(+bp.hdr.ramdisk_image, layout::kKernelLoad + 8 * MiB);
     EXPECT_EQ(ram[bp.hdr.ramdisk_image], 0x5a);
-    EXPECT_EQ(bp.e820_entries, 3);
-    EXPECT_EQ(bp.e820_table[2].addr + bp.e820_table[2].size, kMem);
+    EXPECT_EQ(+bp.e820_entries, 3);
+    EXPECT_EQ(+bp.e820_table[2].addr + bp.e820_table[2].size, kMem);
 
     EXPECT_STREQ(reinterpret_cast<const char*>(ram.data() + layout::kCmdline), "console=ttyS0 quiet");
 

@@ -911,7 +911,10 @@ TEST(Netvsp, RxThroughSectionsWithCompletions) {
     ASSERT_TRUE(ppis);
     EXPECT_EQ(ppis->csum.value_or(0), ppi::kRxTcpOk | ppi::kRxIpOk);
     EXPECT_EQ(std::vector<uint8_t>(m.begin() + 8 + h.data_offset, m.end()), f);
-    EXPECT_EQ(at<RndisPacket>(x.messages[1], 0).ppi_len, 0u);  // not known good: no checksum PPI
+    // Not known good: no checksum PPI, and then no PPI offset either (the 6.1 guest logs
+    // "Invalid per_pkt_info_len: 0" for an offset without PPIs).
+    EXPECT_EQ(at<RndisPacket>(x.messages[1], 0).ppi_len, 0u);
+    EXPECT_EQ(at<RndisPacket>(x.messages[1], 0).ppi_offset, 0u);
     EXPECT_NE(x.ranges[0].byte_offset, x.ranges[1].byte_offset);
     n.complete_rx(n.ch, x.tid);
     n.g.pump();
@@ -997,6 +1000,20 @@ TEST(Netvsp, MtuChangeReinit) {
     n.init();
     auto subs = n.subchannels(2);
     n.up();
+    ASSERT_TRUE(deliver(n, tcp4_frame(10)));
+    n.backend->receiver()->flush();
+    {
+        // RSS put it on one of the three channels; the guest takes it from there.
+        bool got = n.xfer(n.ch, 200ms).has_value();
+        for (auto& sc : subs) got = got || n.xfer(sc, 200ms).has_value();
+        ASSERT_TRUE(got);
+    }
+    auto rx_total = [&] {
+        uint64_t sum = 0;
+        for (const auto& q : n.nic->status().per_queue) sum += q.rx_packets;
+        return sum;
+    };
+    EXPECT_EQ(rx_total(), 1u);
     // netvsc_detach: filter 0, HALT, revokes, closes, teardowns.
     EXPECT_EQ(n.set(rndis::kOidPacketFilter, bytes_of(uint32_t{0})), 0u);
     {
@@ -1052,6 +1069,8 @@ TEST(Netvsp, MtuChangeReinit) {
     auto x = n.parse_xfer(*p);
     ASSERT_EQ(x.messages.size(), 1u);
     EXPECT_EQ(at<RndisPacket>(x.messages[0], 0).data_len, jumbo.size());
+    // The API's counters run across the re-init: the frame before it still counts.
+    EXPECT_EQ(rx_total(), 2u);
 }
 
 // ---------------------------------------------------------------------------- hostile guest

@@ -32,9 +32,13 @@ constexpr const char* kNetmask = "255.255.255.0";
 constexpr const char* kHost = "10.0.2.2";
 constexpr const char* kDhcpStart = "10.0.2.15";
 constexpr const char* kNameserver = "10.0.2.3";
-// libslirp's default if_mtu (IF_MTU_DEFAULT): the largest frame it sends the guest is this
-// plus the Ethernet header, and the guest's MTU above it gains nothing.
+// What slirp sends the guest stays within libslirp's default if_mtu (1500): its TCP MSS
+// offer and its IP fragmentation follow it, so a guest at MTU 1500 never gets a frame it
+// cannot take. What it accepts from the guest (if_mru) goes up to netvsp's largest MTU, so a
+// guest at MTU 9000 (`ip link set eth0 mtu 9000`) keeps working: its big frames are taken,
+// and its TCP segments toward slirp stay within slirp's MSS offer.
 constexpr uint32_t kSlirpMtu = 1500;
+constexpr uint32_t kSlirpMru = 9216 - 14;
 
 in_addr ipv4(const char* s) {
     in_addr a{};
@@ -76,7 +80,7 @@ public:
     SlirpBackend& operator=(const SlirpBackend&) = delete;
 
     [[nodiscard]] Capabilities capabilities() const override {
-        return {.tx_csum = true, .tx_tso = true, .max_mtu = kSlirpMtu};
+        return {.tx_csum = true, .tx_tso = true, .max_mtu = kSlirpMru};
     }
 
     Result<> send(std::span<const iovec> frame, const Offload& offload) override {
@@ -235,8 +239,8 @@ private:
         cfg.vhostname = "enlighten";
         cfg.vdhcp_start = ipv4(kDhcpStart);
         cfg.vnameserver = ipv4(kNameserver);
-        cfg.if_mtu = 0;  // libslirp's defaults (1500)
-        cfg.if_mru = 0;
+        cfg.if_mtu = kSlirpMtu;
+        cfg.if_mru = kSlirpMru;
         cfg.disable_host_loopback = false;  // 10.0.2.2 reaches the host's 127.0.0.1
         cfg.enable_emu = false;
         cfg.disable_dns = false;

@@ -57,6 +57,12 @@ NvspMessage nvsp_of(const T& v) {
 
 // ---------------------------------------------------------------------------- Impl
 
+// Adds `more`'s packets, bytes and drops to `sum` (not its index or vCPU).
+static void add_traffic(QueueCounters& sum, const QueueCounters& more) {
+    sum.rx_packets += more.rx_packets, sum.rx_bytes += more.rx_bytes, sum.rx_dropped += more.rx_dropped;
+    sum.tx_packets += more.tx_packets, sum.tx_bytes += more.tx_bytes, sum.tx_dropped += more.tx_dropped;
+}
+
 struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
     class Worker;
     struct RxPort final : net::Receiver {
@@ -130,6 +136,9 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
     mutable Mutex mu_;
     vmbus::DeviceResources res_ ENL_GUARDED_BY(mu_);
     std::vector<std::unique_ptr<Chan>> chans_ ENL_GUARDED_BY(mu_);  // by channel index
+    // What channels that closed counted, by index: the API's per-queue counters run from the
+    // NIC's creation, across the guest's re-inits (MTU and channel changes) and reboots.
+    std::vector<QueueCounters> closed_counts_ ENL_GUARDED_BY(mu_);
     std::array<uint8_t, 6> mac_ ENL_GUARDED_BY(mu_){};
     bool link_up_ ENL_GUARDED_BY(mu_) = true;
     // NVSP (§2), reset at every open of the primary.
@@ -245,6 +254,7 @@ Nic::Impl::Impl(NicOptions o, std::unique_ptr<net::Backend> b) : opt(std::move(o
     mac_ = opt.mac;
     link_up_ = opt.link_up;
     chans_.resize(kMaxChannels);
+    closed_counts_.resize(kMaxChannels);
 }
 
 Nic::Impl::~Impl() {
@@ -286,6 +296,7 @@ void Nic::Impl::close(uint16_t index, vmbus::CloseDone done) {
         LockGuard lock(mu_);
         if (auto& c = chans_[index]) {
             drop_channel_rx_locked(*c);
+            add_traffic(closed_counts_[index], c->counters);
             chans_[index].reset();
         }
         if (index == 0) {
@@ -974,8 +985,13 @@ NicStatus Nic::status() const {
         s.guest_ready = i.rndis_.initialized && i.rndis_.filter != 0;
         s.mtu = i.ndis_mtu_;
         s.nvsp_version = i.nvsp_version_;
-        for (const auto& c : i.chans_)
-            if (c) s.per_queue.push_back(c->counters);
+        for (size_t n = 0; n < i.chans_.size(); ++n) {
+            const auto& c = i.chans_[n];
+            if (!c) continue;
+            QueueCounters q = c->counters;
+            add_traffic(q, i.closed_counts_[n]);
+            s.per_queue.push_back(q);
+        }
         s.queues = static_cast<uint16_t>(s.per_queue.size());
     }
     s.backend = i.backend->status();

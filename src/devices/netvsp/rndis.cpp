@@ -285,7 +285,10 @@ size_t build_rx_header(std::span<uint8_t, kMaxRxHeader> out, uint32_t frame_len,
     h.hdr.msg_len = static_cast<uint32_t>(sizeof(RndisPacket)) + ppi_len + frame_len;
     h.data_offset = kRndisPacketBody + ppi_len;
     h.data_len = frame_len;
-    h.ppi_offset = kRndisPacketBody;  // >= 36 even without PPIs (§3.6)
+    // Without PPIs the offset is 0: the guest's rndis_get_ppi() skips a packet whose offset is
+    // 0, but logs "Invalid per_pkt_info_len: 0" for one with an offset and no PPIs (seen with
+    // the 6.1 guest; contract-network §3.6 had it the other way).
+    h.ppi_offset = ppi_len ? kRndisPacketBody : 0;
     h.ppi_len = ppi_len;
     std::memcpy(out.data(), &h, sizeof(h));
     return sizeof(RndisPacket) + ppi_len;
