@@ -93,6 +93,11 @@ public:
         if (id.empty()) return std::unexpected(ApiError{ErrorKind::NotFound, "no NIC"});
         return {};
     }
+    ApiResult<MemoryInfo> memory() override { return MemoryInfo{}; }
+    ApiResult<> set_memory(const MemoryUpdate& u) override {
+        if (u.min && u.max && *u.min > *u.max) return std::unexpected(ApiError{ErrorKind::BadRequest, "min > max"});
+        return {};
+    }
 };
 
 // One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.

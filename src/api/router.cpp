@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/size.hpp"
+
 namespace enlighten::api {
 
 namespace {
@@ -64,6 +66,39 @@ Json to_json(const NicInfo& n) {
             {"max_queues", n.max_queues}, {"per_queue", std::move(queues)}};
 }
 
+Json to_json(const MemoryInfo& m) {
+    auto opt = [](const std::optional<uint64_t>& v) { return v ? Json(*v) : Json(nullptr); };
+    Json report = nullptr;
+    if (m.last_report)
+        report = {{"available", m.last_report->available},
+                  {"committed", m.last_report->committed},
+                  {"age_ms", m.last_report->age_ms},
+                  {"plausible", m.last_report->plausible}};
+    Json errors = Json::object();
+    for (const auto& [k, v] : m.guest_errors) errors[k] = v;
+    return {{"state", m.state},
+            {"protocol_version", m.protocol_version.empty() ? Json(nullptr) : Json(m.protocol_version)},
+            {"dynamic", m.dynamic},
+            {"startup", m.startup},
+            {"min", m.min},
+            {"max", m.max},
+            {"buffer", m.buffer},
+            {"weight", m.weight},
+            {"current", m.current},
+            {"target", opt(m.target)},
+            {"explicit_target", m.explicit_target},
+            {"ballooned", m.ballooned},
+            {"hot_added", m.hot_added},
+            {"can_balloon", m.can_balloon},
+            {"can_hot_add", m.can_hot_add},
+            {"hot_add_disabled", m.hot_add_disabled.empty() ? Json(nullptr) : Json(m.hot_add_disabled)},
+            {"problem", m.problem.empty() ? Json(nullptr) : Json(m.problem)},
+            {"last_action", m.last_action},
+            {"status_reports", m.status_reports},
+            {"last_report", std::move(report)},
+            {"guest_errors", std::move(errors)}};
+}
+
 Json to_json(const VmInfo& info) {
     Json channels = Json::array();
     for (const auto& c : info.channels) {
@@ -101,7 +136,8 @@ Json to_json(const VmInfo& info) {
             {"nics", std::move(nics)},
             {"gpadls", info.gpadls},
             {"vmm_rss_bytes", info.vmm_rss_bytes},
-            {"guest_rss_bytes", info.guest_rss_bytes}};
+            {"guest_rss_bytes", info.guest_rss_bytes},
+            {"memory", info.memory ? to_json(*info.memory) : Json(nullptr)}};
 }
 
 Json to_json(const HeartbeatInfo& hb) {
@@ -147,6 +183,50 @@ std::expected<Json, std::string> parse_object(std::string_view body, std::initia
     }
     return j;
 }
+
+// A size in a request: a number of bytes, or a string with a unit ("512M", "2G").
+std::expected<uint64_t, std::string> size_field(const Json& j, std::string_view name) {
+    if (j.is_number_unsigned()) return j.get<uint64_t>();
+    if (j.is_string()) {
+        auto v = parse_size(j.get<std::string>());
+        if (!v) return std::unexpected(fmt::format("{}: {}", name, v.error().message()));
+        return *v;
+    }
+    return std::unexpected(fmt::format("{} must be a size: bytes, or a string such as \"512M\"", name));
+}
+
+std::expected<MemoryUpdate, std::string> parse_memory_update(std::string_view body) {
+    auto j = parse_object(body, {"target", "min", "max", "buffer", "dynamic"}, true);
+    if (!j) return std::unexpected(j.error());
+    if (j->empty()) return std::unexpected("give at least one of target, min, max, buffer, dynamic");
+    MemoryUpdate u;
+    if (auto it = j->find("target"); it != j->end()) {
+        u.set_target = true;
+        if (!it->is_null()) {
+            auto v = size_field(*it, "target");
+            if (!v) return std::unexpected(v.error());
+            u.target = *v;
+        }
+    }
+    for (auto [key, out] : {std::pair{"min", &u.min}, std::pair{"max", &u.max}}) {
+        if (auto it = j->find(key); it != j->end()) {
+            auto v = size_field(*it, key);
+            if (!v) return std::unexpected(v.error());
+            *out = *v;
+        }
+    }
+    if (auto it = j->find("buffer"); it != j->end()) {
+        if (!it->is_number_unsigned() || it->get<uint64_t>() > 2000)
+            return std::unexpected("buffer must be a percentage from 0 to 2000");
+        u.buffer = static_cast<uint32_t>(it->get<uint64_t>());
+    }
+    if (auto it = j->find("dynamic"); it != j->end()) {
+        if (!it->is_boolean()) return std::unexpected("dynamic must be true or false");
+        u.dynamic = it->get<bool>();
+    }
+    return u;
+}
+
 
 std::expected<ShutdownRequest, std::string> parse_shutdown(std::string_view body, bool reboot) {
     auto j = parse_object(body, {"timeout_s", "reason"}, false);
@@ -340,6 +420,19 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
             if (it == j->end() || !it->is_string()) return error_reply(400, "id (a string) is required");
             return from_result(vm.remove_disk(it->get<std::string>()));
         });
+    }
+    if (name == "vm.memory") {
+        if (m == Method::Get) {
+            auto info = vm.memory();
+            if (!info) return from_api_error(info.error());
+            return json_reply(to_json(*info));
+        }
+        if (m == Method::Put) {
+            auto u = parse_memory_update(body);
+            if (!u) return error_reply(400, u.error());
+            return from_result(vm.set_memory(*u));
+        }
+        return method_not_allowed(method, "GET, HEAD, PUT");
     }
     if (name == "vm.net-link") {
         return put_only([&] {

@@ -110,6 +110,44 @@ struct AddDiskRequest {
     std::string serial;
 };
 
+// Dynamic memory (the hv_balloon VSP, docs/memory.md): the knobs, where the guest is, and
+// its last status report. Sizes in bytes.
+struct MemoryReport {
+    uint64_t available = 0;  // the guest's MemAvailable
+    uint64_t committed = 0;  // Committed_AS + ballooned + not onlined + its balloon floor
+    uint64_t age_ms = 0;     // since the report came
+    bool plausible = true;   // false: absurd numbers, not given to the policy
+};
+
+struct MemoryInfo {
+    std::string state;  // the protocol: "closed", "negotiating-version", ..., "ready", "ballooning", "wedged"
+    std::string protocol_version;  // "2.0"; "" before negotiation
+    bool dynamic = false;
+    uint64_t startup = 0, min = 0, max = 0;
+    uint32_t buffer = 0, weight = 0;
+    uint64_t current = 0;  // startup + hot-added - ballooned
+    std::optional<uint64_t> target;
+    bool explicit_target = false;
+    uint64_t ballooned = 0, hot_added = 0;
+    bool can_balloon = false, can_hot_add = false;
+    std::string hot_add_disabled;  // why hot-add is off for this boot ("" when it is not)
+    std::string problem;           // what defeats dynamic memory now ("" when nothing)
+    std::string last_action;       // the policy's last decision and why
+    uint64_t status_reports = 0;
+    std::optional<MemoryReport> last_report;
+    std::vector<std::pair<std::string, uint64_t>> guest_errors;  // hostile-guest counters, by name
+};
+
+// PUT vm.memory: only the fields given change. target: a size, or null to drop the
+// explicit target (back to the policy).
+struct MemoryUpdate {
+    bool set_target = false;
+    std::optional<uint64_t> target;
+    std::optional<uint64_t> min, max;
+    std::optional<uint32_t> buffer;
+    std::optional<bool> dynamic;
+};
+
 struct VmInfo {
     std::string state;  // "running", "shutting-down", "stopped"
     uint32_t cpus = 0;
@@ -127,6 +165,7 @@ struct VmInfo {
     uint64_t gpadls = 0;           // GPADLs the guest has established and not torn down
     uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded
     uint64_t guest_rss_bytes = 0;  // guest RAM the host has backed so far
+    std::optional<MemoryInfo> memory;  // dynamic memory (absent without the Hyper-V interface)
 };
 
 enum class HeartbeatState { Unknown, Healthy, Lost };
@@ -179,6 +218,11 @@ public:
 
     // Network: plug or unplug a NIC's virtual cable (the guest sees carrier come and go).
     virtual ApiResult<> set_net_link(const std::string& id, bool up) = 0;
+
+    // Dynamic memory: the figures, and an explicit target or new policy knobs
+    // (NotFound/Conflict without the VSP; BadRequest for values outside the limits).
+    virtual ApiResult<MemoryInfo> memory() = 0;
+    virtual ApiResult<> set_memory(const MemoryUpdate& update) = 0;
 };
 
 }  // namespace enlighten::api

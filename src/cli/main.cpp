@@ -1,6 +1,6 @@
 // enlighten: the command-line front end.
 //
-//   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
+//   enlighten run --kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE|size=SIZE[,min=,max=,dynamic=,buffer=,weight=]] [--cpus N]
 //                 [--serial stdio|file:PATH|off] [--on-reboot restart|exit] [--on-crash exit|stay]
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
@@ -56,14 +56,6 @@ uint64_t host_memory() {
     return static_cast<uint64_t>(si.totalram) * si.mem_unit;
 }
 
-// Accepts "512M" and the Cloud Hypervisor form "size=512M".
-Result<uint64_t> parse_memory(std::string text) {
-    if (text.starts_with("size=")) text = text.substr(5);
-    auto size = parse_size(text);
-    if (!size) return std::unexpected(size.error().context("--memory"));
-    return size;
-}
-
 // The key=value elements of a device option (Cloud Hypervisor style, comma-separated); a
 // first element without '=' takes `first_key`. Keys may repeat (the caller decides).
 Result<std::vector<std::pair<std::string, std::string>>> spec_items(std::string_view flag, const std::string& spec,
@@ -85,6 +77,48 @@ Result<std::vector<std::pair<std::string, std::string>>> spec_items(std::string_
         start = end + 1;
     }
     return out;
+}
+
+// --memory SIZE, or size=SIZE[,min=SIZE][,max=SIZE][,dynamic=on|off][,buffer=PERCENT][,weight=N]
+// (docs/memory.md). Returns the startup size, the maximum (0: none) and the balloon's
+// DeviceConfig (kind "balloon"; its sizes in bytes).
+struct MemorySpec {
+    uint64_t startup = 0;
+    uint64_t max = 0;
+    bool dynamic_knobs = false;  // anything but size was given
+    DeviceConfig balloon{"balloon", "balloon", {}, {}};
+};
+
+Result<MemorySpec> parse_memory(const std::string& text) {
+    MemorySpec m;
+    ENL_TRY(auto items, spec_items("--memory", text, "size"));
+    std::set<std::string> seen;
+    for (const auto& [key, value] : items) {
+        if (!seen.insert(key).second) return fail("--memory '{}': '{}' given twice", text, key);
+        if (key == "size" || key == "min" || key == "max") {
+            auto size = parse_size(value);
+            if (!size) return std::unexpected(size.error().context(fmt::format("--memory {}", key)));
+            if (key == "size") {
+                m.startup = *size;
+            } else {
+                if (*size % (1ULL << 20) != 0) return fail("--memory {}={}: not a whole number of MiB", key, value);
+                m.balloon.params[key] = std::to_string(*size);
+                if (key == "max") m.max = *size;
+            }
+        } else if (key == "dynamic") {
+            if (value != "on" && value != "off") return fail("--memory dynamic={}: expected on or off", value);
+            m.balloon.params[key] = value;
+        } else if (key == "buffer" || key == "weight") {
+            m.balloon.params[key] = value;  // the balloon's factory checks the numbers
+        } else {
+            return fail("--memory '{}': unknown key '{}' (size, min, max, dynamic, buffer, weight)", text, key);
+        }
+        if (key != "size") m.dynamic_knobs = true;
+    }
+    if (m.startup == 0) return fail("--memory '{}': no size given", text);
+    if (m.max != 0 && m.max < m.startup) return fail("--memory: max {} MiB is below size {} MiB", m.max >> 20, m.startup >> 20);
+    m.balloon.params["startup"] = std::to_string(m.startup);
+    return m;
 }
 
 // --disk path=FILE[,format=raw|vhdx|auto][,readonly=on|off][,cache=writeback|writethrough][,bus=scsi|ide][,controller=N][,id=NAME][,serial=TEXT]
@@ -307,7 +341,9 @@ int main(int argc, char** argv) {
     run->add_option("--kernel", cfg.kernel, "Linux bzImage to boot")->required();
     run->add_option("--initrd,--initramfs", cfg.initrd, "Initial ramdisk");
     run->add_option("--cmdline", cfg.cmdline, "Kernel command line")->default_str("console=ttyS0");
-    run->add_option("--memory", memory, "Guest RAM, e.g. 512M or 2G (also size=512M)")->capture_default_str();
+    run->add_option("--memory", memory,
+                    "Guest RAM, e.g. 512M or 2G, or size=1G[,min=SIZE][,max=SIZE][,dynamic=on|off][,buffer=PERCENT]"
+                    "[,weight=N] (docs/memory.md)")->capture_default_str();
     run->add_option("--cpus", cpus, "Number of vCPUs (also boot=N)")->capture_default_str();
     run->add_option("--serial", serial, "Serial console: stdio, file:PATH or off")->capture_default_str();
     run->add_option("--on-reboot", on_reboot, "What a guest reset does: restart the VM, or exit with status 3")
@@ -359,7 +395,8 @@ int main(int argc, char** argv) {
 
     auto mem = parse_memory(memory);
     if (!mem) return error(mem.error());
-    cfg.memory = *mem;
+    cfg.memory = mem->startup;
+    cfg.memory_max = mem->max;
     auto n = parse_cpus(cpus);
     if (!n) return error(n.error());
     cfg.cpus = *n;
@@ -384,6 +421,12 @@ int main(int argc, char** argv) {
         auto devices = vmbus_devices(disks, nets, vm_key);
         if (!devices) return error(devices.error());
         cfg.devices = std::move(*devices);
+        // The Dynamic Memory VSP is always offered (docs/memory.md): with dynamic=off it acts
+        // only on an explicit target from the API.
+        cfg.devices.push_back(mem->balloon);
+    } else if (mem->dynamic_knobs) {
+        return error(Error("--memory min/max/dynamic/buffer/weight need the Hyper-V interface (--hyperv on): "
+                           "dynamic memory is served over VMBus"));
     } else if (!disks.empty() || !nets.empty()) {
         return error(Error("--disk and --net need the Hyper-V interface (--hyperv on): disks and NICs are served over VMBus"));
     }

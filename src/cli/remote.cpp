@@ -68,6 +68,19 @@ Call make_call(const RemoteOptions& o) {
     }
     if (c == "remove-disk") return {"PUT", base + "vm.remove-disk", json(Json{{"id", o.disk_id}})};
     if (c == "net-link") return {"PUT", base + "vm.net-link", json(Json{{"id", o.nic_id}, {"up", o.link == "up"}})};
+    if (c == "memory") return {"GET", base + "vm.memory", {}, true};
+    if (c == "memory-set") {
+        Json j = Json::object();
+        if (o.mem_target == "auto")
+            j["target"] = nullptr;
+        else if (!o.mem_target.empty())
+            j["target"] = o.mem_target;
+        if (!o.mem_min.empty()) j["min"] = o.mem_min;
+        if (!o.mem_max.empty()) j["max"] = o.mem_max;
+        if (o.mem_buffer >= 0) j["buffer"] = o.mem_buffer;
+        if (!o.mem_dynamic.empty()) j["dynamic"] = o.mem_dynamic == "on";
+        return {"PUT", base + "vm.memory", json(j)};
+    }
     return {"GET", base + "vmm.ping", {}, true};
 }
 
@@ -135,6 +148,14 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* link = cmd("net-link", "Plug (up) or unplug (down) a NIC's cable; the guest sees its carrier change");
     link->add_option("id", opts.nic_id, "The NIC's id (net0, ...)")->required();
     link->add_option("state", opts.link, "up or down")->required()->check(CLI::IsMember({"up", "down"}));
+    cmd("memory", "Print the VM's dynamic memory: sizes, target, balloon, hot-add, the guest's last report");
+    auto* ms = cmd("memory-set", "Set the memory target, or the dynamic-memory policy (docs/memory.md)");
+    ms->add_option("--target", opts.mem_target, "The guest's size, e.g. 512M (auto: back to the policy)");
+    ms->add_option("--min", opts.mem_min, "The policy's minimum, e.g. 256M");
+    ms->add_option("--max", opts.mem_max, "The policy's maximum (at most the max the VM started with)");
+    ms->add_option("--buffer", opts.mem_buffer, "Free memory to keep, in percent of the guest's need")
+        ->check(CLI::Range(0, 2000));
+    ms->add_option("--dynamic", opts.mem_dynamic, "The automatic policy on or off")->check(CLI::IsMember({"on", "off"}));
     return remote;
 }
 

@@ -31,6 +31,13 @@ struct RemoteOptions {
     // net-link
     std::string nic_id;
     std::string link;  // "up" | "down"
+    // memory-set: sizes as given ("512M", or bytes); empty: not given. target "auto" drops
+    // the explicit target.
+    std::string mem_target;
+    std::string mem_min;
+    std::string mem_max;
+    int64_t mem_buffer = -1;  // -1: not given
+    std::string mem_dynamic;  // "on" | "off" | ""
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

@@ -39,6 +39,7 @@
 namespace enlighten {
 class GuestMemory;
 class EventLoop;
+class RamControl;
 }
 
 namespace enlighten::vmbus {
@@ -95,6 +96,10 @@ struct DeviceResources {
     EventLoop* loop = nullptr;  // the control loop: for devices with no thread of their own
     // The partition's reference time (TIME_REF_COUNT, 100 ns units) for this boot.
     std::function<uint64_t()> reference_time;
+    // Changes to guest RAM (kvm/ram_control.hpp): discard ballooned pages, hot-add RAM. Only
+    // the dynamic-memory VSP uses it; null when the VM gives none (tests of other devices).
+    // Valid for this boot, like `memory`.
+    RamControl* ram = nullptr;
 };
 
 class Device {

@@ -122,6 +122,8 @@ Server::~Server() {
 
 void Server::set_doorbell_hooks(DoorbellHooks* hooks) { hooks_ = hooks; }
 
+void Server::set_ram_control(RamControl* ram) { ram_ = ram; }
+
 Server::Poster Server::poster() { return Poster{&control_, alive_, this}; }
 
 void Server::Poster::operator()(std::move_only_function<void(Server&)> fn) const {
@@ -172,7 +174,7 @@ Result<uint32_t> Server::add_device(std::shared_ptr<Device> device) {
         ENL_TRY(relid, new_channel(slot, 0));
         devices_.push_back(slot);
     }
-    DeviceResources res{slot.get(), &memory_, loop_, reference_time_};
+    DeviceResources res{slot.get(), &memory_, loop_, reference_time_, ram_};
     post([slot, res](Server&) { slot->device->attach(res); });
     return relid;
 }

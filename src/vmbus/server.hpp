@@ -109,6 +109,9 @@ public:
 
     // Before any device is added.
     void set_doorbell_hooks(DoorbellHooks* hooks);
+    // Before any device is added: what devices may change of guest RAM (handed to them as
+    // DeviceResources::ram; the balloon needs it). Must outlive the server's devices' attach.
+    void set_ram_control(RamControl* ram);
 
     // Adds a device: attaches it (on the control executor) and offers its primary channel,
     // at once if the guest already asked for offers, else when it does. Returns the relid.
@@ -225,6 +228,7 @@ private:
     uint64_t gpadl_pages_total_ ENL_GUARDED_BY(mu_) = 0;
     ServerStats stats_ ENL_GUARDED_BY(mu_);
     DoorbellHooks* hooks_ = nullptr;
+    RamControl* ram_ = nullptr;
 
     // Doorbells by relid, for handle_event without the server lock.
     mutable Mutex doorbell_mu_;

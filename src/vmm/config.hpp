@@ -19,7 +19,8 @@ struct VmConfig {
     std::string kernel;
     std::string initrd;
     std::string cmdline;
-    uint64_t memory = 0;
+    uint64_t memory = 0;      // startup memory
+    uint64_t memory_max = 0;  // --memory max=: the hot-add window is planned for it (0: startup)
     uint32_t cpus = 1;
     ConsoleConfig serial;
     OnReboot on_reboot = OnReboot::Restart;

@@ -5,6 +5,7 @@
 #include "common/log.hpp"
 
 #include "common/event_loop.hpp"
+#include "devices/balloon/balloon.hpp"
 #include "devices/ic/services.hpp"
 #include "devices/netvsp/factory.hpp"
 #include "devices/netvsp/netvsp.hpp"
@@ -57,6 +58,44 @@ api::NicInfo nic_info(const netvsp::NicStatus& s) {
         n.per_queue.push_back({q.index, q.target_vp, q.rx_packets, q.rx_bytes, q.rx_dropped, q.tx_packets, q.tx_bytes,
                                q.tx_dropped});
     return n;
+}
+
+api::MemoryInfo memory_info(const balloon::MemoryStatus& s) {
+    api::MemoryInfo m;
+    m.state = s.state;
+    if (s.protocol_version)
+        m.protocol_version = fmt::format("{}.{}", s.protocol_version >> 16, s.protocol_version & 0xff);
+    m.dynamic = s.dynamic;
+    m.startup = s.startup;
+    m.min = s.min;
+    m.max = s.max;
+    m.buffer = s.buffer_percent;
+    m.weight = s.weight;
+    m.current = s.current;
+    m.target = s.target;
+    m.explicit_target = s.explicit_target;
+    m.ballooned = s.ballooned;
+    m.hot_added = s.hot_added;
+    m.can_balloon = s.can_balloon;
+    m.can_hot_add = s.can_hot_add;
+    m.hot_add_disabled = s.hot_add_disabled;
+    m.problem = s.problem;
+    m.last_action = s.last_action;
+    m.status_reports = s.status_reports;
+    if (s.avail && s.committed)
+        m.last_report = api::MemoryReport{*s.avail, *s.committed, s.report_age_ms.value_or(0), s.report_plausible};
+    const auto& c = s.counters;
+    m.guest_errors = {{"malformed", c.malformed},
+                      {"unexpected", c.unexpected},
+                      {"bad_ranges", c.bad_ranges},
+                      {"excess_pages", c.excess_pages},
+                      {"outside_ram_pages", c.outside_ram_pages},
+                      {"duplicate_pages", c.duplicate_pages},
+                      {"implausible_reports", c.implausible_reports},
+                      {"discard_failures", c.discard_failures},
+                      {"hot_add_refused", c.hot_add_refused},
+                      {"timeouts", c.timeouts}};
+    return m;
 }
 
 api::DiskInfo disk_info(const std::string& controller, storvsp::Bus bus, const storvsp::DiskStatus& d) {
@@ -155,6 +194,7 @@ api::VmInfo MachineControl::info() {
     }
     for (const auto& e : devices_.entries())
         if (auto nic = std::dynamic_pointer_cast<netvsp::Nic>(e.device)) info.nics.push_back(nic_info(nic->status()));
+    if (auto dm = devices_.first<balloon::BalloonDevice>()) info.memory = memory_info(dm->status());
     const uint64_t rss = process_resident_bytes();
     if (!m) {
         info.vmm_rss_bytes = rss;
@@ -355,6 +395,24 @@ api::ApiResult<> MachineControl::set_net_link(const std::string& id, bool up) {
     auto nic = e ? std::dynamic_pointer_cast<netvsp::Nic>(e->device) : nullptr;
     if (!nic) return api_error(ErrorKind::NotFound, fmt::format("no NIC '{}'", id));
     nic->set_link(up);
+    return {};
+}
+
+api::ApiResult<api::MemoryInfo> MachineControl::memory() {
+    auto dm = devices_.first<balloon::BalloonDevice>();
+    if (!dm) return api_error(ErrorKind::NotFound, "this VM has no dynamic memory device (it needs --hyperv on)");
+    return memory_info(dm->status());
+}
+
+api::ApiResult<> MachineControl::set_memory(const api::MemoryUpdate& u) {
+    auto dm = devices_.first<balloon::BalloonDevice>();
+    if (!dm) return api_error(ErrorKind::NotFound, "this VM has no dynamic memory device (it needs --hyperv on)");
+    // The knobs first, so that a target checked against them sees the new ones.
+    if (u.min || u.max || u.buffer || u.dynamic)
+        if (auto r = dm->set_policy(u.min, u.max, u.buffer, u.dynamic); !r)
+            return api_error(ErrorKind::BadRequest, r.error().message());
+    if (u.set_target)
+        if (auto r = dm->set_target(u.target); !r) return api_error(ErrorKind::BadRequest, r.error().message());
     return {};
 }
 

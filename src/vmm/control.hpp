@@ -44,6 +44,8 @@ public:
     api::ApiResult<api::DiskInfo> add_disk(const api::AddDiskRequest& request) override;
     api::ApiResult<> remove_disk(const std::string& id) override;
     api::ApiResult<> set_net_link(const std::string& id, bool up) override;
+    api::ApiResult<api::MemoryInfo> memory() override;
+    api::ApiResult<> set_memory(const api::MemoryUpdate& update) override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);

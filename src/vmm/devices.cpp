@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "devices/balloon/factory.hpp"
 #include "devices/ic/factory.hpp"
 #include "devices/netvsp/factory.hpp"
 #include "devices/storvsp/factory.hpp"
@@ -24,6 +25,7 @@ constexpr Kind kKinds[] = {
     {"scsi", storvsp::make_scsi},
     {"ide", storvsp::make_ide},
     {"nic", netvsp::make_nic},
+    {"balloon", balloon::make_balloon},
 };
 
 }  // namespace

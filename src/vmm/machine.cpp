@@ -82,6 +82,26 @@ private:
     const Vm& vm_;
 };
 
+// What the devices may change of guest RAM (kvm/ram_control.hpp): this boot's MemoryManager.
+class ManagerRamControl final : public RamControl {
+public:
+    explicit ManagerRamControl(MemoryManager& m) : m_(m) {}
+    std::vector<GpaWindow> ram_ranges() const override {
+        std::vector<GpaWindow> out = m_.plan().startup_ram;
+        for (const auto& r : m_.hot_added_ranges()) out.push_back(r);
+        return out;
+    }
+    GpaWindow hot_add_window() const override { return m_.hot_add_window(); }
+    Result<> hot_add(uint64_t gpa, uint64_t size) override {
+        ENL_TRY_VOID(m_.hot_add(gpa, size));
+        return {};
+    }
+    Result<> discard(uint64_t gpa, uint64_t size) override { return m_.discard(gpa, size); }
+
+private:
+    MemoryManager& m_;
+};
+
 }  // namespace
 
 int exit_status(const VmExit& exit) {
@@ -129,12 +149,13 @@ Result<> Machine::build() {
     ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
 
     log::debug("startup: VM and irqchip created at {} ms", uptime_ms());
-    // No hot-add yet: the configuration has no maximum memory, so max == startup.
+    // The hot-add window is sized for --memory max= (the balloon's hot-add); none without it.
     const int nr_slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
     memory_manager_ = std::make_unique<MemoryManager>(
-        memory_, *vm_, plan_memory(cfg_.memory, cfg_.memory),
+        memory_, *vm_, plan_memory(cfg_.memory, std::max(cfg_.memory, cfg_.memory_max)),
         nr_slots > 0 ? static_cast<uint32_t>(nr_slots) : MemoryManager::kDefaultSlots);
     ENL_TRY_VOID(memory_manager_->map_startup_ram());
+    ram_control_ = std::make_unique<ManagerRamControl>(*memory_manager_);
 
     acpi::PlatformDescription platform;
     platform.num_cpus = cfg_.cpus;
@@ -229,6 +250,7 @@ Result<> Machine::setup_hyperv() {
         doorbell_hooks_ = std::make_unique<IoeventfdDoorbells>(*vm_);
         vmbus_->set_doorbell_hooks(doorbell_hooks_.get());
     }
+    vmbus_->set_ram_control(ram_control_.get());
     partition_->set_handlers(
         [this](uint32_t vp, uint32_t conn, uint32_t type, std::span<const uint8_t> payload) {
             if (type != hv::kMessageTypeVmbus) return hv::Status::InvalidParameter;

@@ -111,6 +111,8 @@ private:
     GuestMemory memory_;
     // Startup RAM, hot-add and VRAM slots (destroyed before memory_ and vm_ it refers to).
     std::unique_ptr<MemoryManager> memory_manager_;
+    // memory_manager_ as devices see it (DeviceResources::ram: the balloon's discard and hot-add).
+    std::unique_ptr<RamControl> ram_control_;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     std::vector<std::thread> threads_;
     IoBus pio_;

@@ -173,6 +173,13 @@ uint64_t MemoryManager::hot_added_bytes() const {
     return total;
 }
 
+std::vector<GpaWindow> MemoryManager::hot_added_ranges() const {
+    LockGuard lock(mu_);
+    std::vector<GpaWindow> out;
+    for (const auto& m : hot_added_) out.push_back({m.region.gpa, m.region.size});
+    return out;
+}
+
 uint32_t MemoryManager::slots_in_use() const {
     LockGuard lock(mu_);
     return static_cast<uint32_t>(std::count(used_.begin(), used_.end(), true));

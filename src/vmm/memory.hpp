@@ -23,22 +23,9 @@
 #include "common/thread_annotations.hpp"
 #include "kvm/guest_memory.hpp"
 #include "kvm/memory_slots.hpp"
+#include "kvm/ram_control.hpp"  // GpaWindow
 
 namespace enlighten {
-
-// A range of guest-physical addresses; empty when size is 0.
-struct GpaWindow {
-    uint64_t gpa = 0;
-    uint64_t size = 0;
-
-    [[nodiscard]] uint64_t end() const { return gpa + size; }
-    [[nodiscard]] bool empty() const { return size == 0; }
-    // [gpa, gpa+len) lies inside the window (len > 0).
-    [[nodiscard]] bool contains(uint64_t at, uint64_t len) const {
-        return len > 0 && at >= gpa && at - gpa < size && len <= size - (at - gpa);
-    }
-    bool operator==(const GpaWindow&) const = default;
-};
 
 struct MemoryPlan {
     uint64_t startup_bytes = 0;
@@ -101,6 +88,8 @@ public:
     [[nodiscard]] std::optional<MemoryRegion> vram() const ENL_EXCLUDES(mu_);
     // Bytes added by hot_add() so far.
     [[nodiscard]] uint64_t hot_added_bytes() const ENL_EXCLUDES(mu_);
+    // The ranges hot_add() added, in the order they were added.
+    [[nodiscard]] std::vector<GpaWindow> hot_added_ranges() const ENL_EXCLUDES(mu_);
     [[nodiscard]] uint32_t slots_in_use() const ENL_EXCLUDES(mu_);
 
 private:

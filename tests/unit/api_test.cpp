@@ -89,6 +89,10 @@ public:
         i.gpadls = 3;
         i.vmm_rss_bytes = 10 << 20;
         i.guest_rss_bytes = 100 << 20;
+        {
+            std::lock_guard lock(mu_);
+            if (mem_in_info) i.memory = mem;
+        }
         return i;
     }
     ApiResult<> shutdown(const ShutdownRequest& r) override {
@@ -169,6 +173,39 @@ public:
         if (id != "net0") return std::unexpected(ApiError{ErrorKind::NotFound, "no NIC " + id});
         return {};
     }
+    ApiResult<MemoryInfo> memory() override {
+        record("memory");
+        return mem;
+    }
+    ApiResult<> set_memory(const MemoryUpdate& u) override {
+        auto opt = [](const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : std::string("-"); };
+        record(fmt::format("memory-set target={}{} min={} max={} buffer={} dynamic={}", u.set_target ? "" : "(unset)",
+                           opt(u.target), opt(u.min), opt(u.max), u.buffer ? std::to_string(*u.buffer) : "-",
+                           u.dynamic ? (*u.dynamic ? "on" : "off") : "-"));
+        if (u.target && *u.target > (4ULL << 30))
+            return std::unexpected(ApiError{ErrorKind::BadRequest, "target above max"});
+        return {};
+    }
+    bool mem_in_info = true;
+    MemoryInfo mem = [] {
+        MemoryInfo m;
+        m.state = "ready";
+        m.protocol_version = "2.0";
+        m.startup = 1ULL << 30;
+        m.min = 128ULL << 20;
+        m.max = 2ULL << 30;
+        m.buffer = 20;
+        m.weight = 5000;
+        m.current = 512ULL << 20;
+        m.target = 512ULL << 20;
+        m.explicit_target = true;
+        m.ballooned = 512ULL << 20;
+        m.can_balloon = true;
+        m.status_reports = 7;
+        m.last_report = MemoryReport{300ULL << 20, 700ULL << 20, 800, true};
+        m.guest_errors = {{"duplicate_pages", 3}};
+        return m;
+    }();
 
 private:
     void record(std::string call) {
@@ -430,7 +467,8 @@ TEST_F(ApiServerTest, Info) {
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"})"));
     EXPECT_TRUE(j["disks"].is_array());
     EXPECT_TRUE(j["storage_channels"].is_array());
-    EXPECT_EQ(j.size(), 16U) << j.dump();
+    EXPECT_TRUE(j["memory"].is_object());
+    EXPECT_EQ(j.size(), 17U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
@@ -572,6 +610,49 @@ TEST_F(ApiServerTest, NicsInInfoAndLinkControl) {
     EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0"})")->status, 400);
     EXPECT_EQ(put("/api/v1/vm.net-link", R"({"up": true, "speed": 1})")->status, 400);
     EXPECT_EQ(get("/api/v1/vm.net-link")->status, 405);
+}
+
+TEST_F(ApiServerTest, MemoryGetPutAndInVmInfo) {
+    auto r = get("/api/v1/vm.memory");
+    ASSERT_EQ(r->status, 200);
+    auto j = Json::parse(r->body);
+    EXPECT_EQ(j["state"], "ready");
+    EXPECT_EQ(j["protocol_version"], "2.0");
+    EXPECT_EQ(j["startup"], 1ULL << 30);
+    EXPECT_EQ(j["current"], 512ULL << 20);
+    EXPECT_EQ(j["target"], 512ULL << 20);
+    EXPECT_EQ(j["ballooned"], 512ULL << 20);
+    EXPECT_EQ(j["hot_add_disabled"], nullptr);
+    EXPECT_EQ(j["status_reports"], 7);
+    EXPECT_EQ(j["last_report"]["committed"], 700ULL << 20);
+    EXPECT_EQ(j["last_report"]["age_ms"], 800);
+    EXPECT_EQ(j["guest_errors"]["duplicate_pages"], 3);
+    // A size as bytes or with a unit; null drops the explicit target.
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"target": "512M"})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "memory-set target=536870912 min=- max=- buffer=- dynamic=-");
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"target": 1073741824})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "memory-set target=1073741824 min=- max=- buffer=- dynamic=-");
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"target": null})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "memory-set target=- min=- max=- buffer=- dynamic=-");
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"min": "256M", "max": "2G", "buffer": 30, "dynamic": true})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "memory-set target=(unset)- min=268435456 max=2147483648 buffer=30 dynamic=on");
+    // The VM refuses; bad bodies never reach it.
+    r = put("/api/v1/vm.memory", R"({"target": "8G"})");
+    EXPECT_EQ(r->status, 400);
+    EXPECT_EQ(error_of(r->body), "target above max");
+    const size_t calls = vm.calls().size();
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", "")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"target": "lots"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"target": -5})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"buffer": 5000})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"dynamic": "yes"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.memory", R"({"size": "1G"})")->status, 400);
+    EXPECT_EQ(vm.calls().size(), calls);
+    EXPECT_EQ(del("/api/v1/vm.memory")->status, 405);
+    // vm.info carries the same figures.
+    auto info = Json::parse(get("/api/v1/vm.info")->body);
+    EXPECT_EQ(info["memory"], j);
 }
 
 TEST_F(ApiServerTest, KvpPoolsByName) {
@@ -1075,10 +1156,15 @@ TEST_F(ApiServerTest, CliEveryCommand) {
     EXPECT_EQ(ok({"kvp-delete", "external", key}), "");
     EXPECT_EQ(ok({"net-link", "net0", "down"}), "");
     EXPECT_EQ(ok({"net-link", "net0", "up"}), "");
+    EXPECT_EQ(Json::parse(ok({"memory"}))["target"], 512ULL << 20);
+    EXPECT_EQ(ok({"memory-set", "--target", "768M"}), "");
+    EXPECT_EQ(ok({"memory-set", "--target", "auto", "--min", "256M", "--buffer", "10", "--dynamic", "on"}), "");
     EXPECT_EQ(vm.calls(), (std::vector<std::string>{"info", "heartbeat", "shutdown", "reboot", "shutdown", "power_off",
                                                     "reset", "time_sync", "kvp_set 0 " + key + "=v \"quoted\"",
                                                     "kvp_get 0 " + key, "kvp_list 0", "kvp_delete 0 " + key,
-                                                    "net-link net0 down", "net-link net0 up"}));
+                                                    "net-link net0 down", "net-link net0 up", "memory",
+                                                    "memory-set target=805306368 min=- max=- buffer=- dynamic=-",
+                                                    "memory-set target=- min=268435456 max=- buffer=10 dynamic=on"}));
 }
 
 TEST_F(ApiServerTest, CliErrorsAreOneLine) {

@@ -24,7 +24,10 @@ content (a /job script and files) goes into a third small cpio: make_run_initrd(
     ENLIGHTEN-JOB-EXIT <status>          after `sh /job`, if /job exists
     ENLIGHTEN-POWEROFF-FAILED            if `poweroff -f` returned (then it idles)
 Kernel command line option `enlighten.modules=a,b,...` makes /init modprobe those
-modules (after the marker, before the job).
+modules (after the marker, before the job); `enlighten.modules=hv_balloon
+hv_balloon.pressure_report_delay=0` gives dynamic memory with status reports from the
+start. /init sets /sys/devices/system/memory/auto_online_blocks to `online` (unless the
+command line has memhp_default_state=), so memory that hv_balloon hot-adds is usable at once.
 
 Network: when there is an eth0 (hv_netvsc, or virtio_net under QEMU; /init waits up to 2 s
 for it only when one of those drivers is loaded), /init brings it up and configures it
@@ -139,6 +142,13 @@ trap 'stop_requested reboot' TERM
 
 has_arg() { grep -qw "$1" /proc/cmdline; }
 
+# Memory hot-added later (hv_balloon, docs/memory.md) comes online at once: Debian's kernel
+# leaves it offline (CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE is not set) and this guest has no
+# udev to online it. memhp_default_state= on the command line overrides this.
+if [ -w /sys/devices/system/memory/auto_online_blocks ] && ! grep -q memhp_default_state= /proc/cmdline; then
+    echo online > /sys/devices/system/memory/auto_online_blocks
+fi
+
 # enlighten.modules=a,b on the kernel command line: load those modules.
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -146,6 +156,16 @@ for arg in $(cat /proc/cmdline); do
         for m in $(echo "${arg#enlighten.modules=}" | tr ',' ' '); do
             modprobe "$m" || echo "ENLIGHTEN-MODPROBE-FAILED $m"
         done ;;
+    esac
+done
+# hv_balloon.pressure_report_delay=N: busybox modprobe applies it from /proc/cmdline; set
+# it again through sysfs in case the module was loaded otherwise (the status reports start
+# after that many seconds; Linux's default is 45).
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    hv_balloon.pressure_report_delay=*)
+        [ -w /sys/module/hv_balloon/parameters/pressure_report_delay ] &&
+            echo "${arg#*=}" > /sys/module/hv_balloon/parameters/pressure_report_delay ;;
     esac
 done
 
