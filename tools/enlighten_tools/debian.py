@@ -206,3 +206,60 @@ def fetch_all() -> dict[str, Path]:
     return {k.package: k.root,
             BUSYBOX_PACKAGE: package_tree(BUSYBOX_PACKAGE),
             HYPERV_DAEMONS_PACKAGE: hyperv_daemons()}
+
+
+# ----------------------------------------------------------------------------- backports
+# The test host's own QEMU (the outer, TCG one) comes from bookworm-backports: Debian 12's
+# QEMU 7.2 froze nested test hosts (all vCPUs halted with the local APIC timer's interrupt
+# pending in IRR, an NMI from the monitor not taken) several times per full e2e run, under
+# network and disk load. Downloaded with apt-get through lists of its own in the cache (the
+# machine's apt sources are not touched), extracted, run from there.
+BACKPORTS_SOURCE = "deb http://deb.debian.org/debian bookworm-backports main"
+TESTHOST_QEMU_PACKAGES = ("qemu-system-x86", "qemu-system-data", "seabios")
+
+
+def _backports_apt_options() -> list[str]:
+    d = cache_dir() / "apt-backports"
+    (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    sources = d / "sources.list"
+    if not sources.is_file() or sources.read_text().strip() != BACKPORTS_SOURCE:
+        sources.write_text(BACKPORTS_SOURCE + "\n")
+    return ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State::Lists={d / 'lists'}", "-o", "APT::Sandbox::User=root"]
+
+
+def backports_deb(package: str) -> Path:
+    """The bookworm-backports .deb of `package` (debs/bpo/), downloaded once."""
+    d = _debs_dir() / "bpo"
+    d.mkdir(parents=True, exist_ok=True)
+    hits = sorted(glob.glob(str(d / f"{glob.escape(package)}_*.deb")))
+    if hits:
+        return Path(hits[-1])
+    opts = _backports_apt_options()
+    if not any((cache_dir() / "apt-backports" / "lists").glob("*_Packages*")):
+        log("fetching the bookworm-backports package list (for the test host's QEMU)")
+        proc = subprocess.run(["apt-get", "update", "-qq", *opts], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise ToolError(f"apt-get update (bookworm-backports) failed: {proc.stdout.strip()[-500:]}")
+    log(f"downloading {package} from bookworm-backports")
+    with tempfile.TemporaryDirectory(dir=d, prefix=".dl-") as tmp:
+        proc = subprocess.run(["apt-get", "download", "-q", *opts, f"{package}/bookworm-backports"], cwd=tmp,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        files = glob.glob(os.path.join(tmp, "*.deb"))
+        if proc.returncode != 0 or len(files) != 1:
+            raise ToolError(f"apt-get download {package}/bookworm-backports failed: {proc.stdout.strip()[-500:]}")
+        dest = d / os.path.basename(files[0])
+        os.replace(files[0], dest)
+        return dest
+
+
+def testhost_qemu() -> list[str]:
+    """argv prefix of the test host's QEMU: bookworm-backports' qemu-system-x86_64 with its
+    firmware directories (-L)."""
+    trees = {p: extract_deb(backports_deb(p)) for p in TESTHOST_QEMU_PACKAGES}
+    binary = trees["qemu-system-x86"] / "usr" / "bin" / "qemu-system-x86_64"
+    if not binary.is_file():
+        raise ToolError(f"no qemu-system-x86_64 in {trees['qemu-system-x86']}")
+    return [str(binary), "-L", str(trees["seabios"] / "usr" / "share" / "seabios"),
+            "-L", str(trees["qemu-system-data"] / "usr" / "share" / "qemu")]

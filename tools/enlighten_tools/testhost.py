@@ -461,6 +461,14 @@ def _split_separate(body: bytes) -> tuple[bytes, bytes]:
     return out, err
 
 
+def testhost_qemu() -> list[str]:
+    """The test host's QEMU (argv prefix): bookworm-backports' (debian.testhost_qemu(), see
+    there why), or with ENLIGHTEN_TESTHOST_QEMU=system the machine's qemu-system-x86_64."""
+    if os.environ.get("ENLIGHTEN_TESTHOST_QEMU") == "system":
+        return ["qemu-system-x86_64"]
+    return debian.testhost_qemu()
+
+
 def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
                  tb_size_mib: int | None = None, monitor: Path | None = None) -> list[str]:
     """monitor: QEMU's human monitor on that Unix socket (else none).
@@ -478,7 +486,7 @@ def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
     cmdline = HOST_CMDLINE
     if os.environ.get("ENLIGHTEN_TESTHOST_LOGLEVEL", "").isdigit():
         cmdline = cmdline.replace("loglevel=1", f"loglevel={os.environ['ENLIGHTEN_TESTHOST_LOGLEVEL']}")
-    return ["qemu-system-x86_64", "-accel", accel, "-cpu", "max",
+    return [*testhost_qemu(), "-accel", accel, "-cpu", "max",
             "-m", str(memory_mib), "-smp", str(cpus),
             "-nographic", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", "stdio", "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
