@@ -9,6 +9,7 @@ test-host boot."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -63,6 +64,38 @@ def describe(res: RunResult, limit: int = 4000) -> str:
     tail = res.output[-limit:]
     return (f"\n--- ran: {res.command}\n--- runner={res.runner} exit={res.returncode} after "
             f"{res.duration:.1f} s; output (last {limit} chars) ---\n{tail}\n--- end ---")
+
+
+# Reading a scenario's output: the shapes its shell side prints (a `show NAME` of the guest
+# console and the VMM's log, RESULT KEY=VALUE lines, INFO-BEGIN/END TAG around `api info`).
+def section(res: RunResult, name: str) -> str:
+    """The guest console of boot `name` (printed by the scenario's `show`)."""
+    m = re.search(rf"^--- {re.escape(name)}: guest console ---\n(.*?)^--- {re.escape(name)}: enlighten log ---$",
+                  res.output, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+def vmm_log(res: RunResult, name: str) -> str:
+    """The VMM's own log of boot `name` (printed by the scenario's `show`)."""
+    m = re.search(rf"^--- {re.escape(name)}: enlighten log ---\n(.*?)^--- {re.escape(name)}: end ---$",
+                  res.output, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+def kv(text: str) -> dict[str, str]:
+    """RESULT KEY=VALUE lines (the last one of a key wins)."""
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
+
+
+def vm_info(res: RunResult, tag: str) -> dict:
+    """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
+    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
+    if not m:
+        raise AssertionError(f"no VM info '{tag}' in the output" + describe(res))
+    try:
+        return json.loads(m.group(1))
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"VM info '{tag}' is not JSON ({e}): {m.group(1)[:500]}" + describe(res)) from e
 
 
 class GuestTestCase(unittest.TestCase):

@@ -33,7 +33,7 @@ import re
 import sys
 import unittest
 
-from harness import RunResult, Session, describe
+from harness import RunResult, Session, describe, kv, section, vm_info, vmm_log
 
 NETWORK = Session("network", host_net_tools=True)
 # A 4-vCPU guest in a 2-vCPU test host crashed the test host now and then (storage_runs.py,
@@ -202,23 +202,6 @@ netvsc_errors() {
 """
 
 
-def section(res: RunResult, name: str) -> str:
-    """The guest console of boot `name` (printed by the scenario's `show`)."""
-    m = re.search(rf"^--- {re.escape(name)}: guest console ---\n(.*?)^--- {re.escape(name)}: enlighten log ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def vmm_log(res: RunResult, name: str) -> str:
-    m = re.search(rf"^--- {re.escape(name)}: enlighten log ---\n(.*?)^--- {re.escape(name)}: end ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def kv(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
-
-
 def tagged(text: str, tag: str) -> list[str]:
     return [(m.group(1) or "").rstrip() for m in re.finditer(rf"^{re.escape(tag)}(?: (.*))?$", text, re.M)]
 
@@ -229,16 +212,6 @@ def iperf_json(text: str, tag: str) -> dict:
         return json.loads("\n".join(lines))
     except json.JSONDecodeError:
         return {"error": f"no JSON from iperf3 ({len(lines)} lines): {' '.join(lines)[:300]}"}
-
-
-def vm_info(res: RunResult, tag: str) -> dict:
-    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
-    if not m:
-        raise AssertionError(f"no VM info '{tag}' in the output" + describe(res))
-    try:
-        return json.loads(m.group(1))
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"VM info '{tag}' is not JSON ({e}): {m.group(1)[:500]}" + describe(res)) from e
 
 
 def nic(info: dict, nic_id: str = "net0") -> dict:

@@ -14,11 +14,10 @@ od, stat in the test host)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unittest
 
-from harness import RunResult, describe, results
+from harness import RunResult, describe, kv, results, section, vm_info, vmm_log
 from storage_runs import DISK_SIZES, IDE_CLASS, MULTICHANNEL, SCSI_CLASS, STORAGE
 
 MiB = 1 << 20
@@ -30,39 +29,12 @@ def pattern(lines: int, tag: str) -> bytes:
     return b"".join(b"%s %058d\n" % (tag.encode(), i) for i in range(lines))
 
 
-def section(res: RunResult, name: str) -> str:
-    """The guest console of boot `name` (printed by the scenario's `show`)."""
-    m = re.search(rf"^--- {re.escape(name)}: guest console ---\n(.*?)^--- {re.escape(name)}: enlighten log ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def vmm_log(res: RunResult, name: str) -> str:
-    m = re.search(rf"^--- {re.escape(name)}: enlighten log ---\n(.*?)^--- {re.escape(name)}: end ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def kv(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
-
-
 def tagged(text: str, tag: str) -> list[str]:
     return [m.group(1).rstrip() for m in re.finditer(rf"^{re.escape(tag)} (.*)$", text, re.M)]
 
 
 def lsblk_rows(text: str, tag: str) -> list[dict[str, str]]:
     return [dict(re.findall(r'(\w+)="([^"]*)"', line)) for line in tagged(text, tag)]
-
-
-def vm_info(res: RunResult, tag: str) -> dict:
-    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
-    if not m:
-        raise AssertionError(f"no VM info '{tag}' in the output" + describe(res))
-    try:
-        return json.loads(m.group(1))
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"VM info '{tag}' is not JSON ({e}): {m.group(1)[:500]}" + describe(res)) from e
 
 
 def disks_by_id(info: dict) -> dict[str, dict]:
