@@ -12,7 +12,10 @@ Two guest boots in one test-host boot (session "memory", 1-vCPU guests, a 4 GiB 
             MemTotal falls by about 512 MiB and the VMM's RSS by at least 400 MiB; target
             1 GiB: MemTotal comes back; target 2 GiB: 1 GiB is hot-added at 4 GiB, its
             memory blocks (memory32..) come online, MemTotal passes 1.5 GiB, and a process
-            (awk) allocates and touches 1 GiB without the OOM killer
+            (awk) allocates and touches 1 GiB without the OOM killer; target 1 GiB again
+            (1 GiB ballooned), then an API reset (--on-reboot restart): the guest boots again
+            at 1 GiB, nothing hot-added or ballooned, and the VMM's RSS is back to the first
+            boot's
   policy    startup 1 GiB, min 512 MiB, max 2 GiB, dynamic=on, buffer=20: the idle guest is
             ballooned down toward committed x 1.2 but not below min; then a process commits
             1.2 GiB step by step and the policy gives the guest memory back and hot-adds, up
@@ -31,7 +34,7 @@ import re
 import sys
 import unittest
 
-from harness import RunResult, Session, describe
+from harness import RunResult, Session, describe, kv, section, vmm_log
 
 MEMORY = Session("memory", host_memory_mib=4096)
 MiB = 1 << 20
@@ -50,13 +53,14 @@ show() {
     echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
     echo "--- $1: end ---"
 }
-# start_mem NAME MEMORY-SPEC: the VM in the background with the API on $API.
+# start_mem NAME MEMORY-SPEC [ON-REBOOT]: the VM in the background with the API on $API
+# (a guest reset ends the VM unless ON-REBOOT is restart).
 start_mem() {
-    BG_NAME=$1; spec=$2
+    BG_NAME=$1; spec=$2; on_reboot=${3:-exit}
     SERIAL=$WORK/$BG_NAME.serial
     rm -f "$API"
     "$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory "$spec" --cpus "$CPUS" \
-        --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info \
+        --serial "file:$SERIAL" --api-socket "$API" --on-reboot "$on_reboot" --log-level info \
         --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $GUEST_ARGS" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
     VM_PID=$!
 }
@@ -149,7 +153,7 @@ balloon_log
 echo "MEM-DONE"
 """
 MEMORY.scenario("balloon", MEM_LIB + r"""
-start_mem balloon "size=1G,max=2G"
+start_mem balloon "size=1G,max=2G" restart
 if wait_guest MEM-READY 180; then
     part boot
     r1=$(api memory | sed -n 's/.*"status_reports": \([0-9]*\).*/\1/p'); sleep 5
@@ -172,6 +176,18 @@ if wait_guest MEM-READY 180; then
     memory final
     info final
     part hot
+    # balloon 1 GiB of the 2 GiB again, then reset: the VM restarts at its startup size,
+    # and the old RAM and the hot-added range are gone from the VMM's RSS
+    api memory-set --target 1G; echo "RESULT host.set1g_again_rc=$?"
+    n=0; until api memory | grep -q '"ballooned": [1-9]' || [ $n -ge 60 ]; do sleep 1; n=$((n + 1)); done
+    memory reballooned
+    api reset; echo "RESULT host.reset_rc=$?"
+    n=0; until [ "$(grep -c MEM-READY "$SERIAL")" -ge 2 ] || [ $n -ge 1800 ] || ! vm_alive; do sleep 0.1; n=$((n + 1)); done
+    echo "RESULT host.boots_ready=$(grep -c MEM-READY "$SERIAL")"
+    sleep 1
+    echo "RESULT host.rss_rebooted=$(rss)"
+    memory rebooted
+    part reboot
 fi
 stop_vm
 """, job=JOB_BALLOON, timeout=1200)
@@ -216,22 +232,6 @@ stop_vm
 """, job=JOB_POLICY, timeout=1200)
 
 
-def section(res: RunResult, name: str) -> str:
-    m = re.search(rf"^--- {re.escape(name)}: guest console ---\n(.*?)^--- {re.escape(name)}: enlighten log ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def vmm_log(res: RunResult, name: str) -> str:
-    m = re.search(rf"^--- {re.escape(name)}: enlighten log ---\n(.*?)^--- {re.escape(name)}: end ---$",
-                  res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
-def kv(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
-
-
 def tagged(res_text: str, tag: str) -> dict:
     m = re.search(rf"^MEMORY-BEGIN {re.escape(tag)}\n(.*?)^MEMORY-END {re.escape(tag)}$", res_text, re.S | re.M)
     if not m:
@@ -260,7 +260,7 @@ class MemCase(unittest.TestCase):
             parts = re.findall(r"^PART (\S+) (\S+)$", res.output, re.M)
             # the figures worth seeing next to the times (KiB for memtotal and rss)
             figures = {k: v for k, v in kv(res.output).items()
-                       if k.endswith((".memtotal", "_after", "rss_before", "rss_down", "hot_blocks_online",
+                       if k.endswith((".memtotal", "_after", "rss_before", "rss_down", "rss_rebooted", "hot_blocks_online",
                                       "reports_in_5s", "hog"))}
             print(f"[{self.KEY}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}; "
                   f"{' '.join(f'{k}={v}' for k, v in figures.items())}] ", end="", file=sys.stderr, flush=True)
@@ -352,6 +352,24 @@ class BalloonTests(MemCase):
         info = json.loads(m.group(1))
         self.assertEqual(info["memory"]["current"], self.memory("final")["current"], describe(res))
         self.assertEqual(info["memory"]["hot_added"], 1024 * MiB, describe(res))
+
+
+    def test_reset_after_hot_add_and_ballooning_restarts_at_the_startup_size(self) -> None:
+        res, h = self.run_of(), self.host()
+        self.assertEqual(h.get("host.reset_rc"), "0", describe(res))
+        self.assertGreater(self.memory("reballooned")["ballooned"], 0, describe(res))
+        self.assertEqual(h.get("host.boots_ready"), "2", describe(res, 8000))
+        m = self.memory("rebooted")
+        self.assertEqual((m["current"], m["hot_added"], m["ballooned"]), (1024 * MiB, 0, 0), describe(res))
+        # the guest's MemTotal at each boot's start: the same
+        starts = re.findall(r"^RESULT start\.memtotal=(\d+)$", self.console(), re.M)
+        self.assertEqual(len(starts), 2, describe(res, 8000))
+        self.assertEqual(starts[0], starts[1], describe(res, 8000))
+        # all host memory accounted for: at the same point of each boot (700 MiB touched and
+        # freed), the RSS is what it was at the first, not that plus the old machine's memory
+        before, rebooted = num(h, "host.rss_before"), num(h, "host.rss_rebooted")
+        self.assertLess(rebooted * KiB, before * KiB + 128 * MiB, f"VMM RSS {before} KiB at the first boot, "
+                        f"{rebooted} KiB after the reset" + describe(res, 6000))
 
 
 class PolicyTests(MemCase):
