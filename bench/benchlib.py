@@ -1,18 +1,29 @@
-"""Pieces shared by the test-host benchmarks (boot.py, storage.py): building the binaries,
-what a report says about the run (commit, machine), where it is saved, and the test host's
-soft-lockup guard."""
+"""Pieces shared by the test-host benchmarks (boot.py, storage.py, net.py, memory.py): building
+the binaries, what a report says about the run (commit, machine), where it is saved, the test
+host's soft-lockup guard, and (run_session, report_meta) running one test-host session with
+--save-raw / --from-raw."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
 import os
+import re
+import shlex
+import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tools"))
 
+from enlighten_tools import qemu, testhost  # noqa: E402
 from enlighten_tools.common import ToolError  # noqa: E402
 
 # First lines of a benchmark's test-host script. A soft lockup in the test host's kernel
@@ -110,3 +121,83 @@ def save_results(out_dir: str | Path, prefix: str, date: str, text: str) -> Path
 
 def load_text() -> str:
     return f"{os.getloadavg()[0]:.1f}"
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def run_session(script: str, files: dict[str, str], cpus: int, memory_mib: int, timeout: float,
+                layers: list[Path] | tuple[Path, ...] = (), save_raw: str | None = None,
+                from_raw: str | None = None) -> str | None:
+    """What the test host printed running `script` (progress streamed to stderr), or the
+    content of a --from-raw file; a session that failed or timed out still gives what it
+    printed. None when it could not run at all (the reason is logged). --save-raw keeps it."""
+    if from_raw:
+        return Path(from_raw).read_text()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            res = testhost.run_in_testhost(script, files=files, cpus=cpus, memory_mib=memory_mib,
+                                           timeout=timeout, stream=True, layers=list(layers))
+        output = res.output
+    except testhost.TestHostError as e:
+        log(f"test-host session failed: {str(e).splitlines()[0]}")
+        output = e.output
+    except ToolError as e:
+        log(f"error: {e}")
+        return None
+    if save_raw:
+        Path(save_raw).write_text(output)
+    return output
+
+
+def report_meta(t0: float, load_start: str, from_raw: bool) -> dict[str, str]:
+    """The run's header facts: date (and `day` for the file name), commit, this machine's
+    QEMU and CPU, the session's length since t0 (time.monotonic()), the load at start / now."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "day": now.strftime("%Y-%m-%d"),
+            "commit": git_commit(), "qemu": qemu.version(), "machine": machine_name(),
+            "session_s": "?" if from_raw else f"{time.monotonic() - t0:.0f}",
+            "load": f"{load_start} / {load_text()}"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant (a benchmark's own Variant, with a .key) with a guest vCPU count."""
+    variant: Any
+    cpus: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.key}@{self.cpus}"
+
+
+def round_robin(cases: list[Case], rounds: int, argv_of: Callable[[Case, int], list[str]]) -> list[str]:
+    """Test-host script lines that run every case once a round, the first case rotated each
+    round; a case whose round-1 command fails is left out of the later rounds."""
+    ok = {c.id: "ok_" + re.sub(r"[^A-Za-z0-9]", "_", c.id) for c in cases}
+    lines = []
+    for r in range(1, rounds + 1):
+        lines.append(f"# round {r}")
+        k = (r - 1) % len(cases)
+        for c in cases[k:] + cases[:k]:
+            cmd = shlex.join(argv_of(c, r))
+            lines.append(f"{ok[c.id]}=0; {cmd} && {ok[c.id]}=1" if r == 1 else f'[ "${ok[c.id]}" = 1 ] && {cmd}')
+    return lines
+
+
+def add_session_args(ap: argparse.ArgumentParser, results_dir: Path, host_memory: int) -> None:
+    """The options every test-host benchmark has: test-host size, build, results, raw output."""
+    ap.add_argument("--host-cpus", type=int, default=0, help="test-host vCPUs (default: max(2, largest --cpus))")
+    ap.add_argument("--host-memory", type=int, default=host_memory, help=f"test-host MiB (default {host_memory})")
+    ap.add_argument("--build-dir", default=str(REPO / "build"))
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--results-dir", default=str(results_dir))
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
+    ap.add_argument("--save-raw", metavar="FILE")
+    ap.add_argument("--from-raw", metavar="FILE", help="render a report from a --save-raw file")
