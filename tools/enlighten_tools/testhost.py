@@ -338,9 +338,10 @@ def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | N
     """Read proc's stdout (and stderr) until EOF, the deadline, or (with idle_timeout) that
     many seconds without any output. True if EOF reached, or if `ended()` (the process has
     said all it had to say) became true and EOF did not follow within `grace` seconds.
-    on_idle(): called once per silence, after idle_probe seconds without output."""
+    on_idle(n): called after idle_probe seconds without output, and again every idle_probe
+    seconds while the silence lasts (n: 1, 2, ...)."""
     grace_until = None
-    probed = False
+    probes = 0
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     if proc.stderr is not None:
@@ -356,13 +357,13 @@ def _pump(proc: subprocess.Popen, deadline: float, on_out, stderr_sink: list | N
         remaining = deadline - now
         if remaining <= 0 or (idle_timeout is not None and now - last_output > idle_timeout):
             return False
-        if on_idle is not None and idle_probe is not None and not probed and now - last_output > idle_probe:
-            probed = True
-            on_idle()
+        if on_idle is not None and idle_probe is not None and now - last_output > idle_probe * (probes + 1):
+            probes += 1
+            on_idle(probes)
         for key, _ in sel.select(timeout=min(remaining, 1.0)):
             data = os.read(key.fileobj.fileno(), 65536)
             last_output = time.monotonic()
-            probed = False
+            probes = 0
             if not data:
                 sel.unregister(key.fileobj)
                 open_fds -= 1
@@ -534,10 +535,18 @@ def _qemu_cpu_seconds(proc: subprocess.Popen) -> float | None:
         return None
 
 
+def _kick_silent_host(monitor: Path) -> str:
+    """A key press on the test host's PS/2 keyboard (an i8042 interrupt through the IO-APIC;
+    no program reads it), then an NMI. QEMU's TCG (7.2 and 10.0) now and then leaves a
+    nested test host with every vCPU halted and the local APIC timer's vector pending in
+    IRR, nothing waking them: a new interrupt makes the APIC look at IRR again. An NMI alone
+    did not revive one (QEMU 7.2)."""
+    return _monitor_commands(monitor, ["sendkey shift", "nmi"])
+
+
 def _diagnose_silent_host(proc: subprocess.Popen, monitor: Path) -> str:
     """What a test host that stopped printing is doing: QEMU's CPU use, each vCPU's state
-    (halted? interrupts on?) and local APIC; then an NMI, which revives a host whose vCPUs
-    all sleep on a lost wakeup (the kernel logs the NMI and goes on)."""
+    (halted? interrupts on?) and local APIC; then _kick_silent_host."""
     c0 = _qemu_cpu_seconds(proc)
     time.sleep(3)
     c1 = _qemu_cpu_seconds(proc)
@@ -545,7 +554,8 @@ def _diagnose_silent_host(proc: subprocess.Popen, monitor: Path) -> str:
              if c0 is not None and c1 is not None else "silent test host: QEMU's CPU use unknown"]
     regs = _monitor_commands(monitor, ["info registers -a"])
     lines += [ln for ln in regs.splitlines() if re.match(r"(CPU#|RIP=|EIP=|\(qemu\)|monitor:)", ln)]
-    lines += _monitor_commands(monitor, ["info lapic", "nmi"]).splitlines()
+    lines += _monitor_commands(monitor, ["info lapic"]).splitlines()
+    lines += _kick_silent_host(monitor).splitlines()
     return "\n".join(lines)
 
 
@@ -623,15 +633,17 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
 
         finished = False
         try:
-            # A silent test host is looked at (and kicked with an NMI) halfway to its idle
-            # timeout; what was seen goes into the log (TESTHOST-DIAG lines).
-            def on_idle() -> None:
-                for line in _diagnose_silent_host(proc, monitor).splitlines():
+            # A test host silent for a minute is looked at and kicked (_diagnose_silent_host),
+            # then kicked again every minute the silence lasts; what was seen goes into the log
+            # (TESTHOST-DIAG lines).
+            def on_idle(n: int) -> None:
+                text = _diagnose_silent_host(proc, monitor) if n == 1 else _kick_silent_host(monitor)
+                for line in text.splitlines():
                     on_out(f"\nTESTHOST-DIAG {line}".encode())
                 on_out(b"\n")
 
             finished = _pump(proc, t0 + timeout, on_out_tail, None, idle_timeout=idle_timeout, ended=ended,
-                             on_idle=on_idle, idle_probe=idle_timeout / 2 if idle_timeout else None)
+                             on_idle=on_idle, idle_probe=min(60.0, idle_timeout / 2) if idle_timeout else None)
         finally:
             if finished:
                 try:
