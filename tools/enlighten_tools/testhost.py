@@ -50,6 +50,7 @@ RunResult.output has "\\r\\n" normalised to "\\n" (the same in direct mode).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import selectors
@@ -462,12 +463,19 @@ def _split_separate(body: bytes) -> tuple[bytes, bytes]:
     return out, err
 
 
+@functools.cache
 def testhost_qemu() -> list[str]:
     """The test host's QEMU (argv prefix): bookworm-backports' (debian.testhost_qemu(), see
-    there why), or with ENLIGHTEN_TESTHOST_QEMU=system the machine's qemu-system-x86_64."""
+    there why), or with ENLIGHTEN_TESTHOST_QEMU=system, or when backports cannot be had, the
+    machine's qemu-system-x86_64."""
     if os.environ.get("ENLIGHTEN_TESTHOST_QEMU") == "system":
         return ["qemu-system-x86_64"]
-    return debian.testhost_qemu()
+    try:
+        return debian.testhost_qemu()
+    except (ToolError, OSError) as e:
+        log(f"the test host's QEMU from bookworm-backports is not available ({e}); "
+            "using this machine's qemu-system-x86_64")
+        return ["qemu-system-x86_64"]
 
 
 def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
