@@ -282,6 +282,43 @@ lane() {
     done
 }
 """
+# Shell helpers for a scenario that drives a VM started in the background (after SCENARIO_LIB;
+# the scenario's own start function sets $VM_PID, $BG_NAME and $SERIAL, the console file).
+BG_VM_LIB = r"""
+T0=$(now)
+PART_T=$T0
+# part NAME: the seconds since the previous part (or the start)
+part() { t=$(now); echo "PART $1 $(awk "BEGIN { printf \"%.1f\", $t - $PART_T }")"; PART_T=$t; }
+# show NAME: the guest console and the VMM's log of boot NAME (harness.section, vmm_log)
+show() {
+    echo "--- $1: guest console ---"; tr -d '\r' < "$WORK/$1.serial" 2>/dev/null
+    [ -n "$(tail -c 1 "$WORK/$1.serial" 2>/dev/null)" ] && echo
+    echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
+    echo "--- $1: end ---"
+}
+vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
+# wait_guest PATTERN SECONDS: until the guest console shows PATTERN; gives up at once when
+# the VMM has exited (e.g. it refused its command line).
+wait_guest() {
+    n=0
+    while ! grep -q "$1" "$SERIAL" 2>/dev/null; do
+        if ! vm_alive; then grep -q "$1" "$SERIAL" 2>/dev/null && return 0; echo "SCENARIO-VM-EXITED waiting for '$1'"; return 1; fi
+        n=$((n + 1))
+        if [ $n -gt $(($2 * 10)) ]; then echo "SCENARIO-TIMEOUT waiting for '$1'"; return 1; fi
+        sleep 0.1
+    done
+}
+# info TAG: the API's VM info between markers (harness.vm_info)
+info() { echo "INFO-BEGIN $1"; api info; echo "INFO-END $1"; }
+# stop_vm: power the background VM off through the API, print its exit status and console
+stop_vm() {
+    vm_alive && api power-off >/dev/null
+    wait "$VM_PID"
+    echo "RESULT $BG_NAME.rc=$?"
+    show "$BG_NAME"
+}
+"""
+
 _ITEM_RE = re.compile(r"^E2E-BEGIN (\S+)\n(.*?)^E2E-END \1 rc=(\d+) seconds=([0-9.e+-]+) timeout=([01])$",
                       re.M | re.S)
 # Runs of a session at the same time (ENLIGHTEN_E2E_LANES, default 1: one after another), as

@@ -34,7 +34,7 @@ import re
 import sys
 import unittest
 
-from harness import RunResult, Session, describe, kv, section, vmm_log
+from harness import BG_VM_LIB, RunResult, Session, describe, kv, section, vmm_log
 
 MEMORY = Session("memory", host_memory_mib=4096)
 MiB = 1 << 20
@@ -42,17 +42,8 @@ KiB = 1 << 10
 
 # Scenario helpers (busybox sh in the test host), after harness.SCENARIO_LIB ($ENL, $KERNEL,
 # $INITRD, $CPUS, $WORK, $API, api).
-MEM_LIB = r"""
+MEM_LIB = BG_VM_LIB + r"""
 GUEST_ARGS="enlighten.modules=hv_vmbus,hv_balloon hv_balloon.pressure_report_delay=0"
-T0=$(now)
-PART_T=$T0
-part() { t=$(now); echo "PART $1 $(awk "BEGIN { printf \"%.1f\", $t - $PART_T }")"; PART_T=$t; }
-show() {
-    echo "--- $1: guest console ---"; tr -d '\r' < "$WORK/$1.serial" 2>/dev/null
-    [ -n "$(tail -c 1 "$WORK/$1.serial" 2>/dev/null)" ] && echo
-    echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
-    echo "--- $1: end ---"
-}
 # start_mem NAME MEMORY-SPEC [ON-REBOOT]: the VM in the background with the API on $API
 # (a guest reset ends the VM unless ON-REBOOT is restart).
 start_mem() {
@@ -64,27 +55,10 @@ start_mem() {
         --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $GUEST_ARGS" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
     VM_PID=$!
 }
-vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
-wait_guest() {
-    n=0
-    while ! grep -q "$1" "$SERIAL" 2>/dev/null; do
-        if ! vm_alive; then grep -q "$1" "$SERIAL" 2>/dev/null && return 0; echo "SCENARIO-VM-EXITED waiting for '$1'"; return 1; fi
-        n=$((n + 1))
-        if [ $n -gt $(($2 * 10)) ]; then echo "SCENARIO-TIMEOUT waiting for '$1'"; return 1; fi
-        sleep 0.1
-    done
-}
 # memory TAG: vm.memory as JSON between markers
 memory() { echo "MEMORY-BEGIN $1"; api memory; echo "MEMORY-END $1"; }
-info() { echo "INFO-BEGIN $1"; api info; echo "INFO-END $1"; }
 # the VMM's resident memory (KiB), guest RAM included
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$VM_PID/status" 2>/dev/null; }
-stop_vm() {
-    vm_alive && api power-off >/dev/null
-    wait "$VM_PID"
-    echo "RESULT $BG_NAME.rc=$?"
-    show "$BG_NAME"
-}
 """
 
 # Shell functions for the guest's /job (Debian's busybox sh).

@@ -33,7 +33,7 @@ import re
 import sys
 import unittest
 
-from harness import RunResult, Session, describe, kv, section, vm_info, vmm_log
+from harness import BG_VM_LIB, RunResult, Session, describe, kv, section, vm_info, vmm_log
 
 NETWORK = Session("network", host_net_tools=True)
 # A 4-vCPU guest in a 2-vCPU test host crashed the test host now and then (storage_runs.py,
@@ -49,7 +49,7 @@ TAP = "enltap0"
 
 # Scenario helpers (busybox sh in the test host), after harness.SCENARIO_LIB ($ENL, $KERNEL,
 # $INITRD, $CPUS, $WORK, $API, api).
-NET_LIB = r"""
+NET_LIB = BG_VM_LIB + r"""
 GUEST_MODULES="enlighten.modules=hv_vmbus,hv_netvsc"
 WWW=$WORK/www
 mkdir -p "$WWW"
@@ -62,16 +62,6 @@ bg() { "$@" & BG_PIDS="$BG_PIDS $!"; }
 # guest polls it for "go-NAME" files: how the test host tells the guest to go on.
 bg httpd -f -p 8000 -h "$WWW"
 go() { : > "$WWW/go-$1"; }
-T0=$(now)
-PART_T=$T0
-# part NAME: the seconds since the previous part (or the start)
-part() { t=$(now); echo "PART $1 $(awk "BEGIN { printf \"%.1f\", $t - $PART_T }")"; PART_T=$t; }
-show() {
-    echo "--- $1: guest console ---"; tr -d '\r' < "$WORK/$1.serial" 2>/dev/null
-    [ -n "$(tail -c 1 "$WORK/$1.serial" 2>/dev/null)" ] && echo
-    echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
-    echo "--- $1: end ---"
-}
 # start_bg NAME "kernel args" ENLIGHTEN-ARGS...: the VM in the background with the API on
 # $API; the guest stays up after its /job (enlighten.stay). Then wait_guest, info, stop_vm.
 start_bg() {
@@ -82,29 +72,10 @@ start_bg() {
         --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $GUEST_MODULES $extra" "$@" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
     VM_PID=$!
 }
-vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 # vm_deadline SECONDS: kill the VM after that long, so that a slow or stuck guest fails the
 # waits below at once and the run still prints its console (set it below the run's timeout,
 # whose watchdog kills the whole run and everything it would have printed)
 vm_deadline() { ( sleep "$1"; vm_alive && echo "SCENARIO-DEADLINE: the VM ran $1 s, killed" && kill -KILL "$VM_PID" ) & BG_PIDS="$BG_PIDS $!"; }
-# wait_guest PATTERN SECONDS: until the guest console shows PATTERN; gives up at once when
-# the VMM has exited (e.g. it refused its command line).
-wait_guest() {
-    n=0
-    while ! grep -q "$1" "$SERIAL" 2>/dev/null; do
-        if ! vm_alive; then grep -q "$1" "$SERIAL" 2>/dev/null && return 0; echo "SCENARIO-VM-EXITED waiting for '$1'"; return 1; fi
-        n=$((n + 1))
-        if [ $n -gt $(($2 * 10)) ]; then echo "SCENARIO-TIMEOUT waiting for '$1'"; return 1; fi
-        sleep 0.1
-    done
-}
-info() { echo "INFO-BEGIN $1"; api info; echo "INFO-END $1"; }
-stop_vm() {
-    vm_alive && api power-off >/dev/null
-    wait "$VM_PID"
-    echo "RESULT $BG_NAME.rc=$?"
-    show "$BG_NAME"
-}
 sha() { sha256sum < "$1" | cut -d' ' -f1; }
 # fetch_g2h URL: the guest's 16 MiB, through its httpd (host.g2h_* results)
 fetch_g2h() {
