@@ -9,7 +9,7 @@ Exit statuses: 0 guest powered off; 3 guest reset with --on-reboot exit; 4 guest
 
 from __future__ import annotations
 
-from harness import ASAN_BINARY, BOOT_TIMEOUT, Session
+from harness import BOOT_TIMEOUT, Session
 from enlighten_tools.testhost import StopAfter
 
 GUESTS = Session("guests")
@@ -40,9 +40,6 @@ POWEROFF_JOB = LOAD_AND_UNLOAD + "echo job-before-poweroff\npoweroff -f\nsleep 5
 # Registered in the order they are started: the 2-vCPU guests first, then the 1-vCPU guests
 # longest first (so that with ENLIGHTEN_E2E_LANES=2 the 2-vCPU guests have the test host to
 # themselves and the lanes end together).
-
-# test_hyperv: hv_vmbus connect/unload with the ASan+UBSan build (2 vCPUs).
-GUESTS.boot("asan", cpus=2, job=LOAD_AND_UNLOAD, binary=ASAN_BINARY)
 
 # test_hyperv: a guest panic, reported through the Hyper-V crash MSRs (exit 4).
 GUESTS.boot("panic", cpus=2, job="modprobe hv_vmbus && echo MODPROBE-OK\necho c > /proc/sysrq-trigger\n",

@@ -40,6 +40,10 @@ RETRIES_AFTER_HOST_DEATH = 2
 # Keep kernel messages short (every serial byte is a VM exit) except in the first test;
 # panic=-1 turns a guest panic into a reset, so a broken boot fails fast (exit 3).
 QUIET_CMDLINE = "console=ttyS0 quiet panic=-1"
+# scripts/test builds build-asan/ beside the e2e tests (its sanitizer track) and names here a
+# file that track writes once that build has finished: "ok" or "FAILED".
+ASAN_READY_ENV = "ENLIGHTEN_ASAN_READY"
+ASAN_READY_WAIT_S = 3600
 BOOT_TIMEOUT = float(os.environ.get("ENLIGHTEN_E2E_TIMEOUT", "150"))
 
 _image: guest_image.GuestImage | None = None
@@ -51,6 +55,26 @@ def require_binary(test: unittest.TestCase) -> None:
                   "build/enlighten), or point ENLIGHTEN_BINARY at it")
     if not os.access(BINARY, os.X_OK):
         test.fail(f"{BINARY} is not executable")
+
+
+def wait_for_sanitizer_build(binary: Path) -> str | None:
+    """If `binary` is build-asan's and scripts/test's sanitizer track is building it
+    (ASAN_READY_ENV), wait until it has finished. Returns why the binary cannot be used, or None."""
+    marker = os.environ.get(ASAN_READY_ENV)
+    if not marker or binary != ASAN_BINARY:
+        return None
+    t0 = time.monotonic()
+    if not Path(marker).exists():
+        print(f"\n[waiting for the sanitizer track to finish build-asan/ ({marker})] ", end="",
+              file=sys.stderr, flush=True)
+    while not Path(marker).exists():
+        if time.monotonic() - t0 > ASAN_READY_WAIT_S:
+            return f"build-asan/ was not finished after {ASAN_READY_WAIT_S} s (the sanitizer track's marker {marker})"
+        time.sleep(5)
+    status = Path(marker).read_text().strip()
+    if status != "ok":
+        return f"the sanitizer track's build of build-asan/ ended {status!r}: see its log at the end of scripts/test"
+    return None
 
 
 def image() -> guest_image.GuestImage:
@@ -398,16 +422,17 @@ class Session:
 
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
                  timeout: float = 300, tools: bool = False, net: bool = False,
-                 files: dict[str, Path | Callable[[], Path]] | None = None) -> None:
+                 files: dict[str, Path | Callable[[], Path]] | None = None,
+                 binary: Path | None = None) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`, `net`: the guest has
         the disk tools, the network tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
         returning it, called when the session runs, e.g. to build an image): $NAME in the
-        script is that file (carried into the test host)."""
+        script is that file (carried into the test host); `binary`: $ENL (default: BINARY)."""
         for name in files or {}:
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
         self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, net=net,
-                       files=dict(files or {})))
+                       files=dict(files or {}), binary=binary or BINARY))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -449,6 +474,8 @@ class Session:
             elif missing:
                 self.failures[key] = (f"run {key!r} needs {', '.join(missing)} on this machine (scripts/setup "
                                       "installs what the tests need)")
+            elif (why := wait_for_sanitizer_build(run.binary)) is not None:
+                self.failures[key] = f"run {key!r}: {why}"
             elif not run.binary.is_file() or not os.access(run.binary, os.X_OK):
                 self.failures[key] = (f"{run.binary} does not exist or is not executable: build Enlighten first "
                                       "(scripts/setup builds build/enlighten and build-asan/enlighten), or "
