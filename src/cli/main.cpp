@@ -5,6 +5,7 @@
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
+//                 [--vsock socket=PATH]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -218,6 +219,19 @@ Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& 
     return devices;
 }
 
+// --vsock socket=PATH (or just PATH): hv_sock over Unix sockets (docs/vsock.md).
+Result<std::string> parse_vsock(const std::string& spec) {
+    ENL_TRY(auto items, spec_items("--vsock", spec, "socket"));
+    std::string path;
+    for (const auto& [key, value] : items) {
+        if (key != "socket") return fail("--vsock '{}': unknown key '{}' (socket)", spec, key);
+        if (!path.empty()) return fail("--vsock '{}': 'socket' given twice", spec);
+        path = value;
+    }
+    if (path.empty()) return fail("--vsock '{}': socket= is empty", spec);
+    return path;
+}
+
 Result<uint32_t> parse_cpus(std::string text) {
     if (text.starts_with("boot=")) text = text.substr(5);
     uint32_t n = 0;
@@ -376,6 +390,10 @@ int main(int argc, char** argv) {
                     "A NIC: backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT]..."
                     "[,queues=N][,id=NAME]; repeatable (docs/network.md)")
         ->take_all();
+    std::string vsock;
+    run->add_option("--vsock", vsock,
+                    "hv_sock over Unix sockets: socket=PATH. Host clients connect to PATH and write "
+                    "'CONNECT <port>\\n'; guest connects to port P reach PATH_P (docs/vsock.md)");
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -424,9 +442,16 @@ int main(int argc, char** argv) {
         // The Dynamic Memory VSP is always offered (docs/memory.md): with dynamic=off it acts
         // only on an explicit target from the API.
         cfg.devices.push_back(mem->balloon);
+        if (!vsock.empty()) {
+            auto path = parse_vsock(vsock);
+            if (!path) return error(path.error());
+            cfg.vsock_socket = std::move(*path);
+        }
     } else if (mem->dynamic_knobs) {
         return error(Error("--memory min/max/dynamic/buffer/weight need the Hyper-V interface (--hyperv on): "
                            "dynamic memory is served over VMBus"));
+    } else if (!vsock.empty()) {
+        return error(Error("--vsock needs the Hyper-V interface (--hyperv on): hv_sock is served over VMBus"));
     } else if (!disks.empty() || !nets.empty()) {
         return error(Error("--disk and --net need the Hyper-V interface (--hyperv on): disks and NICs are served over VMBus"));
     }

@@ -64,6 +64,9 @@ struct OfferParams {
     uint32_t max_packet_from_guest = 4096;
     // The guest reads one packet per interrupt (hv_utils direct mode): signal every write.
     bool signal_every_packet = false;
+    // A channel that belongs to one connection (hv_sock): a bus reset (UNLOAD, kexec,
+    // shutdown) withdraws the device (reset() then detach()) instead of offering it again.
+    bool withdraw_on_reset = false;
 };
 
 struct OpenRequest {

@@ -150,6 +150,14 @@ void GpadlMap::remove_all(std::function<void()> on_all_released) {
     if (on_all_released) on_all_released();
 }
 
+std::vector<uint32_t> GpadlMap::handles_of(uint32_t relid) const {
+    LockGuard lock(state_->mu);
+    std::vector<uint32_t> out;
+    for (const auto& [h, e] : state_->entries)
+        if (!e.tearing_down && e.data->relid == relid) out.push_back(h);
+    return out;
+}
+
 size_t GpadlMap::size() const {
     LockGuard lock(state_->mu);
     size_t n = 0;

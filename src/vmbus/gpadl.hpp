@@ -89,6 +89,8 @@ public:
     // them is held: at once, in this call, if none is.
     void remove_all(std::function<void()> on_all_released);
 
+    // The handles of the GPADLs on channel `relid` that are not being torn down.
+    [[nodiscard]] std::vector<uint32_t> handles_of(uint32_t relid) const;
     [[nodiscard]] size_t size() const;        // GPADLs not being torn down
     [[nodiscard]] size_t held_views() const;  // acquire()s not yet released (all GPADLs)
     [[nodiscard]] bool is_held(uint32_t handle) const;

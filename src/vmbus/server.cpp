@@ -124,6 +124,30 @@ void Server::set_doorbell_hooks(DoorbellHooks* hooks) { hooks_ = hooks; }
 
 void Server::set_ram_control(RamControl* ram) { ram_ = ram; }
 
+void Server::set_tl_connect_handler(TlConnectHandler handler) { tl_handler_ = std::move(handler); }
+
+bool Server::instance_in_use(const Guid& instance) const {
+    LockGuard lock(mu_);
+    for (const auto& [relid, ch] : channels_)
+        if (ch->slot->offer.instance_id == instance) return true;
+    return false;
+}
+
+void Server::on_tl_connect(const TlConnectRequest& m) {
+    if (!tl_handler_ || tl_pending_.load(std::memory_order_relaxed) >= kMaxPendingTlConnects) {
+        ++stats_.tl_connects_dropped;
+        ENL_LOG_LIMITED(info, "vmbus: hv_sock connection request to {} dropped ({})", m.host_service_id.to_string(),
+                        tl_handler_ ? "too many waiting" : "no hv_sock service");
+        return;
+    }
+    ++stats_.tl_connects;
+    tl_pending_.fetch_add(1, std::memory_order_relaxed);
+    post([endpoint = m.guest_endpoint_id, service = m.host_service_id](Server& s) {
+        s.tl_pending_.fetch_sub(1, std::memory_order_relaxed);
+        s.tl_handler_(endpoint, service);
+    });
+}
+
 Server::Poster Server::poster() { return Poster{&control_, alive_, this}; }
 
 void Server::Poster::operator()(std::move_only_function<void(Server&)> fn) const {
@@ -222,9 +246,35 @@ void Server::erase_if_done(uint32_t relid) {
     if (!ch || !ch->rescinded || !ch->released) return;
     if (ch->open != Channel::Open::Closed && ch->open != Channel::Open::Failed) return;
     if (ch->queue) ch->queue->shutdown();
+    if (ch->offered) drop_channel_gpadls(relid);
     if (hooks_) hooks_->removed(ch->connection_id, ch->doorbell->get());
     set_doorbell(relid, nullptr);
     channels_.erase(relid);
+}
+
+// The guest released a rescinded channel without tearing its GPADLs down (Linux skips the
+// teardown of a rescinded channel's GPADLs): forget them, without a reply.
+void Server::drop_channel_gpadls(uint32_t relid) {
+    for (auto it = assembling_.begin(); it != assembling_.end();) {
+        if (it->second.relid == relid) {
+            gpadl_pages_total_ -= std::min(gpadl_pages_total_, it->second.expected_pages);
+            it = assembling_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    for (uint32_t handle : gpadls_->handles_of(relid)) {
+        const auto g = gpadls_->find(handle);
+        const uint64_t pages = g ? g->pfns.size() : 0;
+        const uint64_t conn = connection_;
+        const auto result = gpadls_->remove(handle, [post = poster(), pages, conn] {
+            post([pages, conn](Server& s) {
+                LockGuard lock(s.mu_);
+                if (conn == s.connection_) s.gpadl_pages_total_ -= std::min(s.gpadl_pages_total_, pages);
+            });
+        });
+        if (result == GpadlMap::Teardown::Done) gpadl_pages_total_ -= std::min(gpadl_pages_total_, pages);
+    }
 }
 
 hv::Status Server::handle_message(uint32_t vp, uint32_t connection_id, std::span<const uint8_t> payload) {
@@ -263,10 +313,7 @@ hv::Status Server::handle_message(uint32_t vp, uint32_t connection_id, std::span
         case MsgType::CloseChannel: on_close_channel(read_padded<CloseChannel>(payload).child_relid); break;
         case MsgType::RelidReleased: on_relid_released(read_padded<RelidReleased>(payload).child_relid); break;
         case MsgType::ModifyChannel: on_modify_channel(read_padded<ModifyChannel>(payload)); break;
-        case MsgType::TlConnectRequest:
-            // hv_sock is not served yet; the guest's connect() times out.
-            ENL_LOG_LIMITED(info, "vmbus: hv_sock connection request ignored (not supported yet)");
-            break;
+        case MsgType::TlConnectRequest: on_tl_connect(read_padded<TlConnectRequest>(payload)); break;
         default: break;
     }
     return hv::Status::Success;
@@ -426,7 +473,7 @@ void Server::check_reset_done() {
     // Sub-channels and withdrawn channels go; primaries wait to be offered again.
     for (auto it = channels_.begin(); it != channels_.end();) {
         Channel& ch = *it->second;
-        if (ch.index != 0 || ch.rescinded || ch.slot->withdrawn) {
+        if (ch.index != 0 || ch.rescinded || ch.slot->withdrawn || ch.slot->offer.withdraw_on_reset) {
             if (ch.queue) ch.queue->shutdown();
             if (hooks_) hooks_->removed(ch.connection_id, ch.doorbell->get());
             set_doorbell(ch.relid, nullptr);
@@ -444,8 +491,17 @@ void Server::check_reset_done() {
     for (auto& slot : devices_) {
         slot->relids.resize(1);
         slot->enabled = 0;
-        post([slot](Server&) { slot->device->reset(); });
+        if (slot->offer.withdraw_on_reset) {
+            slot->withdrawn = true;
+            post([slot](Server&) {
+                slot->device->reset();
+                slot->device->detach();
+            });
+        } else {
+            post([slot](Server&) { slot->device->reset(); });
+        }
     }
+    std::erase_if(devices_, [](const auto& slot) { return slot->withdrawn; });
     gpadl_pages_total_ = 0;
     version_ = 0;
     offers_requested_ = false;

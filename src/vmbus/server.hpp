@@ -12,6 +12,13 @@
 // GPADL teardown of its ring, a reopen, an UNLOAD reply wait for that). It is unit-tested
 // without a VM (tests/unit/support/sim_guest.hpp is a simulated hv_vmbus).
 //
+// hv_sock (devices/hvsock): a guest connect() to the host arrives as TL_CONNECT_REQUEST; the
+// server checks its size and hands it to the TlConnectHandler on the control executor (at
+// most kMaxPendingTlConnects waiting there; more are dropped, and the guest's connect()
+// times out). Accepting is offering a device, as for any other; hv_sock devices set
+// OfferParams::withdraw_on_reset. A rescinded channel's GPADLs, which the guest never tears
+// down (vmbus_teardown_gpadl skips them), are dropped at its RELID_RELEASED.
+//
 // Threads: handle_message and handle_event run on vCPU threads; add_device, rescind and
 // shutdown on the control loop; completions and ChannelControl calls on any thread. The
 // server's mutex comes after device locks and before the queues', the GPADL map's and the
@@ -61,6 +68,8 @@ inline constexpr uint64_t kMaxGpadlPages = 1ULL << 16;  // 256 MiB in one GPADL
 inline constexpr size_t kMaxGpadls = 8192;
 inline constexpr uint32_t kChannelConnectionBase = 0x10000;  // connection id = base + relid
 inline constexpr uint32_t kStatusFailure = 0xc0000001;       // STATUS_UNSUCCESSFUL in replies
+// TL_CONNECT_REQUESTs handed to the handler and not yet run (OpenVMM bounds them at 16).
+inline constexpr uint32_t kMaxPendingTlConnects = 16;
 
 enum class ChannelState { Offered, Opening, Open, Closing, Closed, Failed, Rescinded, Released };
 const char* to_string(ChannelState s);
@@ -75,6 +84,8 @@ struct ServerStats {
     uint64_t opens = 0;
     uint64_t closes = 0;
     uint64_t doorbells = 0;
+    uint64_t tl_connects = 0;          // TL_CONNECT_REQUESTs handed to the handler
+    uint64_t tl_connects_dropped = 0;  // ... dropped: no handler, or too many waiting
 };
 
 struct ChannelSnapshot {
@@ -112,6 +123,15 @@ public:
     // Before any device is added: what devices may change of guest RAM (handed to them as
     // DeviceResources::ram; the balloon needs it). Must outlive the server's devices' attach.
     void set_ram_control(RamControl* ram);
+
+    // hv_sock: runs on the control executor for each guest TL_CONNECT_REQUEST (endpoint =
+    // the guest socket's service id, service = the host service it connects to; neither is
+    // checked here). Set before the vCPUs start; never changed afterwards.
+    using TlConnectHandler = std::function<void(const Guid& endpoint, const Guid& service)>;
+    void set_tl_connect_handler(TlConnectHandler handler);
+    // True while a channel with this instance GUID exists: offered, open, or rescinded and
+    // not yet released by the guest (hv_sock must not reuse an instance before that).
+    [[nodiscard]] bool instance_in_use(const Guid& instance) const;
 
     // Adds a device: attaches it (on the control executor) and offers its primary channel,
     // at once if the guest already asked for offers, else when it does. Returns the relid.
@@ -176,6 +196,8 @@ private:
     void close_subchannels(DeviceSlot& slot) ENL_REQUIRES(mu_);
     void withdraw(Channel& ch) ENL_REQUIRES(mu_);
     void erase_if_done(uint32_t relid) ENL_REQUIRES(mu_);
+    void drop_channel_gpadls(uint32_t relid) ENL_REQUIRES(mu_);
+    void on_tl_connect(const TlConnectRequest& msg) ENL_REQUIRES(mu_);
     void begin_reset(ResetWork work) ENL_REQUIRES(mu_);
     void check_reset_done() ENL_REQUIRES(mu_);
     Result<uint32_t> new_channel(const std::shared_ptr<DeviceSlot>& slot, uint16_t index) ENL_REQUIRES(mu_);
@@ -229,6 +251,8 @@ private:
     ServerStats stats_ ENL_GUARDED_BY(mu_);
     DoorbellHooks* hooks_ = nullptr;
     RamControl* ram_ = nullptr;
+    TlConnectHandler tl_handler_;                  // set before the guest runs
+    std::atomic<uint32_t> tl_pending_{0};          // posted to tl_handler_, not yet run
 
     // Doorbells by relid, for handle_event without the server lock.
     mutable Mutex doorbell_mu_;

@@ -28,6 +28,8 @@ struct VmConfig {
     bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM
     bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
+    // hv_sock over Unix sockets (--vsock socket=PATH, docs/vsock.md); empty: no hv_sock.
+    std::string vsock_socket;
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;

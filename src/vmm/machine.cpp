@@ -7,6 +7,7 @@
 
 #include "common/event_loop.hpp"
 #include "common/log.hpp"
+#include "devices/hvsock/service.hpp"
 #include "hv/partition.hpp"
 #include "platform/acpi/acpi.hpp"
 #include "platform/boot/linux_loader.hpp"
@@ -128,6 +129,7 @@ Machine::Machine(const Context& ctx, std::function<void()> on_exit)
       console_(ctx.console),
       loop_(ctx.loop),
       devices_(ctx.devices),
+      vsock_(ctx.vsock),
       on_exit_(std::move(on_exit)),
       count_ports_(log::enabled(log::Level::Debug)) {
     if (count_ports_) io_by_port_ = std::make_unique<std::array<std::atomic<uint64_t>, 0x10000>>();
@@ -258,6 +260,7 @@ Result<> Machine::setup_hyperv() {
         },
         [this](uint32_t vp, uint32_t conn, uint16_t flag) { return vmbus_->handle_event(vp, conn, flag); });
     for (const auto& d : devices_.entries()) ENL_TRY_VOID(vmbus_->add_device(d.device));
+    if (vsock_) vsock_->attach(*vmbus_);
     return {};
 }
 
@@ -283,7 +286,10 @@ Result<> Machine::add_platform_devices() {
     return {};
 }
 
-Machine::~Machine() { join_vcpus(); }
+Machine::~Machine() {
+    join_vcpus();
+    if (vsock_ && vmbus_) vsock_->detach();
+}
 
 void Machine::start() {
     log::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
@@ -305,6 +311,8 @@ void Machine::stop(std::chrono::milliseconds timeout) {
     join_vcpus();
     log_exit_stats();
     if (!vmbus_) return;
+    // hv_sock connections end with this boot (their host sockets close); the bus then goes.
+    if (vsock_) vsock_->detach();
     // Every device closes its channels (waiting for its work in flight) and is detached; the
     // loop keeps serving the API meanwhile.
     bool done = false;

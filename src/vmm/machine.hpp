@@ -33,6 +33,9 @@ class Serial;
 class AcpiPm;
 class EventLoop;
 class DeviceSet;
+namespace hvsock {
+class Service;
+}
 namespace hv {
 class Partition;
 class InterruptSink;
@@ -60,6 +63,7 @@ public:
         Console& console;
         EventLoop& loop;          // the VM's loop: VMBus control work and device callbacks run here
         const DeviceSet& devices;  // attached to this machine's VMBus
+        hvsock::Service* vsock = nullptr;  // the VM's hv_sock service (--vsock), attached to this VMBus
     };
     // `on_exit` runs (on any thread, once) when the machine asks to stop.
     static Result<std::unique_ptr<Machine>> create(const Context& ctx, std::function<void()> on_exit);
@@ -106,6 +110,7 @@ private:
     Console& console_;
     EventLoop& loop_;
     const DeviceSet& devices_;
+    hvsock::Service* const vsock_;
     const std::function<void()> on_exit_;
     std::unique_ptr<Vm> vm_;
     GuestMemory memory_;

@@ -11,6 +11,7 @@
 #include "common/event_loop.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
+#include "devices/hvsock/service.hpp"
 #include "kvm/kvm.hpp"
 #include "vmm/console.hpp"
 #include "vmm/control.hpp"
@@ -35,6 +36,7 @@ struct VirtualMachine::Impl {
     std::unique_ptr<Console> console;
     DeviceSet devices;
     std::unique_ptr<EventLoop> loop;
+    std::unique_ptr<hvsock::Service> vsock;  // --vsock: lives across boots (before the loop goes)
     UniqueFd signal_fd;
     std::unique_ptr<MachineControl> control;
     std::optional<api::ApiServer> api;
@@ -75,6 +77,11 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
     ENL_TRY(impl->console, Console::create(impl->cfg.serial));
     ENL_TRY(impl->loop, EventLoop::create());
     ENL_TRY_VOID(impl->watch_host_events());
+    if (!impl->cfg.vsock_socket.empty()) {
+        auto vsock = hvsock::Service::create({.socket_path = impl->cfg.vsock_socket}, *impl->loop);
+        if (!vsock) return std::unexpected(vsock.error().context("--vsock"));
+        impl->vsock = std::move(*vsock);
+    }
 
     // The management API lives across guest reboots; it follows the current machine.
     impl->control = std::make_unique<MachineControl>(impl->cfg, impl->devices, *impl->loop);
@@ -125,7 +132,7 @@ int VirtualMachine::run() { return impl_->boot_loop(); }
 
 int VirtualMachine::Impl::boot_loop() {
     for (unsigned boot = 1;; ++boot) {
-        auto created = Machine::create({*kvm, cfg, *console, *loop, devices}, [l = loop.get()] { l->stop(); });
+        auto created = Machine::create({*kvm, cfg, *console, *loop, devices, vsock.get()}, [l = loop.get()] { l->stop(); });
         if (!created) {
             std::fflush(stdout);
             std::fprintf(stderr, "enlighten: error: %s\n", created.error().message().c_str());
