@@ -37,8 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) return 0;
     UniqueFd host(sv[1]);
+    bool ended = false;  // before the guest: its teardown still ends the connection
     test::SimGuest g(1, 512);
-    bool ended = false;
     hvsock::Connection::Params p;
     p.id = 1;
     p.origin = (in.take<uint8_t>() & 1) ? hvsock::Origin::Host : hvsock::Origin::Guest;

@@ -123,7 +123,6 @@ private:
     bool fin_sent_ = false;
     bool ring_full_ = false;     // the guest's ring had no room: wait for its doorbell
     bool ended_ = false;
-    bool pump_posted_ = false;
     ConnectionStats stats_;
 };
 
