@@ -137,7 +137,7 @@ SERVE_PID=$!; BG_PIDS="$BG_PIDS $!"
 SERVE1_PID=$!; BG_PIDS="$BG_PIDS $!"
 n=0; until [ -S "${V}_6000" ] && [ -S "${V}_6001" ] || [ $n -ge 50 ]; do sleep 0.1; n=$((n + 1)); done
 "$ENL" run --kernel "$KERNEL" --initrd "$VSOCK_INITRD" --memory 512M --cpus "$CPUS" \
-    --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info \
+    --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level debug \
     --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay enlighten.modules=hv_sock" \
     --vsock "socket=$V" >"$WORK/vsock.vmm.log" 2>&1 &
 VM_PID=$!
@@ -148,7 +148,7 @@ part boot
 t=$(now)
 pids=
 for i in $(seq $CONNS); do
-    ( "$HVSOCK_HOST" connect "$V" 5000 < "$WORK/h2g.bin" 2>"$WORK/c$i.err" > "$WORK/c$i.recv"; echo $? > "$WORK/c$i.rc" ) &
+    ( timeout 200 "$HVSOCK_HOST" connect "$V" 5000 < "$WORK/h2g.bin" 2>"$WORK/c$i.err" > "$WORK/c$i.recv"; echo $? > "$WORK/c$i.rc" ) &
     pids="$pids $!"
 done
 for p in $pids; do wait $p; done
@@ -157,7 +157,10 @@ for i in $(seq $CONNS); do
     echo "RESULT host.client_rc_$i=$(cat "$WORK/c$i.rc")"
     echo "RESULT host.client_ok_$i=$(head -n 1 "$WORK/c$i.err")"
     echo "RESULT host.client_g2h_sha_$i=$(sha "$WORK/c$i.recv")"
+    echo "RESULT host.client_bytes_$i=$(wc -c < "$WORK/c$i.recv" | tr -d ' ')"
 done
+# what the VMM's channels looked like then (for a failure's report)
+api info 2>&1 | grep -B2 -A4 '"hvsock' | sed 's/^/INFO-CONNECTED /' | head -80
 part host-to-guest
 # the host closes first: write, then close without reading
 printf 'bye-from-host' | "$HVSOCK_HOST" connect "$V" 5001 2>"$WORK/c5001.err" >/dev/null

@@ -10,10 +10,10 @@
  *                                       when all are done (status: the worst child's)
  *
  * The relay half-closes: input EOF -> shutdown(SHUT_WR); socket EOF -> the output is
- * closed; it ends when both directions are done. Exit 3 on a protocol or I/O error. */
+ * closed; it ends when both directions are done (each copied by a process of its own, so
+ * that neither waits for the other). Exit 3 on an I/O error, 4 without OK. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,55 +39,51 @@ static int unix_socket(const char *path, struct sockaddr_un *a) {
     return fd;
 }
 
-/* in -> sock, sock -> out, until both directions end. */
-static int relay(int in, int out, int sock) {
+/* Copies `from` to `to` until EOF; 0, or 3 on an error. */
+static int copy(int from, int to) {
     char buf[65536];
-    int in_open = 1, sock_open = 1;
-    while (in_open || sock_open) {
-        struct pollfd p[2];
-        int n = 0, pi = -1, ps = -1;
-        if (in_open) { p[n].fd = in; p[n].events = POLLIN; pi = n++; }
-        if (sock_open) { p[n].fd = sock; p[n].events = POLLIN; ps = n++; }
-        if (poll(p, n, -1) < 0) {
-            if (errno == EINTR) continue;
-            perror("poll");
+    for (;;) {
+        ssize_t got = read(from, buf, sizeof(buf));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            perror("read");
             return 3;
         }
-        if (pi >= 0 && p[pi].revents) {
-            ssize_t got = read(in, buf, sizeof(buf));
-            if (got <= 0) {
-                in_open = 0;
-                shutdown(sock, SHUT_WR);
-            } else {
-                for (ssize_t off = 0; off < got;) {
-                    ssize_t w = write(sock, buf + off, (size_t)(got - off));
-                    if (w <= 0) {
-                        perror("write to socket");
-                        return 3;
-                    }
-                    off += w;
-                }
+        if (got == 0) return 0;
+        for (ssize_t off = 0; off < got;) {
+            ssize_t w = write(to, buf + off, (size_t)(got - off));
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                perror("write");
+                return 3;
             }
-        }
-        if (ps >= 0 && p[ps].revents) {
-            ssize_t got = read(sock, buf, sizeof(buf));
-            if (got <= 0) {
-                if (got < 0) perror("read from socket");
-                sock_open = 0;
-                close(out);
-            } else {
-                for (ssize_t off = 0; off < got;) {
-                    ssize_t w = write(out, buf + off, (size_t)(got - off));
-                    if (w <= 0) {
-                        perror("write to output");
-                        return 3;
-                    }
-                    off += w;
-                }
-            }
+            off += w;
         }
     }
-    return 0;
+}
+
+/* in -> sock and sock -> out at once, each direction in a process of its own (a blocking
+ * writer in one direction must never stop the other from being read: the VMM's and the
+ * guest's buffers are small), until both end. */
+static int relay(int in, int out, int sock) {
+    pid_t writer = fork();
+    if (writer < 0) {
+        perror("fork");
+        return 3;
+    }
+    if (writer == 0) {
+        close(out);  /* only the reader holds it: its reader sees EOF when that one closes it */
+        int r = copy(in, sock);
+        shutdown(sock, SHUT_WR);
+        _exit(r);
+    }
+    close(in);
+    int r = copy(sock, out);
+    close(out);
+    int st = 0;
+    while (waitpid(writer, &st, 0) < 0 && errno == EINTR) {}
+    int w = WIFEXITED(st) ? WEXITSTATUS(st) : 3;
+    return r ? r : w;
 }
 
 static int do_connect(const char *path, const char *port) {
