@@ -413,6 +413,40 @@ TEST_F(HvsockTest, BadGuestPacketsEndTheConnection) {
     ::close(client);
 }
 
+TEST_F(HvsockTest, TheGuestClosingTheChannelEndsTheConnection) {
+    int client = -1;
+    auto offer = host_connect(client, 5000);
+    ASSERT_TRUE(offer);
+    SimChannel ch = g_.open_channel(offer->child_relid, 6, 6);
+    read_now(client);
+    g_.sink().take();
+    g_.simple(MsgType::CloseChannel, ch.relid);
+    g_.pump();
+    bool eof = false;
+    read_now(client, &eof);
+    EXPECT_TRUE(eof);
+    EXPECT_TRUE(rescinded(ch.relid));
+    EXPECT_EQ(svc_->stats().live, 0u);
+    g_.simple(MsgType::RelidReleased, ch.relid);
+    g_.pump();
+    EXPECT_EQ(hvsock_channels(), 0u);
+    ::close(client);
+}
+
+TEST_F(HvsockTest, AClientThatHangsUpBeforeTheOpenWithdrawsTheOffer) {
+    int client = -1;
+    auto offer = host_connect(client, 5000);
+    ASSERT_TRUE(offer);
+    ::close(client);
+    g_.pump();
+    // At once, not after the open timeout.
+    EXPECT_TRUE(rescinded(offer->child_relid));
+    EXPECT_EQ(svc_->stats().live, 0u);
+    // A guest that opens it anyway (it had not seen the rescind yet) is refused.
+    g_.open_channel(offer->child_relid, 6, 6);
+    EXPECT_NE(SimGuest::open_result(g_.sink().take(), offer->child_relid), std::optional<uint32_t>(0u));
+}
+
 TEST_F(HvsockTest, ABusResetWithdrawsConnections) {
     int client = -1;
     auto offer = host_connect(client, 5000);
