@@ -3,13 +3,13 @@ guest's hv_sock driving it (docs/vsock.md).
 
 One guest boot (session "vsock", run "vsock"), checked by several tests:
 
-  host -> guest   4 host clients at once connect to PATH and write `CONNECT 5000`; a guest
-                  socat VSOCK-LISTEN:5000 answers each: the client reads `OK <n>`, then both
-                  sides send 4 MiB and hash what they receive (sha256 on both ends)
+  host -> guest   4 host clients at once connect to PATH and write `CONNECT 5000` .. `5003`;
+                  guest socat VSOCK-LISTEN:500N listeners answer: the client reads `OK <n>`,
+                  then both sides send 4 MiB and hash what they receive (sha256 on both ends)
   guest -> host   4 guest socat VSOCK-CONNECT:2:6000 at once reach the test host's listener
                   on PATH_6000; 4 MiB each way per connection, hashed
   EOF / close     the host client closes after writing: the guest's reader gets the data
-                  and EOF (port 5001); a guest writer closes: the host's reader gets the
+                  and EOF (port 4000); a guest writer closes: the host's reader gets the
                   data and EOF (PATH_6001)
   refusals        CONNECT to a port nobody listens on: the client's socket is closed without
                   OK; a guest connect to a port with no PATH_P: connect() fails (timeout)
@@ -58,31 +58,32 @@ now() { read -r t _ </proc/uptime; echo "$t"; }
 dd if=/dev/urandom of=/tmp/g2h.bin bs=1M count=$MIB 2>/dev/null
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h.bin | cut -d' ' -f1)"
 echo "RESULT hv_sock_loaded=$(grep -c '^hv_sock ' /proc/modules)"
-cat > /tmp/conn.sh <<'EOS'
-#!/bin/sh
-# $1: the tag; stdin: the peer's bytes; stdout: ours
-cat /tmp/g2h.bin &
-exec >/dev/null
-s=$(sha256sum)
-echo "RESULT $1_$$=${s%% *}" > /dev/console
-EOS
-chmod +x /tmp/conn.sh
-# host -> guest: the listener on 5000 serves every connection; on 5001 one reader to EOF
-socat -t 600 VSOCK-LISTEN:5000,fork EXEC:"/tmp/conn.sh listen_h2g_sha",pipes 2>/tmp/socat5000.err &
-( socat -u VSOCK-LISTEN:5001 CREATE:/tmp/got5001 2>/tmp/socat5001.err; echo "RESULT eof_from_host_rc=$?"; \
-  echo "RESULT eof_from_host=$(cat /tmp/got5001)" ) &
+# Each connection: socat sends /tmp/g2h.bin (its EOF is our shutdown(SHUT_WR): a FIN) and
+# writes what it receives to a file until the peer's EOF (socat's dual address: read!!write).
+# host -> guest: one listener per connection, ports 5000.. ; on 4000 one reader to EOF
+for i in $(seq $CONNS); do
+    ( socat -t 600 VSOCK-LISTEN:$((4999 + i)) "OPEN:/tmp/g2h.bin!!CREATE:/tmp/lin.$i" 2>/tmp/socatl.$i.err
+      echo "RESULT listen_rc_$i=$?"
+      echo "RESULT listen_h2g_sha_$i=$(sha256sum < /tmp/lin.$i | cut -d' ' -f1)" ) &
+done
+( socat -u VSOCK-LISTEN:4000 CREATE:/tmp/got4000 2>/tmp/socat4000.err; echo "RESULT eof_from_host_rc=$?"; \
+  echo "RESULT eof_from_host=$(cat /tmp/got4000)" ) &
 sleep 1
 echo VSOCK-LISTENING
 # guest -> host: CONNS connections at once to the test host's PATH_6000
 t=$(now)
 pids=
 for i in $(seq $CONNS); do
-    socat -t 600 VSOCK-CONNECT:2:6000 EXEC:"/tmp/conn.sh connect_h2g_sha",pipes 2>/tmp/socat6000.$i.err &
+    socat -t 600 VSOCK-CONNECT:2:6000 "OPEN:/tmp/g2h.bin!!CREATE:/tmp/cin.$i" 2>/tmp/socat6000.$i.err &
     pids="$pids $!"
 done
+# if they hang: what the socats wait for (a failure's report)
+( sleep 150; ps | grep -v grep | grep socat | sed 's/^/DIAG-PS /'
+  for p in $pids; do echo "DIAG-WCHAN $p $(cat /proc/$p/wchan 2>/dev/null)"; done ) &
 rc=0
 for p in $pids; do wait $p || rc=$?; done
 echo "RESULT connect_rc=$rc"
+for i in $(seq $CONNS); do echo "RESULT connect_h2g_sha_$i=$(sha256sum < /tmp/cin.$i | cut -d' ' -f1)"; done
 echo "RESULT connect_seconds=$(awk "BEGIN { printf \"%.1f\", $(now) - $t }")"
 cat /tmp/socat6000.*.err 2>/dev/null | head -5 | sed 's/^/SOCAT-ERR /'
 # the guest closes first: the host's reader on PATH_6001 sees the data, then EOF
@@ -148,7 +149,7 @@ part boot
 t=$(now)
 pids=
 for i in $(seq $CONNS); do
-    ( timeout 200 "$HVSOCK_HOST" connect "$V" 5000 < "$WORK/h2g.bin" 2>"$WORK/c$i.err" > "$WORK/c$i.recv"; echo $? > "$WORK/c$i.rc" ) &
+    ( timeout 200 "$HVSOCK_HOST" connect "$V" $((4999 + i)) < "$WORK/h2g.bin" 2>"$WORK/c$i.err" > "$WORK/c$i.recv"; echo $? > "$WORK/c$i.rc" ) &
     pids="$pids $!"
 done
 for p in $pids; do wait $p; done
@@ -163,7 +164,7 @@ done
 api info 2>&1 | grep -B2 -A4 '"hvsock' | sed 's/^/INFO-CONNECTED /' | head -80
 part host-to-guest
 # the host closes first: write, then close without reading
-printf 'bye-from-host' | "$HVSOCK_HOST" connect "$V" 5001 2>"$WORK/c5001.err" >/dev/null
+printf 'bye-from-host' | "$HVSOCK_HOST" connect "$V" 4000 2>"$WORK/c5001.err" >/dev/null
 echo "RESULT host.close_rc=$?"
 # nobody listens on 7000 in the guest: no OK, the socket closed after the open timeout
 t=$(now)

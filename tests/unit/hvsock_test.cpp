@@ -172,7 +172,7 @@ protected:
         const PipeHeader h{1, static_cast<uint32_t>(data.size())};
         std::memcpy(p.data(), &h, 8);
         std::memcpy(p.data() + 8, data.data(), data.size());
-        ASSERT_TRUE(g_.send(ch, kPacketDataInband, 0, p, {}, true));
+        ASSERT_TRUE(g_.send(ch, kPacketDataInband, 0, p, {}, false));
         g_.pump();
     }
     // Everything in the guest's ring: the data, and whether a FIN came (then stop).
@@ -496,7 +496,7 @@ TEST_F(HvsockTest, BulkBothWaysIntact) {
             const PipeHeader h{1, static_cast<uint32_t>(n)};
             std::memcpy(p.data(), &h, 8);
             std::memcpy(p.data() + 8, down.data() + down_sent, n);
-            if (!g_.send(ch, kPacketDataInband, 0, p, {}, true)) break;
+            if (!g_.send(ch, kPacketDataInband, 0, p, {}, false)) break;
             down_sent += n;
         }
         g_.pump();

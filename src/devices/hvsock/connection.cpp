@@ -181,6 +181,7 @@ void Connection::pump_from_guest() {
         auto data = parse_pipe_payload(pkt.payload);
         if (!data) return end(data.error().message());
         if (data->empty()) {
+            log::debug("hv_sock {}: FIN from the guest after {} bytes", offer_.name, stats_.bytes_from_guest);
             guest_fin_ = true;
         } else {
             to_host_.assign(data->begin(), data->end());
@@ -212,6 +213,7 @@ bool Connection::send_fin() {
     }
     fin_pending_ = false;
     fin_sent_ = true;
+    log::debug("hv_sock {}: FIN to the guest after {} bytes", offer_.name, stats_.bytes_to_guest);
     maybe_finish();
     return true;
 }
