@@ -10,7 +10,8 @@ One guest boot (session "vsock", run "vsock"), checked by several tests:
                   on PATH_6000; 4 MiB each way per connection, hashed
   EOF / close     the host client closes after writing: the guest's reader gets the data
                   and EOF (port 4000); a guest writer closes: the host's reader gets the
-                  data and EOF (PATH_6001)
+                  data and EOF (PATH_6001). Every bulk connection also ends with both FINs
+                  and a rescind: its socat exits only after the peer's EOF.
   refusals        CONNECT to a port nobody listens on: the client's socket is closed without
                   OK; a guest connect to a port with no PATH_P: connect() fails (timeout)
   clean-up        once the sockets are closed, no hv_sock device is left in the guest and
