@@ -594,6 +594,9 @@ class Session:
             r = RunResult(output=body, returncode=rc, duration=seconds, runner=runner,
                           command=commands.get(key, key))
             self.results[key] = r
+            if save_dir := os.environ.get("ENLIGHTEN_E2E_SAVE"):  # every run's whole output, for a diagnosis
+                Path(save_dir).mkdir(parents=True, exist_ok=True)
+                (Path(save_dir) / f"{self.name}-{key}.log").write_text(body)
             if timed_out == "1":  # what the test host printed meanwhile (a soft lockup?) may explain it
                 self.failures[key] = f"run {key!r} timed out after {run.timeout:.0f} s (killed)" + describe(r) + host_note
         started = set(re.findall(r"^E2E-START (\S+)$", output, re.M)) | set(self.results)

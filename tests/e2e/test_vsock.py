@@ -3,11 +3,11 @@ guest's hv_sock driving it (docs/vsock.md).
 
 One guest boot (session "vsock", run "vsock"), checked by several tests:
 
-  host -> guest   4 host clients at once connect to PATH and write `CONNECT 5000` .. `5003`;
-                  guest socat VSOCK-LISTEN:500N listeners answer: the client reads `OK <n>`,
-                  then both sides send 4 MiB and hash what they receive (sha256 on both ends)
-  guest -> host   4 guest socat VSOCK-CONNECT:2:6000 at once reach the test host's listener
-                  on PATH_6000; 4 MiB each way per connection, hashed
+  host -> guest   16 host clients at once connect to PATH and write `CONNECT 5000` .. `5015`;
+                  guest socat VSOCK-LISTEN:50NN listeners answer: the client reads `OK <n>`,
+                  then both sides send 8 MiB and hash what they receive (sha256 on both ends)
+  guest -> host   then 16 guest socat VSOCK-CONNECT:2:6000 at once reach the test host's
+                  listener on PATH_6000; 2 MiB each way per connection, hashed
   EOF / close     the host client closes after writing: the guest's reader gets the data
                   and EOF (port 4000); a guest writer closes: the host's reader gets the
                   data and EOF (PATH_6001). Every bulk connection also ends with both FINs
@@ -34,8 +34,9 @@ from harness import REPO, RunResult, Session, describe
 from enlighten_tools import vsock_layer
 
 VSOCK = Session("vsock")
-CONNS = 4
-MIB = 4
+CONNS = 16
+MIB = 8      # each way on every host-initiated connection (the issue's 16 x 8 MiB)
+G_MIB = 2    # each way on every guest-initiated connection
 SOCKET_CLASS_SUFFIX = "-facb-11e6-bd58-64006a7986d3"
 
 
@@ -54,28 +55,36 @@ def host_helper() -> Path:
 # sender's end closes (FIN) when `cat` is done while the hash waits for the peer's EOF.
 JOB = r"""
 MIB=""" + str(MIB) + r"""
+G_MIB=""" + str(G_MIB) + r"""
 CONNS=""" + str(CONNS) + r"""
 now() { read -r t _ </proc/uptime; echo "$t"; }
 dd if=/dev/urandom of=/tmp/g2h.bin bs=1M count=$MIB 2>/dev/null
 echo "RESULT g2h_sha=$(sha256sum < /tmp/g2h.bin | cut -d' ' -f1)"
+dd if=/dev/urandom of=/tmp/g2hs.bin bs=1M count=$G_MIB 2>/dev/null
+echo "RESULT g2hs_sha=$(sha256sum < /tmp/g2hs.bin | cut -d' ' -f1)"
 echo "RESULT hv_sock_loaded=$(grep -c '^hv_sock ' /proc/modules)"
 # Each connection: socat sends /tmp/g2h.bin (its EOF is our shutdown(SHUT_WR): a FIN) and
 # writes what it receives to a file until the peer's EOF (socat's dual address: read!!write).
 # host -> guest: one listener per connection, ports 5000.. ; on 4000 one reader to EOF
+lpids=
 for i in $(seq $CONNS); do
     ( socat -t 600 VSOCK-LISTEN:$((4999 + i)) "OPEN:/tmp/g2h.bin!!CREATE:/tmp/lin.$i" 2>/tmp/socatl.$i.err
       echo "RESULT listen_rc_$i=$?"
-      echo "RESULT listen_h2g_sha_$i=$(sha256sum < /tmp/lin.$i | cut -d' ' -f1)" ) &
+      echo "RESULT listen_h2g_sha_$i=$(sha256sum < /tmp/lin.$i | cut -d' ' -f1)"; rm -f /tmp/lin.$i ) &
+    lpids="$lpids $!"
 done
 ( socat -u VSOCK-LISTEN:4000 CREATE:/tmp/got4000 2>/tmp/socat4000.err; echo "RESULT eof_from_host_rc=$?"; \
   echo "RESULT eof_from_host=$(cat /tmp/got4000)" ) &
 sleep 1
 echo VSOCK-LISTENING
+# guest -> host once the host's connections are done: a guest connect() gives up after 2 s
+# without the host's offer, which a nested test host flooding 16 connections may not make
+for p in $lpids; do wait $p; done
 # guest -> host: CONNS connections at once to the test host's PATH_6000
 t=$(now)
 pids=
 for i in $(seq $CONNS); do
-    socat -t 600 VSOCK-CONNECT:2:6000 "OPEN:/tmp/g2h.bin!!CREATE:/tmp/cin.$i" 2>/tmp/socat6000.$i.err &
+    socat -t 600 VSOCK-CONNECT:2:6000 "OPEN:/tmp/g2hs.bin!!CREATE:/tmp/cin.$i" 2>/tmp/socat6000.$i.err &
     pids="$pids $!"
 done
 # if they hang: what the socats wait for (a failure's report)
@@ -103,6 +112,7 @@ echo VSOCK-GUEST-DONE
 # $VSOCK_INITRD are files of the session.
 SCENARIO = r"""
 MIB=""" + str(MIB) + r"""
+G_MIB=""" + str(G_MIB) + r"""
 CONNS=""" + str(CONNS) + r"""
 V=$WORK/v.sock
 SERIAL=$WORK/vsock.serial
@@ -124,9 +134,11 @@ wait_guest() {
 }
 dd if=/dev/urandom of="$WORK/h2g.bin" bs=1M count=$MIB 2>/dev/null
 echo "RESULT host.h2g_sha=$(sha "$WORK/h2g.bin")"
+dd if=/dev/urandom of="$WORK/h2gs.bin" bs=1M count=$G_MIB 2>/dev/null
+echo "RESULT host.h2gs_sha=$(sha "$WORK/h2gs.bin")"
 cat > "$WORK/serve.sh" <<EOS
 #!/bin/sh
-cat "$WORK/h2g.bin" &
+cat "$WORK/h2gs.bin" &
 exec >/dev/null
 s=\$(sha256sum)
 echo "RESULT host.serve_g2h_sha_\$CONN=\${s%% *}" >> "$WORK/serve.out"
@@ -138,7 +150,7 @@ SERVE_PID=$!; BG_PIDS="$BG_PIDS $!"
 "$HVSOCK_HOST" serve "${V}_6001" 1 "cat > $WORK/got6001" 2>"$WORK/serve6001.err" &
 SERVE1_PID=$!; BG_PIDS="$BG_PIDS $!"
 n=0; until [ -S "${V}_6000" ] && [ -S "${V}_6001" ] || [ $n -ge 50 ]; do sleep 0.1; n=$((n + 1)); done
-"$ENL" run --kernel "$KERNEL" --initrd "$VSOCK_INITRD" --memory 512M --cpus "$CPUS" \
+"$ENL" run --kernel "$KERNEL" --initrd "$VSOCK_INITRD" --memory 1G --cpus "$CPUS" \
     --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level debug \
     --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay enlighten.modules=hv_sock" \
     --vsock "socket=$V" >"$WORK/vsock.vmm.log" 2>&1 &
@@ -278,13 +290,13 @@ class VsockTests(unittest.TestCase):
         g, h, res = self.guest(), self.host(), self.run_of()
         got = [v for k, v in h.items() if k.startswith("host.serve_g2h_sha_")]
         self.assertEqual(len(got), CONNS, describe(res, 8000))
-        self.assertEqual(set(got), {g.get("g2h_sha")}, describe(res, 8000))
+        self.assertEqual(set(got), {g.get("g2hs_sha")}, describe(res, 8000))
 
     def test_host_to_guest_data_intact_on_every_guest_connection(self) -> None:
         g, h, res = self.guest(), self.host(), self.run_of()
         got = [v for k, v in g.items() if k.startswith("connect_h2g_sha_")]
         self.assertEqual(len(got), CONNS, describe(res, 8000))
-        self.assertEqual(set(got), {h["host.h2g_sha"]}, describe(res, 8000))
+        self.assertEqual(set(got), {h["host.h2gs_sha"]}, describe(res, 8000))
 
     def test_host_close_gives_the_guest_data_then_eof(self) -> None:
         g, h, res = self.guest(), self.host(), self.run_of()
