@@ -74,6 +74,12 @@ public:
         check_key(key);
         return {};
     }
+    std::vector<IntegrationServiceInfo> integration_services() override { return {{"kvp", true, "4.0", "OK"}}; }
+    ApiResult<IntegrationServiceInfo> set_integration_service(const std::string& name, bool enabled) override {
+        if (name.empty() || name.find('\0') != std::string::npos) __builtin_trap();  // a decoded path segment
+        if (name != "kvp") return std::unexpected(ApiError{ErrorKind::NotFound, "no such service"});
+        return IntegrationServiceInfo{name, enabled, "", ""};
+    }
     ApiResult<DiskInfo> add_disk(const AddDiskRequest& r) override {
         // The router checked these (parse_add_disk).
         if (r.path.empty() || r.path.size() > 4096 || r.path.find('\0') != std::string::npos) __builtin_trap();

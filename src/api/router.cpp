@@ -122,6 +122,7 @@ Json to_json(const VmInfo& info) {
     for (const auto& d : info.devices)
         devices.push_back({{"id", d.id}, {"kind", d.kind}, {"class_id", d.class_id}, {"instance_id", d.instance_id}});
     return {{"state", info.state},
+            {"vm_id", info.vm_id},
             {"cpus", info.cpus},
             {"memory_bytes", info.memory_bytes},
             {"kernel", info.kernel},
@@ -138,6 +139,13 @@ Json to_json(const VmInfo& info) {
             {"vmm_rss_bytes", info.vmm_rss_bytes},
             {"guest_rss_bytes", info.guest_rss_bytes},
             {"memory", info.memory ? to_json(*info.memory) : Json(nullptr)}};
+}
+
+Json to_json(const IntegrationServiceInfo& s) {
+    return {{"name", s.name},
+            {"enabled", s.enabled},
+            {"version", s.version.empty() ? Json(nullptr) : Json(s.version)},
+            {"status", s.status.empty() ? Json(nullptr) : Json(s.status)}};
 }
 
 Json to_json(const HeartbeatInfo& hb) {
@@ -371,6 +379,22 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
 
     const std::string& name = seg[0];
     if (name == "vm.kvp" && (seg.size() == 2 || seg.size() == 3)) return handle_kvp(vm, method, seg, body);
+    if (name == "vm.integration-services" && seg.size() == 2) {
+        if (method_of(method) != Method::Put) return method_not_allowed(method, "PUT");
+        const std::string& service = seg[1];
+        const bool plain = !service.empty() && service.size() <= 32 &&
+                           std::all_of(service.begin(), service.end(), [](char c) {
+                               return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+                           });
+        if (!plain) return error_reply(404, "no such integration service");
+        auto j = parse_object(body, {"enabled"}, true);
+        if (!j) return error_reply(400, j.error());
+        auto it = j->find("enabled");
+        if (it == j->end() || !it->is_boolean()) return error_reply(400, "enabled (true or false) is required");
+        auto s = vm.set_integration_service(seg[1], it->get<bool>());
+        if (!s) return from_api_error(s.error());
+        return json_reply(to_json(*s));
+    }
     if (seg.size() != 1) return error_reply(404, fmt::format("no such endpoint: {}", target.substr(0, target.find('?'))));
 
     const Method m = method_of(method);
@@ -393,6 +417,13 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
     }
     if (name == "vm.info") return get_only([&] { return json_reply(to_json(vm.info())); });
     if (name == "vm.heartbeat") return get_only([&] { return json_reply(to_json(vm.heartbeat())); });
+    if (name == "vm.integration-services") {
+        return get_only([&] {
+            Json list = Json::array();
+            for (const auto& s : vm.integration_services()) list.push_back(to_json(s));
+            return json_reply({{"services", std::move(list)}});
+        });
+    }
     if (name == "vm.shutdown" || name == "vm.reboot") {
         return put_only([&] {
             auto req = parse_shutdown(body, name == "vm.reboot");

@@ -150,6 +150,7 @@ struct MemoryUpdate {
 
 struct VmInfo {
     std::string state;  // "running", "shutting-down", "stopped"
+    std::string vm_id;  // --vm-id, or the random one chosen at start
     uint32_t cpus = 0;
     uint64_t memory_bytes = 0;
     std::string kernel;
@@ -184,6 +185,14 @@ struct KvpEntry {
     std::string value;
 };
 
+// An integration service, as Hyper-V's Get-VMIntegrationService shows it.
+struct IntegrationServiceInfo {
+    std::string name;     // the device id: "heartbeat", "shutdown", "timesync", "kvp", ...
+    bool enabled = true;  // offered to the guest
+    std::string version;  // the negotiated message version, e.g. "3.0"; "" while not connected
+    std::string status;   // "OK", "No Contact", "Lost Communication"; "" when disabled
+};
+
 struct ShutdownRequest {
     bool reboot = false;
     uint32_t timeout_s = 30;  // per stage: shutdown IC, then ACPI power button, then hard stop
@@ -211,6 +220,11 @@ public:
     virtual ApiResult<std::string> kvp_get(KvpPool pool, const std::string& key) = 0;
     virtual ApiResult<> kvp_set(KvpPool pool, const std::string& key, const std::string& value) = 0;
     virtual ApiResult<> kvp_delete(KvpPool pool, const std::string& key) = 0;
+
+    // Integration services: each with its switch and Hyper-V's status; switching one off
+    // rescinds its channel (the guest's driver lets the device go), on offers it again.
+    virtual std::vector<IntegrationServiceInfo> integration_services() = 0;
+    virtual ApiResult<IntegrationServiceInfo> set_integration_service(const std::string& name, bool enabled) = 0;
 
     // Storage: hot-add a disk to the SCSI controller (the guest sees it appear) and remove one.
     virtual ApiResult<DiskInfo> add_disk(const AddDiskRequest& request) = 0;

@@ -189,8 +189,9 @@ Result<DeviceConfig> parse_net(const std::string& spec, size_t n) {
 // disks on it; it is there without any, for disks added later through the API), "scsi1" to
 // "scsi3" when a --disk names them (controller=N), and one IDE slot per --disk on the IDE bus.
 Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& disks,
-                                                const std::vector<std::string>& nets, const std::string& vm_key) {
-    auto devices = ic::default_integration_services();
+                                                const std::vector<std::string>& nets, const std::string& vm_key,
+                                                const vmbus::Guid& vm_id) {
+    auto devices = ic::default_integration_services(vm_id);
     std::map<std::string, DeviceConfig> scsi;
     scsi.emplace("scsi0", DeviceConfig{"scsi", "scsi0", {}, {}});
     std::vector<DeviceConfig> ide;
@@ -217,6 +218,30 @@ Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& 
         devices.push_back(std::move(nic));
     }
     return devices;
+}
+
+// --integration-services all|none|NAME,...: the integration services not offered at start.
+Result<std::vector<std::string>> services_off(const std::string& spec) {
+    std::set<std::string, std::less<>> on;
+    if (spec == "all") return std::vector<std::string>{};
+    if (spec != "none") {
+        for (size_t start = 0; start <= spec.size();) {
+            size_t comma = spec.find(',', start);
+            if (comma == std::string::npos) comma = spec.size();
+            std::string name = spec.substr(start, comma - start);
+            const auto& known = ic::kIntegrationServices;
+            if (std::find(std::begin(known), std::end(known), std::string_view(name)) == std::end(known))
+                return fail("--integration-services '{}': unknown service '{}' (heartbeat, shutdown, timesync, kvp; "
+                            "or all, none)",
+                            spec, name);
+            on.insert(std::move(name));
+            start = comma + 1;
+        }
+    }
+    std::vector<std::string> off;
+    for (const char* name : ic::kIntegrationServices)
+        if (!on.contains(name)) off.emplace_back(name);
+    return off;
 }
 
 // --vsock socket=PATH (or just PATH): hv_sock over Unix sockets (docs/vsock.md).
@@ -390,6 +415,14 @@ int main(int argc, char** argv) {
                     "A NIC: backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT]..."
                     "[,queues=N][,id=NAME]; repeatable (docs/network.md)")
         ->take_all();
+    std::string services = "all";
+    run->add_option("--integration-services", services,
+                    "The integration services offered at start: all, none, or a list such as heartbeat,shutdown,kvp "
+                    "(the API can switch them later)")
+        ->capture_default_str();
+    run->add_option("--vm-id", cfg.vm_id,
+                    "The VM's id, a GUID; the integration services' VMBus instance GUIDs derive from it "
+                    "(default: a random one at each start)");
     std::string vsock;
     run->add_option("--vsock", vsock,
                     "hv_sock over Unix sockets: socket=PATH. Host clients connect to PATH and write "
@@ -425,6 +458,13 @@ int main(int argc, char** argv) {
     cfg.hyperv = hyperv == "on";
     cfg.exit_on_crash = on_crash == "exit";
     cfg.host_decompress = decompress == "host";
+    vmbus::Guid vm_id = vmbus::Guid::random();
+    if (!cfg.vm_id.empty()) {
+        vm_id = vmbus::Guid::parse(cfg.vm_id.c_str());
+        if (vm_id == vmbus::Guid{}) return error(Error(fmt::format("--vm-id '{}': expected a GUID such as "
+                                                                    "6ba7b810-9dad-41d1-80b4-00c04fd430c8", cfg.vm_id)));
+    }
+    cfg.vm_id = vm_id.to_string();
     if (cfg.hyperv) {
         // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.
         std::string vm_key = cfg.kernel;
@@ -436,11 +476,15 @@ int main(int argc, char** argv) {
         }
         std::error_code ec;
         if (auto abs = std::filesystem::absolute(vm_key, ec); !ec) vm_key = abs.lexically_normal().string();
-        auto devices = vmbus_devices(disks, nets, vm_key);
+        auto devices = vmbus_devices(disks, nets, vm_key, vm_id);
         if (!devices) return error(devices.error());
         cfg.devices = std::move(*devices);
+        auto off = services_off(services);
+        if (!off) return error(off.error());
+        cfg.services_off = std::move(*off);
         // The Dynamic Memory VSP is always offered (docs/memory.md): with dynamic=off it acts
         // only on an explicit target from the API.
+        mem->balloon.params["instance"] = ic::service_instance(vm_id, "balloon");
         cfg.devices.push_back(mem->balloon);
         if (!vsock.empty()) {
             auto path = parse_vsock(vsock);

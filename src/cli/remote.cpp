@@ -69,6 +69,11 @@ Call make_call(const RemoteOptions& o) {
     if (c == "remove-disk") return {"PUT", base + "vm.remove-disk", json(Json{{"id", o.disk_id}})};
     if (c == "net-link") return {"PUT", base + "vm.net-link", json(Json{{"id", o.nic_id}, {"up", o.link == "up"}})};
     if (c == "memory") return {"GET", base + "vm.memory", {}, true};
+    if (c == "integration-services") {
+        if (o.service_action.empty()) return {"GET", base + "vm.integration-services", {}, true};
+        return {"PUT", base + "vm.integration-services/" + api::percent_encode(o.service_name),
+                json(Json{{"enabled", o.service_action == "enable"}}), true};
+    }
     if (c == "memory-set") {
         Json j = Json::object();
         if (o.mem_target == "auto")
@@ -148,6 +153,15 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* link = cmd("net-link", "Plug (up) or unplug (down) a NIC's cable; the guest sees its carrier change");
     link->add_option("id", opts.nic_id, "The NIC's id (net0, ...)")->required();
     link->add_option("state", opts.link, "up or down")->required()->check(CLI::IsMember({"up", "down"}));
+    auto* ics = cmd("integration-services",
+                    "List the integration services (enabled, version, Hyper-V's status), or enable/disable one");
+    ics->add_option("action", opts.service_action, "enable or disable")->check(CLI::IsMember({"enable", "disable"}));
+    ics->add_option("name", opts.service_name, "The service: heartbeat, shutdown, timesync, kvp, ...");
+    ics->callback([&opts] {
+        opts.command = "integration-services";
+        if (!opts.service_action.empty() && opts.service_name.empty())
+            throw CLI::ValidationError("integration-services", "enable/disable needs the service's name");
+    });
     cmd("memory", "Print the VM's dynamic memory: sizes, target, balloon, hot-add, the guest's last report");
     auto* ms = cmd("memory-set", "Set the memory target, or the dynamic-memory policy (docs/memory.md)");
     ms->add_option("--target", opts.mem_target, "The guest's size, e.g. 512M (auto: back to the policy)");

@@ -38,6 +38,9 @@ struct RemoteOptions {
     std::string mem_max;
     int64_t mem_buffer = -1;  // -1: not given
     std::string mem_dynamic;  // "on" | "off" | ""
+    // integration-services [enable|disable NAME]
+    std::string service_action;  // "" (list), "enable", "disable"
+    std::string service_name;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

@@ -1,3 +1,5 @@
+#include <sys/random.h>
+
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -37,6 +39,19 @@ Guid Guid::from_name(std::string_view name) {
     }
     g.bytes[7] = static_cast<uint8_t>((g.bytes[7] & 0x0f) | 0x40);  // version 4 style
     g.bytes[8] = static_cast<uint8_t>((g.bytes[8] & 0x3f) | 0x80);
+    return g;
+}
+
+Guid Guid::random() {
+    Guid g;
+    size_t got = 0;
+    while (got < g.bytes.size()) {
+        ssize_t n = ::getrandom(g.bytes.data() + got, g.bytes.size() - got, 0);
+        if (n > 0) got += static_cast<size_t>(n);
+        // getrandom(2) with flags 0 blocks until the pool is ready and fails only on EINTR
+    }
+    g.bytes[7] = static_cast<uint8_t>((g.bytes[7] & 0x0f) | 0x40);  // version 4
+    g.bytes[8] = static_cast<uint8_t>((g.bytes[8] & 0x3f) | 0x80);  // RFC 4122 variant
     return g;
 }
 

@@ -21,6 +21,8 @@ struct Guid {
     // A stable GUID from a name (FNV-1a, version-4 layout), so that a device is named the
     // same at every boot (instance GUIDs made from device ids).
     static Guid from_name(std::string_view name);
+    // A fresh random GUID (version 4), from the kernel's random source.
+    static Guid random();
     [[nodiscard]] std::string to_string() const;
     friend bool operator==(const Guid&, const Guid&) = default;
 };

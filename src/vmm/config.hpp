@@ -27,6 +27,12 @@ struct VmConfig {
     bool hyperv = true;         // the Hyper-V interface and VMBus; off: KVM's own paravirtual interface
     bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM
     bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
+    // The VM's id (--vm-id, else a random one at start; canonical GUID text): the
+    // integration services' instance GUIDs derive from it (devices/ic/factory.hpp).
+    std::string vm_id;
+    // Integration services (device ids) not offered at start (--integration-services); the
+    // API can offer them later.
+    std::vector<std::string> services_off;
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
     // hv_sock over Unix sockets (--vsock socket=PATH, docs/vsock.md); empty: no hv_sock.
     std::string vsock_socket;

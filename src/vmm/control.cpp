@@ -176,6 +176,7 @@ api::VmInfo MachineControl::info() {
     info.cpus = cfg_.cpus;
     info.memory_bytes = cfg_.memory;
     info.kernel = cfg_.kernel;
+    info.vm_id = cfg_.vm_id;
     info.cmdline = cfg_.cmdline;
     info.hyperv = cfg_.hyperv;
     auto m = current();
@@ -293,6 +294,42 @@ api::HeartbeatInfo MachineControl::heartbeat() {
                 : st.health == ic::HeartbeatService::Health::Lost  ? api::HeartbeatState::Lost
                                                                     : api::HeartbeatState::Unknown;
     return out;
+}
+
+api::IntegrationServiceInfo MachineControl::service_info(const DeviceEntry& e, const ic::IcDevice& s) {
+    api::IntegrationServiceInfo info;
+    info.name = e.id;
+    info.enabled = e.offered->load();
+    if (const uint32_t v = s.version(); v != 0 && s.state() == ic::IcState::Ready)
+        info.version = fmt::format("{}.{}", v >> 16, v & 0xffff);
+    if (info.enabled) info.status = current() ? ic::to_string(s.contact()) : ic::to_string(ic::IcContact::NoContact);
+    return info;
+}
+
+std::vector<api::IntegrationServiceInfo> MachineControl::integration_services() {
+    std::vector<api::IntegrationServiceInfo> out;
+    for (const auto& e : devices_.entries())
+        if (auto s = std::dynamic_pointer_cast<ic::IcDevice>(e.device)) out.push_back(service_info(e, *s));
+    return out;
+}
+
+api::ApiResult<api::IntegrationServiceInfo> MachineControl::set_integration_service(const std::string& name,
+                                                                                     bool enabled) {
+    const DeviceEntry* e = devices_.find(name);
+    auto s = e ? std::dynamic_pointer_cast<ic::IcDevice>(e->device) : nullptr;
+    if (!s) return api_error(ErrorKind::NotFound, fmt::format("no integration service {}", name));
+    // One switch at a time; the flag first, so that a machine booting meanwhile follows it.
+    std::lock_guard switching(switch_mu_);
+    const bool before = e->offered->exchange(enabled);
+    if (auto m = current()) {
+        if (auto r = m->set_offered(*e, enabled); !r) {
+            e->offered->store(before);
+            if (r.error().code() == Errc::Busy) return api_error(ErrorKind::Conflict, r.error().message());
+            return ic_error(r.error());
+        }
+    }
+    if (before != enabled) log::info("integration service {} {}", name, enabled ? "enabled" : "disabled");
+    return service_info(*e, *s);
 }
 
 api::ApiResult<> MachineControl::time_sync() {

@@ -19,6 +19,10 @@ namespace enlighten {
 
 class Machine;
 class DeviceSet;
+struct DeviceEntry;
+namespace ic {
+class IcDevice;
+}
 class EventLoop;
 
 class MachineControl final : public api::VmControl {
@@ -37,6 +41,8 @@ public:
     api::ApiResult<> reset() override;
     api::HeartbeatInfo heartbeat() override;
     api::ApiResult<> time_sync() override;
+    std::vector<api::IntegrationServiceInfo> integration_services() override;
+    api::ApiResult<api::IntegrationServiceInfo> set_integration_service(const std::string& name, bool enabled) override;
     api::ApiResult<std::vector<api::KvpEntry>> kvp_list(api::KvpPool pool) override;
     api::ApiResult<std::string> kvp_get(api::KvpPool pool, const std::string& key) override;
     api::ApiResult<> kvp_set(api::KvpPool pool, const std::string& key, const std::string& value) override;
@@ -51,10 +57,14 @@ private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);
     api::ApiResult<std::shared_ptr<Machine>> running();
     void shutdown_stage(uint64_t generation, int stage, api::ShutdownRequest request);
+    api::IntegrationServiceInfo service_info(const DeviceEntry& e, const ic::IcDevice& s);
 
     const VmConfig& cfg_;
     const DeviceSet& devices_;
     EventLoop& loop_;
+    // Held while an integration service is switched (it waits for the VM's loop); taken
+    // before mu_, never on the loop thread.
+    std::mutex switch_mu_;
     Mutex mu_;
     std::shared_ptr<Machine> machine_ ENL_GUARDED_BY(mu_);
     uint64_t generation_ ENL_GUARDED_BY(mu_) = 0;

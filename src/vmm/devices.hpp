@@ -4,10 +4,12 @@
 // (the host's KVP pool, later open disk images, a tap, the balloon policy) survives guest
 // reboots, as on Hyper-V.
 //
-// Threads: built on the main thread before the first boot; afterwards read-only, so lookups
-// may be made from any thread. The devices themselves say what their calls may do.
+// Threads: built on the main thread before the first boot; afterwards read-only (but for each
+// entry's atomic `offered`), so lookups may be made from any thread. The devices themselves
+// say what their calls may do.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +24,10 @@ struct DeviceEntry {
     std::string id;    // unique in the VM, e.g. "kvp"
     std::string kind;  // the device class, e.g. "kvp"
     std::shared_ptr<vmbus::Device> device;
+    // Whether the device is on the VMBus: offered at every boot, and now. Integration services
+    // may be switched off and on (--integration-services, PUT vm.integration-services/{name});
+    // written by the API's control under its lock, read by each boot's machine.
+    std::shared_ptr<std::atomic<bool>> offered = std::make_shared<std::atomic<bool>>(true);
 };
 
 // A factory makes the device of one configuration entry (or says why it cannot).

@@ -5,6 +5,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <future>
+
 #include "common/event_loop.hpp"
 #include "common/log.hpp"
 #include "devices/hvsock/service.hpp"
@@ -259,7 +261,10 @@ Result<> Machine::setup_hyperv() {
             return vmbus_->handle_message(vp, conn, payload);
         },
         [this](uint32_t vp, uint32_t conn, uint16_t flag) { return vmbus_->handle_event(vp, conn, flag); });
-    for (const auto& d : devices_.entries()) ENL_TRY_VOID(vmbus_->add_device(d.device));
+    for (const auto& d : devices_.entries()) {
+        if (!d.offered->load()) continue;
+        ENL_TRY(relids_[d.device.get()], vmbus_->add_device(d.device));
+    }
     if (vsock_) vsock_->attach(*vmbus_);
     return {};
 }
@@ -287,6 +292,7 @@ Result<> Machine::add_platform_devices() {
 }
 
 Machine::~Machine() {
+    *alive_ = false;
     join_vcpus();
     if (vsock_ && vmbus_) vsock_->detach();
 }
@@ -323,6 +329,34 @@ void Machine::stop(std::chrono::milliseconds timeout) {
 
 void Machine::console_input(std::span<const uint8_t> bytes) {
     if (serial_) serial_->push_input(bytes);
+}
+
+Result<> Machine::set_offered(const DeviceEntry& entry, bool offered) {
+    if (!vmbus_) return fail(Errc::Invalid, "the VM has no VMBus (--hyperv off)");
+    auto result = std::make_shared<std::promise<Result<>>>();
+    auto answer = result->get_future();
+    loop_.post([this, alive = alive_, device = entry.device, offered, result] {
+        if (!*alive || stopping_) return result->set_value(fail(Errc::Closed, "the VM is stopping"));
+        auto it = relids_.find(device.get());
+        const bool on_bus = it != relids_.end();
+        if (on_bus == offered) return result->set_value(Result<>{});
+        if (!offered) {
+            auto r = vmbus_->rescind(it->second);
+            if (r) relids_.erase(it);
+            return result->set_value(std::move(r));
+        }
+        if (vmbus_->instance_in_use(device->offer().instance_id))
+            return result->set_value(fail(Errc::Busy, "{}: the guest has not yet released the channel it was "
+                                                      "offered before; try again in a moment",
+                                          device->offer().name));
+        auto relid = vmbus_->add_device(device);
+        if (!relid) return result->set_value(std::unexpected(relid.error()));
+        relids_[device.get()] = *relid;
+        result->set_value(Result<>{});
+    });
+    if (answer.wait_for(std::chrono::seconds(5)) != std::future_status::ready)
+        return fail(Errc::Timeout, "the VM's control loop did not answer within 5 s");
+    return answer.get();
 }
 
 void Machine::press_power_button() {

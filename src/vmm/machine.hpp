@@ -12,6 +12,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,10 @@ class Serial;
 class AcpiPm;
 class EventLoop;
 class DeviceSet;
+struct DeviceEntry;
+namespace vmbus {
+class Device;
+}
 namespace hvsock {
 class Service;
 }
@@ -83,6 +88,10 @@ public:
     [[nodiscard]] const VmConfig& config() const { return cfg_; }
     // Null without the Hyper-V interface.
     [[nodiscard]] vmbus::Server* vmbus() const { return vmbus_.get(); }
+    // Offers a device of the VM's set to the guest, or rescinds it (the integration-service
+    // switches). Not on the loop thread: waits up to 5 s for the loop. Offering again needs
+    // the guest to have released the device's previous channel (Errc::Busy until then).
+    Result<> set_offered(const DeviceEntry& entry, bool offered);
     // Presses the ACPI fixed-feature power button.
     void press_power_button();
     // Bytes typed at the console, for the guest's serial port.
@@ -130,6 +139,10 @@ private:
     std::unique_ptr<vmbus::MessageSink> vmbus_sink_;
     std::unique_ptr<vmbus::DoorbellHooks> doorbell_hooks_;
     std::unique_ptr<vmbus::Server> vmbus_;
+    // The primary channel of each device on the bus (loop thread only).
+    std::map<const vmbus::Device*, uint32_t> relids_;
+    // False once the machine is gone: a task it posted to the loop then does nothing.
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
     // Exit counters, for --log-level debug and the benchmarks. Ports are counted only at

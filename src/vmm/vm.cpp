@@ -72,6 +72,11 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
     if (!impl->signal_fd.valid()) return fail_errno("signalfd");
 
     ENL_TRY(impl->devices, DeviceSet::build(impl->cfg.devices));
+    for (const auto& id : impl->cfg.services_off) {
+        const DeviceEntry* e = impl->devices.find(id);
+        if (!e) return fail(Errc::Invalid, "--integration-services: the VM has no service '{}'", id);
+        e->offered->store(false);
+    }
     ENL_TRY(Kvm kvm, Kvm::open());
     impl->kvm.emplace(std::move(kvm));
     ENL_TRY(impl->console, Console::create(impl->cfg.serial));

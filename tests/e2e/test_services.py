@@ -5,6 +5,7 @@ files, its clock) and what the API returns."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import unittest
@@ -220,6 +221,108 @@ echo c > /proc/sysrq-trigger
 """)
 
 
+# ----------------------------------------------------------------------------- service switches
+# One VM started with --integration-services heartbeat,shutdown,kvp (time sync off) and
+# --on-reboot restart. Its job reports which integration-service devices the guest has
+# (GUEST-HAS, at every change) and their instance GUIDs (GUEST-INSTANCES, at each boot), and
+# unbinds the heartbeat's driver when the host sets the KVP key unbind-hb. The host switches
+# services through the API (vm.integration-services) and waits for the guest to follow, then
+# resets the VM and reads the GUIDs of the second boot. Two more VMs, one with --vm-id and
+# one without, are started only for their vm.info (the instance GUIDs they would offer).
+CONTROLS_JOB = r"""
+has() {
+    for d in /sys/bus/vmbus/devices/*; do
+        read -r c < "$d/class_id" 2>/dev/null && [ "$c" = "{$1}" ] && { echo 1; return; }
+    done
+    echo 0
+}
+dev_of() {
+    for d in /sys/bus/vmbus/devices/*; do
+        read -r c < "$d/class_id"; [ "$c" = "{$1}" ] && echo "${d##*/}"
+    done
+}
+state() {
+    echo "heartbeat=$(has 57164f39-9115-4e78-ab55-382f3bd5422d) shutdown=$(has 0e0b6031-5213-4934-818b-38d90ced39db)" \
+         "timesync=$(has 9527e630-d0ae-497b-adce-e80ab0175caf) kvp=$(has a9a0f4e7-5a45-4d96-b827-8a841e8c03e6)"
+}
+echo "GUEST-INSTANCES $(ls /sys/bus/vmbus/devices | sort | tr '\n' ' ')"
+( last=; while :; do s=$(state); [ "$s" != "$last" ] && echo "GUEST-HAS $s" && last=$s; sleep 0.2; done ) &
+( while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -q '^unbind-hb$'; do sleep 0.2; done
+  dev=$(dev_of 57164f39-9115-4e78-ab55-382f3bd5422d)
+  echo "$dev" > /sys/bus/vmbus/drivers/hv_utils/unbind && echo "GUEST-UNBOUND-HB $dev" ) &
+"""
+
+CONTROLS_SCRIPT = r"""
+HB='"name": "heartbeat"'; TS='"name": "timesync"'
+# ics TAG: vm.integration-services between markers
+ics() { echo "ICS-BEGIN $1"; api integration-services; echo "ICS-END $1"; }
+# status_is NAME-PATTERN STATUS SECONDS: until the service's status is STATUS
+status_is() {
+    n=0
+    until api integration-services | grep -A3 "$1" | grep -m1 '"status"' | grep -q "\"$2\""; do
+        n=$((n + 1)); [ $n -gt $(($3 * 5)) ] && { echo "SCENARIO-TIMEOUT waiting for $1 $2"; return 1; }
+        sleep 0.2
+    done
+}
+# switch ACTION NAME: the API call, its answer between markers
+switch() { echo "SWITCH-BEGIN $1-$2"; api integration-services "$1" "$2"; echo "RESULT $1_$2_rc=$?"; echo "SWITCH-END $1-$2"; }
+info() { echo "INFO-BEGIN $1"; api info; echo "INFO-END $1"; }
+
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus 1 --serial "file:$SERIAL" \
+    --api-socket "$API" --on-reboot restart --log-level info --integration-services heartbeat,shutdown,kvp \
+    --cmdline "console=ttyS0 quiet enlighten.services enlighten.stay" >"$WORK/vmm.log" 2>&1 &
+VM_PID=$!
+wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
+wait_serial "GUEST-HAS heartbeat=1 shutdown=1 timesync=0 kvp=1" 30
+status_is "$HB" OK 30
+ics start
+info boot1
+switch disable heartbeat
+wait_serial "GUEST-HAS heartbeat=0 shutdown=1 timesync=0 kvp=1" 30 && echo "RESULT guest_saw_heartbeat_go=yes"
+ics heartbeat-off
+switch enable timesync
+wait_serial "GUEST-HAS heartbeat=0 shutdown=1 timesync=1 kvp=1" 30 && echo "RESULT guest_saw_timesync_come=yes"
+status_is "$TS" OK 30 && echo "RESULT timesync_ok=yes"
+switch enable heartbeat
+wait_serial "GUEST-HAS heartbeat=1 shutdown=1 timesync=1 kvp=1" 30 && echo "RESULT guest_saw_heartbeat_back=yes"
+status_is "$HB" OK 30 && echo "RESULT heartbeat_ok_again=yes"
+wait_api 20 '"state": "healthy"' heartbeat && echo "RESULT heartbeat_healthy_again=yes"
+ics all-on
+# the guest lets go of the heartbeat (its driver unbound): Lost Communication
+api kvp-set external unbind-hb 1
+wait_serial GUEST-UNBOUND-HB 30
+status_is "$HB" "Lost Communication" 30 && echo "RESULT heartbeat_lost=yes"
+ics lost
+# off before the reset: a switched-off service stays off across the reboot (and the key that
+# made the guest unbind its heartbeat goes: the host's KVP pool outlives the reboot)
+api kvp-delete external unbind-hb
+switch disable timesync
+wait_serial "GUEST-HAS heartbeat=1 shutdown=1 timesync=0 kvp=1" 30
+api reset; echo "RESULT reset_rc=$?"
+n=0; until [ "$(grep -c ENLIGHTEN-SERVICES-READY "$SERIAL")" -ge 2 ] || [ $n -ge 1200 ]; do sleep 0.1; n=$((n + 1)); done
+echo "RESULT boots=$(grep -c ENLIGHTEN-SERVICES-READY "$SERIAL")"
+sleep 1
+status_is "$HB" OK 30 && echo "RESULT heartbeat_ok_after_reboot=yes"
+ics boot2
+info boot2
+api power-off; wait $VM_PID; echo "RESULT rc=$?"
+dump_logs
+
+# two more VMs, for their ids and instance GUIDs only (powered off at once)
+for vm in given random; do
+    rm -f "$API"
+    if [ $vm = given ]; then idarg="--vm-id 6ba7b810-9dad-41d1-80b4-00c04fd430c8"; else idarg=; fi
+    "$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 256M --cpus 1 --serial off \
+        --api-socket "$API" $idarg --cmdline "console=ttyS0 quiet enlighten.stay" >"$WORK/$vm.log" 2>&1 &
+    VM_PID=$!
+    wait_api 30 '"state": "running"' info >/dev/null
+    info "vm-$vm"
+    api power-off || kill -KILL $VM_PID; wait $VM_PID
+done
+"""
+SERVICES.scenario("controls", CONTROLS_SCRIPT, job=CONTROLS_JOB, timeout=400)
+
+
 def api_statuses(out: str, method: str) -> list[tuple[str, int]]:
     """(decoded path, HTTP status) of each request the API server logged at debug level."""
     return [(unquote(path), int(status))
@@ -376,6 +479,104 @@ class SeparateVmServiceTests(unittest.TestCase):
         self.assertEqual(r.get("rc"), "5", "power-off through the API exits 5" + describe(res))
         print(f"[healthy after {r['healthy_after']} s, lost {r['lost_after']} s after the panic] ",
               end="", file=sys.stderr, flush=True)
+
+
+
+def between(out: str, tag: str, key: str) -> dict:
+    """The JSON an API call printed between "<tag>-BEGIN <key>" and "<tag>-END <key>"."""
+    m = re.search(rf"^{tag}-BEGIN {re.escape(key)}\n(.*?)^{tag}-END {re.escape(key)}$", out, re.M | re.S)
+    if not m:
+        return {}
+    try:
+        return json.loads(m.group(1))
+    except json.JSONDecodeError:
+        return {}
+
+
+class IntegrationServiceControlTests(unittest.TestCase):
+    """The "controls" run: switching services on and off through the API, what the guest
+    sees of it, Hyper-V's status words, and the VM id behind the services' GUIDs."""
+
+    res: RunResult
+    r: dict[str, str]
+
+    def setUp(self) -> None:
+        self.res = SERVICES.result(self, "controls")
+        self.r = results(self.res)
+
+    def why(self) -> str:
+        return describe(self.res, 16000)
+
+    def services(self, tag: str) -> dict[str, dict]:
+        return {s["name"]: s for s in between(self.res.output, "ICS", tag).get("services", [])}
+
+    def ic_instances(self, tag: str) -> dict[str, str]:
+        info = between(self.res.output, "INFO", tag)
+        return {d["id"]: d["instance_id"] for d in info.get("devices", []) if d.get("kind") in IC_CLASSES}
+
+    def test_the_command_line_chooses_the_services_offered_at_start(self) -> None:
+        s = self.services("start")
+        self.assertEqual(set(s), set(IC_CLASSES), self.why())
+        self.assertFalse(s["timesync"]["enabled"], self.why())
+        self.assertIsNone(s["timesync"]["status"], self.why())
+        for name in ("heartbeat", "shutdown", "kvp"):
+            self.assertTrue(s[name]["enabled"], name + self.why())
+            self.assertEqual(s[name]["status"], "OK", name + self.why())
+            self.assertRegex(s[name]["version"] or "", r"^\d+\.\d+$", name + self.why())
+        self.assertIn("GUEST-HAS heartbeat=1 shutdown=1 timesync=0 kvp=1", self.res.output, self.why())
+
+    def test_disabling_heartbeat_removes_the_guests_device_and_enabling_brings_it_back(self) -> None:
+        self.assertEqual(self.r.get("disable_heartbeat_rc"), "0", self.why())
+        self.assertEqual(self.r.get("guest_saw_heartbeat_go"), "yes", self.why())
+        off = self.services("heartbeat-off")
+        self.assertFalse(off["heartbeat"]["enabled"], self.why())
+        self.assertIsNone(off["heartbeat"]["status"], self.why())
+        self.assertEqual(self.r.get("enable_heartbeat_rc"), "0", self.why())
+        self.assertEqual(self.r.get("guest_saw_heartbeat_back"), "yes", self.why())
+        self.assertEqual(self.r.get("heartbeat_ok_again"), "yes", self.why())
+        self.assertEqual(self.r.get("heartbeat_healthy_again"), "yes", self.why())
+
+    def test_enabling_a_service_the_vm_started_without_offers_it(self) -> None:
+        self.assertEqual(self.r.get("enable_timesync_rc"), "0", self.why())
+        self.assertEqual(self.r.get("guest_saw_timesync_come"), "yes", self.why())
+        self.assertEqual(self.r.get("timesync_ok"), "yes", self.why())
+        on = self.services("all-on")
+        self.assertTrue(all(s["enabled"] and s["status"] == "OK" for s in on.values()), self.why())
+
+    def test_status_is_lost_communication_when_the_guest_lets_the_service_go(self) -> None:
+        self.assertEqual(self.r.get("heartbeat_lost"), "yes", self.why())
+        lost = self.services("lost")
+        self.assertEqual(lost["heartbeat"]["status"], "Lost Communication", self.why())
+        self.assertTrue(lost["heartbeat"]["enabled"], self.why())
+
+    def test_switches_and_instance_guids_survive_a_reboot(self) -> None:
+        self.assertEqual(self.r.get("boots"), "2", self.why())
+        self.assertEqual(self.r.get("heartbeat_ok_after_reboot"), "yes", self.why())
+        after = self.services("boot2")
+        self.assertFalse(after["timesync"]["enabled"], self.why())
+        self.assertTrue(after["heartbeat"]["enabled"], self.why())
+        guest = re.findall(r"^GUEST-INSTANCES (.*)$", self.res.output, re.M)
+        self.assertEqual(len(guest), 2, self.why())
+        boot1, boot2 = self.ic_instances("boot1"), self.ic_instances("boot2")
+        self.assertEqual(set(boot1), set(IC_CLASSES), self.why())
+        self.assertEqual(boot1, boot2, self.why())
+        # the guest names its devices by those GUIDs (time sync was off in both boots)
+        for name in ("heartbeat", "shutdown", "kvp"):
+            self.assertIn(boot1[name], guest[0].split(), name + self.why())
+            self.assertIn(boot1[name], guest[1].split(), name + self.why())
+        self.assertEqual(self.r.get("rc"), "5", "exit status after the API power-off" + self.why())
+
+    def test_vm_ids_given_or_random_give_each_vm_its_own_service_guids(self) -> None:
+        out = self.res.output
+        given, random = between(out, "INFO", "vm-given"), between(out, "INFO", "vm-random")
+        first = between(out, "INFO", "boot1")
+        self.assertEqual(given.get("vm_id"), "6ba7b810-9dad-41d1-80b4-00c04fd430c8", self.why())
+        ids = [first.get("vm_id"), given.get("vm_id"), random.get("vm_id")]
+        self.assertTrue(all(ids) and len(set(ids)) == 3, f"{ids}" + self.why())
+        sets = [set(self.ic_instances(t).values()) for t in ("boot1", "vm-given", "vm-random")]
+        for s in sets:
+            self.assertEqual(len(s), len(IC_CLASSES), self.why())
+        self.assertFalse(sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2], f"{sets}" + self.why())
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ public:
         record("info");
         VmInfo i;
         i.state = "running";
+        i.vm_id = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
         i.cpus = 2;
         i.memory_bytes = 512ULL << 20;
         i.kernel = "/boot/vmlinuz";
@@ -149,6 +150,16 @@ public:
             }
         }
         return std::unexpected(ApiError{ErrorKind::NotFound, "no such key: " + key});
+    }
+    std::vector<IntegrationServiceInfo> integration_services() override {
+        record("integration-services");
+        return {{"heartbeat", true, "3.0", "OK"}, {"kvp", false, "", ""}};
+    }
+    ApiResult<IntegrationServiceInfo> set_integration_service(const std::string& name, bool enabled) override {
+        record(fmt::format("integration-service {} {}", name, enabled ? "on" : "off"));
+        if (name != "heartbeat" && name != "kvp")
+            return std::unexpected(ApiError{ErrorKind::NotFound, "no integration service " + name});
+        return IntegrationServiceInfo{name, enabled, "", enabled ? "No Contact" : ""};
     }
     ApiResult<DiskInfo> add_disk(const AddDiskRequest& r) override {
         record("add-disk " + r.path + " " + r.id + (r.read_only ? " ro" : "") +
@@ -468,7 +479,8 @@ TEST_F(ApiServerTest, Info) {
     EXPECT_TRUE(j["disks"].is_array());
     EXPECT_TRUE(j["storage_channels"].is_array());
     EXPECT_TRUE(j["memory"].is_object());
-    EXPECT_EQ(j.size(), 17U) << j.dump();
+    EXPECT_EQ(j["vm_id"], "6ba7b810-9dad-41d1-80b4-00c04fd430c8");
+    EXPECT_EQ(j.size(), 18U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
@@ -610,6 +622,34 @@ TEST_F(ApiServerTest, NicsInInfoAndLinkControl) {
     EXPECT_EQ(put("/api/v1/vm.net-link", R"({"id": "net0"})")->status, 400);
     EXPECT_EQ(put("/api/v1/vm.net-link", R"({"up": true, "speed": 1})")->status, 400);
     EXPECT_EQ(get("/api/v1/vm.net-link")->status, 405);
+}
+
+TEST_F(ApiServerTest, IntegrationServicesListAndSwitch) {
+    auto r = get("/api/v1/vm.integration-services");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"services": [
+        {"name": "heartbeat", "enabled": true, "version": "3.0", "status": "OK"},
+        {"name": "kvp", "enabled": false, "version": null, "status": null}]})"));
+    r = put("/api/v1/vm.integration-services/heartbeat", R"({"enabled": false})");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(vm.calls().back(), "integration-service heartbeat off");
+    EXPECT_EQ(Json::parse(r->body)["enabled"], false);
+    r = put("/api/v1/vm.integration-services/kvp", R"({"enabled": true})");
+    ASSERT_EQ(r->status, 200);
+    EXPECT_EQ(Json::parse(r->body)["status"], "No Contact");
+    r = put("/api/v1/vm.integration-services/vss", R"({"enabled": true})");
+    EXPECT_EQ(r->status, 404);
+    EXPECT_EQ(error_of(r->body), "no integration service vss");
+    // names that are not plain words never reach the VM
+    const size_t calls = vm.calls().size();
+    EXPECT_EQ(put("/api/v1/vm.integration-services/kv%00p", R"({"enabled": true})")->status, 404);
+    EXPECT_EQ(put("/api/v1/vm.integration-services/", R"({"enabled": true})")->status, 404);
+    EXPECT_EQ(vm.calls().size(), calls);
+    EXPECT_EQ(put("/api/v1/vm.integration-services/kvp", R"({"enabled": "yes"})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.integration-services/kvp", R"({})")->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.integration-services/kvp", R"({"enabled": true, "x": 1})")->status, 400);
+    EXPECT_EQ(get("/api/v1/vm.integration-services/kvp")->status, 405);
+    EXPECT_EQ(put("/api/v1/vm.integration-services", "")->status, 405);
 }
 
 TEST_F(ApiServerTest, MemoryGetPutAndInVmInfo) {

@@ -10,6 +10,9 @@
 #include <functional>
 #include <mutex>
 
+#include <set>
+
+#include "devices/ic/factory.hpp"
 #include "devices/ic/services.hpp"
 #include "support/sim_guest.hpp"
 
@@ -183,6 +186,7 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
     clock.install(g.loop());
     auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100ms);
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
+    EXPECT_EQ(hb->contact(), IcContact::NoContact);
     // hv_util.c heartbeat: seq_num += 1.
     GuestIc guest(g, hb, {0x30000, 0x10000}, [](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ASSERT_EQ(hdr.icmsgtype, kIcHeartbeat);
@@ -202,6 +206,8 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
     auto st = hb->status();
     EXPECT_EQ(st.health, HeartbeatService::Health::Healthy);
     EXPECT_EQ(st.sequence, 4u);  // the first beat at once, then one per interval
+    EXPECT_EQ(hb->contact(), IcContact::Ok);
+    EXPECT_STREQ(to_string(hb->contact()), "OK");
     // The guest stops answering: lost after three missed beats, by the loop's clock.
     guest.silent = true;
     for (int i = 0; i < 3; ++i) {
@@ -212,6 +218,10 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
     clock.now += 600ms;
     guest.step();
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Lost);
+    // connected, but the beats stopped: Hyper-V's "Lost Communication"
+    EXPECT_EQ(hb->state(), IcState::Ready);
+    EXPECT_EQ(hb->contact(), IcContact::Lost);
+    EXPECT_STREQ(to_string(hb->contact()), "Lost Communication");
     // A guest UNLOAD (as on a panic) resets the bus but keeps the last contact: still lost.
     hb->reset();
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Lost);
@@ -220,6 +230,43 @@ TEST(Heartbeat, NegotiatesThenBeatsAndReportsHealthByTheLoopsClock) {
     res.loop = &g.loop();
     hb->attach(res);
     EXPECT_EQ(hb->status().health, HeartbeatService::Health::Unknown);
+}
+
+TEST(IcContactStatus, LostWhenTheGuestClosesAConnectedService) {
+    SimGuest g;
+    auto ts = std::make_shared<TimeSyncService>("11111111-0000-0000-0000-000000000003");
+    GuestIc guest(g, ts, {0x40000, 0x30000, 0x10000}, [](IcMsgHeader&, std::vector<uint8_t>&) {});
+    guest.step();
+    ASSERT_EQ(ts->state(), IcState::Ready);
+    EXPECT_EQ(ts->contact(), IcContact::Ok);
+    // hv_utils unbinds (rmmod): CLOSECHANNEL
+    g.simple(vmbus::MsgType::CloseChannel, guest.relid());
+    g.pump();
+    EXPECT_EQ(ts->state(), IcState::Closed);
+    EXPECT_EQ(ts->contact(), IcContact::Lost);
+    // a new boot's bus: no contact yet
+    vmbus::DeviceResources res;
+    res.loop = &g.loop();
+    ts->attach(res);
+    EXPECT_EQ(ts->contact(), IcContact::NoContact);
+    EXPECT_STREQ(to_string(ts->contact()), "No Contact");
+}
+
+TEST(IcFactory, ServiceInstancesDeriveFromTheVmIdStableAndDistinct) {
+    const auto a = vmbus::Guid::parse("6ba7b810-9dad-41d1-80b4-00c04fd430c8");
+    const auto b = vmbus::Guid::parse("6ba7b810-9dad-41d1-80b4-00c04fd430c9");
+    std::set<std::string> seen;
+    for (const auto& vm : {a, b})
+        for (const char* s : kIntegrationServices) {
+            const std::string id = service_instance(vm, s);
+            EXPECT_NE(vmbus::Guid::parse(id.c_str()), vmbus::Guid{}) << id;
+            EXPECT_EQ(id, service_instance(vm, s));  // the same VM: the same GUID, at every boot
+            EXPECT_TRUE(seen.insert(id).second) << "shared: " << id;
+        }
+    const auto list = default_integration_services(a);
+    ASSERT_EQ(list.size(), std::size(kIntegrationServices));
+    EXPECT_EQ(list[0].params.at("instance"), service_instance(a, "heartbeat"));
+    EXPECT_NE(vmbus::Guid::random(), vmbus::Guid::random());
 }
 
 TEST(Shutdown, AcceptedOrRefusedByTheGuestAndTimedOutByTheLoopsClock) {

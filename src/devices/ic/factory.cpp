@@ -2,6 +2,8 @@
 
 #include <charconv>
 
+#include <fmt/format.h>
+
 #include "devices/ic/services.hpp"
 
 namespace enlighten::ic {
@@ -56,13 +58,15 @@ Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg) {
     return std::make_shared<KvpService>(instance.c_str());
 }
 
-std::vector<DeviceConfig> default_integration_services() {
-    return {
-        {"heartbeat", "heartbeat", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01"}}, {}},
-        {"shutdown", "shutdown", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02"}}, {}},
-        {"timesync", "timesync", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03"}}, {}},
-        {"kvp", "kvp", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04"}}, {}},
-    };
+std::string service_instance(const vmbus::Guid& vm_id, std::string_view service) {
+    return vmbus::Guid::from_name(fmt::format("{}:{}", vm_id.to_string(), service)).to_string();
+}
+
+std::vector<DeviceConfig> default_integration_services(const vmbus::Guid& vm_id) {
+    std::vector<DeviceConfig> list;
+    for (const char* name : kIntegrationServices)
+        list.push_back({name, name, {{"instance", service_instance(vm_id, name)}}, {}});
+    return list;
 }
 
 }  // namespace enlighten::ic

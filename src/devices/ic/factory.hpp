@@ -6,6 +6,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.hpp"
@@ -19,8 +21,14 @@ Result<std::shared_ptr<vmbus::Device>> make_shutdown(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_timesync(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg);
 
-// The integration services every Hyper-V VM has, with the instance ids Enlighten has
-// always used (fixed, so a guest sees the same devices at every boot).
-std::vector<DeviceConfig> default_integration_services();
+// The integration services every Hyper-V VM has, by device id (= kind), in offer order.
+inline constexpr const char* kIntegrationServices[] = {"heartbeat", "shutdown", "timesync", "kvp"};
+
+// A service's VMBus instance GUID, derived from the VM's id (--vm-id): the same VM names its
+// devices the same at every boot, and two VMs never share them.
+std::string service_instance(const vmbus::Guid& vm_id, std::string_view service);
+
+// The integration services every Hyper-V VM has, with instance GUIDs derived from `vm_id`.
+std::vector<DeviceConfig> default_integration_services(const vmbus::Guid& vm_id);
 
 }  // namespace enlighten::ic

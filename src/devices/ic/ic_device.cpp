@@ -84,11 +84,35 @@ std::vector<uint8_t> IcDevice::build_request(uint16_t type, std::span<const uint
 void IcDevice::set_state(IcState s, uint32_t framework, uint32_t version) {
     {
         LockGuard lock(mu_);
+        if (s == IcState::Ready) had_contact_ = true;
         state_ = s;
         framework_version_ = framework;
         version_ = version;
     }
     cv_.notify_all();
+}
+
+const char* to_string(IcContact c) {
+    switch (c) {
+        case IcContact::NoContact: return "No Contact";
+        case IcContact::Ok: return "OK";
+        case IcContact::Lost: return "Lost Communication";
+    }
+    return "?";
+}
+
+IcContact IcDevice::contact() const {
+    LockGuard lock(mu_);
+    if (state_ == IcState::Ready) return IcContact::Ok;
+    return had_contact_ ? IcContact::Lost : IcContact::NoContact;
+}
+
+void IcDevice::attach(const vmbus::DeviceResources& resources) {
+    {
+        LockGuard lock(mu_);
+        had_contact_ = false;
+    }
+    SimpleDevice::attach(resources);
 }
 
 IcState IcDevice::state() const {

@@ -39,6 +39,13 @@ inline constexpr size_t kMaxQueuedTransactions = 64;
 enum class IcState { Closed, Negotiating, Ready, Failed };
 const char* to_string(IcState s);
 
+// What Hyper-V's integration-service status says of a service in this boot: no contact
+// until the guest's service first negotiates, OK while it is connected, lost communication
+// once it was connected and its channel closed (its driver went away) or, for the
+// heartbeat, once the beats stopped coming back.
+enum class IcContact { NoContact, Ok, Lost };
+const char* to_string(IcContact c);  // "No Contact", "OK", "Lost Communication"
+
 // The guest's answer to a request: its status and the message body (after the IC header).
 struct IcResponse {
     uint32_t status = 0;
@@ -54,6 +61,10 @@ public:
     [[nodiscard]] IcState state() const;
     // Negotiated message version, e.g. 0x30002 (0 before negotiation).
     [[nodiscard]] uint32_t version() const;
+    // Hyper-V's status of the service (IcContact); the heartbeat adds its beats.
+    [[nodiscard]] virtual IcContact contact() const;
+    // A new boot's bus: no contact yet.
+    void attach(const vmbus::DeviceResources& resources) override;
     // Waits until negotiation finished (or failed, or the channel closed). Not on the loop.
     bool wait_ready(std::chrono::milliseconds timeout) const;
 
@@ -118,6 +129,7 @@ private:
     IcState state_ ENL_GUARDED_BY(mu_) = IcState::Closed;
     uint32_t framework_version_ ENL_GUARDED_BY(mu_) = 0;
     uint32_t version_ ENL_GUARDED_BY(mu_) = 0;
+    bool had_contact_ ENL_GUARDED_BY(mu_) = false;  // Ready at least once on this bus
 };
 
 }  // namespace enlighten::ic

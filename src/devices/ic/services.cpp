@@ -64,6 +64,11 @@ void HeartbeatService::attach(const vmbus::DeviceResources& resources) {
     last_reply_.reset();
 }
 
+IcContact HeartbeatService::contact() const {
+    const IcContact c = IcDevice::contact();
+    return c == IcContact::Ok && status().health == Health::Lost ? IcContact::Lost : c;
+}
+
 void HeartbeatService::tick(uint64_t generation) {
     uint64_t seq;
     {

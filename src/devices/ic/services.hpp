@@ -54,6 +54,8 @@ public:
     // A new boot (a new bus): no contact until the guest's service connects again. (A guest
     // UNLOAD, as on a panic, keeps the last contact: the heartbeat is then lost.)
     void attach(const vmbus::DeviceResources& resources) override;
+    // Connected but no longer answering the beats: Lost Communication, as on Hyper-V.
+    [[nodiscard]] IcContact contact() const override;
 
 private:
     void on_ready() override;
