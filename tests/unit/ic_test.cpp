@@ -379,6 +379,7 @@ TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
     // hv_kvp.c + hv_kvp_daemon: pools of UTF-8 strings; the kernel converts from/to UTF-16.
     std::map<std::pair<int, std::string>, std::string> pools;
     std::mutex pools_mu;
+    int gets = 0, enumerations = 0;  // under pools_mu
     GuestIc guest(g, kvp, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
         ASSERT_EQ(hdr.icmsgtype, kIcKvpExchange);
         KvpMessage m{};
@@ -402,15 +403,19 @@ TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
                     KvpService::decode_utf16(std::span(m.body.data.value, m.body.data.value_size)).value();
                 break;
             case kKvpGet: {
+                // 6.1 answers a GET as a lookup only: status 0 with value_size 2 and no
+                // value bytes when the key exists, HV_S_CONT when not (hv_kvp.c).
+                ++gets;
                 auto it = pools.find({pool, key_of(m.body.data.key, m.body.data.key_size)});
                 if (it == pools.end()) hdr.status = kHvSCont;
-                else put_value(m.body.data, it->first.second, it->second);
+                else m.body.data.value_size = 2;
                 break;
             }
             case kKvpDelete:
                 if (!pools.erase({pool, key_of(m.body.del.key, m.body.del.key_size)})) hdr.status = kHvSCont;
                 break;
             case kKvpEnumerate: {
+                ++enumerations;
                 uint32_t i = 0;
                 hdr.status = kHvSCont;
                 for (const auto& [k, v] : pools)
@@ -430,7 +435,18 @@ TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
     ASSERT_TRUE(call([&] { return kvp->set(0, "VirtualMachineName", "enlighten-test", 2s); }));
     ASSERT_TRUE(call([&] { return kvp->set(0, "Ünïcode", "välue €", 2s); }));
     EXPECT_EQ(call([&] { return kvp->get(0, "VirtualMachineName", 2s); }).value().value(), "enlighten-test");
+    {
+        std::lock_guard lock(pools_mu);
+        EXPECT_EQ(gets, 1);  // the lookup, then the value from an enumeration
+        EXPECT_GE(enumerations, 1);
+        gets = enumerations = 0;
+    }
     EXPECT_FALSE(call([&] { return kvp->get(0, "missing", 2s); }).value().has_value());
+    {
+        std::lock_guard lock(pools_mu);
+        EXPECT_EQ(gets, 1);  // an absent key costs one GET, no enumeration
+        EXPECT_EQ(enumerations, 0);
+    }
     auto all = call([&] { return kvp->list(0, 5s); }).value();
     ASSERT_EQ(all.size(), 2u);
     EXPECT_TRUE(call([&] { return kvp->remove(0, "Ünïcode", 2s); }));

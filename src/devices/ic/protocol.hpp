@@ -114,6 +114,8 @@ inline constexpr size_t kKvpMaxKeySize = 512;
 inline constexpr size_t kKvpMaxValueSize = 2048;
 enum KvpOp : uint8_t { kKvpGet = 0, kKvpSet = 1, kKvpDelete = 2, kKvpEnumerate = 3 };
 inline constexpr uint32_t kKvpRegSz = 1;
+// The guest's AUTO pool (enum hv_kvp_exchg_pool): items made by ENUMERATE alone.
+inline constexpr uint8_t kKvpPoolAuto = 2;
 
 struct KvpHeader {
     uint8_t operation;
