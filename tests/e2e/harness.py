@@ -111,15 +111,21 @@ def kv(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
 
 
-def vm_info(res: RunResult, tag: str) -> dict:
-    """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
-    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
+def json_between(res: RunResult, marker: str, tag: str) -> dict:
+    """The JSON the scenario printed between "MARKER-BEGIN TAG" and "MARKER-END TAG" lines
+    (an API answer); fails the test, with the output, when it is missing or not JSON."""
+    m = re.search(rf"^{marker}-BEGIN {re.escape(tag)}\n(.*?)^{marker}-END {re.escape(tag)}$", res.output, re.S | re.M)
     if not m:
-        raise AssertionError(f"no VM info '{tag}' in the output" + describe(res))
+        raise AssertionError(f"no {marker} '{tag}' in the output" + describe(res))
     try:
         return json.loads(m.group(1))
     except json.JSONDecodeError as e:
-        raise AssertionError(f"VM info '{tag}' is not JSON ({e}): {m.group(1)[:500]}" + describe(res)) from e
+        raise AssertionError(f"{marker} '{tag}' is not JSON ({e}): {m.group(1)[:500]}" + describe(res)) from e
+
+
+def vm_info(res: RunResult, tag: str) -> dict:
+    """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
+    return json_between(res, "INFO", tag)
 
 
 class GuestTestCase(unittest.TestCase):

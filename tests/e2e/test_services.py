@@ -5,13 +5,12 @@ files, its clock) and what the API returns."""
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import unittest
 from urllib.parse import unquote
 
-from harness import RunResult, Session, describe, results
+from harness import RunResult, Session, describe, json_between, results, vm_info
 
 IC_CLASSES = {
     "heartbeat": "57164f39-9115-4e78-ab55-382f3bd5422d",
@@ -482,17 +481,6 @@ class SeparateVmServiceTests(unittest.TestCase):
 
 
 
-def between(out: str, tag: str, key: str) -> dict:
-    """The JSON an API call printed between "<tag>-BEGIN <key>" and "<tag>-END <key>"."""
-    m = re.search(rf"^{tag}-BEGIN {re.escape(key)}\n(.*?)^{tag}-END {re.escape(key)}$", out, re.M | re.S)
-    if not m:
-        return {}
-    try:
-        return json.loads(m.group(1))
-    except json.JSONDecodeError:
-        return {}
-
-
 class IntegrationServiceControlTests(unittest.TestCase):
     """The "controls" run: switching services on and off through the API, what the guest
     sees of it, Hyper-V's status words, and the VM id behind the services' GUIDs."""
@@ -508,10 +496,10 @@ class IntegrationServiceControlTests(unittest.TestCase):
         return describe(self.res, 16000)
 
     def services(self, tag: str) -> dict[str, dict]:
-        return {s["name"]: s for s in between(self.res.output, "ICS", tag).get("services", [])}
+        return {s["name"]: s for s in json_between(self.res, "ICS", tag).get("services", [])}
 
     def ic_instances(self, tag: str) -> dict[str, str]:
-        info = between(self.res.output, "INFO", tag)
+        info = vm_info(self.res, tag)
         return {d["id"]: d["instance_id"] for d in info.get("devices", []) if d.get("kind") in IC_CLASSES}
 
     def test_the_command_line_chooses_the_services_offered_at_start(self) -> None:
@@ -567,9 +555,8 @@ class IntegrationServiceControlTests(unittest.TestCase):
         self.assertEqual(self.r.get("rc"), "5", "exit status after the API power-off" + self.why())
 
     def test_vm_ids_given_or_random_give_each_vm_its_own_service_guids(self) -> None:
-        out = self.res.output
-        given, random = between(out, "INFO", "vm-given"), between(out, "INFO", "vm-random")
-        first = between(out, "INFO", "boot1")
+        given, random = vm_info(self.res, "vm-given"), vm_info(self.res, "vm-random")
+        first = vm_info(self.res, "boot1")
         self.assertEqual(given.get("vm_id"), "6ba7b810-9dad-41d1-80b4-00c04fd430c8", self.why())
         ids = [first.get("vm_id"), given.get("vm_id"), random.get("vm_id")]
         self.assertTrue(all(ids) and len(set(ids)) == 3, f"{ids}" + self.why())

@@ -30,7 +30,7 @@ import sys
 import unittest
 from pathlib import Path
 
-from harness import REPO, RunResult, Session, describe
+from harness import BG_VM_LIB, REPO, RunResult, Session, describe, kv, section
 from enlighten_tools import vsock_layer
 
 VSOCK = Session("vsock")
@@ -110,7 +110,7 @@ echo VSOCK-GUEST-DONE
 
 # After harness.SCENARIO_LIB ($ENL, $KERNEL, $INITRD, $WORK, $API, api); $HVSOCK_HOST and
 # $VSOCK_INITRD are files of the session.
-SCENARIO = r"""
+SCENARIO = BG_VM_LIB + r"""
 MIB=""" + str(MIB) + r"""
 G_MIB=""" + str(G_MIB) + r"""
 CONNS=""" + str(CONNS) + r"""
@@ -118,20 +118,7 @@ V=$WORK/v.sock
 SERIAL=$WORK/vsock.serial
 BG_PIDS=
 trap 'kill $BG_PIDS 2>/dev/null' EXIT
-T0=$(now)
-PART_T=$T0
-part() { t=$(now); echo "PART $1 $(awk "BEGIN { printf \"%.1f\", $t - $PART_T }")"; PART_T=$t; }
 sha() { sha256sum < "$1" | cut -d' ' -f1; }
-vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
-wait_guest() {
-    n=0
-    while ! grep -q "$1" "$SERIAL" 2>/dev/null; do
-        if ! vm_alive; then grep -q "$1" "$SERIAL" 2>/dev/null && return 0; echo "SCENARIO-VM-EXITED waiting for '$1'"; return 1; fi
-        n=$((n + 1))
-        if [ $n -gt $(($2 * 10)) ]; then echo "SCENARIO-TIMEOUT waiting for '$1'"; return 1; fi
-        sleep 0.1
-    done
-}
 dd if=/dev/urandom of="$WORK/h2g.bin" bs=1M count=$MIB 2>/dev/null
 echo "RESULT host.h2g_sha=$(sha "$WORK/h2g.bin")"
 dd if=/dev/urandom of="$WORK/h2gs.bin" bs=1M count=$G_MIB 2>/dev/null
@@ -230,15 +217,6 @@ VSOCK.scenario("vsock", SCENARIO, cpus=1, timeout=600,
                files={"HVSOCK_HOST": host_helper, "VSOCK_INITRD": lambda: vsock_layer.make_vsock_initrd(JOB)})
 
 
-def kv(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^RESULT (\S+?)=(.*)$", text, re.M)}
-
-
-def section(res: RunResult) -> str:
-    m = re.search(r"^--- vsock: guest console ---\n(.*?)^--- vsock: enlighten log ---$", res.output, re.S | re.M)
-    return m.group(1) if m else ""
-
-
 _shown = False
 
 
@@ -254,7 +232,7 @@ class VsockTests(unittest.TestCase):
 
     def guest(self) -> dict[str, str]:
         res = self.run_of()
-        text = section(res)
+        text = section(res, "vsock")
         self.assertIn("ENLIGHTEN-INIT", text, "the guest never reached /init" + describe(res, 6000))
         return kv(text)
 
