@@ -2,6 +2,7 @@
 
 #include <charconv>
 
+#include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
 
 namespace enlighten::ic {
@@ -56,12 +57,20 @@ Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg) {
     return std::make_shared<KvpService>(instance.c_str());
 }
 
+Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg) {
+    ENL_TRY_VOID(only(cfg, {"instance"}));
+    ENL_TRY(std::string instance, instance_of(cfg));
+    return std::make_shared<FcopyService>(instance.c_str());
+}
+
 std::vector<DeviceConfig> default_integration_services() {
     return {
         {"heartbeat", "heartbeat", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b01"}}, {}},
         {"shutdown", "shutdown", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b02"}}, {}},
         {"timesync", "timesync", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b03"}}, {}},
         {"kvp", "kvp", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b04"}}, {}},
+        // ...3b05 is kept for VSS, Hyper-V's next service in its list.
+        {"fcopy", "fcopy", {{"instance", "b5a0a5c7-1a2f-4d8e-9f61-0e5a1d2c3b06"}}, {}},
     };
 }
 

@@ -18,6 +18,7 @@ Result<std::shared_ptr<vmbus::Device>> make_heartbeat(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_shutdown(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_timesync(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg);
+Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg);
 
 // The integration services every Hyper-V VM has, with the instance ids Enlighten has
 // always used (fixed, so a guest sees the same devices at every boot).
