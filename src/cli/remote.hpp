@@ -38,6 +38,11 @@ struct RemoteOptions {
     std::string mem_max;
     int64_t mem_buffer = -1;  // -1: not given
     std::string mem_dynamic;  // "on" | "off" | ""
+    // copy-file
+    std::string copy_source;
+    std::string copy_destination;
+    bool copy_overwrite = false;
+    bool copy_create_path = false;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.
