@@ -130,7 +130,14 @@ BOOT_REPORT_SCRIPT = f"""#!/bin/sh
 # Waits until systemd has finished booting, then prints one line on the console:
 #   {READY_MARKER} uptime=<s> state=<is-system-running> kvp=<is-active hv-kvp-daemon>
 # then failed units, `systemd-analyze time` and the slowest units (`blame`).
-state=$(systemctl is-system-running --wait)
+# If systemd has not finished after 200 s, it prints the jobs it is still waiting for
+# (ENLIGHTEN-PENDING-JOB lines) and the marker with state=<state>-timeout.
+state=$(timeout 200 systemctl is-system-running --wait) || {{
+  state="$(systemctl is-system-running)-timeout"
+  systemctl list-jobs --no-legend --plain 2>&1 | sed 's/^/ENLIGHTEN-PENDING-JOB /'
+  systemctl list-units --state=activating,deactivating --no-legend --plain 2>&1 \
+    | sed 's/^/ENLIGHTEN-ACTIVATING-UNIT /'
+}}
 read -r up _ < /proc/uptime
 echo "{READY_MARKER} uptime=$up state=$state kvp=$(systemctl is-active hv-kvp-daemon.service)"
 systemctl --failed --no-legend --plain | sed 's/^/ENLIGHTEN-FAILED-UNIT /'
