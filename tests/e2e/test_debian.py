@@ -200,7 +200,7 @@ class DebianDiskTests(unittest.TestCase):
         r = self.r
         self.assertTrue(r.get("fcopy_nodir", "").endswith("rc=1"), self.why())
         self.assertIn("HV_E_FAIL (0x80004005)", r.get("fcopy_nodir", ""), self.why())
-        self.assertIn("/root/new/dir/ does not exist and create_path is off", r.get("fcopy_nodir", ""), self.why())
+        self.assertIn("/root/new/dir/ does not exist (create_path is off)", r.get("fcopy_nodir", ""), self.why())
         self.assertTrue(r.get("fcopy_create_path", "").endswith("rc=0"), self.why())
         self.assertEqual(self.fcopy_guest().get("small"), "small_file", self.why())
 

@@ -31,6 +31,7 @@
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/thread_stack.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace enlighten;
 using namespace enlighten::api;
@@ -243,15 +244,8 @@ private:
 
 // ---- clients ---------------------------------------------------------------------------
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char tmpl[] = "/tmp/enl-api-XXXXXX";
-        const char* p = ::mkdtemp(tmpl);
-        if (p == nullptr) std::abort();
-        path = p;
-    }
-    ~TempDir() { std::system(("rm -rf " + path).c_str()); }
+struct TempDir : test::TempDir {
+    TempDir() : test::TempDir("enl-api") {}
 };
 
 UniqueFd connect_to(const std::string& path) {

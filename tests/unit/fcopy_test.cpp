@@ -17,6 +17,7 @@
 #include "devices/ic/services.hpp"
 #include "support/ic_guest.hpp"
 #include "support/sim_guest.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace enlighten;
 using namespace enlighten::ic;
@@ -37,14 +38,8 @@ std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
 
 // A directory of host files for one test.
 struct HostFiles {
-    std::string dir;
-    HostFiles() {
-        char tmpl[] = "/tmp/enl-fcopy-XXXXXX";
-        const char* p = ::mkdtemp(tmpl);
-        if (p == nullptr) std::abort();
-        dir = p;
-    }
-    ~HostFiles() { std::system(("rm -rf " + dir).c_str()); }
+    enlighten::test::TempDir tmp{"enl-fcopy"};
+    const std::string& dir = tmp.path;
     std::string add(const std::string& name, const std::vector<uint8_t>& data) const {
         const std::string path = dir + "/" + name;
         std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(data.data()),
@@ -350,7 +345,7 @@ TEST(FcopyEngine, ARefusedStartEndsTheCopyWithoutCancel) {
 
     auto nodir = FcopyEngine::create("/srv/new/f", 100, false, false).value();
     drive(nodir, [](const auto&) { return kHvEFail; });
-    EXPECT_NE(nodir.outcome().error().message().find("its directory /srv/new/ does not exist and create_path is off"),
+    EXPECT_NE(nodir.outcome().error().message().find("either its directory /srv/new/ does not exist (create_path is off)"),
               std::string::npos)
         << nodir.outcome().error().message();
     EXPECT_NE(nodir.outcome().error().message().find("hv_fcopy_daemon is not running"), std::string::npos);
@@ -374,12 +369,25 @@ TEST(FcopyEngine, AFailedWriteWaitsForTheOtherThenCancels) {
     EXPECT_EQ(e.bytes_written(), 4 * kFcopyChunk);  // 0..2 and 4
 }
 
+namespace {
+
+// An engine whose START was answered, with its first two WRITEs in flight.
+struct Writing {
+    FcopyEngine e = FcopyEngine::create("/root/f", 3 * kFcopyChunk, false, false).value();
+    FcopyEngine::Request start, w1, w2;
+    Writing() {
+        start = e.next().value();
+        e.on_answer(start.tag, echo(e, start));
+        w1 = e.next().value();
+        w2 = e.next().value();
+    }
+};
+
+}  // namespace
+
 TEST(FcopyEngine, TimeoutsCancelAndAClosedChannelCannot) {
-    auto e = FcopyEngine::create("/root/f", 3 * kFcopyChunk, false, false).value();
-    auto s = e.next().value();
-    e.on_answer(s.tag, echo(e, s));
-    auto w1 = e.next().value();
-    auto w2 = e.next().value();
+    Writing t;
+    auto& [e, s, w1, w2] = t;
     e.on_answer(w1.tag, std::unexpected(Error("fcopy: no response from the guest", Errc::Timeout)));
     EXPECT_FALSE(e.next());  // w2 still in flight: nothing, not even CANCEL
     e.on_answer(w2.tag, echo(e, w2));
@@ -391,13 +399,10 @@ TEST(FcopyEngine, TimeoutsCancelAndAClosedChannelCannot) {
     EXPECT_NE(e.outcome().error().message().find("did not answer WRITE_TO_FILE at offset 0"), std::string::npos);
     EXPECT_NE(e.outcome().error().message().find("not answered: the partial file may remain"), std::string::npos);
 
-    auto closed = FcopyEngine::create("/root/f", 3 * kFcopyChunk, false, false).value();
-    s = closed.next().value();
-    closed.on_answer(s.tag, echo(closed, s));
-    w1 = closed.next().value();
-    w2 = closed.next().value();
-    closed.on_answer(w2.tag, std::unexpected(Error("the channel closed", Errc::Closed)));
-    closed.on_answer(w1.tag, std::unexpected(Error("the channel closed", Errc::Closed)));
+    Writing c2;
+    auto& closed = c2.e;
+    closed.on_answer(c2.w2.tag, std::unexpected(Error("the channel closed", Errc::Closed)));
+    closed.on_answer(c2.w1.tag, std::unexpected(Error("the channel closed", Errc::Closed)));
     EXPECT_FALSE(closed.next());
     ASSERT_TRUE(closed.finished());
     EXPECT_TRUE(closed.outcome().error().is(Errc::Closed));
@@ -405,11 +410,8 @@ TEST(FcopyEngine, TimeoutsCancelAndAClosedChannelCannot) {
 }
 
 TEST(FcopyEngine, MalformedAnswersAndHostReadErrorsFailTheCopy) {
-    auto e = FcopyEngine::create("/root/f", 3 * kFcopyChunk, false, false).value();
-    auto s = e.next().value();
-    e.on_answer(s.tag, echo(e, s));
-    auto w1 = e.next().value();
-    auto w2 = e.next().value();
+    Writing t;
+    auto& [e, s, w1, w2] = t;
     // The "answer" to w1 echoes a START, with status OK.
     e.on_answer(w1.tag, echo(e, s));
     e.not_sent(w2.tag, Error("reading the host file: Input/output error", Errc::Io));
@@ -421,6 +423,25 @@ TEST(FcopyEngine, MalformedAnswersAndHostReadErrorsFailTheCopy) {
               std::string::npos)
         << e.outcome().error().message();
     EXPECT_EQ(e.bytes_written(), 0u);
+}
+
+TEST(FcopyEngine, RequestsThatCouldNotBeSentEndItWithoutLeavingItStuck) {
+    auto e = FcopyEngine::create("/root/f", 10, false, false).value();
+    auto s = e.next().value();
+    e.not_sent(s.tag, Error("the VM is not running", Errc::Closed));
+    EXPECT_FALSE(e.next());  // no CANCEL: the guest never saw a START
+    ASSERT_TRUE(e.finished());
+    EXPECT_TRUE(e.outcome().error().is(Errc::Closed));
+
+    Writing t;
+    t.e.on_answer(t.w1.tag, echo(t.e, t.w1, kHvEFail));
+    t.e.on_answer(t.w2.tag, echo(t.e, t.w2));
+    auto c = t.e.next().value();
+    ASSERT_EQ(c.op, kFcopyCancel);
+    t.e.not_sent(c.tag, Error("the ring is gone", Errc::Closed));
+    ASSERT_TRUE(t.e.finished());
+    EXPECT_NE(t.e.outcome().error().message().find("HV_E_FAIL"), std::string::npos) << t.e.outcome().error().message();
+    EXPECT_NE(t.e.outcome().error().message().find("; the partial file may remain in the guest"), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------- service
@@ -478,7 +499,7 @@ TEST(FcopyService, ExistingFilesAndMissingDirectoriesAreRefusedUnlessAllowed) {
     r = vm.copy(src, "/srv/new/deeper/a");
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message().find("HV_E_FAIL (0x80004005)"), std::string::npos) << r.error().message();
-    EXPECT_NE(r.error().message().find("/srv/new/deeper/ does not exist and create_path is off"), std::string::npos);
+    EXPECT_NE(r.error().message().find("/srv/new/deeper/ does not exist (create_path is off)"), std::string::npos);
     EXPECT_FALSE(vm.daemon.dirs.count("/srv/new"));
     ASSERT_TRUE(vm.copy(src, "/srv/new/deeper/a", false, true));
     EXPECT_TRUE(vm.daemon.dirs.count("/srv/new/deeper"));

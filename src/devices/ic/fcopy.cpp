@@ -150,13 +150,16 @@ Error FcopyEngine::guest_error(const Request& r, uint32_t status) const {
             if (status == kHvErrorAlreadyExists)
                 return Error(fmt::format("{} exists in the guest and overwrite is off (the guest answered {})",
                                          destination_, st));
+            // The guest's status does not say which: its daemon answers HV_E_FAIL for a
+            // missing directory and for a failed open, its kernel for a missing daemon.
             if (status == kHvEFail && create_path_)
-                return Error(fmt::format("the guest could not create {} ({}): its directory {} could not be created, "
-                                         "the file could not be opened, or hv_fcopy_daemon is not running in the guest",
+                return Error(fmt::format("the guest could not create {} ({}): either its directory {} could not be "
+                                         "created, or the file cannot be opened, or hv_fcopy_daemon is not running "
+                                         "in the guest",
                                          destination_, st, target_.directory));
             if (status == kHvEFail)
-                return Error(fmt::format("the guest could not create {} ({}): its directory {} does not exist and "
-                                         "create_path is off, the file could not be opened, or hv_fcopy_daemon is "
+                return Error(fmt::format("the guest could not create {} ({}): either its directory {} does not exist "
+                                         "(create_path is off), or the file cannot be opened, or hv_fcopy_daemon is "
                                          "not running in the guest",
                                          destination_, st, target_.directory));
             return Error(fmt::format("the guest refused to copy to {} ({})", destination_, st));
@@ -235,8 +238,18 @@ bool FcopyEngine::on_answer(uint64_t tag, const Result<IcResponse>& answer) {
 }
 
 void FcopyEngine::not_sent(uint64_t tag, Error why) {
-    if (in_flight_.erase(tag) == 0) return;
-    fail(std::move(why), true);
+    auto it = in_flight_.find(tag);
+    if (it == in_flight_.end()) return;
+    const uint32_t op = it->second.op;
+    in_flight_.erase(it);
+    if (op == kFcopyCancel) {  // the end either way
+        if (!error_) error_ = std::move(why);
+        cancel_sent_ = false;
+        phase_ = Phase::Failed;
+        return;
+    }
+    // The guest has a file to remove only if a START reached it.
+    fail(std::move(why), op != kFcopyStart);
 }
 
 bool FcopyEngine::finished() const {
