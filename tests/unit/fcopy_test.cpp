@@ -425,6 +425,29 @@ TEST(FcopyEngine, MalformedAnswersAndHostReadErrorsFailTheCopy) {
     EXPECT_EQ(e.bytes_written(), 0u);
 }
 
+TEST(FcopyEngine, NoCancelFollowsAComplete) {
+    for (const bool timeout : {false, true}) {
+        auto e = FcopyEngine::create("/root/f", 5, false, false).value();
+        const auto seen = drive(e, [](const FcopyEngine::Request& r) { return r.op == kFcopyComplete ? kHvEFail : kHvSOk; });
+        EXPECT_EQ(ops_of(seen), (std::vector<uint32_t>{kFcopyStart, kFcopyWrite, kFcopyComplete}));
+        if (timeout) {  // the same with no answer to COMPLETE
+            e = FcopyEngine::create("/root/f", 5, false, false).value();
+            for (int i = 0; i < 2; ++i) {
+                auto r = e.next().value();
+                e.on_answer(r.tag, echo(e, r));
+            }
+            auto c = e.next().value();
+            ASSERT_EQ(c.op, kFcopyComplete);
+            e.on_answer(c.tag, std::unexpected(Error("fcopy: no response from the guest", Errc::Timeout)));
+            EXPECT_FALSE(e.next());
+            ASSERT_TRUE(e.finished());
+        }
+        EXPECT_NE(e.outcome().error().message().find("every byte was written, but the guest did not confirm closing"),
+                  std::string::npos)
+            << e.outcome().error().message();
+    }
+}
+
 TEST(FcopyEngine, RequestsThatCouldNotBeSentEndItWithoutLeavingItStuck) {
     auto e = FcopyEngine::create("/root/f", 10, false, false).value();
     auto s = e.next().value();

@@ -189,6 +189,10 @@ bool FcopyEngine::on_answer(uint64_t tag, const Result<IcResponse>& answer) {
     in_flight_.erase(it);
     const std::string what = r.op == kFcopyWrite ? fmt::format("WRITE_TO_FILE at offset {}", r.offset)
                                                   : std::string(fcopy_op_name(r.op));
+    // After a failed WRITE, or a START whose fate is unknown, the daemon may hold a partial
+    // file: CANCEL removes it. Not after COMPLETE: the daemon clears its file name when it
+    // closes, so a CANCEL queued behind a COMPLETE removes nothing and only closes a stale fd.
+    const bool unknown_fate_cancels = r.op != kFcopyComplete;
     if (r.op == kFcopyCancel) {
         cancel_ok_ = answer && fcopy_answer_status(r.op, *answer) == kHvSOk;
         phase_ = Phase::Failed;
@@ -205,19 +209,19 @@ bool FcopyEngine::on_answer(uint64_t tag, const Result<IcResponse>& answer) {
             text = fmt::format("the file copy channel closed during {} for {} ({})", what, destination_, e.message());
         else
             text = fmt::format("{} for {} failed: {}", what, destination_, e.message());
-        fail(Error(std::move(text), e.code()), true);
+        fail(Error(std::move(text), e.code()), unknown_fate_cancels);
         return true;
     }
     auto status = fcopy_answer_status(r.op, *answer);
     if (!status) {
         fail(Error(fmt::format("the guest's answer to {} for {} is malformed: {}", what, destination_,
                                status.error().message())),
-             true);
+             unknown_fate_cancels);
         return true;
     }
     if (*status != kHvSOk) {
-        // A refused START left no file open in the daemon; anything later may have.
-        fail(guest_error(r, *status), r.op != kFcopyStart);
+        // A refused START left no file open in the daemon; a refused WRITE did.
+        fail(guest_error(r, *status), r.op == kFcopyWrite);
         return true;
     }
     switch (r.op) {
@@ -260,7 +264,9 @@ Result<> FcopyEngine::outcome() const {
     if (phase_ == Phase::Done) return {};
     Error e = error_.value_or(Error("the copy did not finish"));
     std::string fate;
-    if (cancel_ok_)
+    if (complete_sent_ && !cancel_sent_)
+        fate = "; every byte was written, but the guest did not confirm closing the file";
+    else if (cancel_ok_)
         fate = "; CANCEL_FCOPY was sent and the guest removed the partial file";
     else if (cancel_sent_)
         fate = "; CANCEL_FCOPY was sent but not answered: the partial file may remain in the guest";

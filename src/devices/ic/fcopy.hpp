@@ -91,8 +91,9 @@ public:
     static Result<FcopyEngine> create(std::string_view guest_path, uint64_t size, bool overwrite, bool create_path);
 
     // The next request to send, if one may go now (at most kFcopyDepth unanswered; nothing
-    // after START until it succeeded; COMPLETE once every byte is written; CANCEL once a
-    // failure's other requests are answered).
+    // after START until it succeeded; COMPLETE once every byte is written; after a failed
+    // WRITE, or a START or WRITE not answered, CANCEL once the others are answered; nothing
+    // after COMPLETE or CANCEL).
     std::optional<Request> next();
     // The request's body (after the IC header). `data`: the file's bytes of a WRITE_TO_FILE.
     [[nodiscard]] std::vector<uint8_t> body(const Request& r, std::span<const uint8_t> data) const;
