@@ -178,6 +178,7 @@ Error FcopyEngine::guest_error(const Request& r, uint32_t status) const {
 void FcopyEngine::fail(Error e, bool cancel) {
     if (e.is(Errc::Closed)) cancel = false;  // nothing can be sent any more
     if (!error_) error_ = std::move(e);
+    if (phase_ == Phase::Failed) return;                   // decided already (e.g. the channel closed)
     if (phase_ == Phase::Cancel && cancel_sent_) return;  // the CANCEL's answer ends it
     phase_ = cancel && !cancel_sent_ ? Phase::Cancel : Phase::Failed;
 }
