@@ -253,8 +253,9 @@ void FcopyEngine::not_sent(uint64_t tag, Error why) {
         phase_ = Phase::Failed;
         return;
     }
-    // The guest has a file to remove only if a START reached it.
-    fail(std::move(why), op != kFcopyStart);
+    // An unsent START left the guest nothing to remove; an unsent COMPLETE is handled as a
+    // failed one (no CANCEL after COMPLETE); after an unsent WRITE the guest holds a partial file.
+    fail(std::move(why), op == kFcopyWrite);
 }
 
 bool FcopyEngine::finished() const {
