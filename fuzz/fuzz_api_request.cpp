@@ -104,6 +104,18 @@ public:
         if (u.min && u.max && *u.min > *u.max) return std::unexpected(ApiError{ErrorKind::BadRequest, "min > max"});
         return {};
     }
+    ApiResult<CopyFileResult> copy_file(const CopyFileRequest& r) override {
+        if (r.overwrite) return std::unexpected(ApiError{ErrorKind::Conflict, "exists"});
+        return CopyFileResult{r.source.size(), r.destination.size()};
+    }
+    CopyFileProgress copy_file_progress() override {
+        CopyFileProgress p;
+        p.state = "running";
+        p.bytes_total = 100;
+        p.bytes_written = 50;
+        p.elapsed_ms = 3;
+        return p;
+    }
 };
 
 // One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.

@@ -1,5 +1,5 @@
-// Fuzzes the integration services through the whole path a guest drives: packets written
-// into the channels' rings (any type, length and transaction id, answers to nothing or to
+// Fuzzes the integration services (file copy too, with its two requests in flight) through
+// the whole path a guest drives: packets written into the channels' rings (any type, length and transaction id, answers to nothing or to
 // the host's requests), doorbells, closes and reopens, with the services on the real
 // control loop. Also the UTF-16 decoder and the negotiation parser directly.
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include "../tests/unit/support/sim_guest.hpp"
 
 #include "common/log.hpp"
+#include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
 #include "fuzz_input.hpp"
 
@@ -34,6 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::make_shared<ic::KvpService>("11111111-0000-0000-0000-000000000004"),
         std::make_shared<ic::ShutdownService>("11111111-0000-0000-0000-000000000002"),
         std::make_shared<ic::TimeSyncService>("11111111-0000-0000-0000-000000000003"),
+        std::make_shared<ic::FcopyService>("11111111-0000-0000-0000-000000000006"),
     };
     std::vector<uint32_t> relids;
     for (auto& d : devices) relids.push_back(g.server().add_device(d).value());
@@ -44,8 +46,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // The KVP service keeps a request in flight for the guest to answer (or not).
     auto kvp = std::static_pointer_cast<ic::KvpService>(devices[1]);
     kvp->transact(std::vector<uint8_t>(sizeof(ic::KvpMessage)), std::chrono::milliseconds(100000), [](auto) {});
+    // File copy keeps two in flight (a WRITE-sized one and a START-sized one) and one waiting.
+    auto fcopy = std::static_pointer_cast<ic::FcopyService>(devices[4]);
+    for (const size_t body : {ic::fcopy_write_ring_bytes(ic::kFcopyChunk) - 52, sizeof(ic::FcopyStart), size_t{36}})
+        fcopy->transact(std::vector<uint8_t>(body), std::chrono::milliseconds(100000), [](auto) {});
     while (!in.empty()) {
-        const uint8_t which = in.take<uint8_t>() % 4U;
+        const uint8_t which = in.take<uint8_t>() % 5U;
         const uint8_t op = in.take<uint8_t>();
         auto& ch = channels[which];
         if (op == 0xff) {

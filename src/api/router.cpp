@@ -294,6 +294,46 @@ std::expected<AddDiskRequest, std::string> parse_add_disk(std::string_view body)
     return r;
 }
 
+std::expected<CopyFileRequest, std::string> parse_copy_file(std::string_view body) {
+    auto j = parse_object(body, {"source", "destination", "overwrite", "create_path"}, true);
+    if (!j) return std::unexpected(j.error());
+    CopyFileRequest r;
+    for (auto [name, out] : {std::pair{"source", &r.source}, std::pair{"destination", &r.destination}}) {
+        auto it = j->find(name);
+        if (it == j->end() || !it->is_string()) return std::unexpected(fmt::format("{} (a string) is required", name));
+        *out = it->get<std::string>();
+        if (out->empty()) return std::unexpected(fmt::format("{} is empty", name));
+        if (out->size() > kMaxCopyPathBytes)
+            return std::unexpected(fmt::format("{} is longer than {} bytes", name, kMaxCopyPathBytes));
+        if (out->find('\0') != std::string::npos) return std::unexpected(fmt::format("{} contains a NUL character", name));
+    }
+    for (auto [name, out] : {std::pair{"overwrite", &r.overwrite}, std::pair{"create_path", &r.create_path}}) {
+        if (auto it = j->find(name); it != j->end()) {
+            if (!it->is_boolean()) return std::unexpected(fmt::format("{} must be true or false", name));
+            *out = it->get<bool>();
+        }
+    }
+    return r;
+}
+
+// MiB/s of `bytes` in `ms`, or null before there is a millisecond to divide by.
+Json rate(uint64_t bytes, uint64_t ms) {
+    if (ms == 0) return nullptr;
+    return static_cast<double>(bytes) / (1 << 20) / (static_cast<double>(ms) / 1000.0);
+}
+
+Json to_json(const CopyFileProgress& p) {
+    return {{"state", p.state},
+            {"source", p.source},
+            {"destination", p.destination},
+            {"bytes_total", p.bytes_total},
+            {"bytes_sent", p.bytes_sent},
+            {"bytes_written", p.bytes_written},
+            {"elapsed_ms", p.elapsed_ms},
+            {"mib_per_s", rate(p.bytes_written, p.elapsed_ms)},
+            {"error", p.error.empty() ? Json(nullptr) : Json(p.error)}};
+}
+
 enum class Method { Get, Put, Delete, Other };
 
 Method method_of(std::string_view m) {
@@ -462,6 +502,21 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
             auto u = parse_memory_update(body);
             if (!u) return error_reply(400, u.error());
             return from_result(vm.set_memory(*u));
+        }
+        return method_not_allowed(method, "GET, HEAD, PUT");
+    }
+    if (name == "vm.copy-file") {
+        if (m == Method::Get) return json_reply(to_json(vm.copy_file_progress()));
+        if (m == Method::Put) {
+            auto req = parse_copy_file(body);
+            if (!req) return error_reply(400, req.error());
+            auto done = vm.copy_file(*req);
+            if (!done) return from_api_error(done.error());
+            return json_reply({{"source", req->source},
+                               {"destination", req->destination},
+                               {"bytes", done->bytes},
+                               {"elapsed_ms", done->elapsed_ms},
+                               {"mib_per_s", rate(done->bytes, done->elapsed_ms)}});
         }
         return method_not_allowed(method, "GET, HEAD, PUT");
     }

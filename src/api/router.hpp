@@ -31,6 +31,8 @@ inline constexpr size_t kKvpMaxValueUtf8 = 2047;
 // The shutdown reason: the shutdown IC's display_message field is 2048 bytes of UTF-16.
 inline constexpr size_t kMaxReasonUtf16 = 1023;
 inline constexpr uint32_t kMaxTimeoutS = 3600;
+// vm.copy-file: the longest source or destination path taken (PATH_MAX).
+inline constexpr size_t kMaxCopyPathBytes = 4096;
 
 struct HttpReply {
     int status = 200;

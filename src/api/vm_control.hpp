@@ -199,6 +199,32 @@ struct ShutdownRequest {
     std::string reason;
 };
 
+// PUT vm.copy-file: a host file copied into the guest by its file copy service
+// (hv_fcopy_daemon), as Hyper-V's Copy-VMFile does.
+struct CopyFileRequest {
+    std::string source;       // host path of a regular file
+    std::string destination;  // absolute guest path of the file
+    bool overwrite = false;   // replace a file that exists
+    bool create_path = false; // create missing directories
+};
+
+struct CopyFileResult {
+    uint64_t bytes = 0;
+    uint64_t elapsed_ms = 0;
+};
+
+// GET vm.copy-file: the copy running now, or the last one.
+struct CopyFileProgress {
+    std::string state = "idle";  // "idle", "running", "done", "failed"
+    std::string source;
+    std::string destination;
+    uint64_t bytes_total = 0;
+    uint64_t bytes_sent = 0;     // handed to the guest
+    uint64_t bytes_written = 0;  // the guest has written (answered)
+    uint64_t elapsed_ms = 0;
+    std::string error;  // why it failed
+};
+
 class VmControl {
 public:
     virtual ~VmControl() = default;
@@ -237,6 +263,11 @@ public:
     // (NotFound/Conflict without the VSP; BadRequest for values outside the limits).
     virtual ApiResult<MemoryInfo> memory() = 0;
     virtual ApiResult<> set_memory(const MemoryUpdate& update) = 0;
+
+    // File copy into the guest: returns when the copy is done or failed (minutes for a large
+    // file; the API's other worker answers meanwhile). One at a time (Conflict otherwise).
+    virtual ApiResult<CopyFileResult> copy_file(const CopyFileRequest& request) = 0;
+    virtual CopyFileProgress copy_file_progress() = 0;
 };
 
 }  // namespace enlighten::api

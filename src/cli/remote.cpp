@@ -86,6 +86,13 @@ Call make_call(const RemoteOptions& o) {
         if (!o.mem_dynamic.empty()) j["dynamic"] = o.mem_dynamic == "on";
         return {"PUT", base + "vm.memory", json(j)};
     }
+    if (c == "copy-file") {
+        Json j{{"source", o.copy_source}, {"destination", o.copy_destination}};
+        if (o.copy_overwrite) j["overwrite"] = true;
+        if (o.copy_create_path) j["create_path"] = true;
+        return {"PUT", base + "vm.copy-file", json(j), true};
+    }
+    if (c == "copy-file-status") return {"GET", base + "vm.copy-file", {}, true};
     return {"GET", base + "vmm.ping", {}, true};
 }
 
@@ -156,7 +163,7 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* ics = cmd("integration-services",
                     "List the integration services (enabled, version, Hyper-V's status), or enable/disable one");
     ics->add_option("action", opts.service_action, "enable or disable")->check(CLI::IsMember({"enable", "disable"}));
-    ics->add_option("name", opts.service_name, "The service: heartbeat, shutdown, timesync, kvp, ...");
+    ics->add_option("name", opts.service_name, "The service: heartbeat, shutdown, timesync, kvp, fcopy");
     ics->callback([&opts] {
         opts.command = "integration-services";
         if (!opts.service_action.empty() && opts.service_name.empty())
@@ -170,6 +177,14 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     ms->add_option("--buffer", opts.mem_buffer, "Free memory to keep, in percent of the guest's need")
         ->check(CLI::Range(0, 2000));
     ms->add_option("--dynamic", opts.mem_dynamic, "The automatic policy on or off")->check(CLI::IsMember({"on", "off"}));
+    auto* cp = cmd("copy-file", "Copy a host file into the guest (file copy service, hv_fcopy_daemon in the guest); "
+                                "waits until it is done and prints its size and rate");
+    cp->add_option("source", opts.copy_source, "The host file")->required();
+    cp->add_option("destination", opts.copy_destination, "The file's absolute path in the guest, e.g. /root/data.bin")
+        ->required();
+    cp->add_flag("--overwrite", opts.copy_overwrite, "Replace the guest's file if it exists");
+    cp->add_flag("--create-path", opts.copy_create_path, "Create the guest directories that are missing");
+    cmd("copy-file-status", "Print the running file copy's progress (or the last copy's result)");
     return remote;
 }
 
@@ -180,7 +195,9 @@ int run_remote(const RemoteOptions& opts) {
 
     api::HttpClientOptions client_opts;
     client_opts.connect_timeout = std::chrono::seconds(5);
-    client_opts.io_timeout = std::chrono::seconds(60);
+    // A file copy answers when it is done: a large file takes long (the server bounds each
+    // of the guest's answers, so a stuck guest still ends the call).
+    client_opts.io_timeout = opts.command == "copy-file" ? std::chrono::hours(24) : std::chrono::seconds(60);
     client_opts.keep_alive = false;
     api::HttpClient client(opts.api_socket, client_opts);
     const api::HttpHeader headers[] = {{"Host", "localhost"}, {"Accept", "application/json"}};

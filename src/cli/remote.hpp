@@ -41,6 +41,11 @@ struct RemoteOptions {
     // integration-services [enable|disable NAME]
     std::string service_action;  // "" (list), "enable", "disable"
     std::string service_name;
+    // copy-file
+    std::string copy_source;
+    std::string copy_destination;
+    bool copy_overwrite = false;
+    bool copy_create_path = false;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

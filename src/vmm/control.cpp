@@ -6,6 +6,7 @@
 
 #include "common/event_loop.hpp"
 #include "devices/balloon/balloon.hpp"
+#include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
 #include "devices/netvsp/factory.hpp"
 #include "devices/netvsp/netvsp.hpp"
@@ -451,6 +452,39 @@ api::ApiResult<> MachineControl::set_memory(const api::MemoryUpdate& u) {
     if (u.set_target)
         if (auto r = dm->set_target(u.target); !r) return api_error(ErrorKind::BadRequest, r.error().message());
     return {};
+}
+
+api::ApiResult<api::CopyFileResult> MachineControl::copy_file(const api::CopyFileRequest& request) {
+    ENL_TRY_VOID(running());
+    auto fcopy = devices_.first<ic::FcopyService>();
+    if (!fcopy) return api_error(ErrorKind::Conflict, "the VM has no file copy service (--hyperv off?)");
+    auto r = fcopy->copy({request.source, request.destination, request.overwrite, request.create_path});
+    if (r) return api::CopyFileResult{r->bytes, static_cast<uint64_t>(r->elapsed.count())};
+    const Error& e = r.error();
+    switch (e.code()) {
+        case Errc::Invalid: return api_error(ErrorKind::BadRequest, e.message());
+        case Errc::NotFound: return api_error(ErrorKind::NotFound, e.message());
+        case Errc::Timeout: return api_error(ErrorKind::Unavailable, e.message());
+        case Errc::Io: return api_error(ErrorKind::Internal, e.message());
+        // Another copy running, the service not connected, the guest's refusals and errors.
+        default: return api_error(ErrorKind::Conflict, e.message());
+    }
+}
+
+api::CopyFileProgress MachineControl::copy_file_progress() {
+    api::CopyFileProgress out;
+    auto fcopy = devices_.first<ic::FcopyService>();
+    if (!fcopy) return out;
+    const auto p = fcopy->progress();
+    out.state = ic::to_string(p.state);
+    out.source = p.source;
+    out.destination = p.destination;
+    out.bytes_total = p.bytes_total;
+    out.bytes_sent = p.bytes_sent;
+    out.bytes_written = p.bytes_written;
+    out.elapsed_ms = static_cast<uint64_t>(p.elapsed.count());
+    out.error = p.error;
+    return out;
 }
 
 }  // namespace enlighten

@@ -52,6 +52,8 @@ public:
     api::ApiResult<> set_net_link(const std::string& id, bool up) override;
     api::ApiResult<api::MemoryInfo> memory() override;
     api::ApiResult<> set_memory(const api::MemoryUpdate& update) override;
+    api::ApiResult<api::CopyFileResult> copy_file(const api::CopyFileRequest& request) override;
+    api::CopyFileProgress copy_file_progress() override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);

@@ -22,6 +22,7 @@ constexpr Kind kKinds[] = {
     {"shutdown", ic::make_shutdown},
     {"timesync", ic::make_timesync},
     {"kvp", ic::make_kvp},
+    {"fcopy", ic::make_fcopy},
     {"scsi", storvsp::make_scsi},
     {"ide", storvsp::make_ide},
     {"nic", netvsp::make_nic},

@@ -1,13 +1,17 @@
 """End-to-end test of the bootable Debian 12 root disk (tools/enlighten_tools/debian_disk.py):
 Debian's kernel and Debian's initramfs mount root=/dev/sda1 from a dynamic VHDX on the
 synthetic SCSI controller, systemd reaches multi-user.target, udev starts hv-kvp-daemon
-when hv_utils makes /dev/vmbus/hv_kvp, the daemon's data reaches the management API, and
-`enlighten remote shutdown` makes systemd power the guest off (exit status 0).
+when hv_utils makes /dev/vmbus/hv_kvp, the daemon's data reaches the management API, file
+copy (`enlighten remote copy-file`, served by Debian's hv-fcopy-daemon, which udev starts
+when /dev/vmbus/hv_fcopy appears) puts a 100 MiB file into the guest intact and refuses
+what the guest's daemon refuses, and `enlighten remote shutdown` makes systemd power the
+guest off (exit status 0).
 
 One session ("debian"), one scenario. The image is built (or taken from the cache) when
 the session runs; the guest writes to a differencing VHDX whose parent is the cached disk,
 so the cache stays as built. In the test host the disk is carried in its initramfs
-(about 300 MiB: see tools/README.md)."""
+(about 300 MiB: see tools/README.md). The scenario types commands on the guest's root
+shell (autologin on ttyS0): the console is `--serial stdio`, its input a FIFO."""
 
 from __future__ import annotations
 
@@ -36,19 +40,67 @@ SCRIPT = r"""
 DISK=$WORK/debian.vhdx
 "$ENL" image create "$DISK" --format vhdx --parent "$DEBIAN_VHDX" >"$WORK/create.log" 2>&1 \
     && echo "RESULT child=ok" || { echo "RESULT child=failed"; cat "$WORK/create.log"; exit 1; }
+# The console's input: a FIFO that this shell holds open (fd 3), so the VMM never reads its end.
+CONSOLE_IN=$WORK/console.in
+mkfifo "$CONSOLE_IN" && exec 3<>"$CONSOLE_IN"
 t0=$(now)
 "$ENL" run --kernel "$KERNEL" --initrd "$DEBIAN_INITRD" --memory 512M --cpus "$CPUS" \
-    --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info \
+    --serial stdio --api-socket "$API" --on-reboot exit --log-level info \
     --disk "path=$DISK,format=vhdx" \
-    --cmdline "root=/dev/sda1 console=ttyS0 quiet panic=-1" >"$WORK/vmm.log" 2>&1 &
+    --cmdline "root=/dev/sda1 console=ttyS0 quiet panic=-1" <"$CONSOLE_IN" >"$SERIAL" 2>"$WORK/vmm.log" 3>&- &
 VM_PID=$!
-wait_serial ENLIGHTEN-DEBIAN-READY 300 || { dump_logs; exit 1; }
+# guest CMD: types CMD on the root shell. A command that reports prints a marker it builds
+# from two strings, so that the terminal's echo of what was typed never matches.
+guest() { printf '%s\n' "$1" >&3; }
+if ! wait_serial ENLIGHTEN-DEBIAN-READY 300; then
+    # what systemd still waits for, asked on the console's shell
+    guest 'systemctl list-jobs --no-pager --no-legend | sed "s/^/ENLIGHTEN""-JOB /"; systemctl list-units --state=activating,failed --no-pager --no-legend | sed "s/^/ENLIGHTEN""-UNIT /"'
+    sleep 20
+    dump_logs
+    exit 1
+fi
 echo "RESULT boot_seconds=$(awk "BEGIN { print $(now) - $t0 }")"
 wait_api 60 FullyQualifiedDomainName kvp-list auto
 echo "--- auto pool ---"
 api kvp-list auto
 echo "--- end auto pool ---"
 api heartbeat
+
+# ---- file copy
+# try NAME COMMAND...: one RESULT line with what the API command printed, and its exit status
+try() { name=$1; shift; out=$(api "$@" 2>&1); rc=$?; echo "RESULT $name=$(printf '%s' "$out" | tr '\n' ' ') rc=$rc"; }
+fc_t0=$(now)
+n=0
+until grep -q SHELL-UP "$SERIAL"; do
+    n=$((n + 1)); [ $n -gt 40 ] && { echo "SCENARIO-TIMEOUT waiting for the guest's shell"; break; }
+    guest 'echo SHELL""-UP'
+    sleep 3
+done
+guest 'echo "FCOPY""-DAEMON $(systemctl is-active hv-fcopy-daemon.service)"'
+dd if=/dev/urandom of="$WORK/big.bin" bs=1048576 count=100 2>/dev/null
+echo "RESULT fcopy_host_sha=$(sha256sum "$WORK/big.bin" | cut -d' ' -f1)"
+echo "small file" > "$WORK/small.txt"
+# 100 MiB in the background; meanwhile its progress, and a second copy is refused.
+api copy-file "$WORK/big.bin" /root/big.bin >"$WORK/copy.json" 2>"$WORK/copy.err" &
+COPY_PID=$!
+wait_api 60 '"running"' copy-file-status
+try fcopy_busy copy-file "$WORK/small.txt" /root/other.txt
+wait_api 60 '"bytes_written": [1-9]' copy-file-status
+echo "RESULT fcopy_progress=$(api copy-file-status | tr '\n' ' ')"
+wait $COPY_PID
+echo "RESULT fcopy_rc=$?"
+echo "RESULT fcopy_result=$(tr '\n' ' ' < "$WORK/copy.json")"
+echo "RESULT fcopy_error=$(cat "$WORK/copy.err")"
+# The guest's daemon refuses an existing file without --overwrite, and a missing directory
+# without --create-path.
+try fcopy_exists copy-file "$WORK/small.txt" /root/big.bin
+try fcopy_nodir copy-file "$WORK/small.txt" /root/new/dir/small.txt
+try fcopy_create_path copy-file "$WORK/small.txt" /root/new/dir/small.txt --create-path
+# What the guest has (sha256 of 100 MiB takes a while in the test host).
+guest 'echo "FCOPY""-GUEST sha=$(sha256sum /root/big.bin | cut -d" " -f1) size=$(stat -c %s /root/big.bin) small=$(cat /root/new/dir/small.txt | tr " " _) other=$(test -e /root/other.txt && echo yes || echo no)"'
+wait_serial FCOPY-GUEST 300
+echo "RESULT fcopy_seconds=$(awk "BEGIN { print $(now) - $fc_t0 }")"
+exec 3>&-
 t1=$(now)
 api shutdown --timeout 60 && echo "RESULT request=accepted"
 wait $VM_PID
@@ -57,7 +109,7 @@ echo "RESULT shutdown_seconds=$(awk "BEGIN { print $(now) - $t1 }")"
 "$ENL" image check "$DISK" >/dev/null 2>&1; echo "RESULT child_check=$?"
 dump_logs
 """
-DEBIAN.scenario("boot", SCRIPT, timeout=600,
+DEBIAN.scenario("boot", SCRIPT, timeout=1200,
                 files={"DEBIAN_VHDX": lambda: _image().vhdx, "DEBIAN_INITRD": lambda: _image().initrd})
 
 
@@ -103,6 +155,54 @@ class DebianDiskTests(unittest.TestCase):
         self.assertIn("Debian", pool.get("OSName", ""), self.why())
         self.assertEqual(pool.get("OSMajorVersion"), "12", "VERSION_ID of /etc/os-release" + self.why())
         self.assertIn(_image().kernel_version, pool.values(), "the kernel release (OSBuildNumber)" + self.why())
+
+    def fcopy_guest(self) -> dict[str, str]:
+        m = re.search(r"FCOPY-GUEST (sha=.*?)\r?$", self.res.output, re.M)
+        self.assertIsNotNone(m, "the guest's shell never reported the copied files" + self.why())
+        return dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv)
+
+    def test_hv_fcopy_daemon_runs_as_a_service(self) -> None:
+        m = re.search(r"FCOPY-DAEMON (\S+)", self.res.output)
+        self.assertIsNotNone(m, "no answer from the guest's shell" + self.why())
+        self.assertEqual(m.group(1), "active", "systemctl is-active hv-fcopy-daemon.service" + self.why())
+
+    def test_file_copy_of_100_mib_arrives_intact(self) -> None:
+        r = self.r
+        self.assertEqual(r.get("fcopy_rc"), "0", f"enlighten remote copy-file: {r.get('fcopy_error')}" + self.why())
+        result = json.loads(r.get("fcopy_result") or "{}")
+        self.assertEqual(result.get("bytes"), 100 << 20, self.why())
+        guest = self.fcopy_guest()
+        self.assertEqual(guest.get("size"), str(100 << 20), self.why())
+        self.assertEqual(guest.get("sha"), r.get("fcopy_host_sha"), "sha256 in the guest and in the host" + self.why())
+        print(f"[file copy: 100 MiB at {result.get('mib_per_s', 0):.1f} MiB/s ({result.get('elapsed_ms')} ms); "
+              f"the file copy part took {r.get('fcopy_seconds')} s] ", end="", file=sys.stderr, flush=True)
+
+    def test_file_copy_shows_progress_and_runs_one_at_a_time(self) -> None:
+        r = self.r
+        progress = json.loads(r.get("fcopy_progress", "{}") or "{}")
+        self.assertEqual(progress.get("state"), "running", self.why())
+        self.assertEqual(progress.get("bytes_total"), 100 << 20, self.why())
+        self.assertGreater(progress.get("bytes_written", 0), 0, self.why())
+        self.assertLess(progress.get("bytes_written", 0), 100 << 20, self.why())
+        self.assertIn("a file copy is running already", r.get("fcopy_busy", ""), self.why())
+        self.assertTrue(r.get("fcopy_busy", "").endswith("rc=1"), self.why())
+        self.assertEqual(self.fcopy_guest().get("other"), "no", "the refused copy made no file" + self.why())
+
+    def test_file_copy_refuses_an_existing_file_without_overwrite(self) -> None:
+        r = self.r.get("fcopy_exists", "")
+        self.assertTrue(r.endswith("rc=1"), self.why())
+        self.assertIn("/root/big.bin exists in the guest and overwrite is off", r, self.why())
+        self.assertIn("HV_ERROR_ALREADY_EXISTS (0x80070050)", r, self.why())
+        # and the file is the 100 MiB one still
+        self.assertEqual(self.fcopy_guest().get("sha"), self.r.get("fcopy_host_sha"), self.why())
+
+    def test_file_copy_needs_create_path_for_a_missing_directory(self) -> None:
+        r = self.r
+        self.assertTrue(r.get("fcopy_nodir", "").endswith("rc=1"), self.why())
+        self.assertIn("HV_E_FAIL (0x80004005)", r.get("fcopy_nodir", ""), self.why())
+        self.assertIn("/root/new/dir/ does not exist (create_path is off)", r.get("fcopy_nodir", ""), self.why())
+        self.assertTrue(r.get("fcopy_create_path", "").endswith("rc=0"), self.why())
+        self.assertEqual(self.fcopy_guest().get("small"), "small_file", self.why())
 
     def test_shutdown_through_the_api_powers_off_cleanly(self) -> None:
         r = self.r

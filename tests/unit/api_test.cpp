@@ -31,6 +31,7 @@
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
 #include "common/thread_stack.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace enlighten;
 using namespace enlighten::api;
@@ -184,6 +185,18 @@ public:
         if (id != "net0") return std::unexpected(ApiError{ErrorKind::NotFound, "no NIC " + id});
         return {};
     }
+    ApiResult<CopyFileResult> copy_file(const CopyFileRequest& r) override {
+        record(fmt::format("copy-file {} {}{}{}", r.source, r.destination, r.overwrite ? " overwrite" : "",
+                           r.create_path ? " create_path" : ""));
+        std::lock_guard lock(mu_);
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        return CopyFileResult{3ULL << 20, 1500};
+    }
+    CopyFileProgress copy_file_progress() override {
+        record("copy-file-status");
+        return copy_progress;
+    }
+    CopyFileProgress copy_progress;
     ApiResult<MemoryInfo> memory() override {
         record("memory");
         return mem;
@@ -242,15 +255,8 @@ private:
 
 // ---- clients ---------------------------------------------------------------------------
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char tmpl[] = "/tmp/enl-api-XXXXXX";
-        const char* p = ::mkdtemp(tmpl);
-        if (p == nullptr) std::abort();
-        path = p;
-    }
-    ~TempDir() { std::system(("rm -rf " + path).c_str()); }
+struct TempDir : test::TempDir {
+    TempDir() : test::TempDir("enl-api") {}
 };
 
 UniqueFd connect_to(const std::string& path) {
@@ -723,6 +729,63 @@ TEST_F(ApiServerTest, VmControlErrorsMapToStatuses) {
     auto r = get("/api/v1/vm.kvp/guest");
     EXPECT_EQ(r->status, 409);
     EXPECT_EQ(error_of(r->body), "the KVP service is not connected");
+}
+
+TEST_F(ApiServerTest, CopyFileRunsGetsProgressAndMapsErrors) {
+    auto r = put("/api/v1/vm.copy-file", R"({"source":"/host/a b","destination":"/root/x","create_path":true})");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    EXPECT_EQ(Json::parse(r->body), Json::parse(R"({"source":"/host/a b","destination":"/root/x","bytes":3145728,
+        "elapsed_ms":1500,"mib_per_s":2.0})"));
+    vm.copy_progress = {"running", "/host/a b", "/root/x", 1000, 600, 500, 250, ""};
+    r = get("/api/v1/vm.copy-file");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    const Json j = Json::parse(r->body);
+    EXPECT_EQ(j["state"], "running");
+    EXPECT_EQ(j["bytes_total"], 1000);
+    EXPECT_EQ(j["bytes_sent"], 600);
+    EXPECT_EQ(j["bytes_written"], 500);
+    EXPECT_EQ(j["elapsed_ms"], 250);
+    EXPECT_DOUBLE_EQ(j["mib_per_s"].get<double>(), 500.0 / (1 << 20) / 0.25);
+    EXPECT_TRUE(j["error"].is_null());
+    vm.copy_progress = {"failed", "/h", "/g", 10, 10, 0, 0, "the guest's disk is full"};
+    r = get("/api/v1/vm.copy-file");
+    EXPECT_EQ(Json::parse(r->body)["error"], "the guest's disk is full");
+    EXPECT_TRUE(Json::parse(r->body)["mib_per_s"].is_null());
+    // The guest's refusal, and what the VMM says of the state, reach the client as they are.
+    vm.fail_next(ErrorKind::Conflict, "/root/x exists in the guest and overwrite is off");
+    r = put("/api/v1/vm.copy-file", R"({"source":"/h","destination":"/root/x"})");
+    EXPECT_EQ(r->status, 409);
+    EXPECT_EQ(error_of(r->body), "/root/x exists in the guest and overwrite is off");
+    r = del("/api/v1/vm.copy-file");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 405);
+    EXPECT_EQ(r->header("Allow"), "GET, HEAD, PUT");
+    EXPECT_EQ(vm.calls(), (std::vector<std::string>{"copy-file /host/a b /root/x create_path", "copy-file-status",
+                                                    "copy-file-status", "copy-file /h /root/x"}));
+}
+
+TEST_F(ApiServerTest, CopyFileBodiesAreChecked) {
+    const std::pair<std::string, const char*> cases[] = {
+        {"", "a JSON object body is required"},
+        {R"({"destination":"/x"})", "source (a string) is required"},
+        {R"({"source":"/x"})", "destination (a string) is required"},
+        {R"({"source":5,"destination":"/x"})", "source (a string) is required"},
+        {R"({"source":"","destination":"/x"})", "source is empty"},
+        {R"({"source":"/a","destination":"/x","overwrite":"yes"})", "overwrite must be true or false"},
+        {R"({"source":"/a","destination":"/x","create_path":1})", "create_path must be true or false"},
+        {R"({"source":"/a","destination":"/x","mode":1})", "unknown field 'mode'"},
+        {R"({"source":"/a\u0000b","destination":"/x"})", "source contains a NUL character"},
+        {R"({"source":"/a","destination":")" + std::string(4097, 'd') + "\"}", "destination is longer than 4096 bytes"},
+    };
+    for (const auto& [body, part] : cases) {
+        auto r = put("/api/v1/vm.copy-file", body);
+        ASSERT_TRUE(r) << body;
+        EXPECT_EQ(r->status, 400) << body;
+        EXPECT_NE(error_of(r->body).find(part), std::string::npos) << body << " -> " << r->body;
+    }
+    EXPECT_TRUE(vm.calls().empty());
 }
 
 // ---- bad input -------------------------------------------------------------------------
@@ -1223,6 +1286,26 @@ TEST_F(ApiServerTest, CliErrorsAreOneLine) {
     r = run_cli({"--api-socket", sock, "time-sync"});
     EXPECT_EQ(r.status, 1);
     EXPECT_EQ(r.err, "enlighten: error: the guest did not answer\n");
+}
+
+TEST_F(ApiServerTest, CliCopyFile) {
+    CliRun r = run_cli({"--api-socket", sock, "copy-file", "/host/data.bin", "/srv/in/data.bin", "--overwrite",
+                        "--create-path"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(Json::parse(r.out)["bytes"], 3ULL << 20);
+    r = run_cli({"--api-socket", sock, "copy-file", "/h", "/g"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    vm.copy_progress.state = "done";
+    r = run_cli({"--api-socket", sock, "copy-file-status"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(Json::parse(r.out)["state"], "done");
+    vm.fail_next(ErrorKind::Conflict, "a file copy is running already");
+    r = run_cli({"--api-socket", sock, "copy-file", "/h", "/g"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.err, "enlighten: error: a file copy is running already\n");
+    EXPECT_THROW(run_cli({"--api-socket", sock, "copy-file", "/h"}), CLI::ParseError);  // no destination
+    EXPECT_EQ(vm.calls(), (std::vector<std::string>{"copy-file /host/data.bin /srv/in/data.bin overwrite create_path",
+                                                    "copy-file /h /g", "copy-file-status", "copy-file /h /g"}));
 }
 
 TEST(ApiCli, NoServer) {

@@ -14,146 +14,18 @@
 
 #include "devices/ic/factory.hpp"
 #include "devices/ic/services.hpp"
+#include "support/ic_guest.hpp"
 #include "support/sim_guest.hpp"
 
 using namespace enlighten;
 using namespace enlighten::ic;
 using enlighten::test::SimChannel;
 using enlighten::test::SimGuest;
+using enlighten::test::FakeClock;
+using enlighten::test::GuestIc;
+using enlighten::test::prep_negotiate_resp;
 using namespace std::chrono_literals;
 
-namespace {
-
-// Port of drivers/hv/channel_mgmt.c vmbus_prep_negotiate_resp(): picks the first of the
-// guest's versions that the host offered; rewrites the buffer in place.
-bool prep_negotiate_resp(std::vector<uint8_t>& buf, const std::vector<uint32_t>& fw, const std::vector<uint32_t>& srv,
-                         uint32_t* chosen) {
-    IcMsgHeader hdr;
-    std::memcpy(&hdr, buf.data() + sizeof(PipeHeader), sizeof(hdr));
-    IcNegotiate neg;
-    std::memcpy(&neg, buf.data() + kIcHeaderSize, sizeof(neg));
-    hdr.icmsgsize = 0x10;
-    auto ver = [&](size_t j) {
-        IcVersion v;
-        std::memcpy(&v, buf.data() + kIcHeaderSize + sizeof(neg) + 4 * j, 4);
-        return v;
-    };
-    if (buf.size() < kIcHeaderSize + sizeof(neg) + 4u * (neg.icframe_vercnt + neg.icmsg_vercnt)) return false;
-    bool found = false;
-    IcVersion f{}, m{};
-    for (uint32_t want : fw) {
-        for (size_t j = 0; j < neg.icframe_vercnt && !found; ++j)
-            if (ic_version_value(ver(j)) == want) { f = ver(j); found = true; }
-        if (found) break;
-    }
-    if (found) {
-        found = false;
-        for (uint32_t want : srv) {
-            for (size_t j = neg.icframe_vercnt; j < size_t{neg.icframe_vercnt} + neg.icmsg_vercnt && !found; ++j)
-                if (ic_version_value(ver(j)) == want) { m = ver(j); found = true; }
-            if (found) break;
-        }
-    }
-    neg.icframe_vercnt = found ? 1 : 0;
-    neg.icmsg_vercnt = found ? 1 : 0;
-    std::memcpy(buf.data() + kIcHeaderSize, &neg, sizeof(neg));
-    std::memcpy(buf.data() + kIcHeaderSize + sizeof(neg), &f, 4);
-    std::memcpy(buf.data() + kIcHeaderSize + sizeof(neg) + 4, &m, 4);
-    std::memcpy(buf.data() + sizeof(PipeHeader), &hdr, sizeof(hdr));
-    if (chosen) *chosen = ic_version_value(m);
-    return found;
-}
-
-// hv_utils on a channel of the simulated guest: answers every request the host wrote, one
-// packet per interrupt, with the same transaction id, as util_probe's callbacks do.
-class GuestIc {
-public:
-    using Handler = std::function<void(IcMsgHeader& hdr, std::vector<uint8_t>& buf)>;
-    GuestIc(SimGuest& g, std::shared_ptr<vmbus::Device> dev, std::vector<uint32_t> versions, Handler handler)
-        : g_(g), versions_(std::move(versions)), handler_(std::move(handler)) {
-        relid_ = g.server().add_device(std::move(dev)).value();
-        if (!g.server().connected()) g.connect();
-        g.sink().take();
-        ch_ = g.open_channel(relid_, 3, 3);
-        g.sink().take();
-    }
-    // Answers what the host sent; returns how many requests there were.
-    int serve() {
-        int n = 0;
-        while (auto p = ch_.to_guest.read()) {
-            ++n;
-            ++requests;
-            if (silent) continue;
-            std::vector<uint8_t> buf = p->payload;
-            if (buf.size() < kIcHeaderSize) {
-                ADD_FAILURE() << "a packet of " << buf.size() << " bytes from the host";
-                continue;
-            }
-            IcMsgHeader hdr = read_prefix<IcMsgHeader>(std::span(buf).subspan(sizeof(PipeHeader))).value();
-            if (hdr.icmsgtype == kIcNegotiate) {
-                uint32_t chosen = 0;
-                const bool ok = prep_negotiate_resp(buf, {0x30000, 0x10000}, versions_, &chosen);
-                negotiated = ok ? chosen : 0;
-                std::memcpy(&hdr, buf.data() + sizeof(PipeHeader), sizeof(hdr));
-            } else {
-                handler_(hdr, buf);
-            }
-            hdr.icflags = kIcFlagTransaction | kIcFlagResponse;
-            std::memcpy(buf.data() + sizeof(PipeHeader), &hdr, sizeof(hdr));
-            EXPECT_TRUE(g_.send(ch_, vmbus::kPacketDataInband, p->desc.trans_id, buf, {}, true));
-        }
-        return n;
-    }
-    // The host's work and the guest's answers until both are quiet.
-    void step() {
-        for (int i = 0; i < 100; ++i) {
-            g_.pump();
-            if (serve() == 0) break;
-        }
-        g_.pump();
-    }
-    // Runs `call` on another thread (it waits for the guest, as the API's threads do) while
-    // this thread runs the loop and the guest.
-    template <typename F>
-    auto while_serving(F call) {
-        std::atomic<bool> done{false};
-        decltype(call()) result{};
-        std::thread t([&] {
-            result = call();
-            done = true;
-        });
-        while (!done) {
-            step();
-            std::this_thread::sleep_for(1ms);
-        }
-        t.join();
-        return result;
-    }
-    uint32_t relid() const { return relid_; }
-    SimChannel& channel() { return ch_; }
-
-    bool silent = false;
-    uint32_t negotiated = 0;
-    int requests = 0;
-
-private:
-    SimGuest& g_;
-    std::vector<uint32_t> versions_;
-    Handler handler_;
-    uint32_t relid_ = 0;
-    SimChannel ch_;
-};
-
-// A clock the test moves.
-struct FakeClock {
-    EventLoop::Clock::time_point now{};
-    void install(EventLoop& loop) {
-        now = EventLoop::Clock::now();
-        loop.set_clock_for_testing([this] { return now; });
-    }
-};
-
-}  // namespace
 
 TEST(IcNegotiation, RequestLayoutAndLinuxPicksItsPreferredCommonVersion) {
     const uint32_t fw[] = {0x30000, 0x10000};

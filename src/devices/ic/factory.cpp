@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
 
 namespace enlighten::ic {
@@ -56,6 +57,12 @@ Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg) {
     ENL_TRY_VOID(only(cfg, {"instance"}));
     ENL_TRY(std::string instance, instance_of(cfg));
     return std::make_shared<KvpService>(instance.c_str());
+}
+
+Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg) {
+    ENL_TRY_VOID(only(cfg, {"instance"}));
+    ENL_TRY(std::string instance, instance_of(cfg));
+    return std::make_shared<FcopyService>(instance.c_str());
 }
 
 std::string service_instance(const vmbus::Guid& vm_id, std::string_view service) {

@@ -20,9 +20,10 @@ Result<std::shared_ptr<vmbus::Device>> make_heartbeat(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_shutdown(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_timesync(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg);
+Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg);
 
 // The integration services every Hyper-V VM has, by device id (= kind), in offer order.
-inline constexpr const char* kIntegrationServices[] = {"heartbeat", "shutdown", "timesync", "kvp"};
+inline constexpr const char* kIntegrationServices[] = {"heartbeat", "shutdown", "timesync", "kvp", "fcopy"};
 
 // A service's VMBus instance GUID, derived from the VM's id (--vm-id): the same VM names its
 // devices the same at every boot, and two VMs never share them.

@@ -30,8 +30,11 @@ vmbus::OfferParams with_signal_every_packet(vmbus::OfferParams offer) {
 }
 }  // namespace
 
-IcDevice::IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions)
-    : SimpleDevice(with_signal_every_packet(std::move(offer))), msg_type_(msg_type), versions_(std::move(versions)) {}
+IcDevice::IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions, size_t max_in_flight)
+    : SimpleDevice(with_signal_every_packet(std::move(offer))),
+      msg_type_(msg_type),
+      versions_(std::move(versions)),
+      max_in_flight_(std::max<size_t>(max_in_flight, 1)) {}
 
 std::vector<uint8_t> IcDevice::negotiate_request(std::span<const uint32_t> framework, std::span<const uint32_t> versions) {
     const size_t body = sizeof(IcNegotiate) + (framework.size() + versions.size()) * sizeof(IcVersion);
@@ -157,7 +160,8 @@ void IcDevice::on_ring_space() {
         on_opened();
         return;
     }
-    if (in_flight_ && !in_flight_sent_) send_in_flight();
+    if (!in_flight_.empty() && !in_flight_.back()->sent && !send_pending(in_flight_.back())) return;
+    start_next();
 }
 
 void IcDevice::on_unsolicited(const IcMsgHeader& hdr, std::span<const uint8_t>) {
@@ -187,9 +191,11 @@ void IcDevice::on_packet(const vmbus::PacketView& packet) {
         start_next();
         return;
     }
-    if (in_flight_ && in_flight_sent_ && packet.trans_id == in_flight_->id) {
-        finish(in_flight_->id, IcResponse{hdr.status, std::vector<uint8_t>(body.begin(), body.end())});
-        return;
+    for (const auto& p : in_flight_) {
+        if (p->sent && packet.trans_id == p->id) {
+            finish(p->id, IcResponse{hdr.status, hdr.icmsgtype, std::vector<uint8_t>(body.begin(), body.end())});
+            return;
+        }
     }
     ENL_LOG_LIMITED(warn, "{}: response with unknown transaction id {}", offer().name, packet.trans_id);
 }
@@ -218,36 +224,44 @@ void IcDevice::enqueue(std::shared_ptr<Pending> p, std::chrono::milliseconds tim
     start_next();
 }
 
+// Sends queued requests in order while fewer than max_in_flight_ are unanswered and the
+// last one sent found room in the ring.
 void IcDevice::start_next() {
-    if (in_flight_ || queue_.empty() || state() != IcState::Ready) return;
-    in_flight_ = std::move(queue_.front());
-    queue_.pop_front();
-    in_flight_sent_ = false;
-    send_in_flight();
+    while (in_flight_.size() < max_in_flight_ && !queue_.empty() && state() == IcState::Ready &&
+           (in_flight_.empty() || in_flight_.back()->sent)) {
+        auto p = std::move(queue_.front());
+        queue_.pop_front();
+        in_flight_.push_back(p);
+        if (!send_pending(p)) return;
+    }
 }
 
-void IcDevice::send_in_flight() {
-    const auto request = build_request(msg_type_, in_flight_->body, static_cast<uint8_t>(in_flight_->id));
+// False if the request is still waiting: the ring is full (on_ring_space() sends it again),
+// or it failed and was finished (finish() went on with the next one).
+bool IcDevice::send_pending(std::shared_ptr<Pending> p) {
+    const auto request = build_request(msg_type_, p->body, static_cast<uint8_t>(p->id));
     const iovec iov = iov_of(request);
-    auto sent = send(vmbus::OutPacket::inband(in_flight_->id, std::span(&iov, 1)));
+    auto sent = send(vmbus::OutPacket::inband(p->id, std::span(&iov, 1)));
     if (sent) {
-        in_flight_sent_ = true;
-    } else if (!sent.error().is(Errc::Busy)) {  // Busy: sent again from on_ring_space()
-        finish(in_flight_->id, std::unexpected(sent.error()));
+        p->sent = true;
+        return true;
     }
+    if (!sent.error().is(Errc::Busy)) finish(p->id, std::unexpected(sent.error()));
+    return false;
 }
 
 // Completes transaction `id` (in flight or queued) and starts the next one.
 void IcDevice::finish(uint64_t id, Result<IcResponse> result) {
     std::shared_ptr<Pending> p;
-    if (in_flight_ && in_flight_->id == id) {
-        p = std::move(in_flight_);
-        in_flight_.reset();
-    } else {
-        auto it = std::find_if(queue_.begin(), queue_.end(), [&](const auto& q) { return q->id == id; });
-        if (it == queue_.end()) return;  // already finished
+    auto match = [&](const auto& q) { return q->id == id; };
+    if (auto it = std::find_if(in_flight_.begin(), in_flight_.end(), match); it != in_flight_.end()) {
         p = std::move(*it);
-        queue_.erase(it);
+        in_flight_.erase(it);
+    } else {
+        auto q = std::find_if(queue_.begin(), queue_.end(), match);
+        if (q == queue_.end()) return;  // already finished
+        p = std::move(*q);
+        queue_.erase(q);
     }
     if (loop()) loop()->cancel(p->timer);
     p->done(std::move(result));
@@ -255,10 +269,9 @@ void IcDevice::finish(uint64_t id, Result<IcResponse> result) {
 }
 
 void IcDevice::fail_all(const Error& e) {
-    std::deque<std::shared_ptr<Pending>> all = std::exchange(queue_, {});
-    if (in_flight_) all.push_front(std::exchange(in_flight_, nullptr));
+    std::deque<std::shared_ptr<Pending>> all = std::exchange(in_flight_, {});
+    for (auto& p : std::exchange(queue_, {})) all.push_back(std::move(p));
     for (const auto& p : all) {
-        if (!p) continue;
         if (loop()) loop()->cancel(p->timer);
         p->done(std::unexpected(e));
     }

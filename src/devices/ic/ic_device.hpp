@@ -4,8 +4,9 @@
 //
 // Each service has its own queue of transactions, one in flight at a time (hv_utils reads
 // one packet per interrupt and its daemons answer one request at a time), each with its own
-// deadline. Transactions complete from callbacks on the control loop; nothing waits on a
-// shared thread, so a slow KVP daemon cannot make the heartbeat look lost.
+// deadline; a service whose guest side queues safely (file copy: contract-services.md §1.3)
+// may keep more in flight. Transactions complete from callbacks on the control loop; nothing
+// waits on a shared thread, so a slow KVP daemon cannot make the heartbeat look lost.
 //
 // Threads: the hooks (on_ready, on_packet, ...) and transaction callbacks run on the control
 // loop. transact() may be called from any thread; transact_wait() and wait_ready() from any
@@ -46,9 +47,11 @@ const char* to_string(IcState s);
 enum class IcContact { NoContact, Ok, Lost };
 const char* to_string(IcContact c);  // "No Contact", "OK", "Lost Communication"
 
-// The guest's answer to a request: its status and the message body (after the IC header).
+// The guest's answer to a request: its status, the message type it answered with and the
+// message body (after the IC header).
 struct IcResponse {
     uint32_t status = 0;
+    uint16_t msg_type = 0;
     std::vector<uint8_t> body;
 };
 
@@ -56,7 +59,9 @@ class IcDevice : public vmbus::SimpleDevice, public std::enable_shared_from_this
 public:
     using Callback = std::move_only_function<void(Result<IcResponse>)>;
 
-    IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions);
+    // `max_in_flight`: requests sent to the guest and not yet answered, at most (1 for
+    // every service but file copy).
+    IcDevice(vmbus::OfferParams offer, uint16_t msg_type, std::vector<uint32_t> versions, size_t max_in_flight = 1);
 
     [[nodiscard]] IcState state() const;
     // Negotiated message version, e.g. 0x30002 (0 before negotiation).
@@ -99,6 +104,7 @@ private:
         std::vector<uint8_t> body;
         Callback done;
         uint64_t timer = 0;
+        bool sent = false;  // in the guest's ring (false: it found the ring full; sent again on space)
     };
     void on_opened() final;
     void on_closed() final;
@@ -106,7 +112,7 @@ private:
     void on_ring_space() final;
     void enqueue(std::shared_ptr<Pending> p, std::chrono::milliseconds timeout);
     void start_next();
-    void send_in_flight();
+    bool send_pending(std::shared_ptr<Pending> p);
     void finish(uint64_t id, Result<IcResponse> result);
     void fail_all(const Error& e);
     [[nodiscard]] std::vector<uint8_t> build_request(uint16_t type, std::span<const uint8_t> body, uint8_t txn) const;
@@ -114,11 +120,11 @@ private:
 
     const uint16_t msg_type_;
     const std::vector<uint32_t> versions_;
+    const size_t max_in_flight_;
 
     // Loop thread only.
-    std::deque<std::shared_ptr<Pending>> queue_;
-    std::shared_ptr<Pending> in_flight_;
-    bool in_flight_sent_ = false;
+    std::deque<std::shared_ptr<Pending>> queue_;      // not sent yet
+    std::deque<std::shared_ptr<Pending>> in_flight_;  // sent in this order (only the last may wait for ring space)
     uint64_t next_trans_id_ = 1;
     uint64_t negotiate_trans_id_ = 0;
     bool negotiate_pending_ = false;  // the negotiate request found the ring full

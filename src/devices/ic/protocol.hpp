@@ -1,5 +1,5 @@
 // Integration-services wire formats (Linux include/linux/hyperv.h "ICMSG" definitions and
-// include/uapi/linux/hyperv.h for KVP; drivers/hv/hv_util.c, hv_kvp.c).
+// include/uapi/linux/hyperv.h for KVP and file copy; drivers/hv/hv_util.c, hv_kvp.c, hv_fcopy.c).
 #pragma once
 
 #include <cstddef>
@@ -48,6 +48,7 @@ enum IcMsgType : uint16_t {
     kIcKvpExchange = 2,
     kIcShutdown = 3,
     kIcTimeSync = 4,
+    kIcFcopy = 7,
 };
 inline constexpr uint8_t kIcFlagTransaction = 1;
 inline constexpr uint8_t kIcFlagRequest = 2;
@@ -56,6 +57,8 @@ inline constexpr uint8_t kIcFlagResponse = 4;
 inline constexpr uint32_t kHvSOk = 0x00000000;
 inline constexpr uint32_t kHvEFail = 0x80004005;
 inline constexpr uint32_t kHvSCont = 0x80070103;
+inline constexpr uint32_t kHvErrorAlreadyExists = 0x80070050;
+inline constexpr uint32_t kHvErrorDiskFull = 0x80070070;
 
 // struct icmsg_negotiate (versions follow: framework ones, then message ones)
 struct IcNegotiate {
@@ -155,5 +158,41 @@ struct __attribute__((packed)) KvpMessage {
 };
 ENL_WIRE(KvpMessage, 4 + 4 + 2572);
 ENL_WIRE_OFFSET(KvpMessage, body, 4);
+
+// File copy (include/uapi/linux/hyperv.h: hv_fcopy_hdr, hv_start_fcopy, hv_do_fcopy).
+enum FcopyOp : uint32_t { kFcopyStart = 0, kFcopyWrite = 1, kFcopyComplete = 2, kFcopyCancel = 3 };
+inline constexpr uint32_t kFcopyOverwrite = 0x1;   // OVER_WRITE
+inline constexpr uint32_t kFcopyCreatePath = 0x2;  // CREATE_PATH
+inline constexpr size_t kFcopyMaxPath = 260;       // W_MAX_PATH, UTF-16 code units with the NUL
+inline constexpr size_t kFcopyDataFragment = 6144; // DATA_FRAGMENT: the most one WRITE_TO_FILE carries
+
+struct __attribute__((packed)) FcopyHeader {
+    uint32_t operation;
+    uint8_t service_id0[16];  // unused
+    uint8_t service_id1[16];  // unused
+};
+ENL_WIRE(FcopyHeader, 36);
+
+struct __attribute__((packed)) FcopyStart {
+    FcopyHeader hdr;
+    uint16_t file_name[kFcopyMaxPath];  // UTF-16LE, NUL-terminated
+    uint16_t path_name[kFcopyMaxPath];  // the directory, UTF-16LE, NUL-terminated
+    uint32_t copy_flags;
+    uint64_t file_size;
+};
+ENL_WIRE(FcopyStart, 1088);
+ENL_WIRE_OFFSET(FcopyStart, path_name, 556);
+ENL_WIRE_OFFSET(FcopyStart, copy_flags, 1076);
+
+struct __attribute__((packed)) FcopyWrite {
+    FcopyHeader hdr;
+    uint32_t pad;
+    uint64_t offset;
+    uint32_t size;
+    uint8_t data[kFcopyDataFragment];
+};
+ENL_WIRE(FcopyWrite, 6196);
+ENL_WIRE_OFFSET(FcopyWrite, offset, 40);
+ENL_WIRE_OFFSET(FcopyWrite, data, 52);
 
 }  // namespace enlighten::ic

@@ -241,7 +241,7 @@ Result<std::vector<uint8_t>> KvpService::encode_utf16(const std::string& utf8, s
         i += len;
     }
     put(0);
-    if (out.size() > max_bytes) return fail("is {} bytes in UTF-16, more than the {} KVP allows", out.size(), max_bytes);
+    if (out.size() > max_bytes) return fail("is {} bytes in UTF-16, more than the {} that fit", out.size(), max_bytes);
     return out;
 }
 
