@@ -14,6 +14,14 @@ namespace enlighten {
 
 enum class OnReboot { Restart, Exit };
 
+// The VM console's devices (--display): the synthetic video, keyboard and mouse on VMBus, and
+// the video's PCI identity (1414:5353) on the PCI bus.
+struct DisplayConfig {
+    bool enabled = true;
+    uint32_t width = 1024;  // the mode the video offers as the guest's default and largest
+    uint32_t height = 768;
+};
+
 
 struct VmConfig {
     std::string kernel;
@@ -28,6 +36,7 @@ struct VmConfig {
     bool exit_on_crash = true;  // --on-crash exit|stay: a guest crash report ends the VMM
     bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
+    DisplayConfig display;   // with the Hyper-V interface only
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;
