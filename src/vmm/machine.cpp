@@ -98,6 +98,10 @@ public:
         return {};
     }
     Result<> discard(uint64_t gpa, uint64_t size) override { return m_.discard(gpa, size); }
+    Result<> map_vram(uint64_t gpa, uint64_t size) override {
+        ENL_TRY_VOID(m_.map_vram(gpa, size));
+        return {};
+    }
 
 private:
     MemoryManager& m_;
