@@ -98,6 +98,20 @@ public:
         if (u.min && u.max && *u.min > *u.max) return std::unexpected(ApiError{ErrorKind::BadRequest, "min > max"});
         return {};
     }
+    ApiResult<Screenshot> screenshot() override { return Screenshot{1, 1, std::string("\x89PNG\xff", 5)}; }
+    ApiResult<> send_keys(const SendKeysRequest& r) override {
+        // The router checked these (parse_send_keys).
+        if (r.text.size() > kMaxSendKeysText || r.keys.size() > kMaxSendKeysKeys || (r.text.empty() && r.keys.empty()))
+            __builtin_trap();
+        for (const auto& k : r.keys)
+            if (k.empty() || k.size() > kMaxKeyName) __builtin_trap();
+        return {};
+    }
+    ApiResult<> pointer(const PointerRequest& r) override {
+        if (r.wheel < -kMaxWheel || r.wheel > kMaxWheel || r.buttons > 0x1f || (r.click & (r.click - 1)) != 0)
+            __builtin_trap();
+        return {};
+    }
 };
 
 // One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.

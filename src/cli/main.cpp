@@ -5,6 +5,7 @@
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
+//                 [--display on|off[,resolution=WxH]]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -218,6 +219,32 @@ Result<std::vector<DeviceConfig>> vmbus_devices(const std::vector<std::string>& 
     return devices;
 }
 
+// --display on|off[,resolution=WxH] (a first element resolution=... alone means on).
+Result<DisplayConfig> parse_display(const std::string& spec) {
+    ENL_TRY(auto items, spec_items("--display", spec, "state"));
+    DisplayConfig d;
+    for (const auto& [key, value] : items) {
+        if (key == "state") {
+            if (value != "on" && value != "off") return fail("--display '{}': expected on or off first", spec);
+            d.enabled = value == "on";
+        } else if (key == "resolution") {
+            const size_t x = value.find('x');
+            uint32_t w = 0, h = 0;
+            const char* end = value.data() + value.size();
+            const bool ok = x != std::string::npos &&
+                            std::from_chars(value.data(), value.data() + x, w).ptr == value.data() + x &&
+                            std::from_chars(value.data() + x + 1, end, h).ptr == end && x > 0 && x + 1 < value.size();
+            if (!ok || w < 640 || h < 480 || w > 7680 || h > 4320)
+                return fail("--display resolution '{}': expected WIDTHxHEIGHT from 640x480 to 7680x4320", value);
+            d.width = w;
+            d.height = h;
+        } else {
+            return fail("--display '{}': unknown key '{}' (state, resolution)", spec, key);
+        }
+    }
+    return d;
+}
+
 Result<uint32_t> parse_cpus(std::string text) {
     if (text.starts_with("boot=")) text = text.substr(5);
     uint32_t n = 0;
@@ -376,6 +403,11 @@ int main(int argc, char** argv) {
                     "A NIC: backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT]..."
                     "[,queues=N][,id=NAME]; repeatable (docs/network.md)")
         ->take_all();
+    std::string display = "on";
+    run->add_option("--display", display,
+                    "The VM console: synthetic video, keyboard and mouse (screenshots and input through the API): "
+                    "on|off[,resolution=WxH] (default 1024x768)")
+        ->capture_default_str();
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -407,6 +439,9 @@ int main(int argc, char** argv) {
     cfg.hyperv = hyperv == "on";
     cfg.exit_on_crash = on_crash == "exit";
     cfg.host_decompress = decompress == "host";
+    auto disp = parse_display(display);
+    if (!disp) return error(disp.error());
+    cfg.display = *disp;
     if (cfg.hyperv) {
         // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.
         std::string vm_key = cfg.kernel;
@@ -424,6 +459,15 @@ int main(int argc, char** argv) {
         // The Dynamic Memory VSP is always offered (docs/memory.md): with dynamic=off it acts
         // only on an explicit target from the API.
         cfg.devices.push_back(mem->balloon);
+        // The console: Hyper-V gives every VM a synthetic keyboard, mouse and video.
+        if (cfg.display.enabled) {
+            cfg.devices.push_back(DeviceConfig{"keyboard", "keyboard", {}, {}});
+            cfg.devices.push_back(DeviceConfig{"mouse", "mouse", {}, {}});
+            cfg.devices.push_back(DeviceConfig{"video", "video",
+                                               {{"width", std::to_string(cfg.display.width)},
+                                                {"height", std::to_string(cfg.display.height)}},
+                                               {}});
+        }
     } else if (mem->dynamic_knobs) {
         return error(Error("--memory min/max/dynamic/buffer/weight need the Hyper-V interface (--hyperv on): "
                            "dynamic memory is served over VMBus"));

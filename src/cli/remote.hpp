@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -38,6 +39,16 @@ struct RemoteOptions {
     std::string mem_max;
     int64_t mem_buffer = -1;  // -1: not given
     std::string mem_dynamic;  // "on" | "off" | ""
+    // screenshot: where the PNG goes ("-": stdout)
+    std::string file;
+    // send-keys
+    std::string text;
+    std::vector<std::string> keys;
+    // pointer
+    uint32_t x = 0, y = 0;
+    std::vector<std::string> buttons;
+    std::string click;
+    int32_t wheel = 0;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

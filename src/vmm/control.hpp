@@ -46,6 +46,9 @@ public:
     api::ApiResult<> set_net_link(const std::string& id, bool up) override;
     api::ApiResult<api::MemoryInfo> memory() override;
     api::ApiResult<> set_memory(const api::MemoryUpdate& update) override;
+    api::ApiResult<api::Screenshot> screenshot() override;
+    api::ApiResult<> send_keys(const api::SendKeysRequest& request) override;
+    api::ApiResult<> pointer(const api::PointerRequest& request) override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);
