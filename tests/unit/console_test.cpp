@@ -26,6 +26,39 @@ namespace {
 
 constexpr uint64_t kMiB = 1ULL << 20;
 
+// One of the console's devices on a simulated guest: offered, the channel open with
+// `pages` data pages each way, what the host sent taken as it comes.
+template <typename Device>
+class DeviceGuest {
+public:
+    DeviceGuest(std::shared_ptr<Device> device, uint32_t pages, uint64_t ram_pages = 4096, RamControl* ram = nullptr)
+        : g(1, ram_pages), dev(std::move(device)) {
+        if (ram) g.server().set_ram_control(ram);
+        relid = g.server().add_device(dev).value();
+        g.connect();
+        for (const auto& o : SimGuest::offers(g.sink().take()))
+            if (o.child_relid == relid) offer_mmio = o.mmio_megabytes;
+        ch = g.open_channel(relid, pages, pages);
+        g.sink().take();
+    }
+    void send(std::span<const uint8_t> m, uint16_t type = vmbus::kPacketDataInband) {
+        EXPECT_TRUE(g.send(ch, type, ++trans, m, {}, true));
+        g.pump();
+    }
+    void send(const std::vector<uint8_t>& m) { send(std::span<const uint8_t>(m)); }
+    std::vector<std::vector<uint8_t>> received() {
+        std::vector<std::vector<uint8_t>> out;
+        while (auto p = ch.to_guest.read()) out.push_back(p->payload);
+        return out;
+    }
+    SimGuest g;
+    std::shared_ptr<Device> dev;
+    uint32_t relid = 0;
+    uint16_t offer_mmio = 0;
+    SimChannel ch;
+    uint64_t trans = 0;
+};
+
 // ---- synthvid as hyperv_fb sends it (synthvid_send: pipe size = vid size = 8 + body) ----
 
 std::vector<uint8_t> vid(video::MsgType type, std::span<const uint8_t> body) {
@@ -189,32 +222,12 @@ public:
 };
 
 // hyperv_fb on the simulated guest: 64 MiB of RAM, the VRAM at 32 MiB.
-class VideoGuest {
+class VideoGuest : public DeviceGuest<video::VideoDevice> {
 public:
     static constexpr uint64_t kVram = 32 * kMiB;
 
     explicit VideoGuest(video::VideoConfig cfg = {"", 1024, 768}, RamControl* ram = nullptr)
-        : g(1, 16384) {
-        cfg.instance_id = "5620e0c7-8062-4dce-aeb7-520c7ef76171";
-        if (ram) g.server().set_ram_control(ram);
-        dev = std::make_shared<video::VideoDevice>(cfg);
-        relid = g.server().add_device(dev).value();
-        g.connect();
-        offer_mmio = 0;
-        for (const auto& o : SimGuest::offers(g.sink().take()))
-            if (o.child_relid == relid) offer_mmio = o.mmio_megabytes;
-        ch = g.open_channel(relid, 8, 8);
-        g.sink().take();
-    }
-    void send(const std::vector<uint8_t>& m) {
-        EXPECT_TRUE(g.send(ch, vmbus::kPacketDataInband, ++trans, m, {}, true));
-        g.pump();
-    }
-    std::vector<std::vector<uint8_t>> received() {
-        std::vector<std::vector<uint8_t>> out;
-        while (auto p = ch.to_guest.read()) out.push_back(p->payload);
-        return out;
-    }
+        : DeviceGuest(make(std::move(cfg)), 8, 16384, ram) {}
     // hvfb_probe's sequence with the RAM framebuffer at kVram.
     void probe(uint32_t w = 1024, uint32_t h = 768) {
         send(vid(video::MsgType::VersionRequest, video::VersionRequestBody{video::kVersionWin10}));
@@ -224,12 +237,11 @@ public:
     }
     uint8_t* vram() { return g.ram().data() + kVram; }
 
-    SimGuest g;
-    std::shared_ptr<video::VideoDevice> dev;
-    uint32_t relid = 0;
-    uint16_t offer_mmio = 0;
-    SimChannel ch;
-    uint64_t trans = 0;
+private:
+    static std::shared_ptr<video::VideoDevice> make(video::VideoConfig cfg) {
+        cfg.instance_id = "5620e0c7-8062-4dce-aeb7-520c7ef76171";
+        return std::make_shared<video::VideoDevice>(std::move(cfg));
+    }
 };
 
 }  // namespace
@@ -530,33 +542,14 @@ TEST(Keymap, CombinationsPressInOrderAndReleaseInReverse) {
 
 namespace {
 
-class KeyboardGuest {
+class KeyboardGuest : public DeviceGuest<input::KeyboardDevice> {
 public:
-    KeyboardGuest() : g(1, 4096) {
-        dev = std::make_shared<input::KeyboardDevice>(input::kKeyboardInstance);
-        relid = g.server().add_device(dev).value();
-        g.connect();
-        g.sink().take();
-        ch = g.open_channel(relid, 8, 8);  // 36 KiB rings in Linux; 32 KiB of data here
-        g.sink().take();
-    }
-    void send(std::span<const uint8_t> m, uint16_t type = vmbus::kPacketDataInband) {
-        EXPECT_TRUE(g.send(ch, type, 0xffff888012345678, m, {}, true));
-        g.pump();
-    }
+    // 36 KiB rings in Linux: 32 KiB of data here.
+    KeyboardGuest() : DeviceGuest(std::make_shared<input::KeyboardDevice>(input::kKeyboardInstance), 8) {}
     void request(uint32_t version) {
         const input::KbdProtocolRequest r{1, version};
         send(as_bytes(r));
     }
-    std::vector<std::vector<uint8_t>> received() {
-        std::vector<std::vector<uint8_t>> out;
-        while (auto p = ch.to_guest.read()) out.push_back(p->payload);
-        return out;
-    }
-    SimGuest g;
-    std::shared_ptr<input::KeyboardDevice> dev;
-    uint32_t relid = 0;
-    SimChannel ch;
 };
 
 }  // namespace
@@ -666,25 +659,9 @@ std::vector<uint8_t> hid(input::HidMsgType type, std::span<const uint8_t> body) 
     return w.take();
 }
 
-class MouseGuest {
+class MouseGuest : public DeviceGuest<input::MouseDevice> {
 public:
-    MouseGuest() : g(1, 4096) {
-        dev = std::make_shared<input::MouseDevice>(input::kMouseInstance);
-        relid = g.server().add_device(dev).value();
-        g.connect();
-        g.sink().take();
-        ch = g.open_channel(relid, 8, 8);
-        g.sink().take();
-    }
-    void send(const std::vector<uint8_t>& m) {
-        EXPECT_TRUE(g.send(ch, vmbus::kPacketDataInband, 1, m, {}, true));
-        g.pump();
-    }
-    std::vector<std::vector<uint8_t>> received() {
-        std::vector<std::vector<uint8_t>> out;
-        while (auto p = ch.to_guest.read()) out.push_back(p->payload);
-        return out;
-    }
+    MouseGuest() : DeviceGuest(std::make_shared<input::MouseDevice>(input::kMouseInstance), 8) {}
     void handshake() {
         const uint32_t version = input::kMouseVersion;
         send(hid(input::HidMsgType::ProtocolRequest, as_bytes(version)));
@@ -692,10 +669,6 @@ public:
         const uint8_t reserved = 0;
         send(hid(input::HidMsgType::InitialDeviceInfoAck, std::span(&reserved, 1)));
     }
-    SimGuest g;
-    std::shared_ptr<input::MouseDevice> dev;
-    uint32_t relid = 0;
-    SimChannel ch;
 };
 
 }  // namespace

@@ -18,6 +18,15 @@ Result<std::string> instance(const DeviceConfig& cfg, const char* dflt) {
 
 }  // namespace
 
+vmbus::OfferParams input_offer(const char* name, const char* class_id, const std::string& instance_id) {
+    vmbus::OfferParams p;
+    p.name = name;
+    p.class_id = vmbus::Guid::parse(class_id);
+    p.instance_id = vmbus::Guid::parse(instance_id.c_str());
+    p.max_packet_from_guest = kMaxGuestPacket;
+    return p;
+}
+
 Result<std::shared_ptr<vmbus::Device>> make_keyboard(const DeviceConfig& cfg) {
     ENL_TRY(const std::string id, instance(cfg, kKeyboardInstance));
     return std::make_shared<KeyboardDevice>(id);

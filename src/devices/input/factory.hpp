@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "common/device_config.hpp"
 #include "common/result.hpp"
@@ -14,6 +15,8 @@
 namespace enlighten::input {
 
 Result<std::shared_ptr<vmbus::Device>> make_keyboard(const DeviceConfig& cfg);
+// The offer of the keyboard or the mouse (both have small, bounded guest messages).
+vmbus::OfferParams input_offer(const char* name, const char* class_id, const std::string& instance_id);
 Result<std::shared_ptr<vmbus::Device>> make_mouse(const DeviceConfig& cfg);
 
 }  // namespace enlighten::input

@@ -2,21 +2,12 @@
 
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
+#include "devices/input/factory.hpp"
 #include "devices/input/protocol.hpp"
 
 namespace enlighten::input {
 
 namespace {
-
-vmbus::OfferParams keyboard_offer(const std::string& instance_id) {
-    vmbus::OfferParams p;
-    p.name = "keyboard";
-    p.class_id = vmbus::Guid::parse(kKeyboardClassId);
-    p.instance_id = vmbus::Guid::parse(instance_id.c_str());
-    // The guest sends 8-byte messages; 64 bytes is plenty (OpenVMM's buffer).
-    p.max_packet_from_guest = 64 + 16;
-    return p;
-}
 
 template <typename T>
 std::vector<uint8_t> bytes_of(const T& v) {
@@ -29,7 +20,8 @@ constexpr size_t kReplySlack = 16;
 
 }  // namespace
 
-KeyboardDevice::KeyboardDevice(const std::string& instance_id) : SimpleDevice(keyboard_offer(instance_id)) {}
+KeyboardDevice::KeyboardDevice(const std::string& instance_id)
+    : SimpleDevice(input_offer("keyboard", kKeyboardClassId, instance_id)) {}
 
 void KeyboardDevice::on_opened() {
     // A new connection: the guest's atkbd knows no key as pressed (contract-input-video §2.3).

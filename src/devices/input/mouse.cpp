@@ -5,20 +5,12 @@
 
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
+#include "devices/input/factory.hpp"
 #include "devices/input/protocol.hpp"
 
 namespace enlighten::input {
 
 namespace {
-
-vmbus::OfferParams mouse_offer(const std::string& instance_id) {
-    vmbus::OfferParams p;
-    p.name = "mouse";
-    p.class_id = vmbus::Guid::parse(kMouseClassId);
-    p.instance_id = vmbus::Guid::parse(instance_id.c_str());
-    p.max_packet_from_guest = 64 + 16;
-    return p;
-}
 
 std::vector<uint8_t> hid_message(HidMsgType type, std::span<const uint8_t> body, uint32_t pipe_size) {
     ByteWriter w(kHidHeadersSize + body.size());
@@ -64,7 +56,8 @@ std::vector<uint8_t> input_report(const PointerState& s) {
 
 }  // namespace
 
-MouseDevice::MouseDevice(const std::string& instance_id) : SimpleDevice(mouse_offer(instance_id)) {}
+MouseDevice::MouseDevice(const std::string& instance_id)
+    : SimpleDevice(input_offer("mouse", kMouseClassId, instance_id)) {}
 
 uint16_t MouseDevice::scale(uint32_t p, uint32_t size) {
     if (size <= 1) return 0;

@@ -22,6 +22,10 @@ inline constexpr const char* kMouseClassId = "cfa8b69e-5b4a-4cc0-b98b-8ba1a1f3f9
 inline constexpr const char* kKeyboardInstance = "d34b2567-b9b6-42b9-8778-0a4ec0b955bf";
 inline constexpr const char* kMouseInstance = "58f75a6d-d949-4320-99e1-a2a2576d581c";
 
+// The guest sends messages of at most 24 bytes (and OpenVMM reads into 64): anything
+// longer than this, with its packet descriptor, fails the channel.
+inline constexpr uint32_t kMaxGuestPacket = 64 + 16;
+
 // ---- Keyboard ----
 
 enum class KbdMsgType : uint32_t { ProtocolRequest = 1, ProtocolResponse = 2, Event = 3, LedIndicators = 4 };
