@@ -14,7 +14,8 @@ Two guest boots in one test-host boot (session "console", 1-vCPU guests):
            framebuffer; the guest writes a pattern into /dev/fb0 (after unbinding fbcon so
            that nothing else draws) and vm.screenshot returns it pixel for pixel; pointer
            moves, a click and the wheel arrive at the mouse's event device with the right
-           absolute coordinates; typed keys (a letter and an E0 key) arrive at the keyboard's
+           absolute coordinates; typed keys (a letter and an E0 key) arrive at the keyboard's;
+           then fbcon again with a getty on tty1, where the host logs in by typing "root"
   hires    1920x1080: 8 MiB of framebuffer, more than Linux 6.1 can allocate, so hyperv_fb
            takes the VMBus MMIO pool, which the VMM backs on demand; /dev/fb0 and the
            screenshot have the mode
@@ -191,6 +192,14 @@ kill $kpid $mpid
 od -A n -t d2 -v -w24 /tmp/kbd.bin | sed 's/^/KBD /'
 od -A n -t d2 -v -w24 /tmp/mouse.bin | sed 's/^/MOUSE /'
 echo "CONSOLE-DONE"
+# The text console again, with a getty on tty1 that the host logs in to by typing.
+for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" "$v/name" && echo 1 > "$v/bind"; done
+echo 'root::0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'root:x:0:' > /etc/group
+mkdir -p /root
+setsid getty 38400 tty1 &
+sleep 1
+echo "GETTY-STARTED"
 """
 
 CONSOLE.scenario("console", CONSOLE_LIB + r"""
@@ -209,6 +218,17 @@ if wait_guest CONSOLE-READY 240; then
     wait_guest CONSOLE-DONE 120
     part input
     info final
+    # Log in on tty1 without a VNC client: the user name at getty's prompt, then a command
+    # whose answer only a shell gives (6*7), to the serial console.
+    if wait_guest GETTY-STARTED 60; then
+        sleep 2
+        api send-keys --text root Return; echo "RESULT host.login_rc=$?"
+        sleep 3
+        api send-keys --text 'echo LOGIN-$((6*7)) >/dev/ttyS0' Return; echo "RESULT host.command_rc=$?"
+        wait_guest LOGIN-42 60
+        shot login
+        part login
+    fi
 fi
 stop_vm
 """, job=JOB_CONSOLE, guest_files={"/pattern.bgrx": pattern_file}, timeout=600)
@@ -368,6 +388,21 @@ class ConsoleTests(ConsoleCase):
         self.assertEqual((info["keyboard"], info["mouse"]), ("ready", "ready"), describe(res))
         self.assertEqual(info["key_events"], 4, describe(res))
         self.assertEqual(sum(info["guest_errors"].values()), 0, describe(res))
+
+    def test_send_keys_logs_in_at_the_getty_on_the_framebuffer_console(self) -> None:
+        res, h, text = self.run_of(), self.host(), self.console()
+        self.assertEqual(h.get("host.login_rc"), "0", describe(res, 8000))
+        self.assertEqual(h.get("host.command_rc"), "0", describe(res, 8000))
+        # The shell the login started ran the typed command (6*7 is the shell's, not the keys').
+        self.assertIn("LOGIN-42", text, describe(res, 8000))
+        # And fbcon showed it: the screen has text on it (the login shown, not the pattern).
+        width, height, rgb = self.screenshot("login")
+        self.assertEqual((width, height), (WIDTH, HEIGHT), describe(res))
+        lit = sum(1 for i in range(0, len(rgb), 3) if rgb[i] or rgb[i + 1] or rgb[i + 2])
+        self.assertGreater(lit, 500, "the screen shows no text" + describe(res))
+        pattern_like = sum(1 for y in range(0, HEIGHT, 16) for x in range(0, WIDTH, 16)
+                           if tuple(rgb[(y * WIDTH + x) * 3:(y * WIDTH + x) * 3 + 3]) == pattern_pixel(x, y))
+        self.assertLess(pattern_like, WIDTH * HEIGHT // 256 // 2, "the pattern is still there" + describe(res))
 
     def test_the_input_devices_are_the_hyper_v_ones(self) -> None:
         res, text = self.run_of(), self.console()
