@@ -5,7 +5,7 @@
 //                 [--hyperv on|off] [--kernel-decompress host|guest] [--log-level LEVEL]
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
-//                 [--display on|off[,resolution=WxH]]
+//                 [--display on|off[,resolution=WxH]] [--vnc HOST:PORT|:PORT|unix:PATH]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -408,6 +408,10 @@ int main(int argc, char** argv) {
                     "The VM console: synthetic video, keyboard and mouse (screenshots and input through the API): "
                     "on|off[,resolution=WxH] (default 1024x768)")
         ->capture_default_str();
+    std::string vnc;
+    run->add_option("--vnc", vnc,
+                    "Serve the console over VNC: HOST:PORT (an IPv4 address), :PORT (127.0.0.1) or unix:PATH; "
+                    "no password, so keep it on loopback (docs/console.md)");
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -442,6 +446,13 @@ int main(int argc, char** argv) {
     auto disp = parse_display(display);
     if (!disp) return error(disp.error());
     cfg.display = *disp;
+    if (!vnc.empty()) {
+        auto where = vnc::parse_endpoint(vnc);
+        if (!where) return error(where.error());
+        if (!cfg.hyperv || !cfg.display.enabled)
+            return error(Error("--vnc needs the display: the synthetic video is served over VMBus (--hyperv on, --display on)"));
+        cfg.vnc = *where;
+    }
     if (cfg.hyperv) {
         // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.
         std::string vm_key = cfg.kernel;

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "backends/vnc/vnc.hpp"
 #include "common/device_config.hpp"
 #include "common/result.hpp"
 #include "vmm/console.hpp"
@@ -37,6 +40,7 @@ struct VmConfig {
     bool host_decompress = true;  // --kernel-decompress host|guest (platform/boot/vmlinux.hpp)
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
     DisplayConfig display;   // with the Hyper-V interface only
+    std::optional<vnc::Endpoint> vnc;  // --vnc: serve the display over VNC (vmm/vnc_display.hpp)
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;

@@ -392,8 +392,11 @@ class Session:
 
     def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None,
                  host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB,
-                 host_net_tools: bool = False) -> None:
-        """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3)."""
+                 host_net_tools: bool = False, host_libraries: tuple[str, ...] = ()) -> None:
+        """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3);
+        host_libraries: shared libraries of this machine (and those they need) that the test
+        host gets at the same paths, for what the VMM loads with dlopen() (libvncserver)."""
+        self.host_libraries = tuple(host_libraries)
         self.name = name
         self.host_net_tools = host_net_tools
         self.host_memory_mib = host_memory_mib
@@ -552,6 +555,10 @@ class Session:
         tmp = Path(tempfile.mkdtemp(prefix=f"enlighten-e2e-{self.name}-"))
         try:
             kernel = place(img.kernel, f"{testhost.HOST_GUEST_DIR}/bzImage")
+            if not direct:
+                for lib in self.host_libraries:
+                    for path in [lib, *testhost.ldd_libraries(lib)]:
+                        files.setdefault(path, path)
             queue: list[str] = []
             for n, run in enumerate(runnable):
                 binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")

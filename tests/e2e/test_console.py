@@ -7,7 +7,7 @@ synthetic keyboard (hyperv_keyboard) and mouse (hid_hyperv), through
     enlighten remote --api-socket S send-keys ...        (PUT /vm.send-keys)
     enlighten remote --api-socket S pointer X Y ...      (PUT /vm.pointer)
 
-Two guest boots in one test-host boot (session "console", 1-vCPU guests):
+Three guest boots in one test-host boot (session "console", 1-vCPU guests):
 
   console  1024x768 (the default): hyperv_fb binds with the offered mode and its framebuffer
            in guest RAM; no "PCI: Fatal" line, 00:08.0 is 1414:5353; fbcon took the
@@ -16,9 +16,12 @@ Two guest boots in one test-host boot (session "console", 1-vCPU guests):
            moves, a click and the wheel arrive at the mouse's event device with the right
            absolute coordinates; typed keys (a letter and an E0 key) arrive at the keyboard's;
            then fbcon again with a getty on tty1, where the host logs in by typing "root"
+  vnc      --vnc 127.0.0.1:5901: a VNC client (tests/tools/vnc_probe, carried into the test
+           host with libvncserver) gets the pattern pixel for pixel, its key and click reach
+           the guest's event devices, and a second client sees fbcon's redraw come as updates
   hires    1920x1080: 8 MiB of framebuffer, more than Linux 6.1 can allocate, so hyperv_fb
-           takes the VMBus MMIO pool, which the VMM backs on demand; /dev/fb0 and the
-           screenshot have the mode
+           takes the VMBus MMIO pool, which the VMM backs on demand; /dev/fb0, the screenshot
+           and VNC on a Unix socket (mode 0600) have the mode
 
 The guest is the default guest with `enlighten.modules=hyperv-keyboard,hid-hyperv,evdev,hyperv_fb`;
 its /job reads the event devices with busybox (cat, then od) and prints what came."""
@@ -34,9 +37,12 @@ import unittest
 import zlib
 from pathlib import Path
 
-from harness import BG_VM_LIB, RunResult, Session, describe, kv, parts_line, section, vm_info, vmm_log
+from harness import REPO, BG_VM_LIB, RunResult, Session, describe, kv, parts_line, section, vm_info, vmm_log
 
-CONSOLE = Session("console")
+# libvncserver is loaded with dlopen() by --vnc: the test host gets it and what it needs.
+VNC_LIBRARY = "/usr/lib/x86_64-linux-gnu/libvncserver.so.1"
+CONSOLE = Session("console", host_libraries=(VNC_LIBRARY,))
+VNC_PROBE = REPO / "build" / "tests" / "vnc_probe"
 
 WIDTH, HEIGHT = 1024, 768
 MODULES = "enlighten.modules=hyperv-keyboard,hid-hyperv,evdev,hyperv_fb"
@@ -115,20 +121,22 @@ def decode_png(data: bytes) -> tuple[int, int, bytes]:
 
 # Scenario helpers (busybox sh in the test host), after harness.SCENARIO_LIB.
 CONSOLE_LIB = BG_VM_LIB + r"""
-# start_console NAME DISPLAY: the VM in the background with the API on $API
+# start_console NAME DISPLAY [more enlighten args]: the VM in the background with the API on $API
 start_console() {
-    BG_NAME=$1
+    BG_NAME=$1; display=$2; shift 2
     SERIAL=$WORK/$BG_NAME.serial
     rm -f "$API"
     "$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus "$CPUS" \
-        --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info --display "$2" \
-        --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $MODULES" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
+        --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info --display "$display" \
+        --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $MODULES" "$@" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
     VM_PID=$!
 }
+# frame FILE TAG: a file as base64 between markers (decoded by the test)
+frame() { echo "FRAME-BEGIN $2"; base64 "$1" 2>/dev/null; echo "FRAME-END $2"; }
 # shot TAG: a screenshot through the API, as base64 between markers (decoded by the test)
 shot() {
     api screenshot "$WORK/$1.png"; echo "RESULT host.$1_rc=$?"
-    echo "SHOT-BEGIN $1"; base64 "$WORK/$1.png" 2>/dev/null; echo "SHOT-END $1"
+    frame "$WORK/$1.png" "$1"
 }
 """.replace("$MODULES", MODULES)
 
@@ -240,15 +248,66 @@ echo "CONSOLE-READY"
 """
 
 CONSOLE.scenario("hires", CONSOLE_LIB + r"""
-start_console hires on,resolution=1920x1080
+start_console hires on,resolution=1920x1080 --vnc "unix:$WORK/vnc.sock"
 if wait_guest CONSOLE-READY 240; then
     part boot
     sleep 1
     info ready
     shot screen
+    # VNC on a Unix socket, showing the mode the guest chose
+    "$VNCPROBE" "unix:$WORK/vnc.sock" "$WORK/hires.ppm"; echo "RESULT host.probe_rc=$?"
+    echo "RESULT host.socket_mode=$(stat -c %a "$WORK/vnc.sock")"
 fi
 stop_vm
-""", job=JOB_HIRES, timeout=400)
+""", job=JOB_HIRES, files={"VNCPROBE": VNC_PROBE}, timeout=400)
+
+
+# The same pattern, shown through VNC: a client's arrival copies the whole screen; a key and a
+# click from the client reach the guest; then fbcon draws again and only what it dirtied comes.
+JOB_VNC = GUEST_LIB + r"""
+kbd=; mouse=
+n=0; while [ $n -lt 100 ]; do
+    k=0; for e in /sys/class/input/event*; do [ -e "$e" ] && k=$((k + 1)); done
+    [ $k -ge 2 ] && break; sleep 0.1; n=$((n + 1))
+done
+facts
+for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" "$v/name" && echo 0 > "$v/bind"; done
+cat "/dev/input/$kbd" > /tmp/kbd.bin & kpid=$!
+cat "/dev/input/$mouse" > /tmp/mouse.bin & mpid=$!
+dd if=/pattern.bgrx of=/dev/fb0 bs=4096 2>/dev/null; echo "RESULT dd_rc=$?"
+echo "VNC-READY"
+# one key from the client: MSC_SCAN, EV_KEY, SYN_REPORT down and up
+n=0
+while [ "$(stat -c %s /tmp/kbd.bin)" -lt 144 ] && [ $n -lt 900 ]; do sleep 0.1; n=$((n + 1)); done
+sleep 1
+kill $kpid $mpid
+od -A n -t d2 -v -w24 /tmp/kbd.bin | sed 's/^/KBD /'
+od -A n -t d2 -v -w24 /tmp/mouse.bin | sed 's/^/MOUSE /'
+echo "VNC-DONE"
+# While the host's second client watches: fbcon draws the text console again.
+sleep 4
+for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" "$v/name" && echo 1 > "$v/bind"; done
+echo "hello from the guest" > /dev/tty1
+echo "VNC-REDRAWN"
+"""
+
+CONSOLE.scenario("vnc", CONSOLE_LIB + r"""
+start_console vnc on --vnc 127.0.0.1:5901
+if wait_guest VNC-READY 240; then
+    part boot
+    "$VNCPROBE" 127.0.0.1:5901 "$WORK/vnc.ppm" --key 0x61 --pointer 100,200,1 --pointer 100,200,0
+    echo "RESULT host.probe_rc=$?"
+    frame "$WORK/vnc.ppm" vnc
+    part probe
+    wait_guest VNC-DONE 120
+    # a second client: the whole frame, then what changes in 20 s (the guest redraws after 4)
+    "$VNCPROBE" 127.0.0.1:5901 "$WORK/vnc2.ppm" --updates 20
+    echo "RESULT host.watch_rc=$?"
+    info final
+    part watch
+fi
+stop_vm
+""", job=JOB_VNC, guest_files={"/pattern.bgrx": pattern_file}, files={"VNCPROBE": VNC_PROBE}, timeout=500)
 
 
 def events(text: str, tag: str) -> list[tuple[int, int, int]]:
@@ -277,18 +336,21 @@ _parts_shown: set[str] = set()
 class ConsoleCase(unittest.TestCase):
     SESSION = CONSOLE
     KEY = ""
+    READY = "CONSOLE-READY"  # what the run's /job prints once it is set up
 
     def run_of(self) -> RunResult:
         res = self.SESSION.result(self, self.KEY)
         if self.KEY not in _parts_shown:
             _parts_shown.add(self.KEY)
-            print(parts_line(self.KEY, res), end="", file=sys.stderr, flush=True)
+            m = re.search(r"^VNC-UPDATES (.*)$", res.output, re.M)
+            print(parts_line(self.KEY, res, f"; vnc updates {m.group(1)}" if m else ""), end="", file=sys.stderr,
+                  flush=True)
         return res
 
     def console(self) -> str:
         res = self.run_of()
         text = section(res, self.KEY)
-        self.assertIn("CONSOLE-READY", text, f"boot '{self.KEY}' never got ready; enlighten said:\n"
+        self.assertIn(self.READY, text, f"boot '{self.KEY}' never got ready; enlighten said:\n"
                       f"{vmm_log(res, self.KEY)[-3000:]}" + describe(res, 8000))
         return text
 
@@ -298,12 +360,25 @@ class ConsoleCase(unittest.TestCase):
     def host(self) -> dict[str, str]:
         return kv(self.run_of().output)
 
-    def screenshot(self, tag: str) -> tuple[int, int, bytes]:
+    def framed(self, tag: str) -> bytes:
         res = self.run_of()
-        m = re.search(rf"^SHOT-BEGIN {tag}\n(.*?)^SHOT-END {tag}$", res.output, re.S | re.M)
+        m = re.search(rf"^FRAME-BEGIN {tag}\n(.*?)^FRAME-END {tag}$", res.output, re.S | re.M)
         self.assertIsNotNone(m, describe(res))
-        data = base64.b64decode("".join(m.group(1).split()))
-        return decode_png(data)
+        return base64.b64decode("".join(m.group(1).split()))
+
+    def screenshot(self, tag: str) -> tuple[int, int, bytes]:
+        return decode_png(self.framed(tag))
+
+    def assert_pattern(self, width: int, height: int, rgb: bytes) -> None:
+        res = self.run_of()
+        self.assertEqual((width, height), (WIDTH, HEIGHT), describe(res))
+        bad = []
+        for y in range(HEIGHT):
+            for x in range(WIDTH):
+                i = (y * WIDTH + x) * 3
+                if tuple(rgb[i:i + 3]) != pattern_pixel(x, y):
+                    bad.append((x, y, tuple(rgb[i:i + 3]), pattern_pixel(x, y)))
+        self.assertEqual(len(bad), 0, f"{len(bad)} pixels differ, the first: {bad[:5]}" + describe(res))
 
 
 class ConsoleTests(ConsoleCase):
@@ -346,15 +421,7 @@ class ConsoleTests(ConsoleCase):
         res, g, h = self.run_of(), self.guest(), self.host()
         self.assertEqual(g.get("dd_rc"), "0", describe(res))
         self.assertEqual(h.get("host.screen_rc"), "0", describe(res))
-        width, height, rgb = self.screenshot("screen")
-        self.assertEqual((width, height), (WIDTH, HEIGHT), describe(res))
-        bad = []
-        for y in range(HEIGHT):
-            for x in range(WIDTH):
-                i = (y * WIDTH + x) * 3
-                if tuple(rgb[i:i + 3]) != pattern_pixel(x, y):
-                    bad.append((x, y, tuple(rgb[i:i + 3]), pattern_pixel(x, y)))
-        self.assertEqual(len(bad), 0, f"{len(bad)} pixels differ, the first: {bad[:5]}" + describe(res))
+        self.assert_pattern(*self.screenshot("screen"))
 
     def test_pointer_events_arrive_with_absolute_coordinates(self) -> None:
         res, h = self.run_of(), self.host()
@@ -413,6 +480,48 @@ class ConsoleTests(ConsoleCase):
             self.assertNotIn(bad, text, describe(res, 8000))
 
 
+def decode_ppm(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, RGB bytes) of a binary PPM (P6, maxval 255), as vnc_probe writes it."""
+    m = re.match(rb"P6\s+(\d+)\s+(\d+)\s+255\s", data)
+    if not m:
+        raise AssertionError("not a P6 PPM")
+    w, h = int(m.group(1)), int(m.group(2))
+    return w, h, data[m.end():m.end() + w * h * 3]
+
+
+class VncTests(ConsoleCase):
+    """--vnc: a VNC client sees the guest's screen and types and points into it."""
+    KEY = "vnc"
+    READY = "VNC-READY"
+
+    def test_a_vnc_client_gets_the_screen_pixel_for_pixel(self) -> None:
+        res, h = self.run_of(), self.host()
+        self.console()
+        self.assertEqual(h.get("host.probe_rc"), "0", describe(res, 8000))
+        self.assertIn("VNC-NAME Enlighten", res.output, describe(res))
+        self.assert_pattern(*decode_ppm(self.framed("vnc")))
+
+    def test_vnc_input_reaches_the_guest(self) -> None:
+        res, text = self.run_of(), self.console()
+        keys = [(c, v) for t, c, v in events(text, "KBD") if t == EV_KEY]
+        self.assertEqual(keys, [(KEY_A, 1), (KEY_A, 0)], describe(res, 8000))
+        ev = events(text, "MOUSE")
+        self.assertIn((EV_ABS, ABS_X, scale(100, WIDTH)), ev, f"{ev}" + describe(res))
+        self.assertIn((EV_ABS, ABS_Y, scale(200, HEIGHT)), ev, f"{ev}" + describe(res))
+        self.assertEqual([v for t, c, v in ev if (t, c) == (EV_KEY, BTN_LEFT)], [1, 0], f"{ev}" + describe(res))
+
+    def test_only_what_the_guest_redraws_is_sent(self) -> None:
+        res, h = self.run_of(), self.host()
+        self.assertEqual(h.get("host.watch_rc"), "0", describe(res, 8000))
+        m = re.search(r"^VNC-UPDATES rects=(\d+) bytes=(\d+)$", res.output, re.M)
+        self.assertIsNotNone(m, describe(res, 8000))
+        rects, sent = int(m.group(1)), int(m.group(2))
+        # fbcon's redraw arrives as the guest's dirty rectangles (FEATURE_CHANGE asked for them).
+        self.assertGreater(rects, 0, describe(res, 8000))
+        self.assertGreater(sent, 0, describe(res, 8000))
+        self.assertIn("VNC-REDRAWN", self.console(), describe(res))
+
+
 class HiresTests(ConsoleCase):
     """1920x1080: the framebuffer in the VMBus MMIO pool."""
     KEY = "hires"
@@ -430,6 +539,13 @@ class HiresTests(ConsoleCase):
         self.assertEqual(h.get("host.screen_rc"), "0", describe(res))
         width, height, _ = self.screenshot("screen")
         self.assertEqual((width, height), (1920, 1080), describe(res))
+
+    def test_vnc_on_a_unix_socket_shows_the_mode(self) -> None:
+        res, h = self.run_of(), self.host()
+        self.console()
+        self.assertEqual(h.get("host.probe_rc"), "0", describe(res, 8000))
+        self.assertEqual(h.get("host.socket_mode"), "600", describe(res))
+        self.assertIn("VNC-SIZE 1920x1080", res.output, describe(res, 8000))
 
 
 if __name__ == "__main__":

@@ -538,6 +538,28 @@ TEST(Keymap, CombinationsPressInOrderAndReleaseInReverse) {
     }
 }
 
+TEST(Keymap, VncKeysymsAreTheKeysOfAUsKeyboard) {
+    auto key = [](uint32_t sym) {
+        auto k = input::key_by_keysym(sym);
+        EXPECT_TRUE(k) << std::hex << sym;
+        return k ? std::pair{k->code, k->e0} : std::pair<uint8_t, bool>{0, false};
+    };
+    EXPECT_EQ(key('a'), (std::pair<uint8_t, bool>{0x1e, false}));
+    EXPECT_EQ(key('A'), (std::pair<uint8_t, bool>{0x1e, false}));  // the client sends Shift itself
+    EXPECT_EQ(key('!'), (std::pair<uint8_t, bool>{0x02, false}));
+    EXPECT_EQ(key(0xff0d), (std::pair<uint8_t, bool>{0x1c, false}));  // Return
+    EXPECT_EQ(key(0xff8d), (std::pair<uint8_t, bool>{0x1c, true}));   // KP_Enter
+    EXPECT_EQ(key(0xff52), (std::pair<uint8_t, bool>{0x48, true}));   // Up
+    EXPECT_EQ(key(0xffe4), (std::pair<uint8_t, bool>{0x1d, true}));   // Control_R
+    EXPECT_EQ(key(0xffc9), (std::pair<uint8_t, bool>{0x58, false}));  // F12
+    EXPECT_EQ(key(0xffb7), (std::pair<uint8_t, bool>{0x47, false}));  // KP_7
+    EXPECT_TRUE(input::key_by_keysym(0xff13)->pause);
+    EXPECT_EQ(input::key_events(*input::key_by_keysym(0xff13), false).size(), 2U);
+    EXPECT_EQ(input::key_events(*input::key_by_keysym('q'), true), (std::vector<KeyEvent>{brk(0x10)}));
+    for (const uint32_t bad : {0U, 0x1fU, 0x7fU, 0xe9U /* é */, 0xff00U, 0x1000000U, 0xffffffffU})
+        EXPECT_FALSE(input::key_by_keysym(bad)) << std::hex << bad;
+}
+
 // ---- the keyboard device ---------------------------------------------------------------
 
 namespace {

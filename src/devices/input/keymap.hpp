@@ -36,6 +36,14 @@ struct ScanKey {
 // Errc::Invalid for a name we do not know.
 Result<ScanKey> key_by_name(std::string_view name);
 
+// The key of an X keysym, as VNC clients send them (RFB KeyEvent): Latin-1 characters are
+// the key that types them on a US layout (the client sends Shift itself), the others are
+// function, cursor, keypad and modifier keys. Errc::Invalid for a keysym with no key here.
+Result<ScanKey> key_by_keysym(uint32_t keysym);
+
+// The events of one key going down (or up): one event, or two for Pause.
+std::vector<KeyEvent> key_events(const ScanKey& key, bool release);
+
 // The make and break events of pressing `combination` ("ctrl+alt+delete": each key down in
 // order, then up in reverse). At most 8 keys. Errc::Invalid names the key it does not know.
 Result<std::vector<KeyEvent>> combination_events(std::string_view combination);

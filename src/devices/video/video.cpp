@@ -80,14 +80,31 @@ void VideoDevice::on_opened() {
 
 void VideoDevice::on_closed() {
     // The guest frees or reuses its framebuffer now: stop reading it (contract-input-video §4.8).
+    {
+        LockGuard lock(mu_);
+        open_ = false;
+        version_ = 0;
+        vram_gpa_.reset();
+        vram_in_mmio_ = false;
+        guest_mode_.reset();
+        mode_.reset();
+        dirty_.clear();
+    }
+    notify();
+}
+
+void VideoDevice::set_listener(std::function<void()> changed) {
     LockGuard lock(mu_);
-    open_ = false;
-    version_ = 0;
-    vram_gpa_.reset();
-    vram_in_mmio_ = false;
-    guest_mode_.reset();
-    mode_.reset();
-    dirty_.clear();
+    listener_ = changed ? std::make_shared<std::function<void()>>(std::move(changed)) : nullptr;
+}
+
+void VideoDevice::notify() {
+    std::shared_ptr<std::function<void()>> l;
+    {
+        LockGuard lock(mu_);
+        l = listener_;
+    }
+    if (l) (*l)();
 }
 
 void VideoDevice::reply(std::vector<uint8_t> message) {
@@ -196,6 +213,7 @@ void VideoDevice::handle(const VramLocation& m) {
     // location"), which is how a VRAM outside memory is refused.
     reply(make_vram_location_ack(ok ? m.user_ctx : ~m.user_ctx));
     if (dirt) reply(make_feature_change(true, false, false, false));
+    notify();
 }
 
 void VideoDevice::handle(const SituationUpdate& m) {
@@ -205,6 +223,7 @@ void VideoDevice::handle(const SituationUpdate& m) {
         update_mode();
     }
     reply(make_situation_update_ack(m.user_ctx));
+    notify();
 }
 
 void VideoDevice::update_mode() {
@@ -240,9 +259,18 @@ void VideoDevice::handle(const PointerShape&) {
 }
 
 void VideoDevice::handle(const Dirt& m) {
-    LockGuard lock(mu_);
+    bool added = false;
+    {
+        LockGuard lock(mu_);
+        added = add_dirt(m);
+    }
+    if (added) notify();
+}
+
+bool VideoDevice::add_dirt(const Dirt& m) {
     ++counters_.dirt;
-    if (!mode_ || m.output != 0) return;
+    if (!mode_ || m.output != 0) return false;
+    bool added = false;
     const auto w = static_cast<int64_t>(mode_->width), h = static_cast<int64_t>(mode_->height);
     for (const Rect& r : m.rects) {
         // Clamp to the screen: coordinates may be negative, inverted or far outside.
@@ -252,7 +280,9 @@ void VideoDevice::handle(const Dirt& m) {
         if (x2 <= x1 || y2 <= y1) continue;
         mark_dirty({static_cast<uint32_t>(x1), static_cast<uint32_t>(y1), static_cast<uint32_t>(x2 - x1),
                     static_cast<uint32_t>(y2 - y1)});
+        added = true;
     }
+    return added;
 }
 
 void VideoDevice::mark_dirty(DirtyRect r) {
@@ -303,6 +333,24 @@ VideoStatus VideoDevice::status() const {
     s.pointer_visible = pointer_.visible;
     s.counters = counters_;
     return s;
+}
+
+Result<> VideoDevice::read_rect(DirtyRect r, std::span<uint8_t> dst, size_t dst_pitch) const {
+    LockGuard lock(mu_);
+    if (!memory_ || !vram_gpa_ || !mode_) return fail(Errc::Closed, "the guest has no framebuffer");
+    const Mode m = *mode_;
+    if (r.width == 0 || r.height == 0 || r.x > m.width || r.width > m.width - r.x || r.y > m.height ||
+        r.height > m.height - r.y)
+        return fail(Errc::Invalid, "rectangle {}x{} at {},{} is outside the {}x{} mode", r.width, r.height, r.x, r.y,
+                    m.width, m.height);
+    const size_t row = size_t{r.width} * 4;
+    if (dst_pitch < row || dst.size() < dst_pitch * (r.height - 1) + row)
+        return fail(Errc::Invalid, "a destination of {} bytes (pitch {}) for a {}x{} rectangle", dst.size(), dst_pitch,
+                    r.width, r.height);
+    for (uint32_t y = 0; y < r.height; ++y)
+        ENL_TRY_VOID(memory_->read(*vram_gpa_ + m.vram_offset + uint64_t{r.y + y} * m.pitch + uint64_t{r.x} * 4,
+                                   dst.subspan(size_t{y} * dst_pitch, row)));
+    return {};
 }
 
 Result<Frame> VideoDevice::capture() const {

@@ -16,6 +16,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
 #include <optional>
 #include <string>
 #include <vector>
@@ -107,6 +110,14 @@ public:
     // The dirty rectangles since the last call (whole screen after a mode change); empty
     // when nothing changed as far as the guest said.
     std::vector<DirtyRect> take_dirty() ENL_EXCLUDES(mu_);
+    // Copies `r` of the visible mode, as the guest's B, G, R, X pixels, into `dst` (rows of
+    // `dst_pitch` bytes, at least r.width * 4). Errc::Closed with no framebuffer, Errc::Invalid
+    // for a rectangle outside the mode, a destination too small, or guest memory gone.
+    Result<> read_rect(DirtyRect r, std::span<uint8_t> dst, size_t dst_pitch) const ENL_EXCLUDES(mu_);
+    // Called on the control loop after dirty rectangles were added or the mode changed (or
+    // went): a display then takes them (take_dirty) and reads the pixels. One listener; an
+    // empty function removes it. It must not call back into set_listener.
+    void set_listener(std::function<void()> changed) ENL_EXCLUDES(mu_);
     // Asks the guest for DIRT messages (FEATURE_CHANGE) while a display watches, or not.
     void set_dirt_needed(bool needed) ENL_EXCLUDES(mu_);
 
@@ -124,6 +135,10 @@ private:
     void handle(const Dirt& m);
     void handle(const ResolutionRequest& m);
     void mark_dirty(DirtyRect r) ENL_REQUIRES(mu_);
+    // Clamps and records a DIRT message's rectangles; whether any was added.
+    bool add_dirt(const Dirt& m) ENL_REQUIRES(mu_);
+    // Tells the listener, if any (outside mu_).
+    void notify() ENL_EXCLUDES(mu_);
 
     const VideoConfig config_;
     const uint64_t vram_bytes_;
@@ -143,6 +158,7 @@ private:
     std::vector<DirtyRect> dirty_ ENL_GUARDED_BY(mu_);
     PointerPosition pointer_ ENL_GUARDED_BY(mu_);
     VideoCounters counters_ ENL_GUARDED_BY(mu_);
+    std::shared_ptr<std::function<void()>> listener_ ENL_GUARDED_BY(mu_);
 
     // Checks guest_mode_ against the VRAM and sets mode_ (or clears it).
     void update_mode() ENL_REQUIRES(mu_);
