@@ -115,6 +115,19 @@ public:
         p.bytes_written = 50;
         p.elapsed_ms = 3;
         return p;
+    ApiResult<Screenshot> screenshot() override { return Screenshot{1, 1, std::string("\x89PNG\xff", 5)}; }
+    ApiResult<> send_keys(const SendKeysRequest& r) override {
+        // The router checked these (parse_send_keys).
+        if (r.text.size() > kMaxSendKeysText || r.keys.size() > kMaxSendKeysKeys || (r.text.empty() && r.keys.empty()))
+            __builtin_trap();
+        for (const auto& k : r.keys)
+            if (k.empty() || k.size() > kMaxKeyName) __builtin_trap();
+        return {};
+    }
+    ApiResult<> pointer(const PointerRequest& r) override {
+        if (r.wheel < -kMaxWheel || r.wheel > kMaxWheel || r.buttons > 0x1f || (r.click & (r.click - 1)) != 0)
+            __builtin_trap();
+        return {};
     }
 };
 

@@ -356,7 +356,7 @@ HttpFrontend::Next HttpFrontend::serve_one(Connection& conn, bool last, const st
         // RFC 9110: no Content-Length in a 204 (nor a body).
         const bool has_body = reply.status != 204 && !reply.body.empty();
         if (reply.status != 204) out += fmt::format("Content-Length: {}\r\n", has_body ? reply.body.size() : 0);
-        if (has_body) out += "Content-Type: application/json\r\n";
+        if (has_body) out += fmt::format("Content-Type: {}\r\n", reply.content_type);
         if (!close) out += fmt::format("Keep-Alive: timeout={}, max={}\r\n", ka_s, limits_.keep_alive_max_requests);
         out += "\r\n";
         if (has_body && !head) out += reply.body;

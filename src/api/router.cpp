@@ -99,6 +99,25 @@ Json to_json(const MemoryInfo& m) {
             {"guest_errors", std::move(errors)}};
 }
 
+Json to_json(const ConsoleInfo& c) {
+    Json mode = nullptr;
+    if (c.mode) mode = {{"width", c.mode->width}, {"height", c.mode->height}, {"pitch", c.mode->pitch}};
+    Json errors = Json::object();
+    for (const auto& [k, v] : c.guest_errors) errors[k] = v;
+    return {{"video", c.video},
+            {"video_version", c.video_version.empty() ? Json(nullptr) : Json(c.video_version)},
+            {"mode", std::move(mode)},
+            {"offered", {{"width", c.offered_width}, {"height", c.offered_height}}},
+            {"vram_gpa", c.vram_gpa ? Json(*c.vram_gpa) : Json(nullptr)},
+            {"vram_bytes", c.vram_bytes},
+            {"vram_in_mmio", c.vram_in_mmio},
+            {"keyboard", c.keyboard},
+            {"mouse", c.mouse},
+            {"key_events", c.key_events},
+            {"pointer_reports", c.pointer_reports},
+            {"guest_errors", std::move(errors)}};
+}
+
 Json to_json(const VmInfo& info) {
     Json channels = Json::array();
     for (const auto& c : info.channels) {
@@ -138,7 +157,8 @@ Json to_json(const VmInfo& info) {
             {"gpadls", info.gpadls},
             {"vmm_rss_bytes", info.vmm_rss_bytes},
             {"guest_rss_bytes", info.guest_rss_bytes},
-            {"memory", info.memory ? to_json(*info.memory) : Json(nullptr)}};
+            {"memory", info.memory ? to_json(*info.memory) : Json(nullptr)},
+            {"console", info.console ? to_json(*info.console) : Json(nullptr)}};
 }
 
 Json to_json(const IntegrationServiceInfo& s) {
@@ -334,6 +354,75 @@ Json to_json(const CopyFileProgress& p) {
             {"error", p.error.empty() ? Json(nullptr) : Json(p.error)}};
 }
 
+std::expected<SendKeysRequest, std::string> parse_send_keys(std::string_view body) {
+    auto j = parse_object(body, {"text", "keys"}, true);
+    if (!j) return std::unexpected(j.error());
+    SendKeysRequest r;
+    if (auto it = j->find("text"); it != j->end()) {
+        if (!it->is_string()) return std::unexpected(std::string("text must be a string"));
+        r.text = it->get<std::string>();
+        if (r.text.size() > kMaxSendKeysText)
+            return std::unexpected(fmt::format("text is {} bytes; at most {} are typed at once", r.text.size(),
+                                               kMaxSendKeysText));
+    }
+    if (auto it = j->find("keys"); it != j->end()) {
+        if (!it->is_array()) return std::unexpected(std::string("keys must be an array of strings"));
+        if (it->size() > kMaxSendKeysKeys)
+            return std::unexpected(fmt::format("keys has {} entries; at most {}", it->size(), kMaxSendKeysKeys));
+        for (const auto& k : *it) {
+            if (!k.is_string()) return std::unexpected(std::string("keys must be an array of strings"));
+            auto name = k.get<std::string>();
+            if (name.empty() || name.size() > kMaxKeyName)
+                return std::unexpected(fmt::format("a key combination must be 1 to {} bytes", kMaxKeyName));
+            r.keys.push_back(std::move(name));
+        }
+    }
+    if (r.text.empty() && r.keys.empty()) return std::unexpected(std::string("give text or keys"));
+    return r;
+}
+
+constexpr std::array<std::string_view, 5> kButtonNames = {"left", "right", "middle", "side", "extra"};
+
+std::expected<uint8_t, std::string> button_bit(const Json& j) {
+    if (j.is_string())
+        for (size_t i = 0; i < kButtonNames.size(); ++i)
+            if (j.get<std::string>() == kButtonNames[i]) return static_cast<uint8_t>(1U << i);
+    return std::unexpected(std::string("a button is one of left, right, middle, side, extra"));
+}
+
+std::expected<PointerRequest, std::string> parse_pointer(std::string_view body) {
+    auto j = parse_object(body, {"x", "y", "buttons", "wheel", "click"}, true);
+    if (!j) return std::unexpected(j.error());
+    PointerRequest r;
+    for (auto [key, out] : {std::pair{"x", &r.x}, std::pair{"y", &r.y}}) {
+        auto it = j->find(key);
+        if (it == j->end() || !it->is_number_unsigned() || it->get<uint64_t>() > UINT32_MAX)
+            return std::unexpected(fmt::format("{} (a pixel position, 0 or more) is required", key));
+        *out = static_cast<uint32_t>(it->get<uint64_t>());
+    }
+    if (auto it = j->find("buttons"); it != j->end()) {
+        if (!it->is_array()) return std::unexpected(std::string("buttons must be an array of button names"));
+        for (const auto& b : *it) {
+            auto bit = button_bit(b);
+            if (!bit) return std::unexpected(bit.error());
+            r.buttons = static_cast<uint8_t>(r.buttons | *bit);
+        }
+    }
+    if (auto it = j->find("wheel"); it != j->end()) {
+        if (!it->is_number_integer() ||
+            (it->is_number_unsigned() ? it->get<uint64_t>() > kMaxWheel
+                                      : it->get<int64_t>() < -kMaxWheel || it->get<int64_t>() > kMaxWheel))
+            return std::unexpected(fmt::format("wheel must be an integer from -{} to {}", kMaxWheel, kMaxWheel));
+        r.wheel = static_cast<int32_t>(it->get<int64_t>());
+    }
+    if (auto it = j->find("click"); it != j->end()) {
+        auto bit = button_bit(*it);
+        if (!bit) return std::unexpected(bit.error());
+        r.click = *bit;
+    }
+    return r;
+}
+
 enum class Method { Get, Put, Delete, Other };
 
 Method method_of(std::string_view m) {
@@ -519,6 +608,26 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
                                {"mib_per_s", rate(done->bytes, done->elapsed_ms)}});
         }
         return method_not_allowed(method, "GET, HEAD, PUT");
+    if (name == "vm.screenshot") {
+        return get_only([&] {
+            auto shot = vm.screenshot();
+            if (!shot) return from_api_error(shot.error());
+            return HttpReply{200, std::move(shot->png), {}, "image/png"};
+        });
+    }
+    if (name == "vm.send-keys") {
+        return put_only([&] {
+            auto req = parse_send_keys(body);
+            if (!req) return error_reply(400, req.error());
+            return from_result(vm.send_keys(*req));
+        });
+    }
+    if (name == "vm.pointer") {
+        return put_only([&] {
+            auto req = parse_pointer(body);
+            if (!req) return error_reply(400, req.error());
+            return from_result(vm.pointer(*req));
+        });
     }
     if (name == "vm.net-link") {
         return put_only([&] {

@@ -36,9 +36,16 @@ inline constexpr size_t kMaxCopyPathBytes = 4096;
 
 struct HttpReply {
     int status = 200;
-    std::string body;   // JSON; empty for 204
+    std::string body;   // JSON (or what content_type says); empty for 204
     std::string allow;  // for 405: the methods the path accepts, e.g. "GET, HEAD"
+    std::string content_type = "application/json";
 };
+
+// Console input limits (PUT vm.send-keys, vm.pointer).
+inline constexpr size_t kMaxSendKeysText = 4096;  // bytes of text
+inline constexpr size_t kMaxSendKeysKeys = 64;    // combinations
+inline constexpr size_t kMaxKeyName = 64;         // bytes of one combination
+inline constexpr int32_t kMaxWheel = 127;         // detents either way
 
 // Handles one request. `target` is the raw request target as it came on the request line
 // (percent-encoded path, optional query, which is ignored). HEAD is answered like GET (the

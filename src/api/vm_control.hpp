@@ -148,6 +148,46 @@ struct MemoryUpdate {
     std::optional<bool> dynamic;
 };
 
+// The VM console (docs/console.md): the synthetic video's framebuffer and the input devices.
+struct DisplayMode {
+    uint32_t width = 0, height = 0, pitch = 0;
+};
+
+struct ConsoleInfo {
+    std::string video;     // "closed", "negotiating", "connected", "ready" (a framebuffer to show)
+    std::string video_version;  // "3.5"; "" before negotiation
+    std::optional<DisplayMode> mode;  // what the guest shows now
+    uint32_t offered_width = 0, offered_height = 0;  // the default mode offered to the guest
+    std::optional<uint64_t> vram_gpa;
+    uint64_t vram_bytes = 0;
+    bool vram_in_mmio = false;  // the framebuffer is in the VMBus MMIO pool, not guest RAM
+    std::string keyboard;  // "closed", "negotiating", "ready"
+    std::string mouse;     // "closed", "negotiating", "ready"
+    uint64_t key_events = 0, pointer_reports = 0;
+    std::vector<std::pair<std::string, uint64_t>> guest_errors;  // hostile-guest counters, by name
+};
+
+// PUT vm.send-keys: `text` is typed first (US layout), then each of `keys`, a combination
+// such as "ctrl+alt+delete" pressed and released.
+struct SendKeysRequest {
+    std::string text;
+    std::vector<std::string> keys;
+};
+
+// PUT vm.pointer: the absolute position in pixels of the guest's screen (0..width-1,
+// 0..height-1), the buttons held, wheel detents; `click` presses and releases a button there.
+struct PointerRequest {
+    uint32_t x = 0, y = 0;
+    uint8_t buttons = 0;  // bit 0 left, 1 right, 2 middle, 3 side, 4 extra
+    int32_t wheel = 0;
+    uint8_t click = 0;    // one button bit, or 0
+};
+
+struct Screenshot {
+    uint32_t width = 0, height = 0;
+    std::string png;
+};
+
 struct VmInfo {
     std::string state;  // "running", "shutting-down", "stopped"
     std::string vm_id;  // --vm-id, or the random one chosen at start
@@ -167,6 +207,7 @@ struct VmInfo {
     uint64_t vmm_rss_bytes = 0;    // the VMM process, guest RAM excluded
     uint64_t guest_rss_bytes = 0;  // guest RAM the host has backed so far
     std::optional<MemoryInfo> memory;  // dynamic memory (absent without the Hyper-V interface)
+    std::optional<ConsoleInfo> console;  // absent with --display off or --hyperv off
 };
 
 enum class HeartbeatState { Unknown, Healthy, Lost };
@@ -268,6 +309,13 @@ public:
     // file; the API's other worker answers meanwhile). One at a time (Conflict otherwise).
     virtual ApiResult<CopyFileResult> copy_file(const CopyFileRequest& request) = 0;
     virtual CopyFileProgress copy_file_progress() = 0;
+    // The console: the guest's screen as a PNG (Conflict before its framebuffer driver is
+    // connected), keys typed into it and pointer input (Conflict before the keyboard or
+    // mouse driver is connected; BadRequest for an unknown key; Unavailable when the guest
+    // does not read its input ring).
+    virtual ApiResult<Screenshot> screenshot() = 0;
+    virtual ApiResult<> send_keys(const SendKeysRequest& request) = 0;
+    virtual ApiResult<> pointer(const PointerRequest& request) = 0;
 };
 
 }  // namespace enlighten::api

@@ -6,6 +6,7 @@
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
 //                 [--vsock socket=PATH]
+//                 [--display on|off[,resolution=WxH]] [--vnc HOST:PORT|:PORT|unix:PATH]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -255,6 +256,30 @@ Result<std::string> parse_vsock(const std::string& spec) {
     }
     if (path.empty()) return fail("--vsock '{}': socket= is empty", spec);
     return path;
+// --display on|off[,resolution=WxH] (a first element resolution=... alone means on).
+Result<DisplayConfig> parse_display(const std::string& spec) {
+    ENL_TRY(auto items, spec_items("--display", spec, "state"));
+    DisplayConfig d;
+    for (const auto& [key, value] : items) {
+        if (key == "state") {
+            if (value != "on" && value != "off") return fail("--display '{}': expected on or off first", spec);
+            d.enabled = value == "on";
+        } else if (key == "resolution") {
+            const size_t x = value.find('x');
+            uint32_t w = 0, h = 0;
+            const char* end = value.data() + value.size();
+            const bool ok = x != std::string::npos &&
+                            std::from_chars(value.data(), value.data() + x, w).ptr == value.data() + x &&
+                            std::from_chars(value.data() + x + 1, end, h).ptr == end && x > 0 && x + 1 < value.size();
+            if (!ok || w < 640 || h < 480 || w > 7680 || h > 4320)
+                return fail("--display resolution '{}': expected WIDTHxHEIGHT from 640x480 to 7680x4320", value);
+            d.width = w;
+            d.height = h;
+        } else {
+            return fail("--display '{}': unknown key '{}' (state, resolution)", spec, key);
+        }
+    }
+    return d;
 }
 
 Result<uint32_t> parse_cpus(std::string text) {
@@ -427,6 +452,15 @@ int main(int argc, char** argv) {
     run->add_option("--vsock", vsock,
                     "hv_sock over Unix sockets: socket=PATH. Host clients connect to PATH and write "
                     "'CONNECT <port>\\n'; guest connects to port P reach PATH_P (docs/vsock.md)");
+    std::string display = "on";
+    run->add_option("--display", display,
+                    "The VM console: synthetic video, keyboard and mouse (screenshots and input through the API): "
+                    "on|off[,resolution=WxH] (default 1024x768)")
+        ->capture_default_str();
+    std::string vnc;
+    run->add_option("--vnc", vnc,
+                    "Serve the console over VNC: HOST:PORT (an IPv4 address), :PORT (127.0.0.1) or unix:PATH; "
+                    "no password, so keep it on loopback (docs/console.md)");
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -465,6 +499,16 @@ int main(int argc, char** argv) {
                                                                     "6ba7b810-9dad-41d1-80b4-00c04fd430c8", cfg.vm_id)));
     }
     cfg.vm_id = vm_id.to_string();
+    auto disp = parse_display(display);
+    if (!disp) return error(disp.error());
+    cfg.display = *disp;
+    if (!vnc.empty()) {
+        auto where = vnc::parse_endpoint(vnc);
+        if (!where) return error(where.error());
+        if (!cfg.hyperv || !cfg.display.enabled)
+            return error(Error("--vnc needs the display: the synthetic video is served over VMBus (--hyperv on, --display on)"));
+        cfg.vnc = *where;
+    }
     if (cfg.hyperv) {
         // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.
         std::string vm_key = cfg.kernel;
@@ -490,6 +534,14 @@ int main(int argc, char** argv) {
             auto path = parse_vsock(vsock);
             if (!path) return error(path.error());
             cfg.vsock_socket = std::move(*path);
+        // The console: Hyper-V gives every VM a synthetic keyboard, mouse and video.
+        if (cfg.display.enabled) {
+            cfg.devices.push_back(DeviceConfig{"keyboard", "keyboard", {}, {}});
+            cfg.devices.push_back(DeviceConfig{"mouse", "mouse", {}, {}});
+            cfg.devices.push_back(DeviceConfig{"video", "video",
+                                               {{"width", std::to_string(cfg.display.width)},
+                                                {"height", std::to_string(cfg.display.height)}},
+                                               {}});
         }
     } else if (mem->dynamic_knobs) {
         return error(Error("--memory min/max/dynamic/buffer/weight need the Hyper-V interface (--hyperv on): "

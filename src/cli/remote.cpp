@@ -3,8 +3,11 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "api/http_client.hpp"
@@ -27,6 +30,7 @@ struct Call {
     std::string path;
     std::string body;
     bool print = false;  // print the JSON answer
+    bool binary = false;  // the answer is a file (screenshot), not JSON
 };
 
 Call make_call(const RemoteOptions& o) {
@@ -93,7 +97,40 @@ Call make_call(const RemoteOptions& o) {
         return {"PUT", base + "vm.copy-file", json(j), true};
     }
     if (c == "copy-file-status") return {"GET", base + "vm.copy-file", {}, true};
+    if (c == "screenshot") return {"GET", base + "vm.screenshot", {}, false, true};
+    if (c == "send-keys") {
+        Json j = Json::object();
+        if (!o.text.empty()) j["text"] = o.text;
+        if (!o.keys.empty()) j["keys"] = o.keys;
+        return {"PUT", base + "vm.send-keys", json(j)};
+    }
+    if (c == "pointer") {
+        Json j{{"x", o.x}, {"y", o.y}};
+        if (!o.buttons.empty()) j["buttons"] = o.buttons;
+        if (!o.click.empty()) j["click"] = o.click;
+        if (o.wheel != 0) j["wheel"] = o.wheel;
+        return {"PUT", base + "vm.pointer", json(j)};
+    }
     return {"GET", base + "vmm.ping", {}, true};
+}
+
+// The screenshot's bytes to `path` ("-": stdout), through a temporary file renamed into place.
+int write_file(const std::string& path, const std::string& bytes) {
+    if (path == "-") {
+        if (std::fwrite(bytes.data(), 1, bytes.size(), stdout) != bytes.size() || std::fflush(stdout) != 0)
+            return fail_with("cannot write the screenshot to stdout");
+        return 0;
+    }
+    const std::string tmp = path + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) return fail_with(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
+    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        std::remove(tmp.c_str());
+        return fail_with(fmt::format("cannot write {}: {}", path, std::strerror(err)));
+    }
+    return 0;
 }
 
 // The server's {"error": ...}, or what there is.
@@ -185,6 +222,18 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     cp->add_flag("--overwrite", opts.copy_overwrite, "Replace the guest's file if it exists");
     cp->add_flag("--create-path", opts.copy_create_path, "Create the guest directories that are missing");
     cmd("copy-file-status", "Print the running file copy's progress (or the last copy's result)");
+    auto* shot = cmd("screenshot", "Save the guest's screen as a PNG");
+    shot->add_option("file", opts.file, "The PNG file to write (- for stdout)")->required();
+    auto* keys = cmd("send-keys", "Type text and press keys on the guest's keyboard (docs/console.md)");
+    keys->add_option("--text", opts.text, "Text typed first (US layout; \\n is Enter when the shell passes it)");
+    keys->add_option("keys", opts.keys, "Key combinations pressed after the text, e.g. ctrl+alt+delete Return");
+    auto* ptr = cmd("pointer", "Move the guest's mouse pointer to a pixel of its screen, with buttons and wheel");
+    ptr->add_option("x", opts.x, "Column, 0 to width-1")->required();
+    ptr->add_option("y", opts.y, "Row, 0 to height-1")->required();
+    ptr->add_option("--buttons", opts.buttons, "Buttons held: left, right, middle, side, extra")->delimiter(',');
+    ptr->add_option("--click", opts.click, "Press and release this button there")
+        ->check(CLI::IsMember({"left", "right", "middle", "side", "extra"}));
+    ptr->add_option("--wheel", opts.wheel, "Wheel detents (+ away from the user)")->check(CLI::Range(-127, 127));
     return remote;
 }
 
@@ -199,6 +248,7 @@ int run_remote(const RemoteOptions& opts) {
     // of the guest's answers, so a stuck guest still ends the call).
     client_opts.io_timeout = opts.command == "copy-file" ? std::chrono::hours(24) : std::chrono::seconds(60);
     client_opts.keep_alive = false;
+    client_opts.max_response_bytes = 256U << 20;  // a screenshot of a large, busy screen
     api::HttpClient client(opts.api_socket, client_opts);
     const api::HttpHeader headers[] = {{"Host", "localhost"}, {"Accept", "application/json"}};
     // The path is percent-encoded already; the body (if any) is JSON.
@@ -209,6 +259,7 @@ int run_remote(const RemoteOptions& opts) {
         return fail_with("API socket " + opts.api_socket + ": " + res.error().message);
     }
     if (res->status < 200 || res->status > 299) return fail_with(error_message(*res));
+    if (call.binary) return write_file(opts.file, res->body);
     if (call.print && !res->body.empty()) {
         const Json j = Json::parse(res->body, nullptr, false);
         const std::string out = j.is_discarded() ? res->body : j.dump(2, ' ', false, Json::error_handler_t::replace);

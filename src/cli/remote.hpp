@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -46,6 +47,16 @@ struct RemoteOptions {
     std::string copy_destination;
     bool copy_overwrite = false;
     bool copy_create_path = false;
+    // screenshot: where the PNG goes ("-": stdout)
+    std::string file;
+    // send-keys
+    std::string text;
+    std::vector<std::string> keys;
+    // pointer
+    uint32_t x = 0, y = 0;
+    std::vector<std::string> buttons;
+    std::string click;
+    int32_t wheel = 0;
 };
 
 // Adds the `remote` subcommand and its commands to `app`, filling `opts` when parsed.

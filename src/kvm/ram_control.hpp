@@ -1,6 +1,7 @@
 // What a device may change of guest RAM while the guest runs: the dynamic-memory VSP
 // (devices/balloon) gives ballooned pages back to the host and hot-adds RAM in the planned
-// hot-add window. The VMM's MemoryManager (vmm/memory.hpp) stands behind it for one boot;
+// hot-add window; the synthetic video (devices/video) backs a framebuffer the guest placed in
+// the VMBus MMIO pool. The VMM's MemoryManager (vmm/memory.hpp) stands behind it for one boot;
 // the bus hands it to devices in DeviceResources::ram (null when the VM has none, e.g. in
 // tests of other devices). Tests of the balloon use a fake.
 //
@@ -42,6 +43,14 @@ public:
     // Gives the host the backing of [gpa, gpa+size) (page aligned, RAM): the RSS falls and
     // the guest reads zeros there afterwards.
     virtual Result<> discard(uint64_t gpa, uint64_t size) = 0;
+    // Backs [gpa, gpa+size) with memory for the video framebuffer a guest placed in the VMBus
+    // MMIO pool (page aligned, inside one VMBus MMIO window; a later call moves it). Errc::Invalid
+    // outside the windows; Errc::Unsupported where there is no such memory (tests).
+    virtual Result<> map_vram(uint64_t gpa, uint64_t size) {
+        (void)gpa;
+        (void)size;
+        return fail(Errc::Unsupported, "this VM cannot back a framebuffer in its MMIO pool");
+    }
 };
 
 }  // namespace enlighten

@@ -36,8 +36,8 @@ inline constexpr uint64_t kVtpmMmio = 0xfed40000;
 //
 // Low VMBus MMIO window: the pool hyperv_fb and pci-hyperv allocate from
 // (linux-hv-guest-contract §5, contract-input-video §4.5). 128 MiB at the top of the hole's
-// free part: 0xC0000000-0xEFFFFFFF below it stays free for a future PCI root window, and it
-// ends well below the IOAPIC, HPET, vTPM, LAPIC and KVM's identity-map/TSS pages.
+// free part: 0xC0000000-0xEFFFFFFF below it is the PCI root bridge's window, and it ends well
+// below the IOAPIC, HPET, vTPM, LAPIC and KVM's identity-map/TSS pages.
 inline constexpr uint64_t kVmbusLowMmioStart = 0xf0000000;
 inline constexpr uint64_t kVmbusLowMmioSize = 128ULL << 20;
 // Memory hot-add (contract-memory §7.1): Linux's memory block and hv_balloon's chunk size;
@@ -50,7 +50,20 @@ inline constexpr uint64_t kBootRamEndLimit = 64ULL << 30;
 inline constexpr uint64_t kVmbusHighMmioAlignment = 1ULL << 30;
 inline constexpr uint64_t kVmbusHighMmioSize = 1ULL << 30;
 
+// The PCI root bridge's memory window for BARs (the DSDT's PCI0 _CRS): the hole below the
+// low VMBus window. Nothing is mapped in it: the BARs there only describe (contract-input-video
+// §5.4: hyperv_fb reads BAR 0 of 1414:5353 for its aperture call, and maps nothing).
+inline constexpr uint64_t kPciMmioStart = kMmioHoleStart;
+inline constexpr uint64_t kPciMmioSize = kVmbusLowMmioStart - kMmioHoleStart;
+// PCI bus 0 (platform/devices/pci.hpp): the host bridge at 00:00.0 and the Hyper-V
+// synthetic video's PCI identity at 00:08.0 (the slot Hyper-V's Gen1 VMs use), whose BAR 0
+// is 64 MiB as on Hyper-V, at the start of the window.
+inline constexpr uint8_t kPciHostBridgeSlot = 0;
+inline constexpr uint8_t kPciVideoSlot = 8;
+inline constexpr uint64_t kPciVideoBarSize = 64ULL << 20;
+
 static_assert(kVmbusLowMmioStart >= kMmioHoleStart && kVmbusLowMmioStart % kVmbusLowMmioSize == 0);
+static_assert(kPciMmioSize >= kPciVideoBarSize && kPciMmioStart % kPciVideoBarSize == 0);
 static_assert(kVmbusLowMmioStart + kVmbusLowMmioSize <= kIoapicBase);
 static_assert(kVmbusLowMmioStart + kVmbusLowMmioSize <= kVtpmMmio);
 
@@ -59,6 +72,8 @@ inline constexpr uint16_t kCom1Port = 0x3f8;
 inline constexpr uint8_t kCom1Irq = 4;
 inline constexpr uint16_t kCmosPort = 0x70;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
+// PCI configuration mechanism #1: the address latch 0xCF8, the data window 0xCFC-0xCFF.
+inline constexpr uint16_t kPciConfigPort = 0xcf8;
 // The Hyper-V hypercall page's stub leaves the guest with `in eax, imm8` on this port
 // (KVM does not forward VMCALL/VMMCALL to user space). Not a port any PC device uses.
 inline constexpr uint16_t kHypercallPort = 0x5c;

@@ -99,8 +99,9 @@ struct DeviceResources {
     EventLoop* loop = nullptr;  // the control loop: for devices with no thread of their own
     // The partition's reference time (TIME_REF_COUNT, 100 ns units) for this boot.
     std::function<uint64_t()> reference_time;
-    // Changes to guest RAM (kvm/ram_control.hpp): discard ballooned pages, hot-add RAM. Only
-    // the dynamic-memory VSP uses it; null when the VM gives none (tests of other devices).
+    // Changes to guest RAM (kvm/ram_control.hpp): discard ballooned pages, hot-add RAM (the
+    // dynamic-memory VSP), back a framebuffer in the MMIO pool (the synthetic video); null
+    // when the VM gives none (tests of other devices).
     // Valid for this boot, like `memory`.
     RamControl* ram = nullptr;
 };

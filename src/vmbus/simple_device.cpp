@@ -52,6 +52,10 @@ void SimpleDevice::close(uint16_t, CloseDone done) {
         LockGuard lock(mu_);
         queue_.reset();
     }
+    {
+        LockGuard lock(out_mu_);
+        waiting_.clear();
+    }
     on_closed();
     done();
 }
@@ -71,6 +75,58 @@ Result<> SimpleDevice::send(const OutPacket& packet) {
     auto sent = q->send(packet);
     if (!sent && sent.error().is(Errc::Busy)) blocked_ = true;
     return sent;
+}
+
+Result<> SimpleDevice::post_inband(std::vector<uint8_t> payload, size_t max_waiting) {
+    std::shared_ptr<ChannelQueue> q;
+    {
+        LockGuard lock(mu_);
+        q = queue_;
+    }
+    if (!q) return fail(Errc::Closed, "{}: the channel is not open", offer_.name);
+    LockGuard lock(out_mu_);
+    if (waiting_.size() >= max_waiting)
+        return fail(Errc::Busy, "{}: {} packets wait for the guest to read its ring", offer_.name, waiting_.size());
+    if (waiting_.empty()) {
+        const iovec iov{payload.data(), payload.size()};
+        auto sent = q->send(OutPacket::inband(0, std::span(&iov, 1)));
+        if (sent) return {};
+        if (!sent.error().is(Errc::Busy)) return sent;
+        blocked_ = true;  // the guest's next read past pending_send_sz rings the doorbell
+    }
+    waiting_.push_back(std::move(payload));
+    return {};
+}
+
+size_t SimpleDevice::waiting() const {
+    LockGuard lock(out_mu_);
+    return waiting_.size();
+}
+
+void SimpleDevice::flush_waiting() {
+    std::shared_ptr<ChannelQueue> q;
+    {
+        LockGuard lock(mu_);
+        q = queue_;
+    }
+    LockGuard lock(out_mu_);
+    while (!waiting_.empty()) {
+        if (!q) {
+            waiting_.clear();
+            return;
+        }
+        const iovec iov{waiting_.front().data(), waiting_.front().size()};
+        auto sent = q->send(OutPacket::inband(0, std::span(&iov, 1)));
+        if (!sent) {
+            if (sent.error().is(Errc::Busy)) {
+                blocked_ = true;
+                return;
+            }
+            waiting_.clear();  // closed
+            return;
+        }
+        waiting_.pop_front();
+    }
 }
 
 void SimpleDevice::drain() {
@@ -99,7 +155,10 @@ void SimpleDevice::drain() {
         q->consume();
     }
     // Room in the guest's ring comes with a doorbell too.
-    if (blocked_.exchange(false)) on_ring_space();
+    if (blocked_.exchange(false)) {
+        flush_waiting();
+        on_ring_space();
+    }
 }
 
 }  // namespace enlighten::vmbus

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "backends/vnc/vnc.hpp"
 #include "common/device_config.hpp"
 #include "common/result.hpp"
 #include "vmm/console.hpp"
@@ -13,6 +16,14 @@
 namespace enlighten {
 
 enum class OnReboot { Restart, Exit };
+
+// The VM console's devices (--display): the synthetic video, keyboard and mouse on VMBus, and
+// the video's PCI identity (1414:5353) on the PCI bus.
+struct DisplayConfig {
+    bool enabled = true;
+    uint32_t width = 1024;  // the mode the video offers as the guest's default and largest
+    uint32_t height = 768;
+};
 
 
 struct VmConfig {
@@ -36,6 +47,8 @@ struct VmConfig {
     std::string api_socket;  // the management API's Unix socket (--api-socket); empty: no API
     // hv_sock over Unix sockets (--vsock socket=PATH, docs/vsock.md); empty: no hv_sock.
     std::string vsock_socket;
+    DisplayConfig display;   // with the Hyper-V interface only
+    std::optional<vnc::Endpoint> vnc;  // --vnc: serve the display over VNC (vmm/vnc_display.hpp)
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;

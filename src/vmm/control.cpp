@@ -8,6 +8,10 @@
 #include "devices/balloon/balloon.hpp"
 #include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/input/keyboard.hpp"
+#include "devices/input/mouse.hpp"
+#include "devices/video/png.hpp"
+#include "devices/video/video.hpp"
 #include "devices/netvsp/factory.hpp"
 #include "devices/netvsp/netvsp.hpp"
 #include "devices/storvsp/storvsp.hpp"
@@ -126,6 +130,57 @@ api::DiskInfo disk_info(const std::string& controller, storvsp::Bus bus, const s
     return i;
 }
 
+std::optional<api::ConsoleInfo> console_info(const DeviceSet& set) {
+    auto video = set.first<video::VideoDevice>();
+    auto kbd = set.first<input::KeyboardDevice>();
+    auto mouse = set.first<input::MouseDevice>();
+    if (!video && !kbd && !mouse) return std::nullopt;
+    api::ConsoleInfo c;
+    c.video = c.keyboard = c.mouse = "absent";
+    if (video) {
+        const auto v = video->status();
+        c.video = v.state;
+        if (v.version) c.video_version = fmt::format("{}.{}", v.version & 0xffff, v.version >> 16);
+        if (v.mode) c.mode = api::DisplayMode{v.mode->width, v.mode->height, v.mode->pitch};
+        c.offered_width = v.offered_width;
+        c.offered_height = v.offered_height;
+        c.vram_gpa = v.vram_gpa;
+        c.vram_bytes = v.vram_bytes;
+        c.vram_in_mmio = v.vram_in_mmio;
+        const auto& k = v.counters;
+        c.guest_errors = {{"video_malformed", k.malformed},
+                          {"video_unsupported", k.unsupported},
+                          {"video_bad_version", k.bad_version},
+                          {"video_vram_refused", k.vram_refused},
+                          {"video_situation_refused", k.situation_refused},
+                          {"video_dirt_rects_clamped", k.dirt_rects_clamped},
+                          {"video_replies_dropped", k.replies_dropped}};
+    }
+    if (kbd) {
+        const auto k = kbd->status();
+        c.keyboard = k.state;
+        c.key_events = k.events_sent;
+        c.guest_errors.emplace_back("keyboard_malformed", k.malformed);
+    }
+    if (mouse) {
+        const auto m = mouse->status();
+        c.mouse = m.state;
+        c.pointer_reports = m.reports_sent;
+        c.guest_errors.emplace_back("mouse_malformed", m.malformed);
+    }
+    return c;
+}
+
+// A console device's refusal, as the API reports it.
+std::unexpected<ApiError> console_error(const Error& e) {
+    switch (e.code()) {
+        case Errc::Invalid: return api_error(ErrorKind::BadRequest, e.message());
+        case Errc::Closed: return api_error(ErrorKind::Conflict, e.message());
+        case Errc::Busy: return api_error(ErrorKind::Unavailable, e.message());
+        default: return api_error(ErrorKind::Internal, e.message());
+    }
+}
+
 // An integration service's error, as the API reports it.
 std::unexpected<ApiError> ic_error(const Error& e) {
     switch (e.code()) {
@@ -197,6 +252,7 @@ api::VmInfo MachineControl::info() {
     for (const auto& e : devices_.entries())
         if (auto nic = std::dynamic_pointer_cast<netvsp::Nic>(e.device)) info.nics.push_back(nic_info(nic->status()));
     if (auto dm = devices_.first<balloon::BalloonDevice>()) info.memory = memory_info(dm->status());
+    info.console = console_info(devices_);
     const uint64_t rss = process_resident_bytes();
     if (!m) {
         info.vmm_rss_bytes = rss;
@@ -485,6 +541,51 @@ api::CopyFileProgress MachineControl::copy_file_progress() {
     out.elapsed_ms = static_cast<uint64_t>(p.elapsed.count());
     out.error = p.error;
     return out;
+api::ApiResult<api::Screenshot> MachineControl::screenshot() {
+    auto video = devices_.first<video::VideoDevice>();
+    if (!video) return api_error(ErrorKind::NotFound, "this VM has no display (--display off or --hyperv off)");
+    auto frame = video->capture();
+    if (!frame) return console_error(frame.error());
+    auto png = video::encode_png(*frame);
+    if (!png) return api_error(ErrorKind::Internal, png.error().message());
+    return api::Screenshot{frame->width, frame->height, std::move(*png)};
+}
+
+api::ApiResult<> MachineControl::send_keys(const api::SendKeysRequest& request) {
+    auto kbd = devices_.first<input::KeyboardDevice>();
+    if (!kbd) return api_error(ErrorKind::NotFound, "this VM has no keyboard (--display off or --hyperv off)");
+    auto events = input::text_events(request.text);
+    if (!events) return console_error(events.error());
+    for (const auto& combination : request.keys) {
+        auto more = input::combination_events(combination);
+        if (!more) return console_error(more.error());
+        events->insert(events->end(), more->begin(), more->end());
+    }
+    if (auto r = kbd->type(*events); !r) return console_error(r.error());
+    return {};
+}
+
+api::ApiResult<> MachineControl::pointer(const api::PointerRequest& request) {
+    auto mouse = devices_.first<input::MouseDevice>();
+    if (!mouse) return api_error(ErrorKind::NotFound, "this VM has no mouse (--display off or --hyperv off)");
+    // Pixels of the screen the guest shows now (or the mode offered, before it shows one).
+    uint32_t width = cfg_.display.width, height = cfg_.display.height;
+    if (auto video = devices_.first<video::VideoDevice>())
+        if (const auto mode = video->status().mode) width = mode->width, height = mode->height;
+    if (request.x >= width || request.y >= height)
+        return api_error(ErrorKind::BadRequest, fmt::format("({}, {}) is outside the {}x{} screen", request.x,
+                                                            request.y, width, height));
+    input::PointerState s{input::MouseDevice::scale(request.x, width), input::MouseDevice::scale(request.y, height),
+                          request.buttons, static_cast<int16_t>(request.wheel)};
+    if (auto r = mouse->move(s); !r) return console_error(r.error());
+    if (request.click) {
+        s.wheel = 0;
+        s.buttons = static_cast<uint8_t>(request.buttons | request.click);
+        if (auto r = mouse->move(s); !r) return console_error(r.error());
+        s.buttons = request.buttons;
+        if (auto r = mouse->move(s); !r) return console_error(r.error());
+    }
+    return {};
 }
 
 }  // namespace enlighten

@@ -54,6 +54,9 @@ public:
     api::ApiResult<> set_memory(const api::MemoryUpdate& update) override;
     api::ApiResult<api::CopyFileResult> copy_file(const api::CopyFileRequest& request) override;
     api::CopyFileProgress copy_file_progress() override;
+    api::ApiResult<api::Screenshot> screenshot() override;
+    api::ApiResult<> send_keys(const api::SendKeysRequest& request) override;
+    api::ApiResult<> pointer(const api::PointerRequest& request) override;
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);

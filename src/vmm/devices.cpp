@@ -4,8 +4,10 @@
 
 #include "devices/balloon/factory.hpp"
 #include "devices/ic/factory.hpp"
+#include "devices/input/factory.hpp"
 #include "devices/netvsp/factory.hpp"
 #include "devices/storvsp/factory.hpp"
+#include "devices/video/factory.hpp"
 
 namespace enlighten {
 
@@ -27,6 +29,9 @@ constexpr Kind kKinds[] = {
     {"ide", storvsp::make_ide},
     {"nic", netvsp::make_nic},
     {"balloon", balloon::make_balloon},
+    {"keyboard", input::make_keyboard},
+    {"mouse", input::make_mouse},
+    {"video", video::make_video},
 };
 
 }  // namespace

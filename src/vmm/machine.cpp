@@ -16,6 +16,7 @@
 #include "platform/devices/acpi_pm.hpp"
 #include "platform/devices/cmos_rtc.hpp"
 #include "platform/devices/legacy.hpp"
+#include "platform/devices/pci.hpp"
 #include "platform/devices/serial.hpp"
 #include "platform/layout.hpp"
 #include "common/rate_limit.hpp"
@@ -100,6 +101,10 @@ public:
         return {};
     }
     Result<> discard(uint64_t gpa, uint64_t size) override { return m_.discard(gpa, size); }
+    Result<> map_vram(uint64_t gpa, uint64_t size) override {
+        ENL_TRY_VOID(m_.map_vram(gpa, size));
+        return {};
+    }
 
 private:
     MemoryManager& m_;
@@ -166,6 +171,8 @@ Result<> Machine::build() {
     platform.vmbus = cfg_.hyperv;
     platform.vmbus_mmio_low = {memory_manager_->vmbus_mmio_low().gpa, memory_manager_->vmbus_mmio_low().size};
     platform.vmbus_mmio_high = {memory_manager_->vmbus_mmio_high().gpa, memory_manager_->vmbus_mmio_high().size};
+    platform.pci = true;
+    platform.pci_mmio = {layout::kPciMmioStart, layout::kPciMmioSize};
     ENL_TRY(acpi::Tables tables, acpi::build_tables(platform));
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 
@@ -288,6 +295,19 @@ Result<> Machine::add_platform_devices() {
         request_exit({VmExit::Kind::Reset, 0, {}});
     })));
     ENL_TRY_VOID(pio_.add(0x80, 1, std::make_shared<SinkDevice>()));  // POST code / I/O delay
+    // PCI bus 0: a host bridge (an i440FX's IDs, as QEMU's pc machine: Linux's direct probe
+    // finds a host bridge class there), and the synthetic video's PCI identity, which
+    // hyperv_fb looks up before it picks its framebuffer (contract-input-video §5).
+    auto pci = std::make_shared<PciBus>();
+    ENL_TRY_VOID(pci->add(layout::kPciHostBridgeSlot, {.vendor = 0x8086, .device = 0x1237, .class_code = 0x060000,
+                                                      .revision = 0x02}));
+    if (cfg_.hyperv && cfg_.display.enabled)
+        ENL_TRY_VOID(pci->add(layout::kPciVideoSlot, {.vendor = 0x1414,
+                                                     .device = 0x5353,
+                                                     .class_code = 0x030000,
+                                                     .bar0_size = static_cast<uint32_t>(layout::kPciVideoBarSize),
+                                                     .bar0_base = static_cast<uint32_t>(layout::kPciMmioStart)}));
+    ENL_TRY_VOID(pio_.add(layout::kPciConfigPort, PciBus::kPortCount, std::move(pci)));
     return {};
 }
 

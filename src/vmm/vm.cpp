@@ -18,6 +18,10 @@
 #include "vmm/devices.hpp"
 #include "vmm/exit_codes.hpp"
 #include "vmm/machine.hpp"
+#include "vmm/vnc_display.hpp"
+#include "devices/input/keyboard.hpp"
+#include "devices/input/mouse.hpp"
+#include "devices/video/video.hpp"
 
 namespace enlighten {
 
@@ -41,6 +45,7 @@ struct VirtualMachine::Impl {
     std::unique_ptr<MachineControl> control;
     std::optional<api::ApiServer> api;
     std::shared_ptr<Machine> machine;  // the running boot, if any
+    std::unique_ptr<VncDisplay> vnc;   // --vnc; stops (its threads joined) before the rest goes
     bool flush_scheduled = false;
     // A stop signal (SIGINT/SIGTERM/SIGHUP) received: it ends Enlighten whatever else the
     // machine was doing, a guest reset in progress included (otherwise the reset, recorded
@@ -55,6 +60,7 @@ VirtualMachine::VirtualMachine(std::unique_ptr<Impl> impl) : impl_(std::move(imp
 
 VirtualMachine::~VirtualMachine() {
     if (impl_->api) impl_->api->stop();
+    impl_->vnc.reset();
 }
 
 Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
@@ -88,6 +94,13 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
         impl->vsock = std::move(*vsock);
     }
 
+    if (impl->cfg.vnc) {
+        auto vnc = VncDisplay::start(*impl->cfg.vnc, *impl->loop, impl->devices.first<video::VideoDevice>(),
+                                     impl->devices.first<input::KeyboardDevice>(),
+                                     impl->devices.first<input::MouseDevice>());
+        if (!vnc) return std::unexpected(vnc.error().context("--vnc"));
+        impl->vnc = std::move(*vnc);
+    }
     // The management API lives across guest reboots; it follows the current machine.
     impl->control = std::make_unique<MachineControl>(impl->cfg, impl->devices, *impl->loop);
     if (!impl->cfg.api_socket.empty()) {

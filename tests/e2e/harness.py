@@ -115,6 +115,15 @@ def json_between(res: RunResult, marker: str, tag: str) -> dict:
     """The JSON the scenario printed between "MARKER-BEGIN TAG" and "MARKER-END TAG" lines
     (an API answer); fails the test, with the output, when it is missing or not JSON."""
     m = re.search(rf"^{marker}-BEGIN {re.escape(tag)}\n(.*?)^{marker}-END {re.escape(tag)}$", res.output, re.S | re.M)
+def parts_line(key: str, res: RunResult, extra: str = "") -> str:
+    """What a scenario run's PART lines say (harness BG_VM_LIB `part`), for the test report."""
+    parts = re.findall(r"^PART (\S+) (\S+)$", res.output, re.M)
+    return f"[{key}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}{extra}] "
+
+
+def vm_info(res: RunResult, tag: str) -> dict:
+    """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
+    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
     if not m:
         raise AssertionError(f"no {marker} '{tag}' in the output" + describe(res))
     try:
@@ -376,6 +385,9 @@ class _Run:
     # scenario: more files, NAME -> local path (or a function giving it, called when the session
     # runs); the script finds each at $NAME (carried into the test host)
     files: dict[str, Path | Callable[[], Path]] = field(default_factory=dict)
+    # scenario: files in the guest's initrd, guest path -> local path (or a function giving it,
+    # called when the session runs)
+    guest_files: dict[str, Path | Callable[[], Path]] = field(default_factory=dict)
 
 
 class Session:
@@ -389,8 +401,11 @@ class Session:
 
     def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None,
                  host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB,
-                 host_net_tools: bool = False) -> None:
-        """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3)."""
+                 host_net_tools: bool = False, host_libraries: tuple[str, ...] = ()) -> None:
+        """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3);
+        host_libraries: shared libraries of this machine (and those they need) that the test
+        host gets at the same paths, for what the VMM loads with dlopen() (libvncserver)."""
+        self.host_libraries = tuple(host_libraries)
         self.name = name
         self.host_net_tools = host_net_tools
         self.host_memory_mib = host_memory_mib
@@ -429,16 +444,19 @@ class Session:
     def scenario(self, key: str, script: str, *, job: str | None = None, cpus: int = 1,
                  timeout: float = 300, tools: bool = False, net: bool = False,
                  files: dict[str, Path | Callable[[], Path]] | None = None,
-                 binary: Path | None = None) -> None:
+                 binary: Path | None = None,
+                 guest_files: dict[str, Path | Callable[[], Path]] | None = None) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`, `net`: the guest has
         the disk tools, the network tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
         returning it, called when the session runs, e.g. to build an image): $NAME in the
-        script is that file (carried into the test host); `binary`: $ENL (default: BINARY)."""
+        script is that file (carried into the test host); `binary`: $ENL (default: BINARY);
+        `guest_files`: guest path -> local path (or a function returning it), put into the
+        guest's initrd next to /job."""
         for name in files or {}:
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
         self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, net=net,
-                       files=dict(files or {}), binary=binary or BINARY))
+                       files=dict(files or {}), binary=binary or BINARY, guest_files=dict(guest_files or {})))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -492,8 +510,9 @@ class Session:
             return
         img = image()
         for run in runnable:  # one at a time: make_run_initrd's temporary file is per process
-            run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools, net=run.net)
-                          if run.job is not None or run.tools or run.net else img.initrd)
+            guest_files = [(Path(f() if callable(f) else f), dst) for dst, f in run.guest_files.items()]
+            run.initrd = (guest_image.make_run_initrd(job=run.job, tools=run.tools, net=run.net, files=guest_files)
+                          if run.job is not None or run.tools or run.net or guest_files else img.initrd)
             run.files = {name: Path(f() if callable(f) else f) for name, f in run.files.items()}
         self.runner = testhost.choose_runner()
         # If the test host stops answering (it has been seen to hang under heavy load), the
@@ -545,6 +564,10 @@ class Session:
         tmp = Path(tempfile.mkdtemp(prefix=f"enlighten-e2e-{self.name}-"))
         try:
             kernel = place(img.kernel, f"{testhost.HOST_GUEST_DIR}/bzImage")
+            if not direct:
+                for lib in self.host_libraries:
+                    for path in [lib, *testhost.ldd_libraries(lib)]:
+                        files.setdefault(path, path)
             queue: list[str] = []
             for n, run in enumerate(runnable):
                 binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")

@@ -367,6 +367,33 @@ TEST(AcpiTables, DsdtVmbusCrsDescribesTheMmioWindows) {
     EXPECT_FALSE(contains_bytes(dsdt_bytes(*low_only), {0x8a, 0x2b}));
 }
 
+TEST(AcpiTables, DsdtPciRootBridgeOnlyWhenRequested) {
+    EXPECT_FALSE(contains_bytes(dsdt_bytes(build(1, true)), {'P', 'C', 'I', '0'}));
+    auto tables = build_tables(PlatformDescription{.num_cpus = 1, .vmbus = true, .pci = true,
+                                                   .pci_mmio = {0xc0000000, 0x30000000}});
+    ASSERT_TRUE(tables.has_value()) << tables.error().message();
+    const Bytes dsdt = dsdt_bytes(*tables);
+    // Device(PCI0){ Name(_HID, EISAID("PNP0A03")) Name(_UID, Zero) Name(_SEG, Zero) Name(_BBN, Zero)
+    EXPECT_TRUE(contains_bytes(dsdt, {'P', 'C', 'I', '0', 0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03,
+                                      0x08, '_', 'U', 'I', 'D', 0x00, 0x08, '_', 'S', 'E', 'G', 0x00,
+                                      0x08, '_', 'B', 'B', 'N', 0x00}));
+    // Name(_CRS, ResourceTemplate(){ WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode,
+    //   0, 0, 0xFF, 0, 0x100) DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed,
+    //   NonCacheable, ReadWrite, 0, 0xC0000000, 0xEFFFFFFF, 0, 0x30000000) })
+    const Bytes crs{0x08, '_', 'C', 'R', 'S', 0x11, 0x2f, 0x0a, 0x2c,                       // Buffer(44)
+                    0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x00,  // WordBusNumber
+                    0x00, 0x00, 0x00, 0x01,                                                  //
+                    0x87, 0x17, 0x00, 0x00, 0x0c, 0x01,                                      // DWordMemory
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0,                          // _GRA _MIN
+                    0xff, 0xff, 0xff, 0xef, 0x00, 0x00, 0x00, 0x00,                          // _MAX _TRA
+                    0x00, 0x00, 0x00, 0x30,                                                  // _LEN
+                    0x79, 0x00};
+    EXPECT_TRUE(contains_bytes(dsdt, crs));
+    // A window above 4 GiB cannot be a DWordMemory.
+    EXPECT_FALSE(build_tables(PlatformDescription{.num_cpus = 1, .pci = true, .pci_mmio = {0xf0000000, 0x20000000}})
+                     .has_value());
+}
+
 TEST(AcpiTables, RejectsVmbusWindowsLinuxWouldMisread) {
     auto build_with = [](MmioWindow low, MmioWindow high) {
         return build_tables(PlatformDescription{.num_cpus = 1, .vmbus = true, .vmbus_mmio_low = low,

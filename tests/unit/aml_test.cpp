@@ -243,6 +243,18 @@ TEST(AmlResources, QWordMemory) {
               expected);
 }
 
+TEST(AmlResources, WordBusNumber) {
+    // WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0xFF, 0, 0x100), as iasl
+    // encodes it.
+    const B expected{0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00,  // Word, bus numbers, producer, _MIF|_MAF
+                     0x00, 0x00, 0x00, 0x00, 0xff, 0x00,  // _GRA, _MIN, _MAX
+                     0x00, 0x00, 0x00, 0x01};             // _TRA, _LEN
+    EXPECT_EQ(ok(resource_descriptor(WordBusNumber{.min = 0, .max = 0xff, .length = 0x100})), expected);
+    EXPECT_FALSE(resource_descriptor(WordBusNumber{.min = 2, .max = 1}));
+    EXPECT_FALSE(resource_descriptor(WordBusNumber{.min = 0, .max = 0xff, .length = 0x80}));  // fixed, wrong length
+    EXPECT_FALSE(resource_descriptor(WordBusNumber{.min = 0, .max = 0xff, .length = 0x101}));
+}
+
 TEST(AmlResources, VmbusMmioWindowsTemplate) {
     // ResourceTemplate(){
     //   DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,

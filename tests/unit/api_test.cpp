@@ -95,6 +95,19 @@ public:
             std::lock_guard lock(mu_);
             if (mem_in_info) i.memory = mem;
         }
+        ConsoleInfo c;
+        c.video = "ready";
+        c.video_version = "3.5";
+        c.mode = DisplayMode{1024, 768, 4096};
+        c.offered_width = 1024;
+        c.offered_height = 768;
+        c.vram_gpa = 32 << 20;
+        c.vram_bytes = 4 << 20;
+        c.keyboard = "ready";
+        c.mouse = "negotiating";
+        c.key_events = 12;
+        c.guest_errors = {{"video_malformed", 1}};
+        i.console = c;
         return i;
     }
     ApiResult<> shutdown(const ShutdownRequest& r) override {
@@ -209,6 +222,20 @@ public:
         if (u.target && *u.target > (4ULL << 30))
             return std::unexpected(ApiError{ErrorKind::BadRequest, "target above max"});
         return {};
+    }
+    ApiResult<Screenshot> screenshot() override {
+        record("screenshot");
+        std::lock_guard lock(mu_);
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        return Screenshot{2, 1, std::string("\x89PNG\r\n\x1a\n\0binary", 15)};
+    }
+    ApiResult<> send_keys(const SendKeysRequest& r) override {
+        std::string keys;
+        for (const auto& k : r.keys) keys += " [" + k + "]";
+        return mutate("send-keys text=" + r.text + keys);
+    }
+    ApiResult<> pointer(const PointerRequest& r) override {
+        return mutate(fmt::format("pointer {},{} buttons={} wheel={} click={}", r.x, r.y, r.buttons, r.wheel, r.click));
     }
     bool mem_in_info = true;
     MemoryInfo mem = [] {
@@ -486,7 +513,11 @@ TEST_F(ApiServerTest, Info) {
     EXPECT_TRUE(j["storage_channels"].is_array());
     EXPECT_TRUE(j["memory"].is_object());
     EXPECT_EQ(j["vm_id"], "6ba7b810-9dad-41d1-80b4-00c04fd430c8");
-    EXPECT_EQ(j.size(), 18U) << j.dump();
+    EXPECT_EQ(j["console"], Json::parse(R"({"video":"ready","video_version":"3.5",
+        "mode":{"width":1024,"height":768,"pitch":4096},"offered":{"width":1024,"height":768},
+        "vram_gpa":33554432,"vram_bytes":4194304,"vram_in_mmio":false,"keyboard":"ready","mouse":"negotiating",
+        "key_events":12,"pointer_reports":0,"guest_errors":{"video_malformed":1}})"));
+    EXPECT_EQ(j.size(), 19U) << j.dump();
 }
 
 TEST_F(ApiServerTest, ShutdownWithoutBodyUsesDefaults) {
@@ -699,6 +730,53 @@ TEST_F(ApiServerTest, MemoryGetPutAndInVmInfo) {
     // vm.info carries the same figures.
     auto info = Json::parse(get("/api/v1/vm.info")->body);
     EXPECT_EQ(info["memory"], j);
+}
+
+TEST_F(ApiServerTest, ScreenshotIsAPngBody) {
+    auto r = get("/api/v1/vm.screenshot");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->header("Content-Type"), "image/png");
+    EXPECT_EQ(r->body, std::string("\x89PNG\r\n\x1a\n\0binary", 15));
+    EXPECT_EQ(put("/api/v1/vm.screenshot")->status, 405);
+    vm.fail_next(ErrorKind::Conflict, "the guest has no framebuffer");
+    r = get("/api/v1/vm.screenshot");
+    EXPECT_EQ(r->status, 409);
+    EXPECT_EQ(r->header("Content-Type"), "application/json");
+    EXPECT_EQ(error_of(r->body), "the guest has no framebuffer");
+}
+
+TEST_F(ApiServerTest, SendKeysAndPointer) {
+    EXPECT_EQ(put("/api/v1/vm.send-keys", R"({"text": "root\n"})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "send-keys text=root\n");
+    EXPECT_EQ(put("/api/v1/vm.send-keys", R"({"keys": ["ctrl+alt+delete", "Return"]})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "send-keys text= [ctrl+alt+delete] [Return]");
+    EXPECT_EQ(put("/api/v1/vm.pointer", R"({"x": 10, "y": 20})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "pointer 10,20 buttons=0 wheel=0 click=0");
+    EXPECT_EQ(put("/api/v1/vm.pointer", R"({"x": 0, "y": 5, "buttons": ["left", "middle"], "wheel": -3,
+                                            "click": "right"})")->status, 204);
+    EXPECT_EQ(vm.calls().back(), "pointer 0,5 buttons=5 wheel=-3 click=2");
+    // Bad bodies never reach the VM.
+    const size_t calls = vm.calls().size();
+    for (const char* body : {"", "{}", R"({"text": 5})", R"({"keys": "a"})", R"({"keys": [""]})", R"({"keys": [1]})",
+                             R"({"text": "", "keys": []})", R"({"text": "a", "extra": 1})"})
+        EXPECT_EQ(put("/api/v1/vm.send-keys", body)->status, 400) << body;
+    EXPECT_EQ(put("/api/v1/vm.send-keys", Json{{"text", std::string(kMaxSendKeysText + 1, 'a')}}.dump())->status, 400);
+    EXPECT_EQ(put("/api/v1/vm.send-keys", Json{{"keys", std::vector<std::string>(kMaxSendKeysKeys + 1, "a")}}.dump())
+                  ->status,
+              400);
+    for (const char* body : {"", R"({"x": 1})", R"({"x": -1, "y": 1})", R"({"x": 1.5, "y": 1})",
+                             R"({"x": 1, "y": 1, "buttons": ["thumb"]})", R"({"x": 1, "y": 1, "buttons": "left"})",
+                             R"({"x": 1, "y": 1, "wheel": 128})", R"({"x": 1, "y": 1, "wheel": -9999999999999})",
+                             R"({"x": 1, "y": 1, "click": 1})", R"({"x": 1, "y": 1, "z": 1})"})
+        EXPECT_EQ(put("/api/v1/vm.pointer", body)->status, 400) << body;
+    EXPECT_EQ(vm.calls().size(), calls);
+    EXPECT_EQ(get("/api/v1/vm.send-keys")->status, 405);
+    EXPECT_EQ(get("/api/v1/vm.pointer")->status, 405);
+    vm.fail_next(ErrorKind::BadRequest, "unknown key 'foo'");
+    auto r = put("/api/v1/vm.send-keys", R"({"keys": ["foo"]})");
+    EXPECT_EQ(r->status, 400);
+    EXPECT_EQ(error_of(r->body), "unknown key 'foo'");
 }
 
 TEST_F(ApiServerTest, KvpPoolsByName) {
@@ -1262,12 +1340,26 @@ TEST_F(ApiServerTest, CliEveryCommand) {
     EXPECT_EQ(Json::parse(ok({"memory"}))["target"], 512ULL << 20);
     EXPECT_EQ(ok({"memory-set", "--target", "768M"}), "");
     EXPECT_EQ(ok({"memory-set", "--target", "auto", "--min", "256M", "--buffer", "10", "--dynamic", "on"}), "");
+    EXPECT_EQ(ok({"send-keys", "--text", "root", "Return", "ctrl+alt+f2"}), "");
+    EXPECT_EQ(ok({"pointer", "100", "200", "--buttons", "left,right", "--wheel", "-2", "--click", "middle"}), "");
+    const std::string png = dir.path + "/shot.png";
+    EXPECT_EQ(ok({"screenshot", png}), "");
+    {
+        std::string bytes(64, '\0');
+        std::FILE* f = std::fopen(png.c_str(), "rb");
+        ASSERT_NE(f, nullptr);
+        bytes.resize(std::fread(bytes.data(), 1, bytes.size(), f));
+        std::fclose(f);
+        EXPECT_EQ(bytes, std::string("\x89PNG\r\n\x1a\n\0binary", 15));
+    }
     EXPECT_EQ(vm.calls(), (std::vector<std::string>{"info", "heartbeat", "shutdown", "reboot", "shutdown", "power_off",
                                                     "reset", "time_sync", "kvp_set 0 " + key + "=v \"quoted\"",
                                                     "kvp_get 0 " + key, "kvp_list 0", "kvp_delete 0 " + key,
                                                     "net-link net0 down", "net-link net0 up", "memory",
                                                     "memory-set target=805306368 min=- max=- buffer=- dynamic=-",
-                                                    "memory-set target=- min=268435456 max=- buffer=10 dynamic=on"}));
+                                                    "memory-set target=- min=268435456 max=- buffer=10 dynamic=on",
+                                                    "send-keys text=root [Return] [ctrl+alt+f2]",
+                                                    "pointer 100,200 buttons=3 wheel=-2 click=4", "screenshot"}));
 }
 
 TEST_F(ApiServerTest, CliErrorsAreOneLine) {

@@ -26,6 +26,12 @@ struct PlatformDescription {
     // QWordMemory. A window of size 0 is left out.
     MmioWindow vmbus_mmio_low{};
     MmioWindow vmbus_mmio_high{};
+    // Adds Device(\_SB.PCI0): a PCI root bridge (PNP0A03) for bus 0, whose functions the guest
+    // reaches through configuration mechanism #1 (platform/devices/pci.hpp). Its _CRS gives
+    // bus numbers 0-255 and `pci_mmio` (below 4 GiB) as the window for BARs. Linux scans no PCI
+    // bus without it when ACPI is on (contract-input-video §5.3).
+    bool pci = false;
+    MmioWindow pci_mmio{};
 };
 
 struct Tables {

@@ -38,7 +38,9 @@ constexpr uint8_t kIoTag = 0x47;          // small item 0x08, length 7
 constexpr uint8_t kEndTag = 0x79;         // small item 0x0F, length 1
 constexpr uint8_t kDWordAddressTag = 0x87;
 constexpr uint8_t kQWordAddressTag = 0x8a;
-constexpr uint8_t kMemoryRangeType = 0;  // address space descriptor resource type
+constexpr uint8_t kWordAddressTag = 0x88;
+constexpr uint8_t kMemoryRangeType = 0;  // address space descriptor resource types
+constexpr uint8_t kBusNumberRangeType = 2;
 
 constexpr uint32_t kMaxPkgLength = (1U << 28) - 1;
 
@@ -157,6 +159,23 @@ Result<Bytes> encode_resource(const AddressMemory<Word>& mem) {
     for (const Word field : {mem.granularity, mem.min, mem.max, mem.translation, mem.length}) {
         put_le(out, field, sizeof(Word));
     }
+    return out;
+}
+
+// Word address space descriptor (§6.4.3.5.3) for a bus number range (resource type 2).
+Result<Bytes> encode_resource(const WordBusNumber& bus) {
+    if (bus.min > bus.max) return fail("WordBusNumber descriptor: minimum {} above maximum {}", bus.min, bus.max);
+    const uint32_t window = uint32_t{bus.max} - bus.min + 1;
+    if (bus.length > window || (bus.min_fixed && bus.max_fixed && bus.length != 0 && bus.length != window))
+        return fail("WordBusNumber descriptor: length {} does not fit the range {}-{}", bus.length, bus.min, bus.max);
+    Bytes out{kWordAddressTag};
+    put_le(out, 13, 2);  // bytes 1-2: length
+    out.push_back(kBusNumberRangeType);
+    // Byte 4, general flags as for memory; byte 5, type specific flags: none for bus numbers.
+    out.push_back(static_cast<uint8_t>((bus.max_fixed ? 1U << 3 : 0U) | (bus.min_fixed ? 1U << 2 : 0U) |
+                                       (bus.consumer ? 1U : 0U)));
+    out.push_back(0);
+    for (const uint16_t field : {bus.granularity, bus.min, bus.max, bus.translation, bus.length}) put_le(out, field, 2);
     return out;
 }
 

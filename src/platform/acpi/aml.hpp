@@ -70,7 +70,20 @@ struct AddressMemory {
 using DWordMemory = AddressMemory<uint32_t>;
 using QWordMemory = AddressMemory<uint64_t>;
 
-using Resource = std::variant<Io, IrqNoFlags, DWordMemory, QWordMemory>;
+// WordBusNumber(...) (§6.4.3.5.3 with resource type 2): the bus numbers a PCI root bridge
+// decodes, e.g. WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0xFF, 0, 0x100).
+struct WordBusNumber {
+    bool consumer = false;  // a root bridge produces its bus range
+    bool min_fixed = true;
+    bool max_fixed = true;
+    uint16_t granularity = 0;
+    uint16_t min = 0;
+    uint16_t max = 0;
+    uint16_t translation = 0;
+    uint16_t length = 0;
+};
+
+using Resource = std::variant<Io, IrqNoFlags, DWordMemory, QWordMemory, WordBusNumber>;
 
 // ---- The tree ----
 

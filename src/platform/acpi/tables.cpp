@@ -2,7 +2,8 @@
 //
 // The platform is a PC with ACPI fixed hardware (not hardware-reduced): PM1a event/control
 // blocks, SCI on IRQ 9, a reset register, a CMOS RTC, a 16550 on COM1, local APICs and one
-// I/O APIC. No PM timer, no GPE blocks, no i8042, no VGA, no PCI.
+// I/O APIC, and optionally a PCI root bridge for bus 0 (configuration mechanism #1; no MCFG,
+// no _PRT: nothing on it uses interrupts). No PM timer, no GPE blocks, no i8042, no legacy VGA.
 //
 // Wire formats are packed structs copied into the image; x86 is little-endian like ACPI.
 #include <algorithm>
@@ -390,10 +391,29 @@ Result<> check_vmbus_windows(const PlatformDescription& platform) {
     }
     if (const MmioWindow& w = platform.vmbus_mmio_high; w.size != 0 && w.size - 1 > ~uint64_t{0} - w.base)
         return fail("VMBus MMIO window {:#x}+{:#x} wraps around", w.base, w.size);
+    if (const MmioWindow& w = platform.pci_mmio; platform.pci && w.size != 0) {
+        if (w.base < layout::kHighMemory || w.size > layout::kFourGiB - w.base)
+            return fail("PCI window {:#x}+{:#x} is not between 1 MiB and 4 GiB", w.base, w.size);
+    }
     return {};
 }
 
-// The DSDT (§5.2.11.1): \_S5 for soft-off through PM1a_CNT, COM1, and optionally the VMBus.
+// The PCI root bridge's _CRS: the bus numbers it decodes and its memory window (a producer:
+// Linux gives the BARs below it addresses from there). No I/O window: nothing on the bus has
+// I/O BARs, and 0xCF8-0xCFF are not listed (Linux drops that entry anyway).
+std::vector<aml::Resource> pci_root_resources(const PlatformDescription& platform) {
+    std::vector<aml::Resource> out;
+    out.push_back(aml::WordBusNumber{.min = 0, .max = 0xff, .length = 0x100});
+    if (const MmioWindow& w = platform.pci_mmio; w.size != 0)
+        out.push_back(aml::DWordMemory{.consumer = false,
+                                       .min = static_cast<uint32_t>(w.base),
+                                       .max = static_cast<uint32_t>(w.base + w.size - 1),
+                                       .length = static_cast<uint32_t>(w.size)});
+    return out;
+}
+
+// The DSDT (§5.2.11.1): \_S5 for soft-off through PM1a_CNT, COM1, and optionally the VMBus
+// and a PCI root bridge.
 Result<Bytes> build_dsdt(const PlatformDescription& platform) {
     std::vector<aml::Node> system_bus;
     system_bus.push_back(aml::device("COM1", {
@@ -410,6 +430,15 @@ Result<Bytes> build_dsdt(const PlatformDescription& platform) {
             aml::name("_UID", aml::integer(0)),
             aml::method("_STA", 0, false, {aml::return_(aml::integer(0x0f))}),  // present, enabled, shown, working
             aml::name("_CRS", aml::resource_template(vmbus_resources(platform))),
+        }));
+    }
+    if (platform.pci) {
+        system_bus.push_back(aml::device("PCI0", {
+            aml::name("_HID", aml::eisa_id("PNP0A03")),
+            aml::name("_UID", aml::integer(0)),
+            aml::name("_SEG", aml::integer(0)),
+            aml::name("_BBN", aml::integer(0)),
+            aml::name("_CRS", aml::resource_template(pci_root_resources(platform))),
         }));
     }
     ENL_TRY(Bytes body, aml::encode({

@@ -1,0 +1,281 @@
+#include "backends/vnc/vnc.hpp"
+
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <rfb/rfb.h>
+
+#include "common/fd.hpp"
+#include "common/log.hpp"
+
+namespace enlighten::vnc {
+
+namespace {
+
+#define ENL_VNC_STR2(x) #x
+#define ENL_VNC_STR(x) ENL_VNC_STR2(x)
+
+// libvncserver's entry points, found with dlsym. rfbInitServer is a macro naming the variant
+// the headers were configured for (with pthreads and ZRLE on Debian).
+struct Library {
+    decltype(&rfbGetScreen) get_screen = nullptr;
+    decltype(&rfbInitServer) init_server = nullptr;
+    decltype(&rfbRunEventLoop) run_event_loop = nullptr;
+    decltype(&rfbShutdownServer) shutdown_server = nullptr;
+    decltype(&rfbScreenCleanup) screen_cleanup = nullptr;
+    decltype(&rfbMarkRectAsModified) mark_rect = nullptr;
+    decltype(&rfbNewFramebuffer) new_framebuffer = nullptr;
+    decltype(&rfbNewClient) new_client = nullptr;
+    decltype(&rfbStartOnHoldClient) start_on_hold_client = nullptr;
+    rfbLogProc* log = nullptr;
+    rfbLogProc* err = nullptr;
+};
+
+void log_from_library(const char* format, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, format);
+    std::vsnprintf(buf, sizeof(buf), format, ap);
+    va_end(ap);
+    std::string_view line(buf);
+    while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+    log::debug("vnc: {}", line);
+}
+
+template <typename F>
+bool find(void* handle, const char* name, F& out) {
+    void* p = ::dlsym(handle, name);
+    out = reinterpret_cast<F>(p);
+    return p != nullptr;
+}
+
+Result<const Library*> load_library() {
+    static std::once_flag once;
+    static Library lib;
+    static std::string problem;
+    std::call_once(once, [] {
+        void* h = ::dlopen("libvncserver.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            const char* e = ::dlerror();
+            problem = fmt::format("cannot load libvncserver ({}); install Debian's libvncserver1", e ? e : "?");
+            return;
+        }
+        const bool ok = find(h, "rfbGetScreen", lib.get_screen) && find(h, ENL_VNC_STR(rfbInitServer), lib.init_server) &&
+                        find(h, "rfbRunEventLoop", lib.run_event_loop) &&
+                        find(h, "rfbShutdownServer", lib.shutdown_server) &&
+                        find(h, "rfbScreenCleanup", lib.screen_cleanup) &&
+                        find(h, "rfbMarkRectAsModified", lib.mark_rect) &&
+                        find(h, "rfbNewFramebuffer", lib.new_framebuffer) && find(h, "rfbNewClient", lib.new_client) &&
+                        find(h, "rfbStartOnHoldClient", lib.start_on_hold_client) && find(h, "rfbLog", lib.log) &&
+                        find(h, "rfbErr", lib.err);
+        if (!ok) {
+            problem = "libvncserver lacks a function Enlighten needs (another version than 0.9.14?)";
+            return;
+        }
+        // Its log goes to ours (debug level): it would print to stderr otherwise.
+        *lib.log = log_from_library;
+        *lib.err = log_from_library;
+    });
+    if (!problem.empty()) return fail(Errc::Unsupported, "{}", problem);
+    return &lib;
+}
+
+}  // namespace
+
+Result<Endpoint> parse_endpoint(std::string_view spec) {
+    Endpoint e;
+    if (spec.starts_with("unix:")) {
+        e.unix_socket = true;
+        e.path = spec.substr(5);
+        if (e.path.empty() || e.path.size() >= sizeof(sockaddr_un{}.sun_path))
+            return fail(Errc::Invalid, "--vnc '{}': a socket path of 1 to {} bytes", spec, sizeof(sockaddr_un{}.sun_path) - 1);
+        return e;
+    }
+    const size_t colon = spec.rfind(':');
+    if (colon == std::string_view::npos) return fail(Errc::Invalid, "--vnc '{}': expected HOST:PORT, :PORT or unix:PATH", spec);
+    if (colon > 0) e.host = spec.substr(0, colon);
+    const auto port = spec.substr(colon + 1);
+    unsigned v = 0;
+    auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), v);
+    if (ec != std::errc() || p != port.data() + port.size() || v == 0 || v > 65535)
+        return fail(Errc::Invalid, "--vnc '{}': the port must be 1 to 65535", spec);
+    e.port = static_cast<uint16_t>(v);
+    in_addr addr{};
+    if (::inet_pton(AF_INET, e.host.c_str(), &addr) != 1)
+        return fail(Errc::Invalid, "--vnc '{}': '{}' is not an IPv4 address", spec, e.host);
+    return e;
+}
+
+struct Server::Impl {
+    const Library* lib = nullptr;
+    Source* source = nullptr;
+    Endpoint where;
+    rfbScreenInfoPtr screen = nullptr;
+    std::vector<uint8_t> fb;
+    std::atomic<uint32_t> viewers{0};
+    // unix:PATH: our own listener (libvncserver 0.9.14 listens on TCP only).
+    UniqueFd unix_fd;
+    std::thread unix_thread;
+    std::atomic<bool> stopping{false};
+
+    static Impl& of(rfbClientPtr cl) { return *static_cast<Impl*>(cl->screen->screenData); }
+
+    static void on_key(rfbBool down, rfbKeySym keysym, rfbClientPtr cl) {
+        if (!cl->viewOnly) of(cl).source->key(static_cast<uint32_t>(keysym), down != 0);
+    }
+    static void on_pointer(int mask, int x, int y, rfbClientPtr cl) {
+        if (cl->viewOnly) return;
+        const rfbScreenInfoPtr s = cl->screen;
+        const auto cx = static_cast<uint32_t>(std::clamp(x, 0, std::max(0, s->width - 1)));
+        const auto cy = static_cast<uint32_t>(std::clamp(y, 0, std::max(0, s->height - 1)));
+        of(cl).source->pointer(cx, cy, static_cast<uint8_t>(mask & 0x1f));
+    }
+    static void on_gone(rfbClientPtr cl) {
+        Impl& self = of(cl);
+        self.source->viewers(--self.viewers);
+    }
+    static rfbNewClientAction on_new_client(rfbClientPtr cl) {
+        Impl& self = of(cl);
+        cl->clientGoneHook = on_gone;
+        self.source->viewers(++self.viewers);
+        log::info("vnc: a client connected ({})", cl->host ? cl->host : "?");
+        return RFB_CLIENT_ACCEPT;
+    }
+
+    Result<> listen_unix() {
+        unix_fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!unix_fd.valid()) return fail_errno("vnc: socket");
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, where.path.data(), where.path.size());
+        // A socket left by an earlier run goes; anything else at the path is an error.
+        struct stat st {};
+        if (::lstat(where.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(where.path.c_str());
+        const mode_t old = ::umask(0177);  // the socket is the user's alone (0600)
+        const int bound = ::bind(unix_fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+        ::umask(old);
+        if (bound != 0) return fail_errno(fmt::format("vnc: bind {}", where.path));
+        if (::listen(unix_fd.get(), 8) != 0) return fail_errno(fmt::format("vnc: listen {}", where.path));
+        unix_thread = std::thread([this] {
+            for (;;) {
+                const int fd = ::accept4(unix_fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+                if (stopping) {
+                    if (fd >= 0) ::close(fd);
+                    return;
+                }
+                if (fd < 0) {
+                    if (errno == EINTR || errno == ECONNABORTED) continue;
+                    log::warn("vnc: accept on {}: {}", where.path, std::strerror(errno));
+                    return;
+                }
+                // What libvncserver's listener thread does with a TCP connection.
+                rfbClientPtr cl = lib->new_client(screen, fd);
+                if (cl && !cl->onHold) lib->start_on_hold_client(cl);
+            }
+        });
+        return {};
+    }
+
+    void stop() {
+        if (unix_thread.joinable()) {
+            stopping = true;
+            ::shutdown(unix_fd.get(), SHUT_RDWR);  // wakes accept()
+            unix_thread.join();
+            ::unlink(where.path.c_str());
+        }
+        if (screen) {
+            lib->shutdown_server(screen, TRUE);
+            lib->screen_cleanup(screen);
+            screen = nullptr;
+        }
+    }
+};
+
+Result<std::unique_ptr<Server>> Server::start(const Endpoint& where, Source& source, uint32_t width,
+                                               uint32_t height) {
+    ENL_TRY(const Library* lib, load_library());
+    auto impl = std::make_unique<Impl>();
+    impl->lib = lib;
+    impl->source = &source;
+    impl->where = where;
+    impl->fb.assign(size_t{width} * height * 4, 0);
+    int argc = 0;
+    impl->screen = lib->get_screen(&argc, nullptr, static_cast<int>(width), static_cast<int>(height), 8, 3, 4);
+    if (!impl->screen) return fail("vnc: libvncserver could not set up a screen");
+    rfbScreenInfoPtr s = impl->screen;
+    s->screenData = impl.get();
+    s->frameBuffer = reinterpret_cast<char*>(impl->fb.data());
+    s->desktopName = "Enlighten";
+    s->alwaysShared = TRUE;
+    s->cursor = nullptr;  // no server-drawn cursor: the guest draws its own, clients theirs
+    s->kbdAddEvent = Impl::on_key;
+    s->ptrAddEvent = Impl::on_pointer;
+    s->newClientHook = Impl::on_new_client;
+    s->ipv6port = 0;  // never the IPv6 wildcard
+    s->httpPort = 0;
+    s->http6Port = 0;
+    if (where.unix_socket) {
+        s->port = 0;
+    } else {
+        s->port = where.port;
+        in_addr addr{};
+        ::inet_pton(AF_INET, where.host.c_str(), &addr);
+        s->listenInterface = addr.s_addr;
+    }
+    lib->init_server(s);
+    std::unique_ptr<Server> server(new Server(std::move(impl)));
+    server->width_ = width;
+    server->height_ = height;
+    if (!where.unix_socket && s->listenSock == RFB_INVALID_SOCKET)
+        return fail(Errc::Io, "vnc: cannot listen on {}:{} (in use?)", where.host, where.port);
+    if (where.unix_socket) ENL_TRY_VOID(server->impl_->listen_unix());
+    lib->run_event_loop(s, 40000, TRUE);  // its own threads from here on
+    log::info("vnc: serving the console on {}", server->address());
+    return server;
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() {
+    if (impl_) impl_->stop();
+}
+
+void Server::resize(uint32_t width, uint32_t height) {
+    std::vector<uint8_t> fb(size_t{width} * height * 4, 0);
+    impl_->lib->new_framebuffer(impl_->screen, reinterpret_cast<char*>(fb.data()), static_cast<int>(width),
+                                static_cast<int>(height), 8, 3, 4);
+    // The clients use the new one now (rfbNewFramebuffer held them off while it switched).
+    impl_->fb.swap(fb);
+    width_ = width;
+    height_ = height;
+}
+
+std::span<uint8_t> Server::pixels() { return impl_->fb; }
+
+void Server::changed(uint32_t x, uint32_t y, uint32_t w, uint32_t h) {
+    if (x >= width_ || y >= height_ || w == 0 || h == 0) return;
+    const uint32_t x2 = x + std::min(w, width_ - x), y2 = y + std::min(h, height_ - y);
+    impl_->lib->mark_rect(impl_->screen, static_cast<int>(x), static_cast<int>(y), static_cast<int>(x2),
+                          static_cast<int>(y2));
+}
+
+std::string Server::address() const {
+    const Endpoint& e = impl_->where;
+    return e.unix_socket ? "unix:" + e.path : fmt::format("{}:{}", e.host, e.port);
+}
+
+}  // namespace enlighten::vnc
