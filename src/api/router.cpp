@@ -608,6 +608,7 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
                                {"mib_per_s", rate(done->bytes, done->elapsed_ms)}});
         }
         return method_not_allowed(method, "GET, HEAD, PUT");
+    }
     if (name == "vm.screenshot") {
         return get_only([&] {
             auto shot = vm.screenshot();

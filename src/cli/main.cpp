@@ -256,6 +256,8 @@ Result<std::string> parse_vsock(const std::string& spec) {
     }
     if (path.empty()) return fail("--vsock '{}': socket= is empty", spec);
     return path;
+}
+
 // --display on|off[,resolution=WxH] (a first element resolution=... alone means on).
 Result<DisplayConfig> parse_display(const std::string& spec) {
     ENL_TRY(auto items, spec_items("--display", spec, "state"));
@@ -534,6 +536,7 @@ int main(int argc, char** argv) {
             auto path = parse_vsock(vsock);
             if (!path) return error(path.error());
             cfg.vsock_socket = std::move(*path);
+        }
         // The console: Hyper-V gives every VM a synthetic keyboard, mouse and video.
         if (cfg.display.enabled) {
             cfg.devices.push_back(DeviceConfig{"keyboard", "keyboard", {}, {}});

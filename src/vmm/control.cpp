@@ -541,6 +541,8 @@ api::CopyFileProgress MachineControl::copy_file_progress() {
     out.elapsed_ms = static_cast<uint64_t>(p.elapsed.count());
     out.error = p.error;
     return out;
+}
+
 api::ApiResult<api::Screenshot> MachineControl::screenshot() {
     auto video = devices_.first<video::VideoDevice>();
     if (!video) return api_error(ErrorKind::NotFound, "this VM has no display (--display off or --hyperv off)");
