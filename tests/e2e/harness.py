@@ -115,15 +115,6 @@ def json_between(res: RunResult, marker: str, tag: str) -> dict:
     """The JSON the scenario printed between "MARKER-BEGIN TAG" and "MARKER-END TAG" lines
     (an API answer); fails the test, with the output, when it is missing or not JSON."""
     m = re.search(rf"^{marker}-BEGIN {re.escape(tag)}\n(.*?)^{marker}-END {re.escape(tag)}$", res.output, re.S | re.M)
-def parts_line(key: str, res: RunResult, extra: str = "") -> str:
-    """What a scenario run's PART lines say (harness BG_VM_LIB `part`), for the test report."""
-    parts = re.findall(r"^PART (\S+) (\S+)$", res.output, re.M)
-    return f"[{key}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}{extra}] "
-
-
-def vm_info(res: RunResult, tag: str) -> dict:
-    """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
-    m = re.search(rf"^INFO-BEGIN {re.escape(tag)}\n(.*?)^INFO-END {re.escape(tag)}$", res.output, re.S | re.M)
     if not m:
         raise AssertionError(f"no {marker} '{tag}' in the output" + describe(res))
     try:
@@ -135,6 +126,12 @@ def vm_info(res: RunResult, tag: str) -> dict:
 def vm_info(res: RunResult, tag: str) -> dict:
     """The vm.info JSON the scenario printed between INFO-BEGIN TAG and INFO-END TAG."""
     return json_between(res, "INFO", tag)
+
+
+def parts_line(key: str, res: RunResult, extra: str = "") -> str:
+    """What a scenario run's PART lines say (harness BG_VM_LIB `part`), for the test report."""
+    parts = re.findall(r"^PART (\S+) (\S+)$", res.output, re.M)
+    return f"[{key}: {res.duration:.1f} s: {', '.join(f'{a} {b} s' for a, b in parts)}{extra}] "
 
 
 class GuestTestCase(unittest.TestCase):
