@@ -102,7 +102,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 const uint32_t type = in.take<uint8_t>() % 16U;
                 std::vector<uint8_t> body(in.take<uint8_t>());
                 const auto src = in.take_bytes(body.size());
-                std::memcpy(body.data(), src.data(), src.size());
+                if (!src.empty()) std::memcpy(body.data(), src.data(), src.size());
                 // Often a GPA inside RAM and a plausible mode, so the checks behind are reached.
                 if (type == 3 && body.size() >= 17 && (op & 0x80)) {
                     const uint64_t gpa = (in.take<uint16_t>() % kRamPages) * 4096ULL;

@@ -171,34 +171,43 @@ facts() {
     echo "RESULT mouse=$mouse"
     sed 's/^/PROCINPUT /' /proc/bus/input/devices
 }
+# pattern_and_readers: the facts, the event devices read in the background, fbcon unbound (it
+# draws the cursor and text) and the pattern in /dev/fb0
+pattern_and_readers() {
+    kbd=; mouse=
+    # the input devices may come a little after the modules (atkbd binds through kseriod)
+    n=0; while [ $n -lt 100 ]; do
+        k=0; for e in /sys/class/input/event*; do [ -e "$e" ] && k=$((k + 1)); done
+        [ $k -ge 2 ] && break; sleep 0.1; n=$((n + 1))
+    done
+    facts
+    for v in /sys/class/vtconsole/vtcon*; do
+        echo "VTCON ${v##*/} $(cat $v/name) bind=$(cat $v/bind)"
+        grep -q "frame buffer" "$v/name" && echo 0 > "$v/bind"
+    done
+    cat "/dev/input/$kbd" > /tmp/kbd.bin & kpid=$!
+    cat "/dev/input/$mouse" > /tmp/mouse.bin & mpid=$!
+    dd if=/pattern.bgrx of=/dev/fb0 bs=4096 2>/dev/null; echo "RESULT dd_rc=$?"
+    sync
+}
+# events_after BYTES: once the keyboard's reader has that much (or after 90 s), both
+# devices' events as od prints them (KBD and MOUSE lines)
+events_after() {
+    n=0
+    while [ "$(stat -c %s /tmp/kbd.bin)" -lt "$1" ] && [ $n -lt 900 ]; do sleep 0.1; n=$((n + 1)); done
+    sleep 1
+    kill $kpid $mpid
+    od -A n -t d2 -v -w24 /tmp/kbd.bin | sed 's/^/KBD /'
+    od -A n -t d2 -v -w24 /tmp/mouse.bin | sed 's/^/MOUSE /'
+}
 """
 
 JOB_CONSOLE = GUEST_LIB + r"""
-kbd=; mouse=
-# the input devices may come a little after the modules (atkbd binds through kseriod)
-n=0; while [ $n -lt 100 ]; do
-    k=0; for e in /sys/class/input/event*; do [ -e "$e" ] && k=$((k + 1)); done
-    [ $k -ge 2 ] && break; sleep 0.1; n=$((n + 1))
-done
-facts
-# fbcon draws on the framebuffer (cursor, text): unbind it, so that the pattern stays
-for v in /sys/class/vtconsole/vtcon*; do
-    echo "VTCON ${v##*/} $(cat $v/name) bind=$(cat $v/bind)"
-    grep -q "frame buffer" "$v/name" && echo 0 > "$v/bind"
-done
-cat "/dev/input/$kbd" > /tmp/kbd.bin & kpid=$!
-cat "/dev/input/$mouse" > /tmp/mouse.bin & mpid=$!
-dd if=/pattern.bgrx of=/dev/fb0 bs=4096 2>/dev/null; echo "RESULT dd_rc=$?"
-sync
+pattern_and_readers
 echo "CONSOLE-READY"
 # The host: a screenshot, the pointer, then the keys; done when 12 key events came
 # (a letter and an E0 key, each pressed and released: MSC_SCAN, EV_KEY, SYN_REPORT).
-n=0
-while [ "$(stat -c %s /tmp/kbd.bin)" -lt 288 ] && [ $n -lt 900 ]; do sleep 0.1; n=$((n + 1)); done
-sleep 1
-kill $kpid $mpid
-od -A n -t d2 -v -w24 /tmp/kbd.bin | sed 's/^/KBD /'
-od -A n -t d2 -v -w24 /tmp/mouse.bin | sed 's/^/MOUSE /'
+events_after 288
 echo "CONSOLE-DONE"
 # The text console again, with a getty on tty1 that the host logs in to by typing.
 for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" "$v/name" && echo 1 > "$v/bind"; done
@@ -265,24 +274,10 @@ stop_vm
 # The same pattern, shown through VNC: a client's arrival copies the whole screen; a key and a
 # click from the client reach the guest; then fbcon draws again and only what it dirtied comes.
 JOB_VNC = GUEST_LIB + r"""
-kbd=; mouse=
-n=0; while [ $n -lt 100 ]; do
-    k=0; for e in /sys/class/input/event*; do [ -e "$e" ] && k=$((k + 1)); done
-    [ $k -ge 2 ] && break; sleep 0.1; n=$((n + 1))
-done
-facts
-for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" "$v/name" && echo 0 > "$v/bind"; done
-cat "/dev/input/$kbd" > /tmp/kbd.bin & kpid=$!
-cat "/dev/input/$mouse" > /tmp/mouse.bin & mpid=$!
-dd if=/pattern.bgrx of=/dev/fb0 bs=4096 2>/dev/null; echo "RESULT dd_rc=$?"
+pattern_and_readers
 echo "VNC-READY"
 # one key from the client: MSC_SCAN, EV_KEY, SYN_REPORT down and up
-n=0
-while [ "$(stat -c %s /tmp/kbd.bin)" -lt 144 ] && [ $n -lt 900 ]; do sleep 0.1; n=$((n + 1)); done
-sleep 1
-kill $kpid $mpid
-od -A n -t d2 -v -w24 /tmp/kbd.bin | sed 's/^/KBD /'
-od -A n -t d2 -v -w24 /tmp/mouse.bin | sed 's/^/MOUSE /'
+events_after 144
 echo "VNC-DONE"
 # While the host's second client watches: fbcon draws the text console again.
 sleep 4

@@ -109,7 +109,7 @@ TEST(Synthvid, WireLayoutsMatchHypervFb) {
     ASSERT_EQ(resp.size(), 22U);
     EXPECT_EQ(resp, (std::vector<uint8_t>{1, 0, 0, 0, 14, 0, 0, 0, 2, 0, 0, 0, 14, 0, 0, 0, 3, 0, 5, 0, 1, 1}));
     EXPECT_EQ(video::make_vram_location_ack(0x1234).size(), 24U);
-    EXPECT_EQ(body_of<video::VramLocationAckBody>(video::make_vram_location_ack(0x1234)).user_ctx, 0x1234U);
+    EXPECT_EQ(uint64_t{body_of<video::VramLocationAckBody>(video::make_vram_location_ack(0x1234)).user_ctx}, 0x1234U);
     const auto fc = video::make_feature_change(true, false, false, false);
     ASSERT_EQ(fc.size(), 20U);
     EXPECT_EQ(vid_type(fc), 9U);
@@ -266,15 +266,15 @@ TEST(VideoDevice, NegotiatesLikeHypervFbAndCapturesThePixelsExactly) {
     ASSERT_GE(res.resolution_count, 1);
     ASSERT_LT(res.default_resolution_index, res.resolution_count);
     const auto def = read_prefix<video::ScreenSize>(std::span(msgs[1]).subspan(147 + 4 * size_t{res.default_resolution_index}));
-    EXPECT_EQ(def->width, 1024);
-    EXPECT_EQ(def->height, 768);
+    EXPECT_EQ(uint32_t{def->width}, 1024U);
+    EXPECT_EQ(uint32_t{def->height}, 768U);
     // Every entry fits the 4 MiB the offer gave (the guest does not check, §4.4).
     for (uint8_t i = 0; i < res.resolution_count; ++i) {
         const auto s = read_prefix<video::ScreenSize>(std::span(msgs[1]).subspan(147 + 4 * size_t{i})).value();
         EXPECT_LE(uint64_t{s.width} * s.height * 4, 4 * kMiB);
     }
     EXPECT_EQ(vid_type(msgs[2]), 4U);
-    EXPECT_EQ(body_of<video::VramLocationAckBody>(msgs[2]).user_ctx, VideoGuest::kVram);
+    EXPECT_EQ(uint64_t{body_of<video::VramLocationAckBody>(msgs[2]).user_ctx}, VideoGuest::kVram);
     EXPECT_EQ(vid_type(msgs[3]), 6U);  // SITUATION_UPDATE_ACK, which Linux ignores
 
     const auto st = v.dev->status();
@@ -343,7 +343,7 @@ TEST(VideoDevice, RefusesVramOutsideGuestMemory) {
         auto msgs = v.received();
         ASSERT_EQ(msgs.size(), 3U);
         // Not the user_ctx back: Linux's probe fails ("Unable to set VRAM location").
-        EXPECT_NE(body_of<video::VramLocationAckBody>(msgs[1]).user_ctx, gpa);
+        EXPECT_NE(uint64_t{body_of<video::VramLocationAckBody>(msgs[1]).user_ctx}, gpa);
         EXPECT_EQ(v.dev->status().counters.vram_refused, 1U);
         EXPECT_FALSE(v.dev->status().vram_gpa);
         EXPECT_FALSE(v.dev->status().mode);
@@ -360,7 +360,7 @@ TEST(VideoDevice, VramInTheMmioPoolIsBackedOnDemandAndBounded) {
     v.send(vid(video::MsgType::VersionRequest, video::VersionRequestBody{video::kVersionWin10}));
     v.send(vid(video::MsgType::VramLocation, video::VramLocationBody{0xf0000000, 1, 0xf0000000}));
     auto msgs = v.received();
-    EXPECT_EQ(body_of<video::VramLocationAckBody>(msgs.at(1)).user_ctx, 0xf0000000U);
+    EXPECT_EQ(uint64_t{body_of<video::VramLocationAckBody>(msgs.at(1)).user_ctx}, 0xf0000000U);
     ASSERT_EQ(ram.mapped.size(), 1U);
     EXPECT_EQ(ram.mapped[0], (GpaWindow{0xf0000000, 8 * kMiB}));
     EXPECT_TRUE(v.dev->status().vram_in_mmio);
@@ -719,12 +719,14 @@ TEST(MouseDevice, AnswersThenSendsTheDeviceInfoHidHypervAccepts) {
     EXPECT_EQ(dev_info.product, 0x0621);
     const auto desc = *read_prefix<input::HidDescriptor>(std::span(info).subspan(48));
     const size_t desc_size = pipe.size - 40;
-    EXPECT_GE(desc.length, 9);
-    EXPECT_LE(desc.length, desc_size);
+    // Copies: gtest takes references, and the packed fields are not aligned.
+    const size_t length = desc.length, report_length = desc.report_length;
+    EXPECT_GE(length, 9U);
+    EXPECT_LE(length, desc_size);
     EXPECT_EQ(desc.descriptor_type, 0x21);
-    ASSERT_GT(desc.report_length, 0);
-    EXPECT_LE(desc.report_length, desc_size - desc.length);
-    const auto report_desc = std::span(info).subspan(48 + desc.length, desc.report_length);
+    ASSERT_GT(report_length, 0U);
+    EXPECT_LE(report_length, desc_size - length);
+    const auto report_desc = std::span(info).subspan(48 + length, report_length);
     EXPECT_TRUE(std::equal(report_desc.begin(), report_desc.end(), input::kMouseReportDescriptor.begin()));
     EXPECT_EQ(report_desc[14], 0x29);  // SA-167: not a Logical Maximum tag
     // Reports only after the guest's ACK.

@@ -45,7 +45,8 @@ struct Library {
     rfbLogProc* err = nullptr;
 };
 
-void log_from_library(const char* format, ...) {
+// printf-style, as rfbLogProc is.
+__attribute__((format(printf, 1, 2))) void log_from_library(const char* format, ...) {
     char buf[512];
     va_list ap;
     va_start(ap, format);

@@ -97,15 +97,16 @@ Result<GuestMessage> parse_guest_message(std::span<const uint8_t> payload) {
         }
         case MsgType::PointerShape: {
             ENL_TRY(auto m, fixed<PointerShapeBody>(body, type));
-            if (m.width > kMaxCursor || m.height > kMaxCursor)
-                return fail(Errc::Invalid, "POINTER_SHAPE of {}x{}, larger than {}x{}", m.width, m.height, kMaxCursor,
-                            kMaxCursor);
+            // Copies: the packed fields are not aligned for fmt's references.
+            const uint32_t w = m.width, h = m.height;
+            if (w > kMaxCursor || h > kMaxCursor)
+                return fail(Errc::Invalid, "POINTER_SHAPE of {}x{}, larger than {}x{}", w, h, kMaxCursor, kMaxCursor);
             // A shape in one message (part 0xFF) must carry all of its data; parts of a larger
             // one carry a piece each.
             const uint64_t data = body.size() - sizeof(PointerShapeBody);
             if (m.part_idx == 0xff && data < shape_bytes(m))
-                return fail(Errc::Invalid, "POINTER_SHAPE {}x{} with {} bytes of data (needs {})", m.width, m.height,
-                            data, shape_bytes(m));
+                return fail(Errc::Invalid, "POINTER_SHAPE {}x{} with {} bytes of data (needs {})", w, h, data,
+                            shape_bytes(m));
             return PointerShape{m.part_idx, m.is_argb != 0, m.width, m.height, m.hot_x, m.hot_y};
         }
         case MsgType::Dirt: {
