@@ -115,6 +115,7 @@ public:
         p.bytes_written = 50;
         p.elapsed_ms = 3;
         return p;
+    }
     ApiResult<Screenshot> screenshot() override { return Screenshot{1, 1, std::string("\x89PNG\xff", 5)}; }
     ApiResult<> send_keys(const SendKeysRequest& r) override {
         // The router checked these (parse_send_keys).
