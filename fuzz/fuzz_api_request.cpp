@@ -6,6 +6,7 @@
 //   odd:  "METHOD\nTARGET\nBODY" straight into api::handle_request.
 // A fake VmControl traps if anything unchecked reaches it; every answer must be HTTP with a
 // JSON body. fuzz_api_response fuzzes the ResponseParser on its own.
+#include <cctype>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -117,6 +118,23 @@ public:
         return p;
     }
     ApiResult<Screenshot> screenshot() override { return Screenshot{1, 1, std::string("\x89PNG\xff", 5)}; }
+    ApiResult<CheckpointInfo> checkpoint(const CheckpointRequest& r) override {
+        // The router checked these (parse_checkpoint).
+        if (r.name.empty() || r.name.size() > kMaxCheckpointName || r.name.front() == '.' ||
+            (r.consistency != "application" && r.consistency != "crash") || r.freeze_timeout_s < 1 ||
+            r.freeze_timeout_s > kMaxFreezeTimeoutS)
+            __builtin_trap();
+        for (char c : r.name)
+            if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') __builtin_trap();
+        CheckpointInfo c;
+        c.name = r.name;
+        c.disks.push_back({"disk0", "/a.vhdx", "/a_" + r.name + ".avhdx"});
+        return c;
+    }
+    std::vector<CheckpointInfo> checkpoints() override { return {CheckpointInfo{}}; }
+    ApiResult<CheckpointInfo> merge_checkpoint() override {
+        return std::unexpected(ApiError{ErrorKind::Conflict, "there is no checkpoint to merge"});
+    }
     ApiResult<> send_keys(const SendKeysRequest& r) override {
         // The router checked these (parse_send_keys).
         if (r.text.size() > kMaxSendKeysText || r.keys.size() > kMaxSendKeysKeys || (r.text.empty() && r.keys.empty()))

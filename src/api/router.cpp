@@ -1,11 +1,11 @@
 #include "api/router.hpp"
 
-#include <tuple>
-
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <expected>
 #include <initializer_list>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -354,6 +354,44 @@ Json to_json(const CopyFileProgress& p) {
             {"error", p.error.empty() ? Json(nullptr) : Json(p.error)}};
 }
 
+std::expected<CheckpointRequest, std::string> parse_checkpoint(std::string_view body) {
+    auto j = parse_object(body, {"name", "consistency", "freeze_timeout_s"}, true);
+    if (!j) return std::unexpected(j.error());
+    CheckpointRequest r;
+    auto it = j->find("name");
+    if (it == j->end() || !it->is_string()) return std::unexpected(std::string("name (a string) is required"));
+    r.name = it->get<std::string>();
+    if (r.name.empty() || r.name.size() > kMaxCheckpointName)
+        return std::unexpected(fmt::format("name must have 1 to {} characters", kMaxCheckpointName));
+    for (char c : r.name)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-')
+            return std::unexpected(std::string("name may hold only letters, digits, '.', '_' and '-'"));
+    if (r.name.front() == '.') return std::unexpected(std::string("name must not start with '.'"));
+    if (auto c = j->find("consistency"); c != j->end()) {
+        if (!c->is_string() || (*c != "application" && *c != "crash"))
+            return std::unexpected(std::string("consistency must be \"application\" or \"crash\""));
+        r.consistency = c->get<std::string>();
+    }
+    if (auto t = j->find("freeze_timeout_s"); t != j->end()) {
+        const bool ok = t->is_number_unsigned() && t->get<uint64_t>() >= 1 && t->get<uint64_t>() <= kMaxFreezeTimeoutS;
+        if (!ok) return std::unexpected(fmt::format("freeze_timeout_s must be an integer between 1 and {}", kMaxFreezeTimeoutS));
+        r.freeze_timeout_s = static_cast<uint32_t>(t->get<uint64_t>());
+    }
+    return r;
+}
+
+Json to_json(const CheckpointInfo& c) {
+    Json disks = Json::array();
+    for (const auto& d : c.disks) disks.push_back({{"id", d.id}, {"parent", d.parent}, {"image", d.image}});
+    return {{"name", c.name},
+            {"consistency", c.consistency},
+            {"created_unix_ms", c.created_unix_ms},
+            {"frozen_ms", c.frozen_ms},
+            {"paused_ms", c.paused_ms},
+            {"disks", std::move(disks)},
+            {"warning", c.warning.empty() ? Json(nullptr) : Json(c.warning)}};
+}
+
 std::expected<SendKeysRequest, std::string> parse_send_keys(std::string_view body) {
     auto j = parse_object(body, {"text", "keys"}, true);
     if (!j) return std::unexpected(j.error());
@@ -608,6 +646,31 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
                                {"mib_per_s", rate(done->bytes, done->elapsed_ms)}});
         }
         return method_not_allowed(method, "GET, HEAD, PUT");
+    }
+    if (name == "vm.checkpoint") {
+        return put_only([&] {
+            auto req = parse_checkpoint(body);
+            if (!req) return error_reply(400, req.error());
+            auto done = vm.checkpoint(*req);
+            if (!done) return from_api_error(done.error());
+            return json_reply(to_json(*done));
+        });
+    }
+    if (name == "vm.checkpoints") {
+        return get_only([&] {
+            Json list = Json::array();
+            for (const auto& c : vm.checkpoints()) list.push_back(to_json(c));
+            return json_reply({{"checkpoints", std::move(list)}});
+        });
+    }
+    if (name == "vm.checkpoint-merge") {
+        return put_only([&] {
+            auto j = parse_object(body, {}, false);
+            if (!j) return error_reply(400, j.error());
+            auto done = vm.merge_checkpoint();
+            if (!done) return from_api_error(done.error());
+            return json_reply(to_json(*done));
+        });
     }
     if (name == "vm.screenshot") {
         return get_only([&] {

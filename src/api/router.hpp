@@ -33,6 +33,10 @@ inline constexpr size_t kMaxReasonUtf16 = 1023;
 inline constexpr uint32_t kMaxTimeoutS = 3600;
 // vm.copy-file: the longest source or destination path taken (PATH_MAX).
 inline constexpr size_t kMaxCopyPathBytes = 4096;
+// vm.checkpoint: the longest name, and the longest freeze the guest may take (its own limit,
+// VSS_FREEZE_TIMEOUT in hv_snapshot.c).
+inline constexpr size_t kMaxCheckpointName = 64;
+inline constexpr uint64_t kMaxFreezeTimeoutS = 900;
 
 struct HttpReply {
     int status = 200;

@@ -266,6 +266,31 @@ struct CopyFileProgress {
     std::string error;  // why it failed
 };
 
+// PUT vm.checkpoint: a production checkpoint, as Hyper-V takes one (docs/checkpoints.md).
+struct CheckpointRequest {
+    std::string name;                       // [A-Za-z0-9._-], 1..64; unique among the checkpoints
+    std::string consistency = "application"; // "application": the guest's file systems frozen
+                                            // (VSS) or no checkpoint; "crash": without the guest
+    uint32_t freeze_timeout_s = 60;         // how long the guest may take to freeze (1..900)
+};
+
+struct CheckpointDisk {
+    std::string id;
+    std::string parent;  // the image as of the checkpoint, read-only from then on
+    std::string image;   // the differencing image the disk writes since
+};
+
+// GET vm.checkpoints lists these, oldest first.
+struct CheckpointInfo {
+    std::string name;
+    std::string consistency;   // "application" (frozen by the guest) or "crash"
+    uint64_t created_unix_ms = 0;
+    uint64_t frozen_ms = 0;    // FREEZE answered .. THAW answered (0 for "crash")
+    uint64_t paused_ms = 0;    // the disks' I/O held while their images were switched
+    std::vector<CheckpointDisk> disks;
+    std::string warning;       // e.g. a THAW the guest failed
+};
+
 class VmControl {
 public:
     virtual ~VmControl() = default;
@@ -309,6 +334,14 @@ public:
     // file; the API's other worker answers meanwhile). One at a time (Conflict otherwise).
     virtual ApiResult<CopyFileResult> copy_file(const CopyFileRequest& request) = 0;
     virtual CopyFileProgress copy_file_progress() = 0;
+    // Checkpoints of every writable VHDX disk (docs/checkpoints.md): taking one waits for the
+    // guest's freeze (seconds; at most freeze_timeout_s); merging the newest writes its
+    // differencing images back into their parents while the disks' I/O waits. One
+    // checkpoint operation at a time (Conflict otherwise). Conflict: no VSS in the guest
+    // (for "application"), a raw disk, a name in use; BadRequest: a bad name.
+    virtual ApiResult<CheckpointInfo> checkpoint(const CheckpointRequest& request) = 0;
+    virtual std::vector<CheckpointInfo> checkpoints() = 0;
+    virtual ApiResult<CheckpointInfo> merge_checkpoint() = 0;
     // The console: the guest's screen as a PNG (Conflict before its framebuffer driver is
     // connected), keys typed into it and pointer input (Conflict before the keyboard or
     // mouse driver is connected; BadRequest for an unknown key; Unavailable when the guest

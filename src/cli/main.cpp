@@ -232,7 +232,7 @@ Result<std::vector<std::string>> services_off(const std::string& spec) {
             std::string name = spec.substr(start, comma - start);
             const auto& known = ic::kIntegrationServices;
             if (std::find(std::begin(known), std::end(known), std::string_view(name)) == std::end(known))
-                return fail("--integration-services '{}': unknown service '{}' (heartbeat, shutdown, timesync, kvp, fcopy; "
+                return fail("--integration-services '{}': unknown service '{}' (heartbeat, shutdown, timesync, kvp, fcopy, vss; "
                             "or all, none)",
                             spec, name);
             on.insert(std::move(name));

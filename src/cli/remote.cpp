@@ -97,6 +97,14 @@ Call make_call(const RemoteOptions& o) {
         return {"PUT", base + "vm.copy-file", json(j), true};
     }
     if (c == "copy-file-status") return {"GET", base + "vm.copy-file", {}, true};
+    if (c == "checkpoint") {
+        Json j{{"name", o.checkpoint_name}};
+        if (o.checkpoint_crash) j["consistency"] = "crash";
+        if (o.freeze_timeout_s) j["freeze_timeout_s"] = o.freeze_timeout_s;
+        return {"PUT", base + "vm.checkpoint", json(j), true};
+    }
+    if (c == "checkpoints") return {"GET", base + "vm.checkpoints", {}, true};
+    if (c == "checkpoint-merge") return {"PUT", base + "vm.checkpoint-merge", {}, true};
     if (c == "screenshot") return {"GET", base + "vm.screenshot", {}, false, true};
     if (c == "send-keys") {
         Json j = Json::object();
@@ -187,7 +195,7 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* add = cmd("add-disk", "Hot-add a disk to the SCSI controller; prints it");
     add->add_option("path", opts.disk_path, "The image file or block device")->required();
     add->add_option("--id", opts.disk_id, "The disk's id (default: diskN)");
-    add->add_option("--format", opts.disk_format, "auto (default) or raw");
+    add->add_option("--format", opts.disk_format, "auto (default), raw or vhdx");
     add->add_option("--serial", opts.disk_serial, "The serial number the guest sees (default: the id)");
     add->add_flag("--readonly", opts.disk_readonly, "The guest cannot write it");
     add->add_flag("--writethrough", opts.disk_writethrough, "Every write stable before it completes (no write cache)");
@@ -200,7 +208,7 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     auto* ics = cmd("integration-services",
                     "List the integration services (enabled, version, Hyper-V's status), or enable/disable one");
     ics->add_option("action", opts.service_action, "enable or disable")->check(CLI::IsMember({"enable", "disable"}));
-    ics->add_option("name", opts.service_name, "The service: heartbeat, shutdown, timesync, kvp, fcopy");
+    ics->add_option("name", opts.service_name, "The service: heartbeat, shutdown, timesync, kvp, fcopy, vss");
     ics->callback([&opts] {
         opts.command = "integration-services";
         if (!opts.service_action.empty() && opts.service_name.empty())
@@ -222,6 +230,14 @@ CLI::App* add_remote_command(CLI::App& app, RemoteOptions& opts) {
     cp->add_flag("--overwrite", opts.copy_overwrite, "Replace the guest's file if it exists");
     cp->add_flag("--create-path", opts.copy_create_path, "Create the guest directories that are missing");
     cmd("copy-file-status", "Print the running file copy's progress (or the last copy's result)");
+    auto* ck = cmd("checkpoint", "Take a production checkpoint: the guest freezes its file systems (VSS), every "
+                                 "writable VHDX disk goes on a new differencing image (docs/checkpoints.md)");
+    ck->add_option("name", opts.checkpoint_name, "The checkpoint's name (letters, digits, . _ -)")->required();
+    ck->add_flag("--crash", opts.checkpoint_crash, "Without the guest's freeze (crash-consistent), e.g. when it has no VSS daemon");
+    ck->add_option("--freeze-timeout", opts.freeze_timeout_s, "Seconds the guest may take to freeze (default 60)")
+        ->check(CLI::Range(1, 900));
+    cmd("checkpoints", "List the checkpoints, oldest first");
+    cmd("checkpoint-merge", "Merge the newest checkpoint's differencing images back into their parents");
     auto* shot = cmd("screenshot", "Save the guest's screen as a PNG");
     shot->add_option("file", opts.file, "The PNG file to write (- for stdout)")->required();
     auto* keys = cmd("send-keys", "Type text and press keys on the guest's keyboard (docs/console.md)");
@@ -246,7 +262,10 @@ int run_remote(const RemoteOptions& opts) {
     client_opts.connect_timeout = std::chrono::seconds(5);
     // A file copy answers when it is done: a large file takes long (the server bounds each
     // of the guest's answers, so a stuck guest still ends the call).
-    client_opts.io_timeout = opts.command == "copy-file" ? std::chrono::hours(24) : std::chrono::seconds(60);
+    // A checkpoint waits for the guest's freeze (up to 900 s) and a merge copies data.
+    client_opts.io_timeout = opts.command == "copy-file" || opts.command == "checkpoint-merge" ? std::chrono::hours(24)
+                             : opts.command == "checkpoint" ? std::chrono::seconds(960)
+                                                            : std::chrono::seconds(60);
     client_opts.keep_alive = false;
     client_opts.max_response_bytes = 256U << 20;  // a screenshot of a large, busy screen
     api::HttpClient client(opts.api_socket, client_opts);

@@ -47,6 +47,10 @@ struct RemoteOptions {
     std::string copy_destination;
     bool copy_overwrite = false;
     bool copy_create_path = false;
+    // checkpoint
+    std::string checkpoint_name;
+    bool checkpoint_crash = false;
+    uint32_t freeze_timeout_s = 0;  // 0: the server's default
     // screenshot: where the PNG goes ("-": stdout)
     std::string file;
     // send-keys

@@ -13,6 +13,7 @@
 
 #include "api/vm_control.hpp"
 #include "common/thread_annotations.hpp"
+#include "vmm/checkpoints.hpp"
 #include "vmm/config.hpp"
 
 namespace enlighten {
@@ -28,7 +29,7 @@ class EventLoop;
 class MachineControl final : public api::VmControl {
 public:
     MachineControl(const VmConfig& cfg, const DeviceSet& devices, EventLoop& loop)
-        : cfg_(cfg), devices_(devices), loop_(loop) {}
+        : cfg_(cfg), devices_(devices), loop_(loop), checkpoints_(devices) {}
     ~MachineControl() override;
 
     // The VM tells us which machine runs (null between machines and at the end).
@@ -57,6 +58,11 @@ public:
     api::ApiResult<api::Screenshot> screenshot() override;
     api::ApiResult<> send_keys(const api::SendKeysRequest& request) override;
     api::ApiResult<> pointer(const api::PointerRequest& request) override;
+    api::ApiResult<api::CheckpointInfo> checkpoint(const api::CheckpointRequest& request) override {
+        return checkpoints_.take(request);
+    }
+    std::vector<api::CheckpointInfo> checkpoints() override { return checkpoints_.list(); }
+    api::ApiResult<api::CheckpointInfo> merge_checkpoint() override { return checkpoints_.merge(); }
 
 private:
     std::shared_ptr<Machine> current(uint64_t* generation = nullptr);
@@ -67,6 +73,7 @@ private:
     const VmConfig& cfg_;
     const DeviceSet& devices_;
     EventLoop& loop_;
+    Checkpoints checkpoints_;
     // Held while an integration service is switched (it waits for the VM's loop); taken
     // before mu_, never on the loop thread.
     std::mutex switch_mu_;

@@ -25,6 +25,7 @@ constexpr Kind kKinds[] = {
     {"timesync", ic::make_timesync},
     {"kvp", ic::make_kvp},
     {"fcopy", ic::make_fcopy},
+    {"vss", ic::make_vss},
     {"scsi", storvsp::make_scsi},
     {"ide", storvsp::make_ide},
     {"nic", netvsp::make_nic},

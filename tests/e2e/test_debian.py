@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import unittest
+from pathlib import Path
 
 from harness import RunResult, Session, describe, results
 
@@ -100,6 +101,42 @@ try fcopy_create_path copy-file "$WORK/small.txt" /root/new/dir/small.txt --crea
 guest 'echo "FCOPY""-GUEST sha=$(sha256sum /root/big.bin | cut -d" " -f1) size=$(stat -c %s /root/big.bin) small=$(cat /root/new/dir/small.txt | tr " " _) other=$(test -e /root/other.txt && echo yes || echo no)"'
 wait_serial FCOPY-GUEST 300
 echo "RESULT fcopy_seconds=$(awk "BEGIN { print $(now) - $fc_t0 }")"
+
+# ---- production checkpoint (VSS): a data disk hot-added and written to in a loop
+ck_t0=$(now)
+api copy-file "$CKPT_SH" /root/ckpt.sh --overwrite >/dev/null
+"$ENL" image create "$WORK/data.vhdx" --format vhdx --size 64M >/dev/null
+try ck_add add-disk "$WORK/data.vhdx" --id data --format vhdx
+guest 'sh /root/ckpt.sh mount'
+wait_serial CKPT-MOUNTED 120
+sleep 3
+try ck_take checkpoint ck1
+try ck_dup checkpoint ck1
+try ck_list checkpoints
+echo "RESULT ck_info_paths=$(api info | grep -o '"path": "[^"]*"' | tr '\n' ' ')"
+"$ENL" image check "$WORK/data.vhdx" >/dev/null 2>&1; echo "RESULT ck_parent_check=$?"
+echo "RESULT ck_child_info=$("$ENL" image info "$WORK/data_ck1.avhdx" --json | tr '\n' ' ')"
+# The parent, as of the freeze, attached read-only: the guest checks its file system.
+try ck_ro add-disk "$WORK/data.vhdx" --id parent --format vhdx --readonly
+guest 'sh /root/ckpt.sh parent'
+wait_serial CKPT-PARENT 180
+guest 'sh /root/ckpt.sh live'
+wait_serial CKPT-LIVE 60
+try ck_rm remove-disk parent
+try ck_merge checkpoint-merge
+try ck_list_after checkpoints
+echo "RESULT ck_avhdx_left=$(ls "$WORK" | grep -c avhdx)"
+echo "RESULT ck_data_info=$("$ENL" image info "$WORK/data.vhdx" --json | tr '\n' ' ')"
+# Without the guest's VSS daemon: refused, unless crash consistency is asked for.
+guest 'sh /root/ckpt.sh stop-vssd'
+wait_serial CKPT-STOP-VSSD 60
+try ck_novss checkpoint ck2
+try ck_crash checkpoint ck2 --crash
+try ck_merge2 checkpoint-merge
+sleep 1
+guest 'sh /root/ckpt.sh final'
+wait_serial CKPT-UMOUNT 120
+echo "RESULT ck_seconds=$(awk "BEGIN { print $(now) - $ck_t0 }")"
 exec 3>&-
 t1=$(now)
 api shutdown --timeout 60 && echo "RESULT request=accepted"
@@ -107,10 +144,12 @@ wait $VM_PID
 echo "RESULT rc=$?"
 echo "RESULT shutdown_seconds=$(awk "BEGIN { print $(now) - $t1 }")"
 "$ENL" image check "$DISK" >/dev/null 2>&1; echo "RESULT child_check=$?"
+"$ENL" image check "$WORK/data.vhdx" >/dev/null 2>&1; echo "RESULT ck_data_check=$?"
 dump_logs
 """
 DEBIAN.scenario("boot", SCRIPT, timeout=1200,
-                files={"DEBIAN_VHDX": lambda: _image().vhdx, "DEBIAN_INITRD": lambda: _image().initrd})
+                files={"DEBIAN_VHDX": lambda: _image().vhdx, "DEBIAN_INITRD": lambda: _image().initrd,
+                       "CKPT_SH": Path(__file__).parent / "helpers" / "checkpoint_guest.sh"})
 
 
 class DebianDiskTests(unittest.TestCase):
@@ -203,6 +242,89 @@ class DebianDiskTests(unittest.TestCase):
         self.assertIn("/root/new/dir/ does not exist (create_path is off)", r.get("fcopy_nodir", ""), self.why())
         self.assertTrue(r.get("fcopy_create_path", "").endswith("rc=0"), self.why())
         self.assertEqual(self.fcopy_guest().get("small"), "small_file", self.why())
+
+    # ---- production checkpoints
+    def api_json(self, name: str) -> tuple[dict, str]:
+        """A `try` result: the API's JSON answer and the exit status."""
+        m = re.fullmatch(r"(.*) rc=(\d+)", self.r.get(name, ""))
+        self.assertIsNotNone(m, f"no result {name}" + self.why())
+        try:
+            return json.loads(m.group(1)), m.group(2)
+        except json.JSONDecodeError:
+            self.fail(f"{name}: not JSON: {m.group(1)} (rc={m.group(2)})" + self.why())
+
+    def marker(self, name: str) -> dict[str, str]:
+        m = re.search(rf"{name} (.*?)\r?$", self.res.output, re.M)
+        self.assertIsNotNone(m, f"the guest never printed {name}" + self.why())
+        return dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv)
+
+    def test_checkpoint_freezes_the_guest_and_puts_every_disk_on_a_new_image(self) -> None:
+        self.assertEqual(self.marker("CKPT-MOUNTED"), {"rc": "0", "vssd": "active"}, self.why())
+        take, rc = self.api_json("ck_take")
+        self.assertEqual(rc, "0", self.why())
+        self.assertEqual((take["name"], take["consistency"]), ("ck1", "application"), self.why())
+        self.assertGreater(take["frozen_ms"], 0, self.why())
+        self.assertIsNone(take["warning"], self.why())
+        disks = {d["id"]: d for d in take["disks"]}
+        self.assertEqual(len(disks), 2, "the root disk and the data disk" + self.why())
+        self.assertTrue(disks["data"]["parent"].endswith("/data.vhdx"), self.why())
+        self.assertTrue(disks["data"]["image"].endswith("/data_ck1.avhdx"), self.why())
+        self.assertIn("data_ck1.avhdx", self.r.get("ck_info_paths", ""), "vm.info shows the new image" + self.why())
+        chain = [c["path"] for c in json.loads(self.r["ck_child_info"])["chain"]]
+        self.assertEqual([p.rsplit("/", 1)[1] for p in chain], ["data_ck1.avhdx", "data.vhdx"], self.why())
+        listed, rc = self.api_json("ck_list")
+        self.assertEqual([c["name"] for c in listed["checkpoints"]], ["ck1"], self.why())
+        self.assertTrue(self.r.get("ck_dup", "").endswith("rc=1"), self.why())
+        self.assertIn("there is a checkpoint 'ck1' already", self.r.get("ck_dup", ""), self.why())
+        # The guest's own log: its VSS daemon froze and thawed.
+        journal = re.findall(r"CKPT-JOURNAL (.*?)\r?$", self.res.output, re.M)
+        self.assertIn("VSS: op=FREEZE: succeeded", journal, self.why())
+        self.assertIn("VSS: op=THAW: succeeded", journal, self.why())
+        print(f"[checkpoint: frozen {take['frozen_ms']} ms, disk I/O held {take['paused_ms']} ms; the checkpoint part "
+              f"took {self.r.get('ck_seconds')} s] ", end="", file=sys.stderr, flush=True)
+
+    def test_checkpoint_parent_holds_a_clean_file_system_as_of_the_freeze(self) -> None:
+        self.assertEqual(self.r.get("ck_parent_check"), "0", "enlighten image check of the parent" + self.why())
+        parent = self.marker("CKPT-PARENT")
+        self.assertEqual(parent.get("fsck"), "0", "e2fsck -fn of the parent, in the guest" + self.why())
+        self.assertGreater(int(parent.get("lines", "0")), 0, self.why())
+        self.assertEqual(parent.get("seq"), "ok", "the file as of the freeze: whole lines, none lost" + self.why())
+
+    def test_guest_keeps_writing_across_the_checkpoint(self) -> None:
+        parent = int(self.marker("CKPT-PARENT").get("lines", "0"))
+        live = self.marker("CKPT-LIVE")
+        self.assertEqual((live.get("seq"), live.get("prefix")), ("ok", "yes"), self.why())
+        self.assertGreater(int(live.get("lines", "0")), parent, "lines written after the checkpoint" + self.why())
+        final = self.marker("CKPT-FINAL")
+        self.assertEqual((final.get("seq"), final.get("parent_prefix")), ("ok", "yes"), self.why())
+        self.assertGreater(int(final.get("lines", "0")), int(live.get("lines", "0")),
+                           "lines written across the merge" + self.why())
+
+    def test_checkpoint_merge_brings_the_chain_back_to_one_image(self) -> None:
+        merged, rc = self.api_json("ck_merge")
+        self.assertEqual((rc, merged["name"]), ("0", "ck1"), self.why())
+        after, _ = self.api_json("ck_list_after")
+        self.assertEqual(after["checkpoints"], [], self.why())
+        self.assertEqual(self.r.get("ck_avhdx_left"), "0", "the differencing images are gone" + self.why())
+        info = json.loads(self.r["ck_data_info"])
+        self.assertEqual(len(info["chain"]), 1, self.why())
+        self.assertEqual(self.r.get("ck_data_check"), "0", "the data disk is clean after the shutdown" + self.why())
+
+    def test_checkpoint_without_the_guest_vss_daemon_needs_crash_consistency(self) -> None:
+        self.assertIn(self.marker_text("CKPT-STOP-VSSD"), ("inactive", "failed"), self.why())
+        novss = self.r.get("ck_novss", "")
+        self.assertTrue(novss.endswith("rc=1"), self.why())
+        self.assertIn("hv_vss_daemon", novss, self.why())
+        self.assertIn("--crash", novss, "the error says how to take one anyway" + self.why())
+        crash, rc = self.api_json("ck_crash")
+        self.assertEqual((rc, crash["consistency"], crash["frozen_ms"]), ("0", "crash", 0), self.why())
+        merged, rc = self.api_json("ck_merge2")
+        self.assertEqual((rc, merged["name"]), ("0", "ck2"), self.why())
+
+    def marker_text(self, name: str) -> str:
+        m = re.search(rf"{name} (\S+)", self.res.output, re.M)
+        self.assertIsNotNone(m, f"the guest never printed {name}" + self.why())
+        return m.group(1)
 
     def test_shutdown_through_the_api_powers_off_cleanly(self) -> None:
         r = self.r

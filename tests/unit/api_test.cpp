@@ -229,6 +229,29 @@ public:
         if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
         return Screenshot{2, 1, std::string("\x89PNG\r\n\x1a\n\0binary", 15)};
     }
+    ApiResult<CheckpointInfo> checkpoint(const CheckpointRequest& r) override {
+        record(fmt::format("checkpoint {} {} {}", r.name, r.consistency, r.freeze_timeout_s));
+        std::lock_guard lock(mu_);
+        if (fail_) return std::unexpected(*std::exchange(fail_, std::nullopt));
+        CheckpointInfo c;
+        c.name = r.name;
+        c.consistency = r.consistency;
+        c.frozen_ms = 120;
+        c.paused_ms = 4;
+        c.disks.push_back({"disk0", "/vm/a.vhdx", "/vm/a_" + r.name + ".avhdx"});
+        return c;
+    }
+    std::vector<CheckpointInfo> checkpoints() override {
+        record("checkpoints");
+        CheckpointInfo c;
+        c.name = "one";
+        c.consistency = "crash";
+        return {c};
+    }
+    ApiResult<CheckpointInfo> merge_checkpoint() override {
+        record("checkpoint-merge");
+        return std::unexpected(ApiError{ErrorKind::Conflict, "there is no checkpoint to merge"});
+    }
     ApiResult<> send_keys(const SendKeysRequest& r) override {
         std::string keys;
         for (const auto& k : r.keys) keys += " [" + k + "]";
@@ -859,6 +882,60 @@ TEST_F(ApiServerTest, CopyFileBodiesAreChecked) {
     };
     for (const auto& [body, part] : cases) {
         auto r = put("/api/v1/vm.copy-file", body);
+        ASSERT_TRUE(r) << body;
+        EXPECT_EQ(r->status, 400) << body;
+        EXPECT_NE(error_of(r->body).find(part), std::string::npos) << body << " -> " << r->body;
+    }
+    EXPECT_TRUE(vm.calls().empty());
+}
+
+TEST_F(ApiServerTest, CheckpointTakesListsAndMerges) {
+    auto r = put("/api/v1/vm.checkpoint", R"({"name":"before-upgrade","consistency":"crash","freeze_timeout_s":5})");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    Json j = Json::parse(r->body);
+    EXPECT_EQ(j["name"], "before-upgrade");
+    EXPECT_EQ(j["consistency"], "crash");
+    EXPECT_EQ(j["frozen_ms"], 120);
+    EXPECT_EQ(j["paused_ms"], 4);
+    EXPECT_EQ(j["disks"][0]["id"], "disk0");
+    EXPECT_EQ(j["disks"][0]["parent"], "/vm/a.vhdx");
+    EXPECT_EQ(j["disks"][0]["image"], "/vm/a_before-upgrade.avhdx");
+    EXPECT_TRUE(j["warning"].is_null());
+    r = put("/api/v1/vm.checkpoint", R"({"name":"n1"})");  // application consistency and 60 s by default
+    EXPECT_EQ(r->status, 200);
+    vm.fail_next(ErrorKind::Conflict, "VSS is not available");
+    r = put("/api/v1/vm.checkpoint", R"({"name":"n2"})");
+    EXPECT_EQ(r->status, 409);
+    EXPECT_EQ(error_of(r->body), "VSS is not available");
+    r = get("/api/v1/vm.checkpoints");
+    EXPECT_EQ(Json::parse(r->body)["checkpoints"][0]["name"], "one");
+    r = put("/api/v1/vm.checkpoint-merge");
+    EXPECT_EQ(r->status, 409);
+    EXPECT_EQ(put("/api/v1/vm.checkpoints")->status, 405);
+    EXPECT_EQ(get("/api/v1/vm.checkpoint")->status, 405);
+    EXPECT_EQ(put("/api/v1/vm.checkpoint-merge", R"({"x":1})")->status, 400);
+    EXPECT_EQ(vm.calls(), (std::vector<std::string>{"checkpoint before-upgrade crash 5", "checkpoint n1 application 60",
+                                                    "checkpoint n2 application 60", "checkpoints", "checkpoint-merge"}));
+}
+
+TEST_F(ApiServerTest, CheckpointBodiesAreChecked) {
+    const std::pair<std::string, const char*> cases[] = {
+        {"", "a JSON object body is required"},
+        {R"({})", "name (a string) is required"},
+        {R"({"name":""})", "name must have 1 to 64 characters"},
+        {R"({"name":")" + std::string(65, 'n') + R"("})", "name must have 1 to 64 characters"},
+        {R"({"name":"a/b"})", "name may hold only letters, digits"},
+        {R"({"name":"a b"})", "name may hold only letters, digits"},
+        {R"({"name":".hidden"})", "name must not start with '.'"},
+        {R"({"name":"a","consistency":"full"})", "consistency must be"},
+        {R"({"name":"a","freeze_timeout_s":0})", "freeze_timeout_s must be an integer between 1 and 900"},
+        {R"({"name":"a","freeze_timeout_s":901})", "freeze_timeout_s must be an integer between 1 and 900"},
+        {R"({"name":"a","freeze_timeout_s":-3})", "freeze_timeout_s must be an integer between 1 and 900"},
+        {R"({"name":"a","memory":true})", "unknown field 'memory'"},
+    };
+    for (const auto& [body, part] : cases) {
+        auto r = put("/api/v1/vm.checkpoint", body);
         ASSERT_TRUE(r) << body;
         EXPECT_EQ(r->status, 400) << body;
         EXPECT_NE(error_of(r->body).find(part), std::string::npos) << body << " -> " << r->body;

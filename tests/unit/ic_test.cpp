@@ -14,6 +14,7 @@
 
 #include "devices/ic/factory.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/ic/vss.hpp"
 #include "support/ic_guest.hpp"
 #include "support/sim_guest.hpp"
 
@@ -384,4 +385,75 @@ TEST(IcFramework, ASlowServiceDoesNotDelayAnotherAndQueuesAreBounded) {
     g.pump();
     ASSERT_EQ(answers.size(), kMaxQueuedTransactions + 2);
     for (size_t i = 1; i < answers.size(); ++i) EXPECT_TRUE(answers[i].error().is(Errc::Timeout)) << i;
+}
+
+// VSS against a simulated hv_snapshot.c and hv_vss_daemon: HOT_BACKUP says whether the
+// daemon is there, FREEZE and THAW are answered with its status; answers that are not VSS
+// answers, or too short, are errors, never taken for success.
+TEST(Vss, HotBackupFreezeThawAndHostileAnswers) {
+    FakeClock clock;
+    SimGuest g;
+    clock.install(g.loop());
+    auto vss = std::make_shared<VssService>("11111111-0000-0000-0000-000000000006");
+    bool daemon = true;
+    std::vector<uint8_t> ops;
+    enum class Lie { None, Short, WrongType, Status } lie = Lie::None;
+    GuestIc guest(g, vss, {0x50000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+        ASSERT_GE(buf.size(), kIcHeaderSize + sizeof(VssMessage));
+        const uint8_t op = buf[kIcHeaderSize];
+        ops.push_back(op);
+        // The daemon's reply overwrites the operation byte with its error code (0).
+        if (op == kVssHotBackup || op == kVssFreeze || op == kVssThaw) {
+            hdr.status = daemon ? kHvSOk : kHvEFail;
+            if (daemon) std::memset(buf.data() + kIcHeaderSize, 0, 4);
+        } else {
+            hdr.status = kHvSOk;
+        }
+        switch (lie) {
+            case Lie::None: break;
+            case Lie::Short: buf.resize(kIcHeaderSize + 4); break;
+            case Lie::WrongType: hdr.icmsgtype = kIcFcopy; break;
+            case Lie::Status: hdr.status = 0x8007000e; break;
+        }
+    });
+    guest.step();
+    EXPECT_EQ(vss->version(), 0x50000u);
+    EXPECT_EQ(vss->state(), IcState::Ready);
+    EXPECT_TRUE(guest.while_serving([&] { return vss->request(kVssHotBackup, 2s); }));
+    EXPECT_TRUE(guest.while_serving([&] { return vss->request(kVssFreeze, 2s); }));
+    EXPECT_TRUE(guest.while_serving([&] { return vss->request(kVssThaw, 2s); }));
+    EXPECT_EQ(ops, (std::vector<uint8_t>{kVssHotBackup, kVssFreeze, kVssThaw}));
+    // No daemon: the guest's kernel answers HV_E_FAIL, which names itself.
+    daemon = false;
+    auto r = guest.while_serving([&] { return vss->request(kVssHotBackup, 2s); });
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error().is(Errc::Failed));
+    EXPECT_NE(r.error().message().find("HOT_BACKUP"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("HV_E_FAIL"), std::string::npos) << r.error().message();
+    daemon = true;
+    // Hostile answers.
+    for (Lie l : {Lie::Short, Lie::WrongType, Lie::Status}) {
+        lie = l;
+        auto bad = guest.while_serving([&] { return vss->request(kVssFreeze, 2s); });
+        ASSERT_FALSE(bad) << static_cast<int>(l);
+        EXPECT_TRUE(bad.error().is(l == Lie::Status ? Errc::Failed : Errc::Invalid)) << bad.error().message();
+    }
+    lie = Lie::None;
+    // A guest that never answers: the host's deadline.
+    guest.silent = true;
+    std::atomic<bool> done{false};
+    Result<> timed_out;
+    const int before = guest.requests;
+    std::thread t([&] {
+        timed_out = vss->request(kVssFreeze, 300ms);
+        done = true;
+    });
+    while (guest.requests == before) guest.step();
+    clock.now += 400ms;
+    while (!done) guest.step();
+    t.join();
+    ASSERT_FALSE(timed_out);
+    EXPECT_TRUE(timed_out.error().is(Errc::Timeout));
+    guest.silent = false;
+    EXPECT_TRUE(guest.while_serving([&] { return vss->request(kVssThaw, 2s); }));
 }

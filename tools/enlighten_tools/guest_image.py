@@ -178,6 +178,14 @@ if has_arg enlighten.services; then
         sleep 0.1
     done
     [ -e /dev/vmbus/hv_kvp ] && hv_kvp_daemon
+    # VSS (backup checkpoints) and file copy: their devices come with the same hv_utils
+    # probe, unless the host does not offer the service.
+    for i in 1 2 3 4 5; do
+        [ -e /dev/vmbus/hv_vss ] && [ -e /dev/vmbus/hv_fcopy ] && break
+        sleep 0.1
+    done
+    [ -e /dev/vmbus/hv_vss ] && hv_vss_daemon
+    [ -e /dev/vmbus/hv_fcopy ] && hv_fcopy_daemon
     # acpid opens the input devices once, at start: wait for the power button's.
     for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
         grep -qs "Power Button" /sys/class/input/*/name && ls /dev/input/event* >/dev/null 2>&1 && break

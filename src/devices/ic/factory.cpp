@@ -6,6 +6,7 @@
 
 #include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/ic/vss.hpp"
 
 namespace enlighten::ic {
 
@@ -63,6 +64,12 @@ Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg) {
     ENL_TRY_VOID(only(cfg, {"instance"}));
     ENL_TRY(std::string instance, instance_of(cfg));
     return std::make_shared<FcopyService>(instance.c_str());
+}
+
+Result<std::shared_ptr<vmbus::Device>> make_vss(const DeviceConfig& cfg) {
+    ENL_TRY_VOID(only(cfg, {"instance"}));
+    ENL_TRY(std::string instance, instance_of(cfg));
+    return std::make_shared<VssService>(instance.c_str());
 }
 
 std::string service_instance(const vmbus::Guid& vm_id, std::string_view service) {

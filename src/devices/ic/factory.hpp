@@ -21,9 +21,10 @@ Result<std::shared_ptr<vmbus::Device>> make_shutdown(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_timesync(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_kvp(const DeviceConfig& cfg);
 Result<std::shared_ptr<vmbus::Device>> make_fcopy(const DeviceConfig& cfg);
+Result<std::shared_ptr<vmbus::Device>> make_vss(const DeviceConfig& cfg);
 
 // The integration services every Hyper-V VM has, by device id (= kind), in offer order.
-inline constexpr const char* kIntegrationServices[] = {"heartbeat", "shutdown", "timesync", "kvp", "fcopy"};
+inline constexpr const char* kIntegrationServices[] = {"heartbeat", "shutdown", "timesync", "kvp", "fcopy", "vss"};
 
 // A service's VMBus instance GUID, derived from the VM's id (--vm-id): the same VM names its
 // devices the same at every boot, and two VMs never share them.

@@ -48,6 +48,7 @@ enum IcMsgType : uint16_t {
     kIcKvpExchange = 2,
     kIcShutdown = 3,
     kIcTimeSync = 4,
+    kIcVss = 5,
     kIcFcopy = 7,
 };
 inline constexpr uint8_t kIcFlagTransaction = 1;

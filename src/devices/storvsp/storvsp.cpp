@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <map>
+#include <thread>
 
 #include "common/event_loop.hpp"
 #include "common/log.hpp"
@@ -82,6 +84,7 @@ uint64_t disk_wwn(const DiskConfig& c) {
 struct Controller::Lun {
     DiskConfig cfg;
     uint8_t number = 0;
+    uint64_t serial = 0;  // unique in the process: a worker's disk queue belongs to one Lun
     std::shared_ptr<disk::Disk> disk;
     scsi::DiskParams params;
     std::atomic<uint64_t> requests{0}, reads{0}, writes{0}, flushes{0}, unmaps{0};
@@ -132,6 +135,12 @@ public:
     void send_bus_change() {
         loop().post([this] { try_bus_change(); });
     }
+    // Runs `fn` on the worker's thread, after what it is doing now.
+    void run(std::function<void()> fn) { loop().post(std::move(fn)); }
+    // Takes the requests that waited in the ring while the controller was paused.
+    void resume() {
+        loop().post([this] { drain(); });
+    }
     void retarget(uint32_t vp) { target_vp_ = vp; }
     [[nodiscard]] ChannelStatus status() const {
         return {index_, target_vp_.load(), requests_.load(), in_flight_.load()};
@@ -153,6 +162,7 @@ private:
     struct DiskQueue {
         std::unique_ptr<disk::Queue> queue;
         EventLoop::WatchId watch = 0;
+        std::weak_ptr<Lun> lun;  // expired: the LUN is gone and the queue can go
     };
 
     EventLoop& loop() { return thread_->loop(); }
@@ -160,6 +170,8 @@ private:
     void drain() {
         if (closing_) return;
         q_->drain_notify();
+        // Paused (Controller::pause): the requests wait in the guest's ring; resume() drains.
+        if (ctl_.paused_.load(std::memory_order_acquire)) return;
         for (;;) {
             if (free_.empty()) return;  // back-pressure: the rest waits in the guest's ring
             auto room = q_->reserve(kCompletionRingBytes);
@@ -403,7 +415,7 @@ private:
         slot.started_ns = now_ns();
         slot.iov = std::move(iov);
         const uint32_t bs = lun->params.block_size;
-        DiskQueue* dq = disk_queue(*lun);
+        DiskQueue* dq = disk_queue(lun);
         auto submit = [&](disk::Request r) -> Result<> {
             r.tag = s;
             if (!dq) return fail(Errc::Io, "no disk queue");
@@ -445,24 +457,32 @@ private:
     }
 
     // The disk queue of `lun` on this worker, opened at its first request.
-    DiskQueue* disk_queue(Lun& lun) {
-        auto it = disk_queues_.find(&lun);
+    DiskQueue* disk_queue(const std::shared_ptr<Lun>& lun) {
+        auto it = disk_queues_.find(lun->serial);
         if (it != disk_queues_.end()) return &it->second;
-        auto q = lun.disk->open_queue(depth_);
+        // The queues of LUNs that are gone (removed, or their image replaced by a checkpoint):
+        // no request holds their Lun any more, so none is in flight on them.
+        std::erase_if(disk_queues_, [this](auto& kv) {
+            if (!kv.second.lun.expired()) return false;
+            loop().unwatch(kv.second.watch);
+            return true;
+        });
+        auto q = lun->disk->open_queue(depth_);
         if (!q) {
-            ENL_LOG_LIMITED(error, "{}: disk {}: {}", ctl_.options_.name, lun.cfg.id, q.error().message());
+            ENL_LOG_LIMITED(error, "{}: disk {}: {}", ctl_.options_.name, lun->cfg.id, q.error().message());
             return nullptr;
         }
         DiskQueue dq;
         dq.queue = std::move(*q);
-        Lun* key = &lun;
+        dq.lun = lun;
+        const uint64_t key = lun->serial;
         auto w = loop().watch(dq.queue->completion_fd(), EPOLLIN, [this, key](uint32_t) { reap(key); });
         if (!w) return nullptr;
         dq.watch = *w;
         return &disk_queues_.emplace(key, std::move(dq)).first->second;
     }
 
-    void reap(Lun* key) {
+    void reap(uint64_t key) {
         auto it = disk_queues_.find(key);
         if (it == disk_queues_.end()) return;
         // finish() may complete the last request of a closing channel: the queue being reaped
@@ -549,7 +569,7 @@ private:
     const uint32_t depth_;
     std::vector<Slot> slots_;
     std::vector<uint32_t> free_;
-    std::map<Lun*, DiskQueue> disk_queues_;
+    std::map<uint64_t, DiskQueue> disk_queues_;  // by Lun::serial
     std::vector<uint8_t> out_;              // immediate data-in
     std::vector<GuestRange> ranges_;        // scratch
     std::vector<scsi::UnmapRange> unmap_;   // scratch
@@ -592,6 +612,8 @@ Result<std::shared_ptr<Controller::Lun>> Controller::open_lun(const DiskConfig& 
     lun->cfg = cfg;
     lun->number = number;
     lun->disk = std::move(d);
+    static std::atomic<uint64_t> next_serial{1};
+    lun->serial = next_serial.fetch_add(1, std::memory_order_relaxed);
     const auto& info = lun->disk->info();
     scsi::DiskParams& p = lun->params;
     p.block_size = info.logical_block;
@@ -682,6 +704,88 @@ Result<> Controller::remove_disk(std::string_view id) {
     }
     if (primary) primary->send_bus_change();
     log::info("{}: disk '{}' removed", options_.name, id);
+    return {};
+}
+
+std::shared_ptr<disk::Disk> Controller::disk(std::string_view id) const {
+    for (const auto& l : *luns())
+        if (l && l->cfg.id == id) return l->disk;
+    return nullptr;
+}
+
+Result<> Controller::pause(std::chrono::milliseconds timeout) {
+    if (paused_.exchange(true)) return fail(Errc::Busy, "{}: paused already", options_.name);
+    std::vector<std::shared_ptr<Worker>> workers;
+    {
+        LockGuard lock(mu_);
+        for (const auto& w : workers_)
+            if (w) workers.push_back(w);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    // A worker may be taking a request right now: once a task posted after the flag has run,
+    // each worker sees the flag before it takes another.
+    for (const auto& w : workers) {
+        auto seen = std::make_shared<std::promise<void>>();
+        auto f = seen->get_future();
+        w->run([seen] { seen->set_value(); });
+        if (f.wait_until(deadline) != std::future_status::ready) {
+            resume();
+            return fail(Errc::Timeout, "{}: a channel's worker did not answer", options_.name);
+        }
+    }
+    for (;;) {
+        uint32_t busy = 0;
+        for (const auto& w : workers) busy += w->status().in_flight;
+        if (busy == 0) return {};
+        if (std::chrono::steady_clock::now() >= deadline) {
+            resume();
+            return fail(Errc::Timeout, "{}: {} requests still in flight after {} ms", options_.name, busy, timeout.count());
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+void Controller::resume() {
+    paused_.store(false, std::memory_order_release);
+    std::vector<std::shared_ptr<Worker>> workers;
+    {
+        LockGuard lock(mu_);
+        for (const auto& w : workers_)
+            if (w) workers.push_back(w);
+    }
+    for (const auto& w : workers) w->resume();
+}
+
+Result<> Controller::replace_image(std::string_view id, const std::string& path, const std::string& format) {
+    if (!paused_.load()) return fail(Errc::Invalid, "{}: replace_image needs the controller paused", options_.name);
+    std::shared_ptr<Lun> old;
+    for (const auto& l : *luns())
+        if (l && l->cfg.id == id) old = l;
+    if (!old) return fail(Errc::NotFound, "{}: no disk '{}'", options_.name, id);
+    DiskConfig cfg = old->cfg;
+    cfg.path = path;
+    cfg.format = format;
+    ENL_TRY(auto lun, open_lun(cfg, old->number, options_));
+    if (lun->params.blocks != old->params.blocks || lun->params.block_size != old->params.block_size)
+        return fail(Errc::Invalid, "disk '{}': {} has {} blocks of {} bytes, the disk {} of {}", id, path,
+                    lun->params.blocks, lun->params.block_size, old->params.blocks, old->params.block_size);
+    // The same disk to the guest: its identity, and what it was told of the cache.
+    lun->params.naa_id = old->params.naa_id;
+    lun->params.serial = old->params.serial;
+    lun->params.read_only = old->params.read_only;
+    for (auto [to, from] : {std::pair{&lun->requests, &old->requests}, {&lun->reads, &old->reads},
+                            {&lun->writes, &old->writes}, {&lun->flushes, &old->flushes}, {&lun->unmaps, &old->unmaps},
+                            {&lun->bytes_read, &old->bytes_read}, {&lun->bytes_written, &old->bytes_written},
+                            {&lun->errors, &old->errors}, {&lun->latency_ns, &old->latency_ns}})
+        to->store(from->load());
+    {
+        LockGuard lock(mu_);
+        auto next = std::make_shared<std::array<std::shared_ptr<Lun>, kMaxLuns>>(*luns_);
+        if ((*next)[old->number] != old) return fail(Errc::NotFound, "{}: disk '{}' went away", options_.name, id);
+        (*next)[old->number] = std::move(lun);
+        luns_ = std::move(next);
+    }
+    log::info("{}: disk '{}' now on {}", options_.name, id, path);
     return {};
 }
 

@@ -26,6 +26,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,23 @@ public:
     [[nodiscard]] std::vector<ChannelStatus> channels() const;
     [[nodiscard]] Bus bus() const { return options_.bus; }
     [[nodiscard]] bool has_disk(std::string_view id) const;
+    // The image behind disk `id` (null if there is none).
+    [[nodiscard]] std::shared_ptr<disk::Disk> disk(std::string_view id) const;
+
+    // Checkpoints switch a disk's image under the running guest:
+    //   pause()          stops every channel from taking requests (they wait in the guest's
+    //                    rings) and waits until none is in flight: Errc::Timeout (and not
+    //                    paused) if they do not finish in time, Errc::Busy if paused already;
+    //   replace_image()  while paused: disk `id` now reads and writes the image at `path`
+    //                    (the caller made it, e.g. a differencing VHDX over the old one). It
+    //                    keeps its LUN, identity and counters; it must have the same size and
+    //                    sector size. Errors: NotFound, Invalid (a different geometry), or
+    //                    the open's error; the old image stays then;
+    //   resume()         the channels take requests again.
+    // Called from an API thread (pause() blocks, at most `timeout`), one caller at a time.
+    Result<> pause(std::chrono::milliseconds timeout);
+    Result<> replace_image(std::string_view id, const std::string& path, const std::string& format);
+    void resume();
 
     // vmbus::Device
     [[nodiscard]] const vmbus::OfferParams& offer() const override { return offer_; }
@@ -142,6 +160,7 @@ private:
     uint16_t version_ ENL_GUARDED_BY(mu_) = 0;
     bool srb_seen_ ENL_GUARDED_BY(mu_) = false;        // ENUMERATE_BUS is safe only after the first SRB (§8)
     bool bus_change_pending_ ENL_GUARDED_BY(mu_) = false;
+    std::atomic<bool> paused_{false};  // read by the workers before they take a request
     std::vector<std::shared_ptr<Worker>> workers_ ENL_GUARDED_BY(mu_);  // by channel index
 };
 
