@@ -570,3 +570,52 @@ TEST(Storvsp, ACloseWaitsForReadsInFlightAndRequestsAfterItGetNothing) {
     s.g.pump();
     EXPECT_GE(s.ch.to_host.used(), used);
 }
+
+// Checkpoints switch a disk's image under the guest: pause() holds new requests in the ring
+// until resume(), and replace_image() puts the disk on another image with the same geometry.
+TEST(Storvsp, APausedControllerHoldsRequestsWhileTheImageIsReplaced) {
+    TempImage a, b, small(kDiskBytes / 2);
+    a.write(0, std::vector<uint8_t>(512, 0xaa));
+    b.write(0, std::vector<uint8_t>(512, 0xbb));
+    StorGuest s(scsi_controller({a.path}));
+    s.init();
+    EXPECT_EQ(s.srb(rw10(0x28, 0, 1), 512).body.srb.srb_status, kSrbSuccess);
+    EXPECT_EQ(s.buf()[0], 0xaa);
+    // Not paused: refused.
+    auto r = s.ctl().replace_image("disk0", b.path, "raw");
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error().is(Errc::Invalid));
+    ASSERT_TRUE(s.ctl().pause(5s));
+    EXPECT_TRUE(s.ctl().pause(5s).error().is(Errc::Busy));
+    // A read sent now waits in the ring.
+    auto p = op(kOpExecuteSrb);
+    p.body.srb.cdb_length = 10;
+    const auto cdb = rw10(0x28, 0, 1);
+    std::memcpy(p.body.srb.cdb_or_sense, cdb.data(), cdb.size());
+    p.body.srb.data_transfer_length = 512;
+    std::memset(s.buf(), 0, 512);
+    ASSERT_TRUE(s.g.send(s.ch, vmbus::kPacketDataUsingGpaDirect, 42, as_bytes(p),
+                         SimGuest::gpa_direct_ext({{512, 0, {s.buf_page}}}), true));
+    EXPECT_FALSE(s.wait(s.ch, 42, 200ms));
+    // A different size is refused, an unknown disk too; then the switch.
+    r = s.ctl().replace_image("disk0", small.path, "raw");
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error().is(Errc::Invalid)) << r.error().message();
+    EXPECT_TRUE(s.ctl().replace_image("nope", b.path, "raw").error().is(Errc::NotFound));
+    ASSERT_TRUE(s.ctl().replace_image("disk0", b.path, "raw"));
+    s.ctl().resume();
+    auto done = s.wait(s.ch, 42);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(done->body.srb.srb_status, kSrbSuccess);
+    EXPECT_EQ(s.buf()[0], 0xbb);
+    // Writes go to the new image; the old one is left as it was. Counters carry over.
+    std::memset(s.buf(), 0xcc, 512);
+    EXPECT_EQ(s.srb(rw10(0x2a, 1, 1), 512).body.srb.srb_status, kSrbSuccess);
+    EXPECT_EQ(b.read(512, 1)[0], 0xcc);
+    EXPECT_EQ(a.read(512, 1)[0], 0x00);
+    const auto disks = s.ctl().disks();
+    ASSERT_EQ(disks.size(), 1u);
+    EXPECT_EQ(disks[0].path, b.path);
+    EXPECT_EQ(disks[0].counters.reads, 2u);
+    EXPECT_EQ(disks[0].counters.writes, 1u);
+}
