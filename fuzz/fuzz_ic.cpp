@@ -15,6 +15,7 @@
 #include "common/log.hpp"
 #include "devices/ic/fcopy.hpp"
 #include "devices/ic/services.hpp"
+#include "devices/ic/vss.hpp"
 #include "fuzz_input.hpp"
 
 using namespace enlighten;
@@ -36,6 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::make_shared<ic::ShutdownService>("11111111-0000-0000-0000-000000000002"),
         std::make_shared<ic::TimeSyncService>("11111111-0000-0000-0000-000000000003"),
         std::make_shared<ic::FcopyService>("11111111-0000-0000-0000-000000000006"),
+        std::make_shared<ic::VssService>("11111111-0000-0000-0000-000000000007"),
     };
     std::vector<uint32_t> relids;
     for (auto& d : devices) relids.push_back(g.server().add_device(d).value());
@@ -50,8 +52,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto fcopy = std::static_pointer_cast<ic::FcopyService>(devices[4]);
     for (const size_t body : {ic::fcopy_write_ring_bytes(ic::kFcopyChunk) - 52, sizeof(ic::FcopyStart), size_t{36}})
         fcopy->transact(std::vector<uint8_t>(body), std::chrono::milliseconds(100000), [](auto) {});
+    // VSS keeps a FREEZE in flight; its answer goes through the parser a checkpoint uses.
+    auto vss = std::static_pointer_cast<ic::VssService>(devices[5]);
+    vss->transact(std::vector<uint8_t>{ic::kVssFreeze, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, std::chrono::milliseconds(100000),
+                  [](Result<ic::IcResponse> r) {
+                      if (r) (void)ic::vss_answer_status(*r);
+                  });
     while (!in.empty()) {
-        const uint8_t which = in.take<uint8_t>() % 5U;
+        const uint8_t which = static_cast<uint8_t>(in.take<uint8_t>() % devices.size());
         const uint8_t op = in.take<uint8_t>();
         auto& ch = channels[which];
         if (op == 0xff) {

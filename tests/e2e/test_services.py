@@ -5,6 +5,7 @@ files, its clock) and what the API returns."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import unittest
@@ -18,6 +19,7 @@ IC_CLASSES = {
     "timesync": "9527e630-d0ae-497b-adce-e80ab0175caf",
     "kvp": "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
     "fcopy": "34d14be3-dee4-41c8-9ae7-6b174977c192",
+    "vss": "35fa2e29-ea23-4236-96ae-3a6ebacba440",
 }
 
 SERVICES = Session("services")
@@ -221,6 +223,40 @@ echo c > /proc/sysrq-trigger
 """)
 
 
+# ----------------------------------------------------------------------------- checkpoints
+# The default guest (its /init runs hv_vss_daemon and hv_fcopy_daemon beside hv_kvp_daemon)
+# with a VHDX data disk and a read-only raw disk: an application-consistent checkpoint (the
+# daemon answers; nothing of a tmpfs root is frozen), file copy, then the refusals (the VSS
+# service switched off, a writable raw disk), a crash-consistent checkpoint, and the merges.
+# The Debian guest's checkpoint of a mounted ext4 file system is in test_debian.py.
+SERVICES.scenario("checkpoint", r"""
+try() { name=$1; shift; out=$(api "$@" 2>&1); rc=$?; echo "RESULT $name=$(printf '%s' "$out" | tr '\n' ' ') rc=$rc"; }
+"$ENL" image create "$WORK/a.vhdx" --format vhdx --size 32M >/dev/null
+truncate -s 16M "$WORK/ro.img" "$WORK/rw.img"
+start_vm "" --disk "path=$WORK/a.vhdx,format=vhdx,id=a" --disk "path=$WORK/ro.img,format=raw,readonly=on,id=ro"
+wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
+wait_api 30 '"name": "vss"' integration-services
+echo small > "$WORK/small.txt"
+try fcopy copy-file "$WORK/small.txt" /tmp/small.txt
+try app checkpoint c1
+try list checkpoints
+"$ENL" image info "$WORK/a_c1.avhdx" >/dev/null 2>&1; echo "RESULT child_opens=$?"
+api integration-services disable vss >/dev/null
+try disabled checkpoint c2
+try crash checkpoint c2 --crash
+api add-disk "$WORK/rw.img" --id rw --format raw >/dev/null
+try raw checkpoint c3 --crash
+api remove-disk rw >/dev/null
+try merge2 checkpoint-merge
+try merge1 checkpoint-merge
+try merge0 checkpoint-merge
+echo "RESULT avhdx_left=$(ls "$WORK" | grep -c avhdx)"
+api power-off; wait $VM_PID; echo "RESULT rc=$?"
+"$ENL" image check "$WORK/a.vhdx" >/dev/null 2>&1; echo "RESULT check=$?"
+dump_logs
+""", timeout=300)
+
+
 # ----------------------------------------------------------------------------- service switches
 # One VM started with --integration-services heartbeat,shutdown,kvp (time sync off) and
 # --on-reboot restart. Its job reports which integration-service devices the guest has
@@ -350,7 +386,7 @@ class SharedVmServiceTests(unittest.TestCase):
         for name, guid in IC_CLASSES.items():
             self.assertIn(guid, classes, f"{name} device missing" + self.why())
             self.assertEqual(classes[guid], "hv_utils", f"{name} not bound to hv_utils" + self.why())
-        for ic in ("Shutdown", "TimeSync", "Heartbeat", "KVP"):
+        for ic in ("Shutdown", "TimeSync", "Heartbeat", "KVP", "VSS"):
             self.assertRegex(out, rf"{ic} IC version \d+\.\d+", self.why())
         self.assertEqual(self.r.get("rc"), "0", "the VMM should exit 0 after the guest powered off" + self.why())
 
@@ -480,6 +516,56 @@ class SeparateVmServiceTests(unittest.TestCase):
         print(f"[healthy after {r['healthy_after']} s, lost {r['lost_after']} s after the panic] ",
               end="", file=sys.stderr, flush=True)
 
+
+
+class CheckpointTests(unittest.TestCase):
+    """The "checkpoint" run: production checkpoints with the default guest's VSS daemon, and
+    what is refused."""
+
+    res: RunResult
+    r: dict[str, str]
+
+    def setUp(self) -> None:
+        self.res = SERVICES.result(self, "checkpoint")
+        self.r = results(self.res)
+
+    def why(self) -> str:
+        return describe(self.res, 12000)
+
+    def answer(self, name: str) -> tuple[str, str]:
+        m = re.fullmatch(r"(.*) rc=(\d+)", self.r.get(name, ""))
+        self.assertIsNotNone(m, f"no result {name}" + self.why())
+        return m.group(1), m.group(2)
+
+    def test_the_default_guest_runs_the_vss_and_file_copy_daemons(self) -> None:
+        out, rc = self.answer("app")
+        self.assertEqual(rc, "0", "HOT_BACKUP and FREEZE answered by hv_vss_daemon" + self.why())
+        c = json.loads(out)
+        self.assertEqual((c["name"], c["consistency"]), ("c1", "application"), self.why())
+        self.assertEqual([d["id"] for d in c["disks"]], ["a"], "the read-only disk is left alone" + self.why())
+        self.assertEqual(self.answer("fcopy")[1], "0", "hv_fcopy_daemon wrote the file" + self.why())
+        self.assertEqual(self.r.get("child_opens"), "0", self.why())
+
+    def test_refusals_say_why(self) -> None:
+        out, rc = self.answer("disabled")
+        self.assertEqual(rc, "1", self.why())
+        self.assertIn("VSS is not available", out, self.why())
+        out, rc = self.answer("crash")
+        self.assertEqual((rc, json.loads(out)["consistency"]), ("0", "crash"), self.why())
+        out, rc = self.answer("raw")
+        self.assertEqual(rc, "1", self.why())
+        self.assertIn("disk 'rw'", out, self.why())
+        self.assertIn("checkpoints need VHDX disks", out, self.why())
+
+    def test_merges_take_the_newest_first_and_leave_one_image(self) -> None:
+        self.assertEqual(json.loads(self.answer("merge2")[0])["name"], "c2", self.why())
+        self.assertEqual(json.loads(self.answer("merge1")[0])["name"], "c1", self.why())
+        out, rc = self.answer("merge0")
+        self.assertEqual(rc, "1", self.why())
+        self.assertIn("there is no checkpoint to merge", out, self.why())
+        self.assertEqual(self.r.get("avhdx_left"), "0", self.why())
+        self.assertEqual(self.r.get("check"), "0", "enlighten image check after the power-off" + self.why())
+        self.assertEqual(self.r.get("rc"), "0", self.why())
 
 
 class IntegrationServiceControlTests(unittest.TestCase):
