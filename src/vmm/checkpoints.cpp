@@ -55,10 +55,13 @@ public:
     PausedControllers(const PausedControllers&) = delete;
     PausedControllers& operator=(const PausedControllers&) = delete;
 
+    // One deadline for all: the guest may be frozen meanwhile.
     Result<> pause() {
         started_ = Clock::now();
+        const auto deadline = started_ + kPauseTimeout;
         for (const auto& c : all_) {
-            ENL_TRY_VOID(c->pause(kPauseTimeout));
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            ENL_TRY_VOID(c->pause(std::max(left, std::chrono::milliseconds(1))));
             paused_.push_back(c);
         }
         return {};
@@ -76,24 +79,36 @@ private:
     Clock::time_point started_ = Clock::now();
 };
 
-// Makes the VHDX image of a paused disk consistent on its own (its metadata flushed, its log
-// empty), so that it can be a parent, or be merged into.
-Result<> close_image(const Target& t) {
+// Makes the VHDX image `path` of a paused disk consistent on its own (its metadata flushed,
+// its log empty), so that it can be a parent, or be merged. The image takes no more writes
+// after this (Image::close): the caller switches the disk to a fresh open, whatever happens.
+Result<> close_image(const Target& t, const std::string& path) {
     auto d = std::dynamic_pointer_cast<disk::VhdxDisk>(t.controller->disk(t.id));
     if (!d) return fail(Errc::Invalid, "disk '{}' is not a VHDX image any more", t.id);
+    if (d->info().path != path) return fail(Errc::Busy, "disk '{}' is on {}, not {}", t.id, d->info().path, path);
     return d->image().close();
+}
+
+// Puts a paused disk on a fresh open of `path` (from `from`); a failure is logged: the disk
+// then stays on its closed image, which reads but whose later metadata is not committed.
+void reopen(const Target& t, const std::string& from, const std::string& path, bool accept_changed_parent = false) {
+    if (auto r = t.controller->replace_image(t.id, {from, path, "vhdx", accept_changed_parent}); !r)
+        log::error("checkpoint: disk '{}' could not be reopened on {}: {}", t.id, path, r.error().message());
 }
 
 // Switches a paused disk to a new differencing image over its current one.
 Result<> snapshot_disk(const Target& t) {
-    ENL_TRY_VOID(close_image(t));
-    if (auto r = disk::vhdx::create(t.image, {.parent = t.parent}); !r) {
-        (void)t.controller->replace_image(t.id, t.parent, "vhdx");  // a fresh open of the unchanged image
+    if (auto r = close_image(t, t.parent); !r) {
+        if (!r.error().is(Errc::Busy)) reopen(t, t.parent, t.parent);
         return fail(r.error().code(), "disk '{}': {}", t.id, r.error().message());
     }
-    if (auto r = t.controller->replace_image(t.id, t.image, "vhdx"); !r) {
+    if (auto r = disk::vhdx::create(t.image, {.parent = t.parent}); !r) {
+        reopen(t, t.parent, t.parent);  // a fresh open of the unchanged image
+        return fail(r.error().code(), "disk '{}': {}", t.id, r.error().message());
+    }
+    if (auto r = t.controller->replace_image(t.id, {t.parent, t.image}); !r) {
         ::unlink(t.image.c_str());
-        (void)t.controller->replace_image(t.id, t.parent, "vhdx");
+        reopen(t, t.parent, t.parent);
         return fail(r.error().code(), "disk '{}': {}", t.id, r.error().message());
     }
     return {};
@@ -101,7 +116,7 @@ Result<> snapshot_disk(const Target& t) {
 
 // Back to the parent (nothing was written to the new image: the disks were paused).
 void undo_snapshot(const Target& t) {
-    if (auto r = t.controller->replace_image(t.id, t.parent, "vhdx"); !r)
+    if (auto r = t.controller->replace_image(t.id, {t.image, t.parent}); !r)
         log::error("checkpoint: disk '{}' stays on {}: {}", t.id, t.image, r.error().message());
     else
         ::unlink(t.image.c_str());
@@ -117,6 +132,8 @@ std::string checkpoint_image_path(const std::string& image, const std::string& n
 api::ApiResult<api::CheckpointInfo> Checkpoints::take(const api::CheckpointRequest& request) {
     std::unique_lock op(op_mu_, std::try_to_lock);
     if (!op.owns_lock()) return api_error(ErrorKind::Conflict, "another checkpoint operation is running");
+    running_ = true;
+    const std::shared_ptr<void> not_running(nullptr, [this](void*) { running_ = false; });
     {
         LockGuard lock(mu_);
         for (const auto& c : list_)
@@ -176,6 +193,8 @@ api::ApiResult<api::CheckpointInfo> Checkpoints::take(const api::CheckpointReque
     auto thaw = [&]() -> std::string {
         if (!application) return {};
         auto r = vss->request(ic::kVssThaw, kVssAnswerTimeout);
+        // The guest never thaws by itself: one more try after a lost answer.
+        if (!r && r.error().is(Errc::Timeout)) r = vss->request(ic::kVssThaw, kVssAnswerTimeout);
         info.frozen_ms = ms_since(frozen_at);
         if (!r) {
             log::error("checkpoint '{}': {}", request.name, r.error().message());
@@ -222,6 +241,8 @@ std::vector<api::CheckpointInfo> Checkpoints::list() const {
 api::ApiResult<api::CheckpointInfo> Checkpoints::merge() {
     std::unique_lock op(op_mu_, std::try_to_lock);
     if (!op.owns_lock()) return api_error(ErrorKind::Conflict, "another checkpoint operation is running");
+    running_ = true;
+    const std::shared_ptr<void> not_running(nullptr, [this](void*) { running_ = false; });
     api::CheckpointInfo newest;
     {
         LockGuard lock(mu_);
@@ -251,20 +272,26 @@ api::ApiResult<api::CheckpointInfo> Checkpoints::merge() {
         const Target& t = targets[i];
         // The differencing image's data goes into its parent, which then holds the disk. On a
         // failure the disk goes on on the differencing image: it still reads the same through
-        // it, whatever reached the parent.
-        Result<std::string> merged = std::string();
-        if (auto closed = close_image(t); !closed)
-            merged = std::unexpected(closed.error());
-        else
-            merged = disk::image_merge(t.image);
-        if (!merged) {
-            if (auto r = t.controller->replace_image(t.id, t.image, "vhdx"); !r)
-                log::error("checkpoint merge: disk '{}': {}", t.id, r.error().message());
+        // it, whatever reached the parent (only its own sectors did), though the parent's
+        // DataWriteGuid changed with the first write: it is reopened accepting that, and
+        // `enlighten image merge` (which accepts it too) completes the merge offline.
+        if (auto closed = close_image(t, t.image); !closed) {
+            if (!closed.error().is(Errc::Busy)) reopen(t, t.image, t.image);
             forget(i);
             return api_error(ErrorKind::Internal, fmt::format("merging checkpoint '{}' of disk '{}' failed: {}",
-                                                              newest.name, t.id, merged.error().message()));
+                                                              newest.name, t.id, closed.error().message()));
         }
-        if (auto r = t.controller->replace_image(t.id, t.parent, "vhdx"); !r) {
+        if (auto merged = disk::image_merge(t.image); !merged) {
+            reopen(t, t.image, t.image, true);
+            forget(i);
+            return api_error(ErrorKind::Internal,
+                             fmt::format("merging checkpoint '{}' of disk '{}' failed: {}; the disk goes on on {} (its "
+                                         "parent holds part of the merge: `enlighten image merge {}` completes it "
+                                         "offline)",
+                                         newest.name, t.id, merged.error().message(), t.image, t.image));
+        }
+        if (auto r = t.controller->replace_image(t.id, {t.image, t.parent}); !r) {
+            reopen(t, t.image, t.image, true);
             forget(i);
             return api_error(ErrorKind::Internal, fmt::format("disk '{}': merged, but {} does not open: {}", t.id,
                                                               t.parent, r.error().message()));

@@ -19,6 +19,7 @@
 // anything else; mu_ is a leaf that guards the list).
 #pragma once
 
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -36,10 +37,14 @@ public:
     api::ApiResult<api::CheckpointInfo> take(const api::CheckpointRequest& request);
     std::vector<api::CheckpointInfo> list() const;
     api::ApiResult<api::CheckpointInfo> merge();
+    // A checkpoint or merge is running: disks are not added or removed meanwhile, nor is the
+    // VSS service switched off (the guest would stay frozen).
+    [[nodiscard]] bool running() const { return running_.load(); }
 
 private:
     const DeviceSet& devices_;
     std::mutex op_mu_;
+    std::atomic<bool> running_{false};
     mutable Mutex mu_;
     std::vector<api::CheckpointInfo> list_ ENL_GUARDED_BY(mu_);
 };

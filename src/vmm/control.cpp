@@ -375,6 +375,8 @@ api::ApiResult<api::IntegrationServiceInfo> MachineControl::set_integration_serv
     const DeviceEntry* e = devices_.find(name);
     auto s = e ? std::dynamic_pointer_cast<ic::IcDevice>(e->device) : nullptr;
     if (!s) return api_error(ErrorKind::NotFound, fmt::format("no integration service {}", name));
+    if (!enabled && name == "vss" && checkpoints_.running())
+        return api_error(ErrorKind::Conflict, "a checkpoint is running: the guest's THAW still has to go through vss");
     // One switch at a time; the flag first, so that a machine booting meanwhile follows it.
     std::lock_guard switching(switch_mu_);
     const bool before = e->offered->exchange(enabled);
@@ -434,6 +436,7 @@ api::ApiResult<> MachineControl::kvp_delete(api::KvpPool pool, const std::string
 }
 
 api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest& request) {
+    if (checkpoints_.running()) return api_error(ErrorKind::Conflict, "a checkpoint operation is running; try again after it");
     const auto all = controllers(devices_);
     std::shared_ptr<storvsp::Controller> scsi;
     std::string scsi_id;
@@ -474,6 +477,7 @@ api::ApiResult<api::DiskInfo> MachineControl::add_disk(const api::AddDiskRequest
 }
 
 api::ApiResult<> MachineControl::remove_disk(const std::string& id) {
+    if (checkpoints_.running()) return api_error(ErrorKind::Conflict, "a checkpoint operation is running; try again after it");
     for (const auto& [cid, c] : controllers(devices_)) {
         if (!c->has_disk(id)) continue;
         if (c->bus() != storvsp::Bus::Scsi)

@@ -54,11 +54,12 @@ VM_PID=$!
 # from two strings, so that the terminal's echo of what was typed never matches.
 guest() { printf '%s\n' "$1" >&3; }
 if ! wait_serial ENLIGHTEN-DEBIAN-READY 300; then
-    # what systemd still waits for, asked on the console's shell
+    # what systemd still waits for, asked on the console's shell; then the report itself, run
+    # by that shell (its output is the shell's), so that a lost report does not end the run
+    echo "RESULT report_lost=yes"
     guest 'systemctl list-jobs --no-pager --no-legend | sed "s/^/ENLIGHTEN""-JOB /"; systemctl list-units --state=activating,failed --no-pager --no-legend | sed "s/^/ENLIGHTEN""-UNIT /"'
-    sleep 20
-    dump_logs
-    exit 1
+    guest 'journalctl -b -u enlighten-boot-report --no-pager -o cat | sed "s/^/ENLIGHTEN""-REPORT-LOG /"; /usr/local/sbin/enlighten-boot-report'
+    wait_serial ENLIGHTEN-DEBIAN-READY 230 || { dump_logs; exit 1; }
 fi
 echo "RESULT boot_seconds=$(awk "BEGIN { print $(now) - $t0 }")"
 wait_api 60 FullyQualifiedDomainName kvp-list auto
@@ -181,6 +182,9 @@ class DebianDiskTests(unittest.TestCase):
         self.assertEqual(ready.get("state"), "running",
                          "systemctl is-system-running after the boot" + self.why())
         self.assertNotIn("ENLIGHTEN-FAILED-UNIT", self.res.output, self.why())
+        if self.r.get("report_lost"):
+            print("[the boot report service's output was lost; the console's shell ran the report] ", end="",
+                  file=sys.stderr, flush=True)
         print(f"[boot to multi-user: {self.r.get('boot_seconds')} s in the {self.res.runner}, guest uptime "
               f"{ready.get('uptime')} s] ", end="", file=sys.stderr, flush=True)
 
@@ -278,8 +282,9 @@ class DebianDiskTests(unittest.TestCase):
         self.assertIn("there is a checkpoint 'ck1' already", self.r.get("ck_dup", ""), self.why())
         # The guest's own log: its VSS daemon froze and thawed.
         journal = re.findall(r"CKPT-JOURNAL (.*?)\r?$", self.res.output, re.M)
-        self.assertIn("VSS: op=FREEZE: succeeded", journal, self.why())
-        self.assertIn("VSS: op=THAW: succeeded", journal, self.why())
+        # (hv_vss_daemon's syslog lines: "Hyper-V VSS: VSS: op=FREEZE: succeeded")
+        for line in ("VSS: op=FREEZE: succeeded", "VSS: op=THAW: succeeded"):
+            self.assertTrue(any(line in j for j in journal), f"{line!r} not in the guest's journal: {journal}" + self.why())
         print(f"[checkpoint: frozen {take['frozen_ms']} ms, disk I/O held {take['paused_ms']} ms; the checkpoint part "
               f"took {self.r.get('ck_seconds')} s] ", end="", file=sys.stderr, flush=True)
 

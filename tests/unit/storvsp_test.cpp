@@ -582,7 +582,7 @@ TEST(Storvsp, APausedControllerHoldsRequestsWhileTheImageIsReplaced) {
     EXPECT_EQ(s.srb(rw10(0x28, 0, 1), 512).body.srb.srb_status, kSrbSuccess);
     EXPECT_EQ(s.buf()[0], 0xaa);
     // Not paused: refused.
-    auto r = s.ctl().replace_image("disk0", b.path, "raw");
+    auto r = s.ctl().replace_image("disk0", {a.path, b.path, "raw"});
     ASSERT_FALSE(r);
     EXPECT_TRUE(r.error().is(Errc::Invalid));
     ASSERT_TRUE(s.ctl().pause(5s));
@@ -598,11 +598,13 @@ TEST(Storvsp, APausedControllerHoldsRequestsWhileTheImageIsReplaced) {
                          SimGuest::gpa_direct_ext({{512, 0, {s.buf_page}}}), true));
     EXPECT_FALSE(s.wait(s.ch, 42, 200ms));
     // A different size is refused, an unknown disk too; then the switch.
-    r = s.ctl().replace_image("disk0", small.path, "raw");
+    r = s.ctl().replace_image("disk0", {a.path, small.path, "raw"});
     ASSERT_FALSE(r);
     EXPECT_TRUE(r.error().is(Errc::Invalid)) << r.error().message();
-    EXPECT_TRUE(s.ctl().replace_image("nope", b.path, "raw").error().is(Errc::NotFound));
-    ASSERT_TRUE(s.ctl().replace_image("disk0", b.path, "raw"));
+    EXPECT_TRUE(s.ctl().replace_image("nope", {a.path, b.path, "raw"}).error().is(Errc::NotFound));
+    // Not on the image the caller expects (it changed meanwhile): refused.
+    EXPECT_TRUE(s.ctl().replace_image("disk0", {b.path, b.path, "raw"}).error().is(Errc::Busy));
+    ASSERT_TRUE(s.ctl().replace_image("disk0", {a.path, b.path, "raw"}));
     s.ctl().resume();
     auto done = s.wait(s.ch, 42);
     ASSERT_TRUE(done);

@@ -119,8 +119,12 @@ After=multi-user.target
 [Service]
 Type=simple
 ExecStart=/usr/local/sbin/enlighten-boot-report
+# /dev/console (ttyS0 with console=ttyS0), not /dev/ttyS0: serial-getty@ttyS0 starts with
+# TTYVHangup=yes, and a hangup of ttyS0 cuts every descriptor opened on /dev/ttyS0, so a
+# report that raced the getty lost its output (and failed with EIO); a hangup leaves
+# descriptors opened through /dev/console alone (drivers/tty/tty_io.c, __tty_hangup).
 StandardOutput=tty
-TTYPath=/dev/ttyS0
+TTYPath=/dev/console
 
 [Install]
 WantedBy=multi-user.target

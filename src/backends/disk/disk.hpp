@@ -131,6 +131,9 @@ struct OpenOptions {
     // Every write stable before it completes (RWF_DSYNC on each), so the disk has no volatile
     // cache to report (WCE = 0): QEMU's cache=writethrough. Off: writes are stable after a flush.
     bool writethrough = false;
+    // VHDX: open a differencing disk whose parent changed by a merge of this disk that
+    // stopped halfway (vhdx::OpenParams::accept_changed_parent). Checkpoint merges only.
+    bool accept_changed_parent = false;
 };
 
 // Opens the image. Errc::NotFound (no such file), Errc::Invalid (not a regular file or block

@@ -212,7 +212,10 @@ Result<CheckReport> image_check(const std::string& path, bool repair) {
 }
 
 Result<std::string> image_merge(const std::string& path) {
-    ENL_TRY(auto child, vhdx::Image::open(path, {.writable = false, .replay_in_memory = false}));
+    // A parent that changed is taken: a merge that stopped halfway changed it, and merging
+    // again (the child's sectors over whatever the parent holds) completes it.
+    ENL_TRY(auto child,
+            vhdx::Image::open(path, {.writable = false, .replay_in_memory = false, .accept_changed_parent = true}));
     if (!child->differencing()) return fail(Errc::Invalid, "{}: not a differencing disk (nothing to merge into)", path);
     const std::string parent_path = child->parent()->path();
     ENL_TRY(auto parent, vhdx::Image::open(parent_path, {.writable = true, .replay_in_memory = false}));

@@ -137,9 +137,13 @@ public:
     }
     // Runs `fn` on the worker's thread, after what it is doing now.
     void run(std::function<void()> fn) { loop().post(std::move(fn)); }
-    // Takes the requests that waited in the ring while the controller was paused.
+    // Takes the requests that waited in the ring while the controller was paused (and lets
+    // go of the queues of images replaced meanwhile).
     void resume() {
-        loop().post([this] { drain(); });
+        loop().post([this] {
+            prune();
+            drain();
+        });
     }
     void retarget(uint32_t vp) { target_vp_ = vp; }
     [[nodiscard]] ChannelStatus status() const {
@@ -460,13 +464,7 @@ private:
     DiskQueue* disk_queue(const std::shared_ptr<Lun>& lun) {
         auto it = disk_queues_.find(lun->serial);
         if (it != disk_queues_.end()) return &it->second;
-        // The queues of LUNs that are gone (removed, or their image replaced by a checkpoint):
-        // no request holds their Lun any more, so none is in flight on them.
-        std::erase_if(disk_queues_, [this](auto& kv) {
-            if (!kv.second.lun.expired()) return false;
-            loop().unwatch(kv.second.watch);
-            return true;
-        });
+        prune();
         auto q = lun->disk->open_queue(depth_);
         if (!q) {
             ENL_LOG_LIMITED(error, "{}: disk {}: {}", ctl_.options_.name, lun->cfg.id, q.error().message());
@@ -480,6 +478,18 @@ private:
         if (!w) return nullptr;
         dq.watch = *w;
         return &disk_queues_.emplace(key, std::move(dq)).first->second;
+    }
+
+    // Closes the queues of LUNs that are gone (removed, or their image replaced by a
+    // checkpoint): no request holds their Lun any more, so none is in flight on them. Not
+    // inside a reap() (that queue must outlive it).
+    void prune() {
+        if (reaping_) return;
+        std::erase_if(disk_queues_, [this](auto& kv) {
+            if (!kv.second.lun.expired()) return false;
+            loop().unwatch(kv.second.watch);
+            return true;
+        });
     }
 
     void reap(uint64_t key) {
@@ -607,6 +617,7 @@ Result<std::shared_ptr<Controller::Lun>> Controller::open_lun(const DiskConfig& 
     oo.format = cfg.format;
     oo.read_only = cfg.read_only;
     oo.writethrough = cfg.writethrough;
+    oo.accept_changed_parent = cfg.accept_changed_parent;
     ENL_TRY(auto d, disk::open_disk(oo));
     auto lun = std::make_shared<Lun>();
     lun->cfg = cfg;
@@ -756,15 +767,19 @@ void Controller::resume() {
     for (const auto& w : workers) w->resume();
 }
 
-Result<> Controller::replace_image(std::string_view id, const std::string& path, const std::string& format) {
+Result<> Controller::replace_image(std::string_view id, const ImageSwitch& s) {
     if (!paused_.load()) return fail(Errc::Invalid, "{}: replace_image needs the controller paused", options_.name);
     std::shared_ptr<Lun> old;
     for (const auto& l : *luns())
         if (l && l->cfg.id == id) old = l;
     if (!old) return fail(Errc::NotFound, "{}: no disk '{}'", options_.name, id);
+    if (old->cfg.path != s.from)
+        return fail(Errc::Busy, "{}: disk '{}' is on {}, not {}", options_.name, id, old->cfg.path, s.from);
+    const std::string& path = s.to;
     DiskConfig cfg = old->cfg;
     cfg.path = path;
-    cfg.format = format;
+    cfg.format = s.format;
+    cfg.accept_changed_parent = s.accept_changed_parent;
     ENL_TRY(auto lun, open_lun(cfg, old->number, options_));
     if (lun->params.blocks != old->params.blocks || lun->params.block_size != old->params.block_size)
         return fail(Errc::Invalid, "disk '{}': {} has {} blocks of {} bytes, the disk {} of {}", id, path,

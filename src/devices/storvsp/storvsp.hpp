@@ -49,6 +49,15 @@ struct DiskConfig {
     bool read_only = false;
     std::string serial;  // VPD page 0x80; default: the id
     bool writethrough = false;  // every write stable before it completes; the guest sees WCE = 0
+    bool accept_changed_parent = false;  // disk::OpenOptions: only after a checkpoint merge failed halfway
+};
+
+// A disk's switch to another image (Controller::replace_image).
+struct ImageSwitch {
+    std::string from;  // the image the disk must be on now (else Errc::Busy: it changed meanwhile)
+    std::string to;
+    std::string format = "vhdx";
+    bool accept_changed_parent = false;
 };
 
 // Counters of one disk (or one channel), read by the API.
@@ -112,15 +121,16 @@ public:
     //   pause()          stops every channel from taking requests (they wait in the guest's
     //                    rings) and waits until none is in flight: Errc::Timeout (and not
     //                    paused) if they do not finish in time, Errc::Busy if paused already;
-    //   replace_image()  while paused: disk `id` now reads and writes the image at `path`
-    //                    (the caller made it, e.g. a differencing VHDX over the old one). It
-    //                    keeps its LUN, identity and counters; it must have the same size and
-    //                    sector size. Errors: NotFound, Invalid (a different geometry), or
-    //                    the open's error; the old image stays then;
+    //   replace_image()  while paused: disk `id`, on image `s.from`, now reads and writes the
+    //                    image `s.to` (the caller made it, e.g. a differencing VHDX over the
+    //                    old one; `to` may equal `from`: a fresh open). It keeps its LUN,
+    //                    identity and counters; it must have the same size and sector size.
+    //                    Errors: NotFound, Busy (not on `from`), Invalid (a different
+    //                    geometry), or the open's error; the old image stays then;
     //   resume()         the channels take requests again.
     // Called from an API thread (pause() blocks, at most `timeout`), one caller at a time.
     Result<> pause(std::chrono::milliseconds timeout);
-    Result<> replace_image(std::string_view id, const std::string& path, const std::string& format);
+    Result<> replace_image(std::string_view id, const ImageSwitch& s);
     void resume();
 
     // vmbus::Device

@@ -650,6 +650,7 @@ Result<> Image::open_parent(const OpenParams& p, std::set<std::pair<dev_t, ino_t
     }();
     OpenParams pp = p;
     pp.writable = false;
+    pp.accept_changed_parent = false;
     for (const auto& c : candidates) {
         tried.push_back(c.string());
         UniqueFd fd(::open(c.c_str(), O_RDONLY | O_CLOEXEC));
@@ -657,9 +658,14 @@ Result<> Image::open_parent(const OpenParams& p, std::set<std::pair<dev_t, ino_t
         ENL_TRY(auto parent, open_impl(std::move(fd), c.string(), pp, seen, depth + 1));
         Guid want;
         (void)Guid::parse(parent_linkage_, want);
-        if (parent->data_write_guid() != want)
-            return bad(path_, "parent {} has DataWriteGuid {}, but this disk was made from {} (the parent changed)",
-                       c.string(), parent->data_write_guid().str(), parent_linkage_);
+        if (parent->data_write_guid() != want) {
+            if (!p.accept_changed_parent)
+                return bad(path_, "parent {} has DataWriteGuid {}, but this disk was made from {} (the parent changed)",
+                           c.string(), parent->data_write_guid().str(), parent_linkage_);
+            notes_.push_back(fmt::format("parent {} changed since this disk was made (DataWriteGuid {}, not {}); "
+                                         "accepted for a merge",
+                                         c.string(), parent->data_write_guid().str(), parent_linkage_));
+        }
         if (parent->size() != size_ || parent->logical_sector() != logical_)
             return bad(path_, "parent {} has {} bytes in {}-byte sectors, this disk {} in {}", c.string(), parent->size(),
                        parent->logical_sector(), size_, logical_);

@@ -84,6 +84,12 @@ struct OpenParams {
     // A read-only open of a file whose log needs replaying: replay it in memory (true) or
     // refuse (false). A writable open always replays into the file.
     bool replay_in_memory = true;
+    // A differencing disk whose parent's DataWriteGuid no longer matches its parent_linkage
+    // is refused (the parent changed, so the chain may read wrong data), unless this is set:
+    // then it opens, with a note. Only for a parent that changed by having this disk merged
+    // into it (partly): the disk's sectors lie over their own copies, so it still reads right.
+    // Applies to the immediate parent only.
+    bool accept_changed_parent = false;
 };
 
 class Image {

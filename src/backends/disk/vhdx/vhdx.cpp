@@ -413,7 +413,9 @@ Result<std::unique_ptr<Queue>> VhdxDiskImpl::open_queue(uint32_t depth) {
 
 Result<std::shared_ptr<VhdxDisk>> open_vhdx(const OpenOptions& o) {
     auto d = std::make_shared<VhdxDiskImpl>();
-    ENL_TRY(d->image_, vhdx::Image::open(o.path, {.writable = !o.read_only, .replay_in_memory = true}));
+    ENL_TRY(d->image_, vhdx::Image::open(o.path, {.writable = !o.read_only,
+                                                   .replay_in_memory = true,
+                                                   .accept_changed_parent = o.accept_changed_parent}));
     vhdx::Image& img = *d->image_;
     DiskInfo& info = d->info_;
     info.path = o.path;
