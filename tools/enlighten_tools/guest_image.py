@@ -69,6 +69,8 @@ GUEST_MODULES = [
     "virtio_pci", "virtio_blk", "virtio_scsi",
     # QEMU's virtio-net, for the side-by-side network benchmark (bench/net.py)
     "virtio_net",
+    # QEMU's virtio vsock, for the side-by-side hv_sock benchmark (bench/vsock.py)
+    "vmw_vsock_virtio_transport",
 ]
 HV_DAEMONS = ["hv_kvp_daemon", "hv_vss_daemon", "hv_fcopy_daemon"]
 

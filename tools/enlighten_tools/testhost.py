@@ -73,8 +73,9 @@ from .kmod import ModuleTree
 
 HOST_MODULES = ["kvm-amd"]  # plus dependencies: irqbypass, kvm
 # In the image but loaded only by the scripts that need them (modprobe): taps for the tap
-# network backend, vhost-net for QEMU's comparison runs.
-HOST_NET_MODULES = ["tun", "vhost_net"]
+# network backend, vhost-net and vhost-vsock for QEMU's comparison runs (bench/net.py,
+# bench/vsock.py).
+HOST_NET_MODULES = ["tun", "vhost_net", "vhost_vsock"]
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
 DEFAULT_HOST_MEMORY_MIB = 3072
 READY = b"TESTHOST-READY"
