@@ -4,6 +4,7 @@
 // every hostile-image case of docs/vhdx.md (each built by patching a good image byte-wise).
 // Tests that need qemu-img fail when it is missing (scripts/setup installs qemu-utils).
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -531,6 +532,14 @@ TEST(Vhdx, CrashConsistencyUnderSigkill) {
             }
         }
         ::close(fds[1]);
+        // The kill comes at a random moment once the child has flushed something: on a loaded
+        // machine (the sanitizer builds run beside the e2e tests) it may take a while to start.
+        uint64_t first[2];
+        pollfd started{fds[0], POLLIN, 0};
+        if (::poll(&started, 1, 30000) > 0 && ::read(fds[0], first, sizeof first) == sizeof first) {
+            flushed[first[0]] = static_cast<uint32_t>(first[1]);
+            gen = std::max<uint32_t>(gen, static_cast<uint32_t>(first[1]) + 1);
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 120));
         ::kill(pid, SIGKILL);
         int st = 0;
