@@ -140,9 +140,9 @@ std::vector<uint8_t> rndis_packet(const std::vector<uint8_t>& frame, std::vector
 
 std::vector<uint8_t> rndis_query(uint32_t req_id, uint32_t oid, std::vector<uint8_t> info = {}, uint32_t type = rndis::kMsgQuery) {
     RndisQuery q{{type, static_cast<uint32_t>(28 + info.size())}, req_id, oid, static_cast<uint32_t>(info.size()), 20, 0};
-    std::vector<uint8_t> m(sizeof(q));
+    std::vector<uint8_t> m(sizeof(q) + info.size());  // (not insert(): GCC 12 -O3 false array-bounds)
     std::memcpy(m.data(), &q, sizeof(q));
-    m.insert(m.end(), info.begin(), info.end());
+    if (!info.empty()) std::memcpy(m.data() + sizeof(q), info.data(), info.size());
     return m;
 }
 std::vector<uint8_t> rndis_set(uint32_t req_id, uint32_t oid, std::vector<uint8_t> info) {

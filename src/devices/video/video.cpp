@@ -357,6 +357,7 @@ Result<Frame> VideoDevice::capture() const {
     LockGuard lock(mu_);
     if (!memory_ || !vram_gpa_ || !mode_) return fail(Errc::Closed, "the guest has no framebuffer (hyperv_fb is not connected)");
     const Mode m = *mode_;
+    if (m.width == 0 || m.height == 0) return fail(Errc::Closed, "the guest's mode is empty");
     Frame f{m.width, m.height, {}};
     f.rgb.resize(size_t{m.width} * m.height * 3);
     std::vector<uint8_t> row(size_t{m.width} * 4);
