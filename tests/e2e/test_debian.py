@@ -109,7 +109,7 @@ api copy-file "$CKPT_SH" /root/ckpt.sh --overwrite >/dev/null
 "$ENL" image create "$WORK/data.vhdx" --format vhdx --size 64M >/dev/null
 try ck_add add-disk "$WORK/data.vhdx" --id data --format vhdx
 guest 'sh /root/ckpt.sh mount'
-wait_serial CKPT-MOUNTED 120
+wait_serial "CKPT-DONE mount" 120
 sleep 3
 try ck_take checkpoint ck1
 try ck_dup checkpoint ck1
@@ -120,9 +120,9 @@ echo "RESULT ck_child_info=$("$ENL" image info "$WORK/data_ck1.avhdx" --json | t
 # The parent, as of the freeze, attached read-only: the guest checks its file system.
 try ck_ro add-disk "$WORK/data.vhdx" --id parent --format vhdx --readonly
 guest 'sh /root/ckpt.sh parent'
-wait_serial CKPT-PARENT 180
+wait_serial "CKPT-DONE parent" 180
 guest 'sh /root/ckpt.sh live'
-wait_serial CKPT-LIVE 60
+wait_serial "CKPT-DONE live" 60
 try ck_rm remove-disk parent
 try ck_merge checkpoint-merge
 try ck_list_after checkpoints
@@ -130,13 +130,13 @@ echo "RESULT ck_avhdx_left=$(ls "$WORK" | grep -c avhdx)"
 echo "RESULT ck_data_info=$("$ENL" image info "$WORK/data.vhdx" --json | tr '\n' ' ')"
 # Without the guest's VSS daemon: refused, unless crash consistency is asked for.
 guest 'sh /root/ckpt.sh stop-vssd'
-wait_serial CKPT-STOP-VSSD 60
+wait_serial "CKPT-DONE stop-vssd" 60
 try ck_novss checkpoint ck2
 try ck_crash checkpoint ck2 --crash
 try ck_merge2 checkpoint-merge
 sleep 1
 guest 'sh /root/ckpt.sh final'
-wait_serial CKPT-UMOUNT 120
+wait_serial "CKPT-DONE final" 120
 echo "RESULT ck_seconds=$(awk "BEGIN { print $(now) - $ck_t0 }")"
 exec 3>&-
 t1=$(now)

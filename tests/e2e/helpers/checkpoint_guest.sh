@@ -1,7 +1,9 @@
 #!/bin/sh
 # The Debian guest's side of the checkpoint scenario (test_debian.py), copied into the guest
 # with `enlighten remote copy-file` and run from its root shell: checkpoint_guest.sh STEP.
-# Each step prints one CKPT-<STEP> line on the console.
+# Each step prints its CKPT-<STEP> lines on the console, then "CKPT-DONE <step>": the host
+# types the next command only after that, so the terminal's echo of it cannot land inside a
+# line the host parses.
 LOG=/mnt/data/log.txt
 
 # summary FILE: how many lines, and whether line k is "line k" for every k (no line lost,
@@ -53,3 +55,4 @@ final)
     umount /mnt/data && echo "CKPT-UMOUNT ok"
     ;;
 esac
+echo "CKPT-DONE $1"
