@@ -23,9 +23,9 @@ __attribute__((noinline)) void host_write(OutRing& out, std::span<const uint8_t>
 __attribute__((noinline)) void host_read(InRing& in, std::vector<uint64_t>& buf, PacketScratch& scratch) {
     auto p = in.peek(buf, 65536);
     if (!p || !*p) std::abort();
-    auto v = parse_packet(std::span<const uint64_t>(buf.data(), **p / 8), scratch);
+    auto v = parse_packet(std::span<const uint64_t>(buf.data(), (*p)->len / 8), scratch);
     if (!v) std::abort();
-    in.skip(**p);
+    in.skip((*p)->len);
     in.commit();
 }
 

@@ -83,9 +83,9 @@ void BM_RingRead(benchmark::State& state) {
             state.ResumeTiming();
             continue;
         }
-        auto view = parse_packet(std::span<const uint64_t>(buf.data(), **pkt / 8), scratch);
+        auto view = parse_packet(std::span<const uint64_t>(buf.data(), (*pkt)->len / 8), scratch);
         benchmark::DoNotOptimize(view);
-        in.skip(**pkt);
+        in.skip((*pkt)->len);
         in.commit();
     }
     state.SetItemsProcessed(state.iterations());

@@ -41,19 +41,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Bounded: at most one packet per 24 bytes of ring, plus a few rounds of new guest data.
     for (int round = 0; round < 4 && !in.empty(); ++round) {
         for (int i = 0; i < 1024; ++i) {
-            auto len = reader.peek(buf, in.take<uint16_t>() % 16384U + 1U);
-            if (!len || !*len) break;
+            const uint32_t max_len = in.take<uint16_t>() % 16384U + 1U;
+            auto got = reader.peek(buf, max_len);
+            if (!got || !*got) break;
+            const uint32_t len = (*got)->len;
             // What was accepted is self-consistent, and parses (or is refused) without harm.
             PacketDescriptor d;
             std::memcpy(&d, buf.data(), sizeof(d));
-            if (**len != d.len8 * 8u || d.offset8 * 8u > **len || **len % 8 != 0) __builtin_trap();
-            if (auto v = parse_packet(std::span<const uint64_t>(buf.data(), **len / 8), scratch)) {
-                if (v->payload.size() + d.offset8 * 8u != **len) __builtin_trap();
+            if (len != d.len8 * 8u || len % 8 != 0 || len < sizeof(d)) __builtin_trap();
+            if (!(*got)->bad.empty()) {
+                // dropped whole: only its descriptor was copied, and it is wrong in itself
+                if (d.offset8 * 8u >= sizeof(d) && d.offset8 * 8u <= len && len <= max_len) __builtin_trap();
+                reader.skip(len);
+                reader.commit();
+                continue;
+            }
+            if (d.offset8 * 8u > len || len > max_len) __builtin_trap();
+            if (auto v = parse_packet(std::span<const uint64_t>(buf.data(), len / 8), scratch)) {
+                if (v->payload.size() + d.offset8 * 8u != len) __builtin_trap();
                 for (const auto& r : v->gpa_ranges)
                     if (r.byte_offset >= kPageSize || r.pfns.size() * kPageSize < uint64_t{r.byte_offset} + r.byte_count)
                         __builtin_trap();
             }
-            reader.skip(**len);
+            reader.skip(len);
             reader.commit();
         }
         reader.set_interrupt_mask(in.take<uint8_t>() & 1);

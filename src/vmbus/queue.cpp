@@ -95,10 +95,25 @@ Result<std::optional<PacketView>> ChannelQueue::peek() {
             in_->set_interrupt_mask(true);
             masked_ = true;
         }
-        auto len = in_->peek(buf_, params_.max_packet_from_guest);
-        if (len && !*len) return std::optional<PacketView>{};
-        if (len) {
-            const auto words = std::span<const uint64_t>(buf_.data(), **len / 8);
+        auto got = in_->peek(buf_, params_.max_packet_from_guest);
+        if (got && !*got) return std::optional<PacketView>{};
+        if (got) {
+            const InRing::Peeked& pk = **got;
+            if (!pk.bad.empty()) {
+                // Sound framing, an unsound packet: handed over without a payload, as one that
+                // lies about its ranges is; the device drops it (or fails its request).
+                PacketDescriptor d;
+                std::memcpy(&d, buf_.data(), sizeof(d));
+                view_ = PacketView{};
+                view_.type = d.type;
+                view_.flags = d.flags;
+                view_.trans_id = d.trans_id;
+                view_.malformed = true;
+                malformed_reason_ = fmt::format("a packet of {} bytes: {}", pk.len, pk.bad);
+                peeked_ = pk.len;
+                return std::optional<PacketView>(view_);
+            }
+            const auto words = std::span<const uint64_t>(buf_.data(), pk.len / 8);
             auto view = parse_packet(words, scratch_);
             if (view) {
                 view_ = *view;
@@ -106,7 +121,7 @@ Result<std::optional<PacketView>> ChannelQueue::peek() {
                 // The framing is sound, its ranges are not: hand it over without them.
                 PacketDescriptor d;
                 std::memcpy(&d, buf_.data(), sizeof(d));
-                const auto bytes = std::span(reinterpret_cast<const uint8_t*>(buf_.data()), **len);
+                const auto bytes = std::span(reinterpret_cast<const uint8_t*>(buf_.data()), pk.len);
                 view_ = PacketView{};
                 view_.type = d.type;
                 view_.flags = d.flags;
@@ -115,10 +130,10 @@ Result<std::optional<PacketView>> ChannelQueue::peek() {
                 view_.malformed = true;
                 malformed_reason_ = view.error().message();
             }
-            peeked_ = **len;
+            peeked_ = pk.len;
             return std::optional<PacketView>(view_);
         }
-        broken = len.error();
+        broken = got.error();
         in_.reset();
     }
     fail_channel(*broken);

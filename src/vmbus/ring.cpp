@@ -74,28 +74,32 @@ void RingMemory::write(uint32_t pos, std::span<const uint8_t> in) {
     }
 }
 
-Result<std::optional<uint32_t>> InRing::peek(std::vector<uint64_t>& buf, uint32_t max_len) {
+Result<std::optional<InRing::Peeked>> InRing::peek(std::vector<uint64_t>& buf, uint32_t max_len) {
     const uint32_t size = mem_.data_size();
     const uint32_t w = mem_.load(kRingWriteIndex);
     if (w >= size || w % 8 != 0) return fail(Errc::Invalid, "guest write index {:#x} is outside the ring ({:#x} bytes)", w, size);
-    if (w == read_) return std::optional<uint32_t>{};
+    if (w == read_) return std::optional<Peeked>{};
     const uint32_t avail = used_bytes(w, read_, size);
     if (avail < sizeof(PacketDescriptor) + kPacketTrailerSize)
         return fail(Errc::Invalid, "ring holds {} bytes, less than one packet", avail);
+    if (buf.size() < 32) buf.resize(32);
+    auto* dst = reinterpret_cast<uint8_t*>(buf.data());
     PacketDescriptor desc;
     if (const uint8_t* p = mem_.linear(read_, sizeof(desc)))
-        std::memcpy(&desc, p, sizeof(desc));
+        std::memcpy(dst, p, sizeof(desc));
     else
-        mem_.read(read_, std::span(reinterpret_cast<uint8_t*>(&desc), sizeof(desc)));
+        mem_.read(read_, std::span(dst, sizeof(desc)));
+    std::memcpy(&desc, dst, sizeof(desc));
     const uint32_t len = desc.len8 * 8u;
     const uint32_t off = desc.offset8 * 8u;
-    if (len < sizeof(PacketDescriptor) || off < sizeof(PacketDescriptor) || off > len)
-        return fail(Errc::Invalid, "packet with offset {} and length {} is malformed", off, len);
+    if (len < sizeof(PacketDescriptor)) return fail(Errc::Invalid, "packet length {} is below a descriptor", len);
     if (len + kPacketTrailerSize > avail)
         return fail(Errc::Invalid, "packet of {} bytes is longer than the {} bytes in the ring", len, avail);
-    if (len > max_len) return fail(Errc::Invalid, "packet of {} bytes is longer than this channel allows ({})", len, max_len);
-    if (buf.size() < len / 8) buf.resize(std::max<size_t>(len / 8, 32));
-    auto* dst = reinterpret_cast<uint8_t*>(buf.data());
+    // The framing holds from here on: a packet that is wrong in itself is dropped, not fatal.
+    if (off < sizeof(PacketDescriptor) || off > len) return std::optional<Peeked>(Peeked{len, "its payload offset is outside the packet"});
+    if (len > max_len) return std::optional<Peeked>(Peeked{len, "it is longer than this channel allows"});
+    if (buf.size() < len / 8) buf.resize(len / 8);
+    dst = reinterpret_cast<uint8_t*>(buf.data());
     if (const uint8_t* p = mem_.linear(read_, len))
         std::memcpy(dst, p, len);
     else
@@ -103,7 +107,7 @@ Result<std::optional<uint32_t>> InRing::peek(std::vector<uint64_t>& buf, uint32_
     // Use the descriptor as copied with the packet (one copy: what we validate is what we use).
     std::memcpy(&desc, dst, sizeof(desc));
     if (desc.len8 * 8u != len || desc.offset8 * 8u != off) return fail(Errc::Invalid, "packet changed while it was read");
-    return std::optional<uint32_t>(len);
+    return std::optional<Peeked>(Peeked{len, {}});
 }
 
 void InRing::skip(uint32_t len) {

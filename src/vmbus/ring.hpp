@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -64,12 +65,20 @@ class InRing {
 public:
     explicit InRing(RingMemory mem) : mem_(std::move(mem)) {}
 
+    // A packet peek() found. When the ring's framing holds but the packet does not (its
+    // payload offset points inside the descriptor or past its end, or it is longer than the
+    // channel allows), `bad` says why and only the descriptor was copied: the reader drops it
+    // and goes on, since skip(len) still lands on the next packet.
+    struct Peeked {
+        uint32_t len = 0;  // bytes of the packet in the ring (descriptor included)
+        std::string_view bad;
+    };
     // Copies the next packet (descriptor included, len8 * 8 bytes, at most max_len) into
-    // `buf` without consuming it; returns its length in bytes, or nullopt when the ring is
-    // empty. The descriptor is re-read from the copy and must match what was checked (one
-    // copy: what is validated is what is used). An error means the ring is corrupt and the
-    // channel must stop using it.
-    Result<std::optional<uint32_t>> peek(std::vector<uint64_t>& buf, uint32_t max_len);
+    // `buf` without consuming it; nullopt when the ring is empty. The descriptor is re-read
+    // from the copy and must match what was checked (one copy: what is validated is what is
+    // used). An error means the framing itself is broken (indices outside the ring, a length
+    // below a descriptor or beyond what the ring holds): the channel must stop using it.
+    Result<std::optional<Peeked>> peek(std::vector<uint64_t>& buf, uint32_t max_len);
     // Moves our private read index past a packet of `len` bytes that peek() returned.
     void skip(uint32_t len);
     // Publishes the read index. True if the guest asked to be told about free space
