@@ -2,12 +2,14 @@
 memory error or undefined behaviour in Enlighten while a real guest drives it prints a
 sanitizer report (and ASan aborts), which these tests look for in Enlighten's output.
 
-One session ("sanitized"), two runs:
+One session ("sanitized"), three runs:
   asan-vmbus    hv_vmbus connects and unloads with 2 vCPUs (as test_hyperv's checks)
   asan-devices  the VSPs under guest traffic: hv_storvsc writes and reads back 8 MiB on a
                 dynamic VHDX, hv_netvsc gets an address from slirp's DHCP and pings its
                 gateway, hv_utils and hv_balloon bind; then from the host the management
                 API: info, a balloon target of 384 MiB, a KVP listing, and a clean shutdown
+  asan-hostile  test_hostile's hostile guest (a kernel module attacking the VMM from inside
+                the guest) against the ASan+UBSan build
 
 scripts/test builds build-asan/ beside the e2e tests; the session waits for that build
 (harness.wait_for_sanitizer_build), which is why this module is one of the last."""
@@ -20,6 +22,7 @@ import unittest
 
 from harness import ASAN_BINARY, RunResult, Session, describe, results
 from guests import LOAD_AND_UNLOAD
+from test_hostile import check_hostile_run, register as register_hostile
 from test_hyperv import check_load_and_unload
 
 SANITIZED = Session("sanitized")
@@ -65,6 +68,9 @@ SANITIZED.scenario("asan-devices", DEVICES_SCRIPT, job=DEVICES_JOB, net=True, ti
                    binary=ASAN_BINARY)
 
 
+register_hostile(SANITIZED, "asan-hostile", seed=2, binary=ASAN_BINARY)
+
+
 class SanitizedTests(unittest.TestCase):
 
     def run_of(self, key: str) -> RunResult:
@@ -96,6 +102,9 @@ class SanitizedTests(unittest.TestCase):
         self.assertEqual(r.get("shutdown_rc"), "0", why)
         self.assertEqual(r.get("rc"), "0", "Enlighten's exit status after the shutdown" + why)
         self.assertEqual(r.get("check"), "0", "image check of the VHDX the guest wrote" + why)
+
+    def test_asan_build_survives_the_hostile_guest(self) -> None:
+        check_hostile_run(self, SANITIZED, "asan-hostile")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import debian, debian_disk, guest_image, testhost, userland
+from . import debian, debian_disk, guest_image, hostile, testhost, userland
 from .common import ToolError
 
 
@@ -59,6 +59,11 @@ def cmd_debian_disk(a: argparse.Namespace) -> int:
     print(disk.kernel)
     print(disk.initrd)
     print(disk.vhdx)
+    return 0
+
+
+def cmd_hostile_module(a: argparse.Namespace) -> int:
+    print(hostile.build_module())
     return 0
 
 
@@ -131,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
     s.add_argument("--binary", help="Enlighten binary for `image convert` (default: build/enlighten)")
     s.set_defaults(func=cmd_debian_disk)
+
+    s = sub.add_parser("hostile-module",
+                       help="build the hostile-guest kernel module (tests/hostile) for the guest kernel; print its path")
+    s.set_defaults(func=cmd_hostile_module)
 
     s = sub.add_parser("testhost-image", help="build the test host's cached initramfs")
     s.add_argument("--force", action="store_true")

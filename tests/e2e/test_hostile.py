@@ -1,0 +1,285 @@
+"""The hostile guest: attacks on Enlighten from inside the unmodified Debian guest kernel.
+
+A kernel module of our own (tests/hostile/enl_hostile.c, built against Debian's headers of
+the guest kernel: tools/enlighten_tools/hostile.py) is loaded once per attack by the guest's
+job. It sends what a malicious guest kernel could: raw channel messages of every type and
+size, GPADLs that lie, doorbell and message floods, every hypercall code with bad GPAs, and
+packets that lie (lengths, offsets, ranges, PFNs outside RAM, ring indices) on the channels
+of the disk, the NIC, the integration services and the balloon, both on the channel the
+device's own driver has open ("live") and on a channel the module opens itself after taking
+the device over ("own": ring index lies, raw OPENCHANNELs, the ring's GPADL torn down while
+open, open/close in a loop while another vCPU rings the doorbell).
+
+After each attack the guest checks its disk (1 MiB written, read back past the page cache)
+and its network (a ping of slirp's gateway), and the device that was attacked: taken back by
+its own driver after an "own" attack, it must work again. Then the host checks, through the
+management API, that the VMM runs, the heartbeat is healthy, the guest's KVP data can be
+read, and every integration service is OK, and acknowledges the step by writing a KVP key
+that the guest must see (a KVP round trip host -> guest) before its next attack.
+
+The same job runs twice: `release` here (session "hostile", build/enlighten), and
+`asan-hostile` in test_sanitized's session (build-asan/enlighten, ASan+UBSan, where no
+sanitizer report may appear; that session waits for scripts/test's sanitizer track). The
+VHDX the guest's disk lives on must pass `enlighten image check` at the end."""
+
+from __future__ import annotations
+
+import re
+import unittest
+
+from pathlib import Path
+
+from harness import RunResult, Session, describe, json_between, results
+
+from enlighten_tools import hostile  # noqa: E402 - harness puts tools/ on the path
+
+HOSTILE = Session("hostile")
+
+SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+CLASSES = {
+    "storvsc": "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f",
+    "netvsc": "f8615163-df3e-46c5-913f-f2d2f965ed0e",
+    "heartbeat": "57164f39-9115-4e78-ab55-382f3bd5422d",
+    "shutdown": "0e0b6031-5213-4934-818b-38d90ced39db",
+    "vss": "35fa2e29-ea23-4236-96ae-3a6ebacba440",
+    "fcopy": "34d14be3-dee4-41c8-9ae7-6b174977c192",
+    "balloon": "525074dc-8985-46e2-8057-a307dc18a502",
+}
+
+# (step name, kind, target, shape): the attacks in the order the guest runs them.
+STEPS = [
+    ("messages", "global", "", ""),
+    ("gpadls", "global", "heartbeat", ""),
+    ("doorbells", "global", "", ""),
+    ("hypercalls", "global", "", ""),
+    ("flood", "global", "", ""),
+    ("live-storvsc", "live", "storvsc", "storvsc"),
+    ("live-netvsc", "live", "netvsc", "netvsc"),
+    ("live-heartbeat", "live", "heartbeat", "ic"),
+    ("live-shutdown", "live", "shutdown", "ic"),
+    ("live-vss", "live", "vss", "ic"),
+    ("live-fcopy", "live", "fcopy", "ic"),
+    ("live-balloon", "live", "balloon", "balloon"),
+    ("own-storvsc", "own", "storvsc", "storvsc"),
+    ("own-netvsc", "own", "netvsc", "netvsc"),
+    ("own-heartbeat", "own", "heartbeat", "ic"),
+]
+
+
+def _job() -> str:
+    steps = "\n".join(f"step {name} {kind} {CLASSES.get(target, '-')} {shape or '-'}"
+                      for name, kind, target, shape in STEPS)
+    return JOB_LIB + steps + "\necho HOSTILE-JOB-DONE\n"
+
+
+JOB_LIB = r"""
+KO=/enl_hostile.ko
+# kernel messages (thousands of driver complaints) go to the log, not the serial console
+dmesg -n 1
+SEED=1
+for a in $(cat /proc/cmdline); do case "$a" in hostile.seed=*) SEED=${a#hostile.seed=} ;; esac; done
+now() { read -r t _ </proc/uptime; echo "$t"; }
+dev_of() {
+    for d in /sys/bus/vmbus/devices/*; do
+        read -r c < "$d/class_id"; [ "$c" = "{$1}" ] && { echo "${d##*/}"; return; }
+    done
+}
+driver_of() { basename "$(readlink "/sys/bus/vmbus/devices/$1/driver" 2>/dev/null)" 2>/dev/null; }
+first_disk() { for b in /sys/block/sd*; do [ -e "$b" ] && { echo "/dev/${b##*/}"; return; }; done; }
+# disk_ok: 1 MiB of new data at 8 MiB, synced, read back past the page cache
+disk_ok() {
+    n=0; d=$(first_disk)
+    while [ -z "$d" ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); d=$(first_disk); done
+    [ -n "$d" ] || return 1
+    dd if=/dev/urandom of=/tmp/pat bs=64k count=16 2>/dev/null
+    dd if=/tmp/pat of="$d" bs=64k seek=128 count=16 oflag=direct conv=fsync 2>/dev/null || return 1
+    dd if="$d" of=/tmp/back bs=64k skip=128 count=16 iflag=direct 2>/dev/null || return 1
+    cmp -s /tmp/pat /tmp/back
+}
+net_ok() { ping -c 1 -W 3 10.0.2.2 >/dev/null 2>&1 || ping -c 2 -W 3 10.0.2.2 >/dev/null 2>&1; }
+net_up() {  # eth0 again after hv_netvsc took the device back
+    n=0; while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.2; n=$((n + 1)); done
+    ip link set eth0 up 2>/dev/null
+    ip addr add 10.0.2.15/24 dev eth0 2>/dev/null
+    n=0; until net_ok || [ $n -ge 5 ]; do sleep 1; n=$((n + 1)); done
+}
+rebind() {  # DEV DRIVER: the device's own driver lets go of it and takes it again
+    echo "$1" > "/sys/bus/vmbus/drivers/$2/unbind" 2>/dev/null
+    echo "$1" > "/sys/bus/vmbus/drivers/$2/bind"
+}
+# device_ok SHAPE: does the attacked device work (for the integration services and the
+# balloon the host judges, from the API)
+device_ok() {
+    case "$1" in
+        storvsc) disk_ok ;;
+        netvsc) net_ok ;;
+        *) [ -n "$(driver_of "$DEV")" ] ;;
+    esac
+}
+wait_ack() {
+    n=0
+    while ! tr '\0' '\n' < /var/lib/hyperv/.kvp_pool_0 2>/dev/null | grep -qx "hostile-ack-$1"; do
+        n=$((n + 1)); [ $n -gt 600 ] && return 1
+        sleep 0.2
+    done
+}
+NUM=0
+# step NAME KIND CLASS SHAPE
+step() {
+    name=$1; kind=$2; class=$3; shape=$4
+    NUM=$((NUM + 1))
+    t0=$(now)
+    DEV=; DRV=; device=-
+    [ "$class" != - ] && { DEV=$(dev_of "$class"); DRV=$(driver_of "$DEV"); }
+    dmesg -c >/dev/null
+    seed=$((SEED * 1000 + NUM))
+    case "$kind" in
+        global)
+            args="attack=$name seed=$seed"
+            [ -n "$DEV" ] && args="$args relid=$(cat /sys/bus/vmbus/devices/$DEV/id)"
+            insmod $KO $args; rc=$?
+            rmmod enl_hostile ;;
+        live)
+            insmod $KO attack=live device=$DEV shape=$shape seed=$seed; rc=$?
+            rmmod enl_hostile
+            if device_ok "$shape"; then device=kept
+            else
+                rebind "$DEV" "$DRV"; [ "$shape" = netvsc ] && net_up
+                if device_ok "$shape"; then device=recovered; else device=failed; fi
+            fi ;;
+        own)
+            insmod $KO attack=own shape=$shape seed=$seed; rc=$?
+            echo enl_hostile > /sys/bus/vmbus/devices/$DEV/driver_override
+            echo "$DEV" > /sys/bus/vmbus/drivers/$DRV/unbind
+            echo "$DEV" > /sys/bus/vmbus/drivers/enl_hostile/bind || echo "HOSTILE-BIND-FAILED $name"
+            echo "$DEV" > /sys/bus/vmbus/drivers/enl_hostile/unbind
+            echo > /sys/bus/vmbus/devices/$DEV/driver_override
+            rmmod enl_hostile
+            echo "$DEV" > /sys/bus/vmbus/drivers/$DRV/bind || echo "HOSTILE-REBIND-FAILED $name"
+            [ "$shape" = netvsc ] && net_up
+            if device_ok "$shape"; then device=back; else device=failed; fi ;;
+    esac
+    dmesg | grep 'ENL-HOSTILE' | sed "s/^\[[ 0-9.]*\] //; s/^/HOSTILE-LOG $NUM /"
+    dmesg | grep -v ENL-HOSTILE | grep -E "BUG|Oops|WARNING|general protection|Call Trace" | head -n 5 | sed "s/^/HOSTILE-GUEST-KERNEL $NUM /"
+    disk=fail; disk_ok && disk=ok
+    net=fail; net_ok && net=ok
+    echo "HOSTILE-STEP $NUM $name insmod=$rc disk=$disk net=$net device=$device driver=$(driver_of "$DEV") secs=$(awk "BEGIN { print $(now) - $t0 }")"
+    if wait_ack $NUM; then echo "HOSTILE-ACK $NUM ok"; else echo "HOSTILE-ACK $NUM timeout"; fi
+}
+"""
+
+SCRIPT = r"""
+"$ENL" image create "$WORK/disk.vhdx" --format vhdx --size 64M --block-size 1M >"$WORK/create.log" 2>&1 \
+    || { echo "RESULT create=failed"; cat "$WORK/create.log"; }
+start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon hostile.seed=$SEED" \
+    --disk "path=$WORK/disk.vhdx,format=vhdx" --net "backend=slirp,id=net0"
+if wait_serial ENLIGHTEN-SERVICES-READY 200; then
+    # (the library's wait_* helpers use $n: the step number is $k)
+    k=1
+    while [ $k -le $STEPS ]; do
+        wait_serial "HOSTILE-STEP $k " 400 || break
+        kill -0 $VM_PID 2>/dev/null && echo "RESULT step${k}_alive=yes"
+        wait_api 30 '"state": "healthy"' heartbeat && echo "RESULT step${k}_heartbeat=healthy"
+        api kvp-list auto >"$WORK/kvp.json" 2>&1 && grep -q FullyQualifiedDomainName "$WORK/kvp.json" \
+            && echo "RESULT step${k}_kvp=ok"
+        echo "ICS-BEGIN $k"; api integration-services; echo "ICS-END $k"
+        api kvp-set external "hostile-ack-$k" 1 && echo "RESULT step${k}_ack=sent"
+        kill -0 $VM_PID 2>/dev/null || break
+        k=$((k + 1))
+    done
+    wait_serial HOSTILE-JOB-DONE 60 && echo "RESULT job=done"
+    api shutdown --timeout 60; echo "RESULT shutdown_rc=$?"
+fi
+wait $VM_PID
+echo "RESULT rc=$?"
+"$ENL" image check "$WORK/disk.vhdx" >"$WORK/check.log" 2>&1; echo "RESULT check=$?"; cat "$WORK/check.log"
+dump_logs
+"""
+
+JOB = _job()
+
+
+def register(session: Session, key: str, *, seed: int, binary: Path | None = None) -> None:
+    """The hostile guest as a run of `session` (seed: the module's random streams)."""
+    session.scenario(key, f"SEED={seed}\nSTEPS={len(STEPS)}\n" + SCRIPT, job=JOB, cpus=2, net=True,
+                     timeout=1200, binary=binary, guest_files={"/enl_hostile.ko": hostile.build_module})
+
+
+register(HOSTILE, "release", seed=1)
+
+
+def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> None:
+    """Fails `test` with the list of attacks and what broke after which; prints the table."""
+    res: RunResult = session.result(test, key)
+    why = describe(res, 12000)
+    out = res.output
+    for report in SANITIZER_REPORTS:
+        test.assertNotIn(report, out, f"a sanitizer report ({report!r})" + why)
+    r = results(res)
+    steps = {int(m.group(1)): m for m in re.finditer(
+        r"^HOSTILE-STEP (\d+) (\S+) insmod=(\d+) disk=(\w+) net=(\w+) device=(\S+) driver=(\S*) secs=(\S+)$", out, re.M)}
+    acks = dict(re.findall(r"^HOSTILE-ACK (\d+) (\w+)$", out, re.M))
+    problems = []
+    table = []
+    for n, (name, kind, _target, _shape) in enumerate(STEPS, start=1):
+        m = steps.get(n)
+        if not m:
+            problems.append(f"{name}: the guest never finished this attack")
+            table.append(f"  {n:2} {name:15} NOT RUN")
+            continue
+        bad = []
+        if m.group(2) != name:
+            bad.append(f"ran {m.group(2)}")
+        if m.group(3) != "0":
+            bad.append(f"insmod={m.group(3)}")
+        if m.group(4) != "ok":
+            bad.append("disk I/O failed")
+        if m.group(5) != "ok":
+            bad.append("network failed")
+        if kind == "own" and m.group(6) != "back":
+            bad.append(f"device not back with its driver ({m.group(6)})")
+        if kind == "live" and m.group(6) not in ("kept", "recovered"):
+            bad.append(f"device {m.group(6)}")
+        for check, want in (("alive", "yes"), ("heartbeat", "healthy"), ("kvp", "ok"), ("ack", "sent")):
+            if r.get(f"step{n}_{check}") != want:
+                bad.append(f"API {check}: {r.get(f'step{n}_{check}', 'missing')}")
+        try:
+            services = json_between(res, "ICS", str(n)).get("services", [])
+            not_ok = [f"{s.get('name')}:{s.get('status')}" for s in services
+                      if s.get("enabled") and s.get("status") != "OK"]
+            if not_ok or not services:
+                bad.append(f"integration services {not_ok or 'missing'}")
+        except AssertionError:
+            bad.append("no integration-services answer")
+        if acks.get(str(n)) != "ok":
+            bad.append("the host's KVP acknowledgement did not reach the guest")
+        logs = re.findall(rf"^HOSTILE-LOG {n} ENL-HOSTILE \S+ (.*)$", out, re.M)
+        if not any(line.startswith("end ret=0") for line in logs) and kind != "own":
+            bad.append("the module did not report the attack's end")
+        if kind == "own" and not any(line.startswith("mode=own done") for line in logs):
+            bad.append("the module's probe did not finish")
+        oops = re.findall(rf"^HOSTILE-GUEST-KERNEL {n} (.*)$", out, re.M)
+        if oops:
+            bad.append(f"guest kernel: {oops[0]}")
+        table.append(f"  {n:2} {name:15} {kind:6} {m.group(8):>6} s  device={m.group(6):9} "
+                     + ("ok" if not bad else "FAILED: " + "; ".join(bad)))
+        if bad:
+            problems.append(f"{name}: " + "; ".join(bad))
+    print(f"\n[hostile {key}: {res.duration:.0f} s]\n" + "\n".join(table), flush=True)
+    for check, want in (("job", "done"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
+        if r.get(check) != want:
+            problems.append(f"{check}={r.get(check, 'missing')} (expected {want})")
+    test.assertFalse(problems, "attacks that broke something:\n  " + "\n  ".join(problems)
+                     + "\n" + "\n".join(table) + why)
+
+
+class HostileGuestTests(unittest.TestCase):
+    """The release build (build/enlighten); test_sanitized runs the ASan build's."""
+
+    def test_release_build_survives_the_hostile_guest(self) -> None:
+        check_hostile_run(self, HOSTILE, "release")
+
+
+if __name__ == "__main__":
+    unittest.main()
