@@ -39,7 +39,7 @@ constexpr size_t kAcceptsPerRound = 32;        // then the loop serves the other
 constexpr auto kLingerTime = 500ms;            // draining a refused client before closing
 constexpr size_t kLingerBytes = size_t{1} << 20;
 constexpr auto kAcceptBackoff = 100ms;         // out of descriptors: accept again after this
-constexpr int kBacklog = 128;
+constexpr int kBacklog = SOMAXCONN;  // the kernel caps it (net.core.somaxconn)
 
 // A complete request waiting for (or running on) a worker.
 struct Job {

@@ -12,6 +12,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -445,4 +447,23 @@ TEST(ApiLanes, GuestCallsAreTheOnesThatMayWait) {
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm%2Eshutdown"), Lane::Guest);  // as the router decodes it
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.integration-services/kvp"), Lane::Guest);
     EXPECT_EQ(lane_of("GET", "/api/v1/vm.integration-services"), Lane::Quick);
+}
+
+// Not a test: serves the fake VM for tests/tools/api_load.py, to try the tool without a VM.
+//   ENL_API_LOAD_SOCKET=/tmp/api.sock ENL_API_LOAD_SECONDS=30 [ENL_API_LOAD_MAX_CONNECTIONS=100] api_load_test
+//       --gtest_also_run_disabled_tests --gtest_filter='*ServeForTheLoadTool'
+TEST(ApiLoadTool, DISABLED_ServeForTheLoadTool) {
+    const char* path = std::getenv("ENL_API_LOAD_SOCKET");
+    const char* seconds = std::getenv("ENL_API_LOAD_SECONDS");
+    ASSERT_TRUE(path != nullptr) << "set ENL_API_LOAD_SOCKET";
+    ::signal(SIGPIPE, SIG_IGN);
+    GatedVm vm;
+    vm.open_gate();
+    ApiLimits limits;
+    if (const char* cap = std::getenv("ENL_API_LOAD_MAX_CONNECTIONS")) limits.max_connections = std::strtoul(cap, nullptr, 10);
+    ApiServer server(vm, ApiServerOptions{path, 2, limits});
+    ASSERT_TRUE(server.start());
+    std::this_thread::sleep_for(std::chrono::seconds(seconds ? std::atoi(seconds) : 30));
+    server.stop();
+    std::printf("served %d vm.info calls\n", vm.infos.load());
 }
