@@ -4,7 +4,14 @@
 // started here and finishes in the background).
 //
 // Threads: every call comes from an API worker thread, several at once; implementations
-// are thread-safe and may wait for the guest (never on the VM's loop thread).
+// are thread-safe and may wait for the guest (never on the VM's loop thread). The server
+// runs the calls that may wait (api::Lane::Guest in router.hpp: KVP, time sync, shutdown,
+// integration service switches, disks, memory changes, copy-file, checkpoints, the console)
+// on workers of their own, at most ApiLimits::max_guest_calls at once; the others (info,
+// heartbeat, power_off, reset, set_net_link, the progress and list getters) must not wait
+// for the guest, since they share two workers. A call that starts waiting for the guest
+// must move to the guest lane (lane_of) in the same change. No server lock is held during
+// any call.
 #pragma once
 
 #include <cstdint>
@@ -331,7 +338,7 @@ public:
     virtual ApiResult<> set_memory(const MemoryUpdate& update) = 0;
 
     // File copy into the guest: returns when the copy is done or failed (minutes for a large
-    // file; the API's other worker answers meanwhile). One at a time (Conflict otherwise).
+    // file; quick calls are answered meanwhile). One at a time (Conflict otherwise).
     virtual ApiResult<CopyFileResult> copy_file(const CopyFileRequest& request) = 0;
     virtual CopyFileProgress copy_file_progress() = 0;
     // Checkpoints of every writable VHDX disk (docs/checkpoints.md): taking one waits for the
