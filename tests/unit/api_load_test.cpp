@@ -401,9 +401,18 @@ std::vector<int> many_clients(const std::string& sock, size_t n, std::chrono::mi
 
 }  // namespace
 
-// 200 clients at once: every one gets a complete answer (the default cap is above 200).
-TEST_F(ApiLoadTest, TwoHundredClientsAreAllAnswered) {
+// 200 clients at once while 50 slow ones (half a partial request line, half silent) hold
+// connections: every one gets a complete answer (the default cap is above 250).
+TEST_F(ApiLoadTest, TwoHundredClientsAreAllAnsweredBesideFiftySlowOnes) {
     start(ApiLimits{});
+    std::vector<UniqueFd> slow;
+    for (int i = 0; i < 50; ++i) {
+        slow.push_back(connect_to(sock));
+        ASSERT_TRUE(slow.back().valid());
+        if (i % 2 == 0) {
+            ASSERT_TRUE(send_all(slow.back().get(), "GET /api/v1/vm.info HTTP/1.1\r\nHo"));
+        }
+    }
     const auto statuses = many_clients(sock, 200, 5s);
     EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 200), 200);
     EXPECT_EQ(vm.infos.load(), 200);
