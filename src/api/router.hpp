@@ -3,7 +3,8 @@
 // (http_frontend.*) and the fuzzer call this; docs/api.md and docs/openapi.yaml describe it.
 //
 // Threads: handle_request may run on several API workers at once; it keeps no state of its
-// own and calls the VmControl.
+// own and calls the VmControl (which may block: see lane_of). Everything else here is pure
+// and may be called from any thread (the server's I/O thread calls lane_of). No locks.
 #pragma once
 
 #include <cstddef>
