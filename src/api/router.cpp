@@ -746,11 +746,12 @@ Lane lane_of(std::string_view method, std::string_view target) {
                                                   "vm.copy-file", "vm.checkpoints"};
     if (get && std::find(std::begin(kReads), std::end(kReads), *name) != std::end(kReads)) return Lane::Quick;
     static constexpr std::string_view kGuest[] = {
-        "vm.shutdown",    "vm.reboot",          "vm.time-sync",  "vm.add-disk", "vm.remove-disk",
-        "vm.copy-file",   "vm.checkpoint",      "vm.checkpoint-merge", "vm.screenshot", "vm.send-keys",
-        "vm.pointer",     "vm.memory"};
+        "vm.time-sync",   "vm.add-disk",   "vm.remove-disk", "vm.copy-file", "vm.checkpoint",
+        "vm.checkpoint-merge", "vm.screenshot", "vm.send-keys", "vm.pointer", "vm.memory"};
     if (std::find(std::begin(kGuest), std::end(kGuest), *name) != std::end(kGuest)) return Lane::Guest;
-    return Lane::Quick;  // vm.power-off, vm.reset, vm.net-link, 404s, 405s
+    // vm.power-off, vm.reset, vm.net-link; vm.shutdown and vm.reboot (MachineControl::shutdown
+    // only posts the first stage to the VM's loop and returns); 404s, 405s
+    return Lane::Quick;
 }
 
 HttpReply handle_request(VmControl& vm, std::string_view method, std::string_view target, std::string_view body) {

@@ -48,12 +48,13 @@ struct HttpReply {
 };
 
 // Which of the server's worker lanes runs a request (docs/api.md, "Limits"):
-//   Quick  reads the VMM's own state or acts without the guest (vm.info, vm.power-off,
-//          vm.reset, vm.net-link, the GETs...), and every request the router refuses
-//          without a call (404, unknown endpoints); never waits for the guest.
-//   Guest  may wait for the guest or for slow host work: KVP, time sync, shutdown and
-//          reboot, integration service switches, disks, copy-file, checkpoints, the
-//          console (screenshot, keys, pointer), PUT vm.memory. Bounded in number.
+//   Quick  reads the VMM's own state or acts without waiting for the guest (vm.info,
+//          vm.power-off, vm.reset, vm.net-link, vm.shutdown and vm.reboot, which only
+//          start the first stage and return, the GETs...), and every request the router
+//          refuses without a call (404, unknown endpoints); never waits for the guest.
+//   Guest  may wait for the guest or for slow host work: KVP, time sync, integration
+//          service switches, disks, copy-file, checkpoints, the console (screenshot,
+//          keys, pointer), PUT vm.memory. Bounded in number.
 // From the method and raw target alone (no VmControl call), so the server can choose
 // before anything runs.
 enum class Lane { Quick, Guest };

@@ -5,10 +5,11 @@
 //
 // Threads: every call comes from an API worker thread, several at once; implementations
 // are thread-safe and may wait for the guest (never on the VM's loop thread). The server
-// runs the calls that may wait (api::Lane::Guest in router.hpp: KVP, time sync, shutdown,
+// runs the calls that may wait (api::Lane::Guest in router.hpp: KVP, time sync,
 // integration service switches, disks, memory changes, copy-file, checkpoints, the console)
 // on workers of their own, at most ApiLimits::max_guest_calls at once; the others (info,
-// heartbeat, power_off, reset, set_net_link, the progress and list getters) must not wait
+// heartbeat, shutdown (it only starts the first stage), power_off, reset, set_net_link, the
+// progress and list getters) must not wait
 // for the guest, since they share two workers. A call that starts waiting for the guest
 // must move to the guest lane (lane_of) in the same change. No server lock is held during
 // any call.
@@ -304,7 +305,8 @@ public:
 
     virtual VmInfo info() = 0;
     // Starts a graceful shutdown or reboot (shutdown IC → ACPI power button → hard stop,
-    // each stage waiting timeout_s). Returns once the first stage has been started.
+    // each stage waiting timeout_s). Returns once the first stage has been started, without
+    // waiting for the guest (the quick lane runs it: router.cpp lane_of).
     virtual ApiResult<> shutdown(const ShutdownRequest& request) = 0;
     // Immediate power-off or reset, no guest involvement.
     virtual ApiResult<> power_off() = 0;

@@ -35,7 +35,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// A VmControl whose guest calls (KVP list, shutdown) wait until the test opens the gate.
+// A VmControl whose guest calls (KVP list, time sync) wait until the test opens the gate.
 class GatedVm final : public VmControl {
 public:
     ~GatedVm() override { open_gate(); }
@@ -62,14 +62,14 @@ public:
         i.cpus = 2;
         return i;
     }
-    ApiResult<> shutdown(const ShutdownRequest&) override { return gate(); }
+    ApiResult<> shutdown(const ShutdownRequest&) override { return {}; }
     ApiResult<> power_off() override {
         ++power_offs;
         return {};
     }
     ApiResult<> reset() override { return {}; }
     HeartbeatInfo heartbeat() override { return {}; }
-    ApiResult<> time_sync() override { return {}; }
+    ApiResult<> time_sync() override { return gate(); }
     ApiResult<std::vector<KvpEntry>> kvp_list(KvpPool) override {
         if (auto r = gate(); !r) return std::unexpected(r.error());
         return std::vector<KvpEntry>{{"k", "v"}};
@@ -316,7 +316,7 @@ TEST_F(ApiLoadTest, ConnectionCapRefusesCleanly) {
     EXPECT_EQ(timed_request(sock, kInfo).response.status, 200);
 }
 
-// Guest calls that do not return (a KVP list, a graceful shutdown, held at the gate) fill
+// Guest calls that do not return (a KVP list, a time sync, held at the gate) fill
 // the guest lane; power-off and vm.info are still answered at once, a further guest call is
 // refused with a 503, and the held calls are answered once the guest "replies".
 TEST_F(ApiLoadTest, GuestCallsDoNotBlockPowerOff) {
@@ -328,7 +328,7 @@ TEST_F(ApiLoadTest, GuestCallsDoNotBlockPowerOff) {
     std::thread a([&] { held[0] = timed_request(sock, kKvpList, 10s); });
     std::thread b([&] {
         held[1] = timed_request(sock,
-                                "PUT /api/v1/vm.shutdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                "PUT /api/v1/vm.time-sync HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                                 "Content-Length: 0\r\n\r\n",
                                 10s);
     });
@@ -447,13 +447,14 @@ TEST(ApiLanes, GuestCallsAreTheOnesThatMayWait) {
     EXPECT_EQ(lane_of("GET", "/elsewhere"), Lane::Quick);
     EXPECT_EQ(lane_of("GET", "/api/v1/vm.kvp/auto"), Lane::Guest);
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.kvp/external/k"), Lane::Guest);
-    EXPECT_EQ(lane_of("PUT", "/api/v1/vm.shutdown"), Lane::Guest);
-    EXPECT_EQ(lane_of("PUT", "/api/v1/vm.reboot"), Lane::Guest);
+    EXPECT_EQ(lane_of("PUT", "/api/v1/vm.shutdown"), Lane::Quick);  // it only starts the first stage
+    EXPECT_EQ(lane_of("PUT", "/api/v1/vm.reboot"), Lane::Quick);
+    EXPECT_EQ(lane_of("PUT", "/api/v1/vm.time-sync"), Lane::Guest);
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.copy-file"), Lane::Guest);
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.checkpoint"), Lane::Guest);
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.memory"), Lane::Guest);
     EXPECT_EQ(lane_of("GET", "/api/v1/vm.screenshot"), Lane::Guest);
-    EXPECT_EQ(lane_of("PUT", "/api/v1/vm%2Eshutdown"), Lane::Guest);  // as the router decodes it
+    EXPECT_EQ(lane_of("PUT", "/api/v1/vm%2Echeckpoint"), Lane::Guest);  // as the router decodes it
     EXPECT_EQ(lane_of("PUT", "/api/v1/vm.integration-services/kvp"), Lane::Guest);
     EXPECT_EQ(lane_of("GET", "/api/v1/vm.integration-services"), Lane::Quick);
 }
