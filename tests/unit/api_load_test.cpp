@@ -459,7 +459,7 @@ TEST(ApiLanes, GuestCallsAreTheOnesThatMayWait) {
     EXPECT_EQ(lane_of("GET", "/api/v1/vm.integration-services"), Lane::Quick);
 }
 
-// Not a test: serves the fake VM for tests/tools/api_load.py, to try the tool without a VM.
+// Not a test: serves the fake VM for tests/tools/api_load.c, to try the tool without a VM.
 //   ENL_API_LOAD_SOCKET=/tmp/api.sock ENL_API_LOAD_SECONDS=30 [ENL_API_LOAD_MAX_CONNECTIONS=100] api_load_test
 //       --gtest_also_run_disabled_tests --gtest_filter='*ServeForTheLoadTool'
 TEST(ApiLoadTool, DISABLED_ServeForTheLoadTool) {
