@@ -1,11 +1,12 @@
 // Fuzzes the management API. The first byte picks the layer:
 //   even: raw bytes as one client connection (pipelined requests, any framing) through the
-//         same HttpFrontend the server uses (libhttp-parser's request parsing, our framing,
-//         limits and checks, and the router) over an in-memory stream; what the server
+//         same HttpSession the server uses (libhttp-parser's request parsing, our framing,
+//         limits and checks, and the router) fed from memory; what the server
 //         writes back must parse, response by response, with our client's ResponseParser;
 //   odd:  "METHOD\nTARGET\nBODY" straight into api::handle_request.
 // A fake VmControl traps if anything unchecked reaches it; every answer must be HTTP with a
 // JSON body. fuzz_api_response fuzzes the ResponseParser on its own.
+#include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <cstring>
@@ -150,32 +151,39 @@ public:
     }
 };
 
-// One connection's bytes from memory, handed out in chunks of a fuzzer-chosen size.
-class MemoryStream final : public ConnectionStream {
-public:
-    MemoryStream(std::string_view in, size_t chunk) : in_(in), chunk_(chunk) {}
-    bool wait_for_request(std::chrono::milliseconds) override { return pos_ < in_.size(); }
-    const std::string& output() const { return out_; }
-
-protected:
-    ssize_t raw_read(char* ptr, size_t size) override {
-        const size_t n = std::min({size, chunk_, in_.size() - pos_});
-        std::memcpy(ptr, in_.data() + pos_, n);
-        pos_ += n;
-        return static_cast<ssize_t>(n);
+// One connection's bytes from memory, handed to an HttpSession in chunks of a fuzzer-chosen
+// size, as the server would (calls made at once); returns what the server would write.
+std::string serve(VmControl& vm, const ApiLimits& limits, std::string_view in, size_t chunk) {
+    HttpSession session(limits);
+    std::string out;
+    for (;;) {
+        HttpSession::Step step = session.next();
+        switch (step.kind) {
+            case HttpSession::Kind::NeedMore: {
+                if (in.empty()) {
+                    session.receive_eof();
+                    break;
+                }
+                const size_t n = std::min(chunk, in.size());
+                session.receive(in.substr(0, n));
+                in.remove_prefix(n);
+                break;
+            }
+            case HttpSession::Kind::Call:
+                step = session.answer(handle_request(vm, step.call.method, step.call.target, step.call.body));
+                if (step.kind != HttpSession::Kind::Write) __builtin_trap();
+                out += step.bytes;
+                if (step.close) return out;
+                break;
+            case HttpSession::Kind::Write:
+                out += step.bytes;
+                if (out.size() > (4U << 20)) __builtin_trap();  // answers stay small
+                if (step.close) return out;
+                break;
+            case HttpSession::Kind::Close: return out;
+        }
     }
-    ssize_t raw_write(const char* ptr, size_t size) override {
-        if (out_.size() + size > (4U << 20)) __builtin_trap();  // answers stay small
-        out_.append(ptr, size);
-        return static_cast<ssize_t>(size);
-    }
-
-private:
-    std::string_view in_;
-    size_t chunk_;
-    size_t pos_ = 0;
-    std::string out_;
-};
+}
 
 // The server's output: complete HTTP responses, one after another, nothing else.
 void check_output(std::string_view out) {
@@ -208,15 +216,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         l.keep_alive_max_requests = 16;
         return l;
     }();
-    static HttpFrontend frontend(vm, limits);
-    static const std::atomic<bool> never_stop{false};
 
     if (size < 1) return 0;
     const std::string_view rest(reinterpret_cast<const char*>(data) + 1, size - 1);
     if ((data[0] & 1) == 0) {
-        MemoryStream stream(rest, 1 + (data[0] >> 1) * 31U);
-        (void)frontend.serve(stream, never_stop);
-        const std::string& out = stream.output();
+        const std::string out = serve(vm, limits, rest, 1 + (data[0] >> 1) * 31U);
         if (!out.empty() && !out.starts_with("HTTP/1.1 ")) __builtin_trap();
         // Answers to HEAD carry a Content-Length without the body; the parser would need to
         // know which requests were HEAD.

@@ -3,8 +3,10 @@
 #include <http_parser.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -268,210 +270,225 @@ private:
 
 }  // namespace
 
-// ---- ConnectionStream ------------------------------------------------------------------
+// ---- HttpSession -----------------------------------------------------------------------
 
-ConnectionStream::Fill ConnectionStream::fill() {
-    if (read_failed_) return Fill::Failed;
-    if (pos_ == end_) {
-        pos_ = 0;
-        end_ = 0;
-    } else if (end_ == buf_.size()) {
-        if (pos_ == 0) return Fill::Failed;  // never: callers consume before asking for more
-        std::memmove(buf_.data(), buf_.data() + pos_, end_ - pos_);
-        end_ -= pos_;
-        pos_ = 0;
-    }
-    const ssize_t n = raw_read(buf_.data() + end_, buf_.size() - end_);
-    if (n == 0) return Fill::Eof;
-    if (n < 0) {
-        read_failed_ = true;
-        return Fill::Failed;
-    }
-    end_ += std::min(static_cast<size_t>(n), buf_.size() - end_);
-    return Fill::Ok;
-}
+class HttpSession::Parser final : public RequestParser {};
 
-void ConnectionStream::consume(size_t n) { pos_ += std::min(n, end_ - pos_); }
-
-bool ConnectionStream::write_all(std::string_view bytes) {
-    if (write_failed_ || stopped_) return false;
-    while (!bytes.empty()) {
-        const ssize_t n = raw_write(bytes.data(), bytes.size());
-        if (n <= 0) {
-            write_failed_ = true;
-            return false;
-        }
-        bytes.remove_prefix(std::min(static_cast<size_t>(n), bytes.size()));
-    }
-    return true;
-}
-
-// ---- HttpFrontend ----------------------------------------------------------------------
-
-class HttpFrontend::Connection {
-public:
-    explicit Connection(ConnectionStream& s) : stream(s) {}
-    ConnectionStream& stream;
-    RequestParser parser;
-};
-
-HttpFrontend::HttpFrontend(VmControl& vm, const ApiLimits& limits) : vm_(vm), limits_(limits) {
+HttpSession::HttpSession(const ApiLimits& limits) : limits_(limits), parser_(std::make_unique<Parser>()) {
     limits_.keep_alive_max_requests = std::max<size_t>(limits_.keep_alive_max_requests, 1);
+    requests_left_ = limits_.keep_alive_max_requests;
+    header_left_ = limits_.max_header_bytes;
+    parser_->begin();
 }
 
-bool HttpFrontend::serve(ConnectionStream& stream, const std::atomic<bool>& stopping) {
-    Connection conn(stream);
-    for (size_t left = limits_.keep_alive_max_requests; left > 0; --left) {
-        if (stopping.load(std::memory_order_acquire)) return false;
-        if (!stream.has_buffered() && !stream.wait_for_request(limits_.keep_alive_timeout)) return false;
-        Next next = Next::Close;
-        try {
-            next = serve_one(conn, left == 1, stopping);
-        } catch (const std::exception& e) {
-            // Out of memory, most likely; the connection's state is unknown.
-            const std::string body = error_body(fmt::format("internal error: {}", e.what()));
-            (void)stream.write_all(fmt::format("HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                                               "Content-Length: {}\r\nContent-Type: application/json\r\n\r\n{}",
-                                               body.size(), body));
-            return true;
-        }
-        if (next == Next::CloseUnread) return true;
-        if (next == Next::Close) return false;
+HttpSession::~HttpSession() = default;
+
+void HttpSession::receive(std::string_view bytes) {
+    if (pos_ == in_.size()) {
+        in_.clear();
+        pos_ = 0;
+    } else if (pos_ > 0) {
+        in_.erase(0, pos_);
+        pos_ = 0;
     }
-    return false;
+    in_.append(bytes);
 }
 
-HttpFrontend::Next HttpFrontend::serve_one(Connection& conn, bool last, const std::atomic<bool>& stopping) {
-    ConnectionStream& stream = conn.stream;
-    RequestParser& parser = conn.parser;
-    parser.begin();
+void HttpSession::receive_eof() { eof_ = true; }
 
-    const auto ka_s = std::max<long long>(
-        std::chrono::ceil<std::chrono::seconds>(limits_.keep_alive_timeout).count(), 1);
-    auto respond = [&](const HttpReply& reply, bool head, bool close) {
-        std::string out = fmt::format("HTTP/1.1 {} {}\r\n", reply.status,
-                                      ::http_status_str(static_cast<enum ::http_status>(reply.status)));
-        if (!reply.allow.empty()) out += fmt::format("Allow: {}\r\n", reply.allow);
-        if (close) out += "Connection: close\r\n";
-        // RFC 9110: no Content-Length in a 204 (nor a body).
-        const bool has_body = reply.status != 204 && !reply.body.empty();
-        if (reply.status != 204) out += fmt::format("Content-Length: {}\r\n", has_body ? reply.body.size() : 0);
-        if (has_body) out += fmt::format("Content-Type: {}\r\n", reply.content_type);
-        if (!close) out += fmt::format("Keep-Alive: timeout={}, max={}\r\n", ka_s, limits_.keep_alive_max_requests);
-        out += "\r\n";
-        if (has_body && !head) out += reply.body;
-        return stream.write_all(out);
-    };
-    // Refuses the request and closes the connection: the rest of it stays unread.
-    auto refuse = [&](int status, std::string_view message) {
-        const Request& r = parser.request();
-        log::debug("api: {} {} -> {} ({})", printable(r.method), printable(r.target), status, message);
-        (void)respond(error_reply(status, message), false, true);
-        return Next::CloseUnread;
-    };
+void HttpSession::consume(size_t n) { pos_ += std::min(n, buffered()); }
+
+bool HttpSession::request_started() const {
+    return state_ == State::ScanMethod || state_ == State::Body || (state_ == State::Head && parser_->started());
+}
+
+HttpSession::Step HttpSession::next() {
+    try {
+        return advance();
+    } catch (const std::exception& e) {
+        // Out of memory, most likely; the connection's state is unknown.
+        return write_and_close(format(error_reply(500, fmt::format("internal error: {}", e.what())), false, true),
+                               true);
+    }
+}
+
+HttpSession::Step HttpSession::write_and_close(std::string bytes, bool unread) {
+    state_ = State::Closed;
+    Step s;
+    s.kind = Kind::Write;
+    s.bytes = std::move(bytes);
+    s.close = true;
+    s.unread = unread && !eof_;
+    return s;
+}
+
+namespace {
+
+std::string format_reply(const HttpReply& reply, bool head, bool close, const ApiLimits& limits) {
+    std::string out = fmt::format("HTTP/1.1 {} {}\r\n", reply.status,
+                                  ::http_status_str(static_cast<enum ::http_status>(reply.status)));
+    if (!reply.allow.empty()) out += fmt::format("Allow: {}\r\n", reply.allow);
+    if (reply.retry_after_s != 0) out += fmt::format("Retry-After: {}\r\n", reply.retry_after_s);
+    if (close) out += "Connection: close\r\n";
+    // RFC 9110: no Content-Length in a 204 (nor a body).
+    const bool has_body = reply.status != 204 && !reply.body.empty();
+    if (reply.status != 204) out += fmt::format("Content-Length: {}\r\n", has_body ? reply.body.size() : 0);
+    if (has_body) out += fmt::format("Content-Type: {}\r\n", reply.content_type);
+    if (!close) {
+        const auto ka_s =
+            std::max<long long>(std::chrono::ceil<std::chrono::seconds>(limits.keep_alive_timeout).count(), 1);
+        out += fmt::format("Keep-Alive: timeout={}, max={}\r\n", ka_s, limits.keep_alive_max_requests);
+    }
+    out += "\r\n";
+    if (has_body && !head) out += reply.body;
+    return out;
+}
+
+}  // namespace
+
+std::string HttpSession::format(const HttpReply& reply, bool head, bool close) const {
+    return format_reply(reply, head, close, limits_);
+}
+
+std::string HttpSession::closing_answer(const HttpReply& reply) { return format_reply(reply, false, true, {}); }
+
+// Refuses the request and closes the connection: the rest of it stays unread.
+HttpSession::Step HttpSession::refuse(int status, std::string_view message) {
+    const Request& r = parser_->request();
+    log::debug("api: {} {} -> {} ({})", printable(r.method), printable(r.target), status, message);
+    return write_and_close(format(error_reply(status, message), false, true), true);
+}
+
+HttpSession::Step HttpSession::timed_out() {
+    return refuse(408, fmt::format("the request was not completed within {} ms", limits_.io_timeout.count()));
+}
+
+HttpSession::Step HttpSession::answer(const HttpReply& reply) {
+    const Request& r = parser_->request();
+    log::debug("api: {} {} -> {}", printable(r.method), printable(r.target), reply.status);
+    std::string bytes = format(reply, head_, close_);
+    if (close_) {
+        // Pipelined requests after this one stay unanswered; let the client read this answer.
+        return write_and_close(std::move(bytes), buffered() > 0);
+    }
+    state_ = State::Head;
+    header_left_ = limits_.max_header_bytes;
+    parser_->begin();
+    Step s;
+    s.kind = Kind::Write;
+    s.bytes = std::move(bytes);
+    return s;
+}
+
+HttpSession::Step HttpSession::advance() {
+    Parser& parser = *parser_;
     auto malformed = [&] { return refuse(400, "malformed HTTP request"); };
-    auto timed_out = [&] {
-        return refuse(408, fmt::format("the request was not completed within {} ms", limits_.io_timeout.count()));
-    };
+    auto need_more = [] { return Step{}; };
 
-    // The request line and headers, within the header budget.
-    size_t header_left = limits_.max_header_bytes;
-    while (parser.state() == RequestParser::State::Head) {
-        if (header_left == 0)
-            return refuse(431, fmt::format("the request line and headers exceed {} bytes", limits_.max_header_bytes));
-        if (!stream.has_buffered()) {
-            switch (stream.fill()) {
-                case ConnectionStream::Fill::Ok: break;
-                case ConnectionStream::Fill::Eof:
-                    if (!parser.started()) return Next::Close;
-                    (void)malformed();
-                    return Next::Close;
-                case ConnectionStream::Fill::Failed:
-                    if (stream.timed_out()) return timed_out();
-                    return Next::Close;  // stopped, reset, error: no answer
-            }
+    switch (state_) {
+        case State::Closed: {
+            Step s;
+            s.kind = Kind::Close;
+            return s;
         }
-        const size_t offered = std::min(stream.buffered(), header_left);
-        const size_t used = parser.execute(stream.data(), offered);
-        if (parser.state() == RequestParser::State::Error) {
-            switch (parser.error()) {
-                case HPE_HEADER_OVERFLOW:
-                    return refuse(431,
-                                  fmt::format("the request line and headers exceed {} bytes", limits_.max_header_bytes));
-                case HPE_INVALID_METHOD: {
-                    // Finish reading the first word (at most kMaxMethodToken bytes) to name it.
-                    size_t scanned = offered;
-                    while (!parser.method_token_done()) {
-                        if (scanned < stream.buffered()) {
-                            parser.scan_method(stream.data() + scanned, stream.buffered() - scanned);
-                            scanned = stream.buffered();
-                            continue;
-                        }
-                        stream.consume(stream.buffered());
-                        scanned = 0;
-                        if (stream.fill() != ConnectionStream::Fill::Ok) break;
-                    }
-                    if (const auto m = parser.unknown_method())
-                        return refuse(501, fmt::format("method {} is not supported", *m));
-                    return malformed();
-                }
-                case HPE_UNEXPECTED_CONTENT_LENGTH:
-                case HPE_INVALID_CONTENT_LENGTH:
-                    // Transfer-Encoding with a Content-Length: refused as any Transfer-Encoding.
-                    if (parser.saw_transfer_encoding())
-                        return refuse(411, "Transfer-Encoding is not supported; send the body with a Content-Length");
-                    if (parser.error() == HPE_UNEXPECTED_CONTENT_LENGTH) return refuse(400, "more than one Content-Length");
-                    return refuse(400, "invalid Content-Length");
-                default: return malformed();
+        case State::Calling: return need_more();  // the server answers first
+        case State::ScanMethod: {
+            // After HPE_INVALID_METHOD: finish reading the first word (at most
+            // kMaxMethodToken bytes) to name it.
+            if (buffered() > 0) {
+                parser.scan_method(in_.data() + pos_, buffered());
+                consume(buffered());
             }
+            if (!parser.method_token_done() && !eof_) return need_more();
+            if (const auto m = parser.unknown_method()) return refuse(501, fmt::format("method {} is not supported", *m));
+            return malformed();
         }
-        stream.consume(used);
-        header_left -= used;
+        case State::Head: break;
+        case State::Body: break;
     }
 
-    // Checks, before any byte of the body is read.
-    const Request& req = parser.request();
-    if (req.http_major != 1) return malformed();
-    if (!is_known_method(req.method)) return refuse(501, fmt::format("method {} is not supported", req.method));
-    if (req.transfer_encoding)
-        return refuse(411, "Transfer-Encoding is not supported; send the body with a Content-Length");
-    if (req.content_length > limits_.max_body_bytes)
-        return refuse(413, fmt::format("the request body is {} bytes; at most {} are accepted", req.content_length,
-                                       limits_.max_body_bytes));
-    if (req.content_encoding) return refuse(415, "Content-Encoding is not supported; send plain JSON");
-    if (req.content_length > 0 && req.multipart) return refuse(415, "multipart bodies are not supported; send JSON");
-    if (req.expect_continue && req.content_length > 0 && !stream.write_all("HTTP/1.1 100 Continue\r\n\r\n"))
-        return Next::Close;
+    if (state_ == State::Head) {
+        // The request line and headers, within the header budget.
+        while (parser.state() == RequestParser::State::Head) {
+            if (header_left_ == 0)
+                return refuse(431, fmt::format("the request line and headers exceed {} bytes", limits_.max_header_bytes));
+            if (buffered() == 0) {
+                if (!eof_) return need_more();
+                if (!parser.started()) {  // a clean end between requests
+                    state_ = State::Closed;
+                    return advance();
+                }
+                return write_and_close(format(error_reply(400, "malformed HTTP request"), false, true), false);
+            }
+            const size_t offered = std::min(buffered(), header_left_);
+            const size_t used = parser.execute(in_.data() + pos_, offered);
+            if (parser.state() == RequestParser::State::Error) {
+                switch (parser.error()) {
+                    case HPE_HEADER_OVERFLOW:
+                        return refuse(431, fmt::format("the request line and headers exceed {} bytes",
+                                                       limits_.max_header_bytes));
+                    case HPE_INVALID_METHOD:
+                        parser.scan_method(in_.data() + pos_ + offered, buffered() - offered);
+                        consume(buffered());
+                        state_ = State::ScanMethod;
+                        return advance();
+                    case HPE_UNEXPECTED_CONTENT_LENGTH:
+                    case HPE_INVALID_CONTENT_LENGTH:
+                        // Transfer-Encoding with a Content-Length: refused as any Transfer-Encoding.
+                        if (parser.saw_transfer_encoding())
+                            return refuse(411, "Transfer-Encoding is not supported; send the body with a Content-Length");
+                        if (parser.error() == HPE_UNEXPECTED_CONTENT_LENGTH) return refuse(400, "more than one Content-Length");
+                        return refuse(400, "invalid Content-Length");
+                    default: return malformed();
+                }
+            }
+            consume(used);
+            header_left_ -= used;
+        }
+
+        // Checks, before any byte of the body is read.
+        const Request& req = parser.request();
+        if (req.http_major != 1) return malformed();
+        if (!is_known_method(req.method)) return refuse(501, fmt::format("method {} is not supported", req.method));
+        if (req.transfer_encoding)
+            return refuse(411, "Transfer-Encoding is not supported; send the body with a Content-Length");
+        if (req.content_length > limits_.max_body_bytes)
+            return refuse(413, fmt::format("the request body is {} bytes; at most {} are accepted", req.content_length,
+                                           limits_.max_body_bytes));
+        if (req.content_encoding) return refuse(415, "Content-Encoding is not supported; send plain JSON");
+        if (req.content_length > 0 && req.multipart) return refuse(415, "multipart bodies are not supported; send JSON");
+        parser.read_body();
+        state_ = State::Body;
+        if (req.expect_continue && req.content_length > 0) {
+            Step s;
+            s.kind = Kind::Write;
+            s.bytes = "HTTP/1.1 100 Continue\r\n\r\n";
+            return s;
+        }
+    }
 
     // The body (Content-Length bytes, at most max_body_bytes), up to the end of the request.
-    parser.read_body();
     while (parser.state() != RequestParser::State::Done) {
-        if (!stream.has_buffered()) {
-            switch (stream.fill()) {
-                case ConnectionStream::Fill::Ok: break;
-                case ConnectionStream::Fill::Eof: (void)malformed(); return Next::Close;
-                case ConnectionStream::Fill::Failed:
-                    if (stream.timed_out()) return timed_out();
-                    return Next::Close;
-            }
+        if (buffered() == 0) {
+            if (!eof_) return need_more();
+            return write_and_close(format(error_reply(400, "malformed HTTP request"), false, true), false);
         }
-        const size_t used = parser.execute(stream.data(), stream.buffered());
+        const size_t used = parser.execute(in_.data() + pos_, buffered());
         if (parser.state() == RequestParser::State::Error) return malformed();
-        stream.consume(used);
+        consume(used);
     }
 
-    // Stopping: the VMM is going away; no more calls into it.
-    if (stopping.load(std::memory_order_acquire)) return Next::Close;
-    const bool head = req.method == "HEAD";
-    const HttpReply reply = handle_request(vm_, req.method, req.target, req.body);
+    const Request& req = parser.request();
+    state_ = State::Calling;
+    head_ = req.method == "HEAD";
     // No protocol switch here: after an upgrade request (its body, if any, was not read as
     // such) the connection ends with the answer.
-    const bool close = last || !req.keep_alive || req.upgrade;
-    log::debug("api: {} {} -> {}", printable(req.method), printable(req.target), reply.status);
-    if (!respond(reply, head, close)) return Next::Close;
-    if (!close) return Next::Continue;
-    // Pipelined requests after this one stay unanswered; let the client read this answer.
-    return stream.has_buffered() ? Next::CloseUnread : Next::Close;
+    --requests_left_;
+    close_ = requests_left_ == 0 || !req.keep_alive || req.upgrade;
+    Step s;
+    s.kind = Kind::Call;
+    s.call = ApiCall{req.method, req.target, req.body};
+    return s;
 }
 
 }  // namespace enlighten::api

@@ -1,95 +1,110 @@
 // HTTP/1.1 for the management API: requests are parsed by Debian's libhttp-parser (2.9, the
 // C parser from Node.js; no dependencies), and everything around it is ours, so that every
-// byte a client sends is bounded and stop() can wake every worker at once:
+// byte a client sends is bounded:
 //
-//   ConnectionStream   one connection's bytes: a read buffer over raw I/O that subclasses
-//                      supply (a socket in server.cpp, memory in the fuzzer)
-//   HttpFrontend       the framing: request line and headers within a byte budget, checks
-//                      before any body is read (411/413/415/501, 100-continue), Content-Length
-//                      bodies, keep-alive and pipelining, responses; routed to
-//                      api::handle_request
+//   HttpSession   one connection's framing, without any I/O: the server hands it the bytes
+//                 that arrived, and it says what to do next: wait for more, write bytes (an
+//                 answer, a refusal, a 100 Continue), make a call (a complete request, for
+//                 api::handle_request on a worker), or close. It checks the request line and
+//                 headers within a byte budget and before any body byte is read
+//                 (431/411/413/415/501, 100-continue), takes Content-Length bodies, and does
+//                 keep-alive and pipelining (one request at a time, answered in order).
 //
-// Internal to src/api (and fuzz/); users include api/server.hpp.
+// The server (server.cpp) does the socket I/O and the deadlines around it; the fuzzer feeds
+// a session from memory. Internal to src/api (and fuzz/); users include api/server.hpp.
 //
-// Threads: one HttpFrontend is shared by the API workers (it keeps no per-connection
-// state); a ConnectionStream belongs to the worker serving that connection.
+//   HttpSession s(limits);
+//   s.receive(bytes);                     // or s.receive_eof()
+//   for (;;) { auto step = s.next(); ... }  // NeedMore: read; Write: send; Call: answer()
+//
+// Threads: a session belongs to one thread at a time (the server's I/O thread); it takes no
+// lock and never blocks.
 #pragma once
 
-#include <sys/types.h>
-
-#include <array>
-#include <atomic>
-#include <chrono>
 #include <cstddef>
+#include <memory>
+#include <string>
 #include <string_view>
 
+#include "api/router.hpp"
 #include "api/server.hpp"
-#include "api/vm_control.hpp"
 
 namespace enlighten::api {
 
-class ConnectionStream {
-public:
-    ConnectionStream() = default;
-    ConnectionStream(const ConnectionStream&) = delete;
-    ConnectionStream& operator=(const ConnectionStream&) = delete;
-    virtual ~ConnectionStream() = default;
-
-    // Waits for the first byte of the next request; false on timeout, EOF, error or stop.
-    virtual bool wait_for_request(std::chrono::milliseconds timeout) = 0;
-
-    enum class Fill { Ok, Eof, Failed };
-    // Reads at least one more byte into the buffer (keeping what is buffered). Failed is an
-    // error, a timeout (timed_out()) or a stop (stopped()); the connection is then done.
-    Fill fill();
-    [[nodiscard]] const char* data() const { return buf_.data() + pos_; }
-    [[nodiscard]] size_t buffered() const { return end_ - pos_; }
-    [[nodiscard]] bool has_buffered() const { return pos_ < end_; }
-    void consume(size_t n);
-
-    // Writes all of `bytes`; false on error, timeout or stop. Nothing is written once a
-    // stop has been seen (the request being read is dropped without an answer).
-    bool write_all(std::string_view bytes);
-
-    [[nodiscard]] bool timed_out() const { return timed_out_; }
-    [[nodiscard]] bool stopped() const { return stopped_; }
-
-protected:
-    // Raw I/O: up to `size` bytes; 0 is EOF (reads), < 0 an error, timeout or stop (which
-    // the implementation reports with note_timeout() / note_stopped() first).
-    virtual ssize_t raw_read(char* ptr, size_t size) = 0;
-    virtual ssize_t raw_write(const char* ptr, size_t size) = 0;
-    void note_timeout() { timed_out_ = true; }
-    void note_stopped() { stopped_ = true; }
-
-private:
-    std::array<char, 4096> buf_{};
-    size_t pos_ = 0;
-    size_t end_ = 0;
-    bool read_failed_ = false;
-    bool write_failed_ = false;
-    bool timed_out_ = false;
-    bool stopped_ = false;
+// A complete request, for api::handle_request.
+struct ApiCall {
+    std::string method;
+    std::string target;
+    std::string body;
 };
 
-class HttpFrontend {
+class HttpSession {
 public:
-    HttpFrontend(VmControl& vm, const ApiLimits& limits);
+    explicit HttpSession(const ApiLimits& limits);
+    ~HttpSession();
+    HttpSession(const HttpSession&) = delete;
+    HttpSession& operator=(const HttpSession&) = delete;
 
-    // Serves the requests of one connection until it closes, fails, idles past the
-    // keep-alive timeout, asks to close, reaches the request limit, or `stopping` is set.
-    // Returns true if the client may still be sending (a body was left unread, or the
-    // request was refused): the caller should drain a little before closing, so that the
-    // client reads the response.
-    bool serve(ConnectionStream& stream, const std::atomic<bool>& stopping);
+    // Bytes from the client. Call it only after next() said NeedMore (so that at most one
+    // read's worth is ever buffered beyond the request being parsed).
+    void receive(std::string_view bytes);
+    // The client will send nothing more.
+    void receive_eof();
+
+    enum class Kind {
+        NeedMore,  // read more (or wait: see request_started() for which deadline applies)
+        Write,     // send `bytes`; then close if `close`, else call next() again
+        Call,      // run `call` and give its reply to answer(); do not call next() before
+        Close,     // close the connection without a word
+    };
+    struct Step {
+        Kind kind = Kind::NeedMore;
+        std::string bytes;
+        bool close = false;
+        // With close: the client may still be sending (a body left unread, a refused or
+        // pipelined request), so drain a little before closing, or it may not see the answer.
+        bool unread = false;
+        ApiCall call;
+    };
+    // Parses what is buffered as far as it goes. Never throws (out of memory: a 500, close).
+    Step next();
+
+    // The answer to the request of the last Call: a Write step (closing after the last
+    // request the connection may make, after "Connection: close", after an upgrade request).
+    Step answer(const HttpReply& reply);
+    // The request in progress did not complete in time: a 408, then close.
+    Step timed_out();
+
+    // Some byte of a request has arrived (and it is not complete yet): the read deadline
+    // applies rather than the keep-alive one.
+    [[nodiscard]] bool request_started() const;
+
+    // An answer that ends the connection, outside any session (e.g. a 503 to a connection
+    // over the server's cap).
+    static std::string closing_answer(const HttpReply& reply);
 
 private:
-    enum class Next { Continue, Close, CloseUnread };
-    class Connection;
-    Next serve_one(Connection& conn, bool last, const std::atomic<bool>& stopping);
+    class Parser;
+    Step advance();
+    Step refuse(int status, std::string_view message);
+    Step write_and_close(std::string bytes, bool unread);
+    std::string format(const HttpReply& reply, bool head, bool close) const;
+    [[nodiscard]] size_t buffered() const { return in_.size() - pos_; }
+    void consume(size_t n);
 
-    VmControl& vm_;
+    enum class State { Head, ScanMethod, Body, Calling, Closed };
+
     ApiLimits limits_;
+    std::unique_ptr<Parser> parser_;
+    State state_ = State::Head;
+    std::string in_;   // received bytes; [pos_, end) not parsed yet
+    size_t pos_ = 0;
+    bool eof_ = false;
+    size_t header_left_ = 0;
+    size_t requests_left_ = 0;
+    // The request of the last Call.
+    bool head_ = false;
+    bool close_ = false;
 };
 
 }  // namespace enlighten::api

@@ -1,5 +1,6 @@
 #include "api/router.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <charconv>
@@ -727,6 +728,31 @@ std::optional<std::string> check_text(std::string_view what, std::string_view te
 }
 
 }  // namespace
+
+Lane lane_of(std::string_view method, std::string_view target) {
+    std::string_view path = target.substr(0, target.find('?'));
+    if (!path.starts_with(kApiPrefix)) return Lane::Quick;  // a 404
+    path.remove_prefix(kApiPrefix.size());
+    const size_t slash = path.find('/');
+    const auto name = percent_decode(path.substr(0, slash));
+    if (!name) return Lane::Quick;  // a 400
+    const bool more = slash != std::string_view::npos;
+    const bool get = method_of(method) == Method::Get;
+    if (*name == "vm.kvp") return Lane::Guest;
+    if (*name == "vm.integration-services") return more ? Lane::Guest : Lane::Quick;
+    if (more) return Lane::Quick;  // a 404
+    // Reads of the VMM's own state: quick (their other methods are 405s, or listed below).
+    static constexpr std::string_view kReads[] = {"vmm.ping",     "vm.info",   "vm.heartbeat", "vm.memory",
+                                                  "vm.copy-file", "vm.checkpoints"};
+    if (get && std::find(std::begin(kReads), std::end(kReads), *name) != std::end(kReads)) return Lane::Quick;
+    static constexpr std::string_view kGuest[] = {
+        "vm.time-sync",   "vm.add-disk",   "vm.remove-disk", "vm.copy-file", "vm.checkpoint",
+        "vm.checkpoint-merge", "vm.screenshot", "vm.send-keys", "vm.pointer", "vm.memory"};
+    if (std::find(std::begin(kGuest), std::end(kGuest), *name) != std::end(kGuest)) return Lane::Guest;
+    // vm.power-off, vm.reset, vm.net-link; vm.shutdown and vm.reboot (MachineControl::shutdown
+    // only posts the first stage to the VM's loop and returns); 404s, 405s
+    return Lane::Quick;
+}
 
 HttpReply handle_request(VmControl& vm, std::string_view method, std::string_view target, std::string_view body) {
     try {

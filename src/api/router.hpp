@@ -3,7 +3,8 @@
 // (http_frontend.*) and the fuzzer call this; docs/api.md and docs/openapi.yaml describe it.
 //
 // Threads: handle_request may run on several API workers at once; it keeps no state of its
-// own and calls the VmControl.
+// own and calls the VmControl (which may block: see lane_of). Everything else here is pure
+// and may be called from any thread (the server's I/O thread calls lane_of). No locks.
 #pragma once
 
 #include <cstddef>
@@ -43,7 +44,21 @@ struct HttpReply {
     std::string body;   // JSON (or what content_type says); empty for 204
     std::string allow;  // for 405: the methods the path accepts, e.g. "GET, HEAD"
     std::string content_type = "application/json";
+    unsigned retry_after_s = 0;  // a Retry-After header (with 503) when not 0
 };
+
+// Which of the server's worker lanes runs a request (docs/api.md, "Limits"):
+//   Quick  reads the VMM's own state or acts without waiting for the guest (vm.info,
+//          vm.power-off, vm.reset, vm.net-link, vm.shutdown and vm.reboot, which only
+//          start the first stage and return, the GETs...), and every request the router
+//          refuses without a call (404, unknown endpoints); never waits for the guest.
+//   Guest  may wait for the guest or for slow host work: KVP, time sync, integration
+//          service switches, disks, copy-file, checkpoints, the console (screenshot,
+//          keys, pointer), PUT vm.memory. Bounded in number.
+// From the method and raw target alone (no VmControl call), so the server can choose
+// before anything runs.
+enum class Lane { Quick, Guest };
+Lane lane_of(std::string_view method, std::string_view target);
 
 // Console input limits (PUT vm.send-keys, vm.pointer).
 inline constexpr size_t kMaxSendKeysText = 4096;  // bytes of text

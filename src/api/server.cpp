@@ -1,8 +1,7 @@
 #include "api/server.hpp"
 
-#include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -11,93 +10,116 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
-#include "common/log.hpp"
-
 #include "api/http_frontend.hpp"
+#include "api/router.hpp"
+#include "common/event_loop.hpp"
 #include "common/fd.hpp"
+#include "common/log.hpp"
 #include "common/rate_limit.hpp"
+#include "common/thread_annotations.hpp"
 
 namespace enlighten::api {
 
 namespace {
 
-int to_poll_timeout(std::chrono::milliseconds t) {
-    return static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(t.count(), 0, 1'000'000'000));
-}
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
 
-enum class Wait { Ready, Timeout, Stopped, Error };
+constexpr size_t kReadChunk = 4096;            // one read per ready connection per round
+constexpr size_t kAcceptsPerRound = 32;        // then the loop serves the others
+constexpr auto kLingerTime = 500ms;            // draining a refused client before closing
+constexpr size_t kLingerBytes = size_t{1} << 20;
+constexpr auto kAcceptBackoff = 100ms;         // out of descriptors: accept again after this
+constexpr int kBacklog = SOMAXCONN;  // the kernel caps it (net.core.somaxconn)
 
-// Waits for `events` on fd (Ready also covers an error or hang-up there, which the next
-// read or write reports), or for the stop eventfd.
-Wait wait_for(int fd, short events, int stop_fd, int timeout_ms) {
-    pollfd fds[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
-    for (;;) {
-        const int r = ::poll(fds, 2, timeout_ms);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return Wait::Error;
-        if (r == 0) return Wait::Timeout;
-        if (fds[1].revents != 0) return Wait::Stopped;
-        return Wait::Ready;
-    }
-}
+// A complete request waiting for (or running on) a worker.
+struct Job {
+    uint64_t conn = 0;
+    ApiCall call;
+};
 
-bool wait_fd(int fd, short events, int stop_fd, int timeout_ms) {
-    return wait_for(fd, events, stop_fd, timeout_ms) == Wait::Ready;
-}
-
-// A connection on the API socket: non-blocking, every wait bounded by the I/O timeout and
-// cut short by stop.
-class SocketStream final : public ConnectionStream {
+// A FIFO of jobs and the threads that run them. Threads: submit from any thread; stop from
+// the owner's. The mutex is a leaf: `run` is called without it.
+class WorkerPool {
 public:
-    SocketStream(int fd, int stop_fd, std::chrono::milliseconds io_timeout)
-        : fd_(fd), stop_fd_(stop_fd), timeout_ms_(to_poll_timeout(io_timeout)) {}
+    using Run = std::function<void(Job&)>;
 
-    bool wait_for_request(std::chrono::milliseconds timeout) override {
-        return wait_fd(fd_, POLLIN, stop_fd_, to_poll_timeout(timeout));
+    Result<> start(unsigned threads, const std::string& name, Run run) {
+        run_ = std::move(run);
+        {
+            LockGuard lock(mu_);
+            stopping_ = false;
+        }
+        try {
+            for (unsigned i = 0; i < threads; ++i) {
+                threads_.emplace_back([this, thread_name = fmt::format("{}{}", name, i)] {
+                    ::pthread_setname_np(::pthread_self(), thread_name.c_str());
+                    work();
+                });
+            }
+        } catch (const std::system_error& e) {
+            return fail("api: starting a worker thread: {}", e.what());
+        }
+        return {};
     }
 
-protected:
-    ssize_t raw_read(char* ptr, size_t size) override {
-        for (;;) {
-            const ssize_t n = ::recv(fd_, ptr, size, 0);
-            if (n >= 0) return n;
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-            if (!wait(POLLIN)) return -1;
+    // Queues the job if fewer than `max_outstanding` jobs are queued or running.
+    bool submit(Job job, size_t max_outstanding) ENL_EXCLUDES(mu_) {
+        {
+            LockGuard lock(mu_);
+            if (stopping_ || jobs_.size() + busy_ >= max_outstanding) return false;
+            jobs_.push_back(std::move(job));
         }
+        cv_.notify_one();
+        return true;
     }
 
-    ssize_t raw_write(const char* ptr, size_t size) override {
-        for (;;) {
-            const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
-            if (n >= 0) return n;
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-            if (!wait(POLLOUT)) return -1;
+    // Queued jobs are dropped; running ones finish; then the threads are joined.
+    void stop() ENL_EXCLUDES(mu_) {
+        {
+            LockGuard lock(mu_);
+            stopping_ = true;
+            jobs_.clear();
         }
+        cv_.notify_all();
+        for (auto& t : threads_) t.join();
+        threads_.clear();
     }
 
 private:
-    bool wait(short events) {
-        switch (wait_for(fd_, events, stop_fd_, timeout_ms_)) {
-            case Wait::Ready: return true;
-            case Wait::Timeout: note_timeout(); return false;
-            case Wait::Stopped: note_stopped(); return false;
-            case Wait::Error: return false;
+    void work() ENL_EXCLUDES(mu_) {
+        for (;;) {
+            Job job;
+            {
+                UniqueLock lock(mu_);
+                while (!stopping_ && jobs_.empty()) cv_.wait(lock);
+                if (stopping_) return;
+                job = std::move(jobs_.front());
+                jobs_.pop_front();
+                ++busy_;
+            }
+            run_(job);
+            LockGuard lock(mu_);
+            --busy_;
         }
-        return false;
     }
 
-
-private:
-    int fd_;
-    int stop_fd_;
-    int timeout_ms_;
+    Run run_;
+    Mutex mu_;
+    std::condition_variable_any cv_;
+    std::deque<Job> jobs_ ENL_GUARDED_BY(mu_);
+    size_t busy_ ENL_GUARDED_BY(mu_) = 0;
+    bool stopping_ ENL_GUARDED_BY(mu_) = false;
+    std::vector<std::thread> threads_;
 };
 
 Result<sockaddr_un> unix_address(const std::string& path) {
@@ -137,61 +159,339 @@ Result<> clear_path(const std::string& path, const sockaddr_un& addr) {
 
 }  // namespace
 
-struct ApiServer::Impl {
-    Impl(VmControl& vm, ApiServerOptions o) : options(std::move(o)), frontend(vm, options.limits) {}
+// One client connection; lives on the I/O thread (and in stop(), after it is joined).
+struct Connection {
+    enum class Phase {
+        Reading,    // waiting for (more of) a request
+        Calling,    // its request is queued or running on a worker; nothing is read
+        Writing,    // an answer is going out; nothing is read
+        Lingering,  // answered and half-closed; discarding what the client still sends
+    };
 
+    Connection(uint64_t i, UniqueFd f, const ApiLimits& limits) : id(i), fd(std::move(f)), session(limits) {}
+
+    const uint64_t id;
+    UniqueFd fd;
+    EventLoop::WatchId watch = 0;
+    uint32_t events = 0;  // what the watch asks for now
+    HttpSession session;
+    Phase phase = Phase::Reading;
+    bool in_request = false;  // a request has started arriving: its deadline applies
+    Clock::time_point idle_deadline;     // Reading, no request started: keep-alive
+    Clock::time_point request_deadline;  // Reading, a request started: its first byte + io_timeout
+    Clock::time_point deadline;          // the one that applies now (none while Calling)
+    std::string out;  // [out_pos, end) still to send
+    size_t out_pos = 0;
+    bool close_after_write = false;
+    bool linger_after_write = false;
+    size_t lingered = 0;
+};
+
+struct ApiServer::Impl {
+    Impl(VmControl& v, ApiServerOptions o) : vm(v), options(std::move(o)) {}
+
+    VmControl& vm;
     ApiServerOptions options;
-    HttpFrontend frontend;
-    UniqueFd listen_fd;
-    UniqueFd stop_fd;
+    const ApiLimits& limits() const { return options.limits; }
     std::atomic<bool> stopping{false};
-    std::vector<std::thread> workers;
     bool running = false;
     dev_t sock_dev = 0;  // identifies our socket file, so stop() removes only ours
     ino_t sock_ino = 0;
 
-    void worker(unsigned index);
-    void linger(int fd) const;
+    UniqueFd listen_fd;
+    std::unique_ptr<EventLoopThread> io;
+    WorkerPool quick;
+    WorkerPool guest;
+
+    // --- the I/O thread only (and stop(), once it has been joined) ---
+    EventLoop::WatchId listen_watch = 0;
+    std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns;
+    uint64_t next_id = 1;
+    bool sweep_armed = false;
+
+    EventLoop& loop() { return io->loop(); }
+    void on_listen(uint32_t events);
+    void refuse_over_cap(UniqueFd fd);
+    void on_event(uint64_t id, uint32_t events);
+    void read_some(Connection& c);
+    void pump(Connection& c);
+    void dispatch(Connection& c, ApiCall call);
+    void on_reply(uint64_t id, const HttpReply& reply);
+    void send(Connection& c, HttpSession::Step step);
+    void flush(Connection& c);
+    void linger(Connection& c);
+    void drain(Connection& c);
+    void want(Connection& c, uint32_t events);
+    void close(Connection& c);
+    void arm_sweep();
+    void sweep();
+    [[nodiscard]] std::chrono::milliseconds sweep_tick() const;
+
+    // --- workers ---
+    void run_call(Job& job);
+
     void remove_socket_file() const;
 };
 
-void ApiServer::Impl::worker(unsigned index) {
-    const std::string name = fmt::format("enl-api-{}", index);
-    ::pthread_setname_np(::pthread_self(), name.c_str());
-    for (;;) {
-        if (!wait_fd(listen_fd.get(), POLLIN, stop_fd.get(), -1)) {
-            if (stopping.load(std::memory_order_acquire)) return;
-            continue;
-        }
-        UniqueFd conn(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (!conn.valid()) {
+void ApiServer::Impl::on_listen(uint32_t) {
+    for (size_t i = 0; i < kAcceptsPerRound; ++i) {
+        UniqueFd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+        if (!fd.valid()) {
             const int err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED) continue;
+            if (err == EAGAIN || err == EWOULDBLOCK) return;
+            if (err == EINTR || err == ECONNABORTED) continue;
             ENL_LOG_LIMITED(warn, "api: accept: {}", std::strerror(err));
             // Out of descriptors or memory: back off instead of spinning on a ready socket.
-            (void)wait_fd(stop_fd.get(), POLLIN, stop_fd.get(), 100);
+            if (loop().modify(listen_watch, 0)) {
+                loop().post_after(kAcceptBackoff, [this] { (void)loop().modify(listen_watch, EPOLLIN); });
+            }
+            return;
+        }
+        if (conns.size() >= limits().max_connections) {
+            refuse_over_cap(std::move(fd));
             continue;
         }
-        SocketStream stream(conn.get(), stop_fd.get(), options.limits.io_timeout);
-        const bool unread = frontend.serve(stream, stopping);
-        if (unread && !stopping.load(std::memory_order_acquire)) linger(conn.get());
+        const uint64_t id = next_id++;
+        auto conn = std::make_unique<Connection>(id, std::move(fd), limits());
+        auto watch = loop().watch(conn->fd.get(), EPOLLIN, [this, id](uint32_t ev) { on_event(id, ev); });
+        if (!watch) {
+            ENL_LOG_LIMITED(warn, "api: watching a connection: {}", watch.error().message());
+            continue;
+        }
+        conn->watch = *watch;
+        conn->events = EPOLLIN;
+        conn->idle_deadline = Clock::now() + limits().keep_alive_timeout;
+        conn->deadline = conn->idle_deadline;
+        conns.emplace(id, std::move(conn));
+        arm_sweep();
     }
+}
+
+// Over the connection cap: a 503 that says so, and the connection closed at once (holding
+// it open to drain would be holding what the cap is there to bound). What the client has
+// sent already is read first, so that it does not see a reset before the answer.
+void ApiServer::Impl::refuse_over_cap(UniqueFd fd) {
+    ENL_LOG_LIMITED(warn, "api: {} connections open; refusing another", conns.size());
+    HttpReply reply = error_reply(
+        503, fmt::format("too many connections to the API (at most {}); try again later", limits().max_connections));
+    reply.retry_after_s = 1;
+    const std::string answer = HttpSession::closing_answer(reply);
+    char sink[4096];
+    for (size_t total = 0; total < (size_t{64} << 10);) {
+        const ssize_t n = ::recv(fd.get(), sink, sizeof(sink), MSG_DONTWAIT);
+        if (n <= 0) break;
+        total += static_cast<size_t>(n);
+    }
+    (void)::send(fd.get(), answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+void ApiServer::Impl::on_event(uint64_t id, uint32_t events) {
+    const auto it = conns.find(id);
+    if (it == conns.end()) return;
+    Connection& c = *it->second;
+    switch (c.phase) {
+        case Connection::Phase::Calling:
+            // Only errors and hang-ups are reported now: nobody is left to answer.
+            if ((events & (EPOLLERR | EPOLLHUP)) != 0) close(c);
+            return;
+        case Connection::Phase::Writing: flush(c); return;
+        case Connection::Phase::Lingering: drain(c); return;
+        case Connection::Phase::Reading: read_some(c); return;
+    }
+}
+
+void ApiServer::Impl::read_some(Connection& c) {
+    char buf[kReadChunk];
+    const ssize_t n = ::recv(c.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        close(c);  // reset: nobody to answer
+        return;
+    }
+    if (n == 0) {
+        c.session.receive_eof();
+    } else {
+        c.session.receive(std::string_view(buf, static_cast<size_t>(n)));
+    }
+    pump(c);
+}
+
+// Runs the session until it needs more bytes, a call, or the connection is done.
+void ApiServer::Impl::pump(Connection& c) {
+    HttpSession::Step step = c.session.next();
+    switch (step.kind) {
+        case HttpSession::Kind::NeedMore:
+            if (!c.session.request_started()) {
+                c.in_request = false;
+            } else if (!c.in_request) {
+                c.in_request = true;
+                c.request_deadline = Clock::now() + limits().io_timeout;
+            }
+            c.deadline = c.in_request ? c.request_deadline : c.idle_deadline;
+            c.phase = Connection::Phase::Reading;
+            want(c, EPOLLIN);
+            return;
+        case HttpSession::Kind::Write: send(c, std::move(step)); return;
+        case HttpSession::Kind::Call: dispatch(c, std::move(step.call)); return;
+        case HttpSession::Kind::Close: close(c); return;
+    }
+}
+
+void ApiServer::Impl::dispatch(Connection& c, ApiCall call) {
+    if (stopping.load(std::memory_order_acquire)) {
+        close(c);
+        return;
+    }
+    c.in_request = false;
+    c.phase = Connection::Phase::Calling;
+    want(c, 0);
+    const Lane lane = lane_of(call.method, call.target);
+    Job job{c.id, std::move(call)};
+    if (lane == Lane::Quick) {
+        // At most one request per connection is anywhere in the server: the queue is
+        // bounded by the connection cap.
+        if (quick.submit(std::move(job), SIZE_MAX)) return;
+    } else if (guest.submit(std::move(job), limits().max_guest_calls)) {
+        return;
+    }
+    if (stopping.load(std::memory_order_acquire)) {
+        close(c);
+        return;
+    }
+    HttpReply busy = error_reply(503, fmt::format("{} calls that wait for the guest are running (the most at once); "
+                                                  "try again when one has finished",
+                                                  limits().max_guest_calls));
+    busy.retry_after_s = 1;
+    send(c, c.session.answer(busy));
+}
+
+// On a worker: the call, then its answer to the I/O thread.
+void ApiServer::Impl::run_call(Job& job) {
+    // Stopping: the VMM is going away; no more calls into it.
+    if (stopping.load(std::memory_order_acquire)) return;
+    HttpReply reply = handle_request(vm, job.call.method, job.call.target, job.call.body);
+    loop().post([this, id = job.conn, reply = std::move(reply)] { on_reply(id, reply); });
+}
+
+void ApiServer::Impl::on_reply(uint64_t id, const HttpReply& reply) {
+    const auto it = conns.find(id);
+    if (it == conns.end()) return;  // the client hung up meanwhile
+    Connection& c = *it->second;
+    send(c, c.session.answer(reply));
+}
+
+void ApiServer::Impl::send(Connection& c, HttpSession::Step step) {
+    c.out.append(step.bytes);
+    if (step.close) {
+        c.close_after_write = true;
+        c.linger_after_write = step.unread;
+    }
+    c.phase = Connection::Phase::Writing;
+    c.deadline = Clock::now() + limits().io_timeout;
+    flush(c);
+}
+
+// Sends what it can; when all is sent, goes on with the connection.
+void ApiServer::Impl::flush(Connection& c) {
+    while (c.out_pos < c.out.size()) {
+        const ssize_t n =
+            ::send(c.fd.get(), c.out.data() + c.out_pos, c.out.size() - c.out_pos, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c.out_pos += static_cast<size_t>(n);
+            c.deadline = Clock::now() + limits().io_timeout;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            want(c, EPOLLOUT);
+            return;
+        }
+        close(c);  // the client is gone
+        return;
+    }
+    c.out.clear();
+    c.out_pos = 0;
+    if (c.close_after_write) {
+        if (c.linger_after_write) {
+            linger(c);
+        } else {
+            close(c);
+        }
+        return;
+    }
+    c.idle_deadline = Clock::now() + limits().keep_alive_timeout;
+    pump(c);
 }
 
 // The client may still be sending a body we refused. Closing with unread data would make
 // its next read fail with ECONNRESET before it sees our answer, so half-close and discard
 // what arrives for a moment (bounded in bytes and time).
-void ApiServer::Impl::linger(int fd) const {
-    ::shutdown(fd, SHUT_WR);
-    char sink[4096];
-    size_t total = 0;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
-    while (total < (1U << 20)) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0 || !wait_fd(fd, POLLIN, stop_fd.get(), to_poll_timeout(left))) return;
-        const ssize_t n = ::recv(fd, sink, sizeof(sink), 0);
-        if (n <= 0 && !(n < 0 && (errno == EINTR || errno == EAGAIN))) return;
-        if (n > 0) total += static_cast<size_t>(n);
+void ApiServer::Impl::linger(Connection& c) {
+    ::shutdown(c.fd.get(), SHUT_WR);
+    c.phase = Connection::Phase::Lingering;
+    c.deadline = Clock::now() + std::min<std::chrono::milliseconds>(kLingerTime, limits().io_timeout);
+    want(c, EPOLLIN);
+}
+
+void ApiServer::Impl::drain(Connection& c) {
+    char sink[kReadChunk];
+    const ssize_t n = ::recv(c.fd.get(), sink, sizeof(sink), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) {
+        close(c);
+        return;
+    }
+    c.lingered += static_cast<size_t>(n);
+    if (c.lingered >= kLingerBytes) close(c);
+}
+
+void ApiServer::Impl::want(Connection& c, uint32_t events) {
+    if (c.events == events) return;
+    // It fails only for a watch that is gone, which a live connection's never is.
+    if (auto ok = loop().modify(c.watch, events); !ok) {
+        ENL_LOG_LIMITED(warn, "api: watching a connection: {}", ok.error().message());
+        return;
+    }
+    c.events = events;
+}
+
+// Ends the connection; `c` is gone when this returns.
+void ApiServer::Impl::close(Connection& c) {
+    loop().unwatch(c.watch);
+    conns.erase(c.id);
+}
+
+std::chrono::milliseconds ApiServer::Impl::sweep_tick() const {
+    const auto shortest = std::min({limits().io_timeout, limits().keep_alive_timeout,
+                                    std::chrono::milliseconds(kLingerTime)});
+    return std::clamp<std::chrono::milliseconds>(shortest / 4, 5ms, 250ms);
+}
+
+// The deadlines are checked a few times per shortest timeout, while there are connections.
+void ApiServer::Impl::arm_sweep() {
+    if (sweep_armed || conns.empty()) return;
+    sweep_armed = true;
+    loop().post_after(sweep_tick(), [this] {
+        sweep_armed = false;
+        sweep();
+        arm_sweep();
+    });
+}
+
+void ApiServer::Impl::sweep() {
+    const auto now = Clock::now();
+    std::vector<uint64_t> expired;
+    for (const auto& [id, c] : conns)
+        if (c->phase != Connection::Phase::Calling && c->deadline <= now) expired.push_back(id);
+    for (const uint64_t id : expired) {
+        Connection& c = *conns.at(id);
+        if (c.phase == Connection::Phase::Reading && c.in_request) {
+            log::debug("api: a request did not arrive within {} ms", limits().io_timeout.count());
+            send(c, c.session.timed_out());
+        } else {
+            // Idle past the keep-alive timeout, an answer not taken, or done lingering.
+            close(c);
+        }
     }
 }
 
@@ -202,6 +502,7 @@ void ApiServer::Impl::remove_socket_file() const {
         if (::unlink(path.c_str()) != 0) log::warn("api: removing {}: {}", path, std::strerror(errno));
     }
 }
+
 
 ApiServer::ApiServer(VmControl& vm, ApiServerOptions options)
     : impl_(std::make_unique<Impl>(vm, std::move(options))) {}
@@ -214,6 +515,7 @@ Result<> ApiServer::start() {
     Impl& s = *impl_;
     if (s.running) return fail("api: the server is already running");
     if (s.options.threads == 0) return fail("api: at least one worker thread is needed");
+    if (s.options.limits.max_connections == 0) return fail("api: max_connections must be at least 1");
     const std::string& path = s.options.socket_path;
     ENL_TRY(const sockaddr_un addr, unix_address(path));
     ENL_TRY_VOID(clear_path(path, addr));
@@ -231,32 +533,34 @@ Result<> ApiServer::start() {
     if (::lstat(path.c_str(), &st) != 0) return fail_errno(fmt::format("api socket {}", path));
     s.sock_dev = st.st_dev;
     s.sock_ino = st.st_ino;
-    if ((st.st_mode & 07777) != (S_IRUSR | S_IWUSR) && ::chmod(path.c_str(), S_IRUSR | S_IWUSR) != 0) {
-        const int err = errno;
+    auto undo = [&](Error e) {
         ::unlink(path.c_str());
-        return fail_errno(fmt::format("api socket {}: chmod", path), err);
-    }
-    if (::listen(fd.get(), 16) != 0) {
-        const int err = errno;
-        ::unlink(path.c_str());
-        return fail_errno(fmt::format("api socket {}: listen", path), err);
-    }
-    UniqueFd stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!stop_fd.valid()) {
-        const int err = errno;
-        ::unlink(path.c_str());
-        return fail_errno("api: eventfd", err);
-    }
+        return std::unexpected(std::move(e));
+    };
+    if ((st.st_mode & 07777) != (S_IRUSR | S_IWUSR) && ::chmod(path.c_str(), S_IRUSR | S_IWUSR) != 0)
+        return undo(fail_errno(fmt::format("api socket {}: chmod", path)).error());
+    if (::listen(fd.get(), kBacklog) != 0) return undo(fail_errno(fmt::format("api socket {}: listen", path)).error());
+    auto io = EventLoopThread::start("enl-api-io");
+    if (!io) return undo(io.error().context("api"));
 
     s.listen_fd = std::move(fd);
-    s.stop_fd = std::move(stop_fd);
+    s.io = std::move(*io);
     s.stopping.store(false);
     s.running = true;
-    try {
-        for (unsigned i = 0; i < s.options.threads; ++i) s.workers.emplace_back([&s, i] { s.worker(i); });
-    } catch (const std::system_error& e) {
+    auto watch = s.loop().watch(s.listen_fd.get(), EPOLLIN, [&s](uint32_t ev) { s.on_listen(ev); });
+    if (!watch) {
         stop();
-        return fail("api: starting a worker thread: {}", e.what());
+        return std::unexpected(watch.error().context("api"));
+    }
+    s.listen_watch = *watch;
+    auto run = [&s](Job& job) { s.run_call(job); };
+    if (auto ok = s.quick.start(s.options.threads, "enl-api-", run); !ok) {
+        stop();
+        return ok;
+    }
+    if (auto ok = s.guest.start(s.options.limits.max_guest_calls, "enl-api-g", run); !ok) {
+        stop();
+        return ok;
     }
     log::info("api: listening on {}", path);
     return {};
@@ -266,13 +570,17 @@ void ApiServer::stop() {
     Impl& s = *impl_;
     if (!s.running) return;
     s.stopping.store(true, std::memory_order_release);
-    const uint64_t one = 1;
-    if (::write(s.stop_fd.get(), &one, sizeof(one)) != static_cast<ssize_t>(sizeof(one)))
-        log::warn("api: waking the workers: {}", std::strerror(errno));
-    for (auto& t : s.workers) t.join();
-    s.workers.clear();
+    // The I/O thread first: nothing is read, dispatched or answered after this, and what
+    // workers post from now on is dropped.
+    s.io->stop();
+    s.quick.stop();
+    s.guest.stop();
+    for (auto& [id, c] : s.conns) s.loop().unwatch(c->watch);
+    s.conns.clear();
+    s.loop().unwatch(s.listen_watch);
     s.listen_fd.reset();
-    s.stop_fd.reset();
+    s.io.reset();
+    s.sweep_armed = false;
     s.remove_socket_file();
     s.running = false;
     log::info("api: stopped");

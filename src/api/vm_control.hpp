@@ -4,7 +4,15 @@
 // started here and finishes in the background).
 //
 // Threads: every call comes from an API worker thread, several at once; implementations
-// are thread-safe and may wait for the guest (never on the VM's loop thread).
+// are thread-safe and may wait for the guest (never on the VM's loop thread). The server
+// runs the calls that may wait (api::Lane::Guest in router.hpp: KVP, time sync,
+// integration service switches, disks, memory changes, copy-file, checkpoints, the console)
+// on workers of their own, at most ApiLimits::max_guest_calls at once; the others (info,
+// heartbeat, shutdown (it only starts the first stage), power_off, reset, set_net_link, the
+// progress and list getters) must not wait
+// for the guest, since they share two workers. A call that starts waiting for the guest
+// must move to the guest lane (lane_of) in the same change. No server lock is held during
+// any call.
 #pragma once
 
 #include <cstdint>
@@ -297,7 +305,8 @@ public:
 
     virtual VmInfo info() = 0;
     // Starts a graceful shutdown or reboot (shutdown IC → ACPI power button → hard stop,
-    // each stage waiting timeout_s). Returns once the first stage has been started.
+    // each stage waiting timeout_s). Returns once the first stage has been started, without
+    // waiting for the guest (the quick lane runs it: router.cpp lane_of).
     virtual ApiResult<> shutdown(const ShutdownRequest& request) = 0;
     // Immediate power-off or reset, no guest involvement.
     virtual ApiResult<> power_off() = 0;
@@ -331,7 +340,7 @@ public:
     virtual ApiResult<> set_memory(const MemoryUpdate& update) = 0;
 
     // File copy into the guest: returns when the copy is done or failed (minutes for a large
-    // file; the API's other worker answers meanwhile). One at a time (Conflict otherwise).
+    // file; quick calls are answered meanwhile). One at a time (Conflict otherwise).
     virtual ApiResult<CopyFileResult> copy_file(const CopyFileRequest& request) = 0;
     virtual CopyFileProgress copy_file_progress() = 0;
     // Checkpoints of every writable VHDX disk (docs/checkpoints.md): taking one waits for the

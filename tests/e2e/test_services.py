@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import unittest
+from pathlib import Path
 from urllib.parse import unquote
 
-from harness import RunResult, Session, describe, json_between, results, vm_info
+from harness import REPO, RunResult, Session, describe, json_between, results, vm_info
 
 IC_CLASSES = {
     "heartbeat": "57164f39-9115-4e78-ab55-382f3bd5422d",
@@ -23,6 +25,52 @@ IC_CLASSES = {
 }
 
 SERVICES = Session("services")
+
+
+# ----------------------------------------------------------------------------- the API under load
+# The default guest with the integration services; once they are up, tests/tools/api_load.c
+# (C, static: the test host has no Python) runs 200 clients asking vm.info on fresh
+# connections, 50 slow ones (slowloris and idle) and a probe timing vm.info every 100 ms, for
+# 10 s. Then the VM must be as before: the heartbeat healthy, KVP answering, and a graceful
+# shutdown through the API ending in exit status 0. --idle runs the tool's load threads at
+# SCHED_IDLE, so that on the test host's 2 vCPUs (software emulation) 250 client threads do
+# not crowd out the VMM: the probe then measures the server's own fairness, not the tool's
+# CPU use. The run uses both vCPUs (the guest gets 2): it is registered first (harness: runs
+# that need all the test host's vCPUs first), and with parallel lanes it runs alone.
+def api_load_tool() -> Path:
+    """tests/tools/api_load.c, statically linked, in build/e2e/."""
+    src = REPO / "tests" / "tools" / "api_load.c"
+    out = REPO / "build" / "e2e" / "api_load"
+    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-std=c11", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
+                        str(src)], check=True)
+    return out
+
+
+API_LOAD_SCRIPT = r"""
+start_vm ""
+wait_serial ENLIGHTEN-SERVICES-READY 120 || { dump_logs; exit 1; }
+wait_api 30 '"state": "healthy"' heartbeat && echo "RESULT healthy_before=yes"
+t0=$(now)
+"$APILOAD" "$API" --clients 200 --slow 50 --duration 10 --idle >"$WORK/load.out" 2>&1
+echo "RESULT load_rc=$?"
+echo "RESULT load_seconds=$(awk "BEGIN { print $(now) - $t0 }")"
+echo "--- api_load ---"; cat "$WORK/load.out"; echo "--- end api_load ---"
+echo "RESULT load_summary=$(grep -m1 '^api_load:' "$WORK/load.out")"
+kill -0 "$VM_PID" 2>/dev/null && echo "RESULT vm_alive=yes"
+wait_api 20 '"state": "healthy"' heartbeat && echo "RESULT healthy_after=yes"
+api heartbeat
+echo "KVP-BEGIN auto"; api kvp-list auto; rc=$?; echo "KVP-END auto"
+echo "RESULT kvp_rc=$rc"
+t1=$(now)
+api shutdown --timeout 60 && echo "RESULT shutdown=accepted"
+wait $VM_PID
+echo "RESULT rc=$?"
+echo "RESULT shutdown_seconds=$(awk "BEGIN { print $(now) - $t1 }")"
+dump_logs
+"""
+SERVICES.scenario("api-load", API_LOAD_SCRIPT, cpus=2, timeout=400, files={"APILOAD": api_load_tool})
 
 # ----------------------------------------------------------------------------- one shared VM
 # One guest with the integration services up (enlighten.services) serves the offer/bind,
@@ -654,6 +702,41 @@ class IntegrationServiceControlTests(unittest.TestCase):
         for s in sets:
             self.assertEqual(len(s), len(IC_CLASSES), self.why())
         self.assertFalse(sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2], f"{sets}" + self.why())
+
+
+class ApiLoadTests(unittest.TestCase):
+    """The "api-load" run: the management API of a running VM under 200 clients and 50 slow
+    connections (tests/tools/api_load.c), and the VM afterwards."""
+
+    def test_the_api_under_load_keeps_answering_and_the_vm_is_unaffected(self) -> None:
+        res = SERVICES.result(self, "api-load")
+        r = results(res)
+        self.assertEqual(r.get("healthy_before"), "yes", "the heartbeat was not healthy before the load"
+                         + describe(res, 12000))
+        summary = r.get("load_summary", "")
+        print(f"[{summary}] ", end="", file=sys.stderr, flush=True)
+        self.assertIn("load_rc", r, "api_load did not run" + describe(res, 12000))
+        self.assertNotEqual(r.get("load_rc"), "2", "api_load could not start" + describe(res, 12000))
+        self.assertTrue(summary.startswith("api_load: PASS "),
+                        "a vm.info probe took over 1 s or failed, or a client got neither an answer nor a clean "
+                        "refusal" + describe(res, 12000))
+        self.assertEqual(r.get("load_rc"), "0", describe(res, 12000))
+        m = re.search(r"\bok=(\d+)\b.*\bprobe n=(\d+)\b", summary)
+        self.assertIsNotNone(m, describe(res, 12000))
+        self.assertGreater(int(m.group(1)), 0, "no client request was answered" + describe(res, 12000))
+        self.assertGreater(int(m.group(2)), 0, "the probe made no request" + describe(res, 12000))
+        # The VM is unaffected: still running, its heartbeat healthy, KVP answering, and a
+        # graceful shutdown through the API.
+        self.assertEqual(r.get("vm_alive"), "yes", "the VMM exited under the load" + describe(res, 12000))
+        self.assertEqual(r.get("healthy_after"), "yes", "the heartbeat was not healthy after the load"
+                         + describe(res, 12000))
+        self.assertEqual(r.get("kvp_rc"), "0", "kvp-list auto failed after the load" + describe(res, 12000))
+        kvp = json_between(res, "KVP", "auto")
+        self.assertIsInstance(kvp.get("entries"), list, describe(res, 12000))
+        self.assertEqual(r.get("shutdown"), "accepted", describe(res, 12000))
+        self.assertEqual(r.get("rc"), "0", "the VMM should exit 0 after the guest powered off" + describe(res, 12000))
+        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", res.output,
+                      "the guest's shutdown service should have handled the request" + describe(res, 12000))
 
 
 if __name__ == "__main__":
