@@ -76,9 +76,11 @@ def _job() -> str:
 JOB_LIB = r"""
 KO=/enl_hostile.ko
 # kernel messages (thousands of driver complaints) go to the log, not the serial console
-dmesg -n 1
-SEED=1
-for a in $(cat /proc/cmdline); do case "$a" in hostile.seed=*) SEED=${a#hostile.seed=} ;; esac; done
+dmesg -n 2
+SEED=1; SCALE=100
+for a in $(cat /proc/cmdline); do
+    case "$a" in hostile.seed=*) SEED=${a#hostile.seed=} ;; hostile.scale=*) SCALE=${a#hostile.scale=} ;; esac
+done
 now() { read -r t _ </proc/uptime; echo "$t"; }
 dev_of() {
     for d in /sys/bus/vmbus/devices/*; do
@@ -133,15 +135,15 @@ step() {
     DEV=; DRV=; device=-
     [ "$class" != - ] && { DEV=$(dev_of "$class"); DRV=$(driver_of "$DEV"); }
     dmesg -c >/dev/null
-    seed=$((SEED * 1000 + NUM))
+    common="seed=$((SEED * 1000 + NUM)) scale=$SCALE"  # the module's parameters for every attack
     case "$kind" in
         global)
-            args="attack=$name seed=$seed"
+            args="attack=$name $common"
             [ -n "$DEV" ] && args="$args relid=$(cat /sys/bus/vmbus/devices/$DEV/id)"
             insmod $KO $args; rc=$?
             rmmod enl_hostile ;;
         live)
-            insmod $KO attack=live device=$DEV shape=$shape seed=$seed; rc=$?
+            insmod $KO attack=live device=$DEV shape=$shape $common; rc=$?
             rmmod enl_hostile
             if device_ok "$shape"; then device=kept
             else
@@ -149,7 +151,7 @@ step() {
                 if device_ok "$shape"; then device=recovered; else device=failed; fi
             fi ;;
         own)
-            insmod $KO attack=own shape=$shape seed=$seed; rc=$?
+            insmod $KO attack=own shape=$shape $common; rc=$?
             echo enl_hostile > /sys/bus/vmbus/devices/$DEV/driver_override
             echo "$DEV" > /sys/bus/vmbus/drivers/$DRV/unbind
             echo "$DEV" > /sys/bus/vmbus/drivers/enl_hostile/bind || echo "HOSTILE-BIND-FAILED $name"
@@ -172,7 +174,7 @@ step() {
 SCRIPT = r"""
 "$ENL" image create "$WORK/disk.vhdx" --format vhdx --size 64M --block-size 1M >"$WORK/create.log" 2>&1 \
     || { echo "RESULT create=failed"; cat "$WORK/create.log"; }
-start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon hostile.seed=$SEED" \
+start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon hostile.seed=$SEED hostile.scale=$SCALE" \
     --disk "path=$WORK/disk.vhdx,format=vhdx" --net "backend=slirp,id=net0"
 if wait_serial ENLIGHTEN-SERVICES-READY 200; then
     # (the library's wait_* helpers use $n: the step number is $k)
@@ -200,9 +202,10 @@ dump_logs
 JOB = _job()
 
 
-def register(session: Session, key: str, *, seed: int, binary: Path | None = None) -> None:
-    """The hostile guest as a run of `session` (seed: the module's random streams)."""
-    session.scenario(key, f"SEED={seed}\nSTEPS={len(STEPS)}\n" + SCRIPT, job=JOB, cpus=2, net=True,
+def register(session: Session, key: str, *, seed: int, scale: int = 100, binary: Path | None = None) -> None:
+    """The hostile guest as a run of `session` (seed: the module's random streams; scale: the
+    percentage of each attack's default count)."""
+    session.scenario(key, f"SEED={seed}\nSCALE={scale}\nSTEPS={len(STEPS)}\n" + SCRIPT, job=JOB, cpus=2, net=True,
                      timeout=1200, binary=binary, guest_files={"/enl_hostile.ko": hostile.build_module})
 
 

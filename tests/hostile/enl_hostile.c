@@ -694,6 +694,9 @@ static bool ring_drained(struct vmbus_channel *ch, u32 ms)
 	return false;
 }
 
+/* The page GPA-direct packets name is never freed: the device may still be reading or
+ * writing it for requests whose completions go to the device's own driver (or nowhere), long
+ * after the attack returned. One page per attack is what a hostile guest pays for this. */
 static void packet_attacks(struct vmbus_channel *ch, const char *mode)
 {
 	struct pkt_buf *pb = kmalloc(sizeof(*pb), GFP_KERNEL);
@@ -702,19 +705,15 @@ static void packet_attacks(struct vmbus_channel *ch, const char *mode)
 
 	if (!pb || !page) {
 		LOG("mode=%s error=nomem", mode);
-		goto out;
+		kfree(pb);
+		return;
 	}
 	a = send_inband(ch, pb, N(1500));
 	b = send_gpa(ch, pb, N(600), page_to_pfn(page));
 	c = send_header_lies(ch, pb, N(300), !strcmp(mode, "own"));
 	LOG("mode=%s relid=%u inband=%u gpa=%u lies=%u drained=%d", mode, ch->offermsg.child_relid, a, b, c,
 	    ring_drained(ch, 3000));
-	/* The device may still be writing into our page: give it a moment before it is freed. */
-	msleep(200);
-out:
 	kfree(pb);
-	if (page)
-		__free_page(page);
 }
 
 /* -- live: the device's own driver keeps its channel open ----------------------------- */

@@ -206,6 +206,8 @@ TEST(Storvsp, TheHandshakeAsStorvscRunsIt) {
     EXPECT_EQ(props.body.properties.max_channel_cnt, 3);
     EXPECT_EQ(props.body.properties.flags & kPropertyMultiChannel, kPropertyMultiChannel);
     EXPECT_EQ(s.call(op(kOpEndInitialization), StorGuest::kInit)->status, 0u);
+    // The handshake is over: a hostile BEGIN_INITIALIZATION cannot stop the guest's I/O.
+    EXPECT_EQ(s.call(op(kOpBeginInitialization), StorGuest::kInit)->status, kStatusInvalidDeviceState);
     // Sub-channels: too many are refused; then the offers come (§6).
     auto sub = op(kOpCreateSubChannels);
     sub.body.sub_channel_count = 4;

@@ -146,6 +146,7 @@ struct Nic::Impl : std::enable_shared_from_this<Nic::Impl> {
     uint32_t ndis_mtu_ ENL_GUARDED_BY(mu_) = 0;  // 0: no NDIS_CONFIG yet (1514 assumed)
     vmbus::GpadlView recv_ ENL_GUARDED_BY(mu_);
     uint16_t recv_id_ ENL_GUARDED_BY(mu_) = 0;
+    uint16_t send_id_ ENL_GUARDED_BY(mu_) = 0;
     uint32_t section_size_ ENL_GUARDED_BY(mu_) = 0;
     uint32_t sections_ ENL_GUARDED_BY(mu_) = 0;
     std::vector<uint32_t> free_ ENL_GUARDED_BY(mu_);
@@ -497,14 +498,20 @@ void Nic::Impl::handle(Worker& w, const vmbus::PacketView& p, vmbus::Reservation
             } else {
                 send_sections_ = g->byte_count() / kSendSectionSize;
                 send_ = std::move(*g);
+                send_id_ = b.id;
                 c = {nvsp::kSendSendBufComplete, nvsp::kStatSuccess, kSendSectionSize};
             }
             return reply(nvsp_of(c));
         }
+        // A revoke names the buffer it revokes: one of another id (a hostile or confused
+        // guest) leaves the buffers its driver uses alone.
         case nvsp::kRevokeRecvBuf: {
+            const auto r = read_padded<NvspRevoke>(p.payload);
             {
                 LockGuard lock(mu_);
-                if (primary) {
+                if (!primary || !recv_ || r.id != recv_id_) {
+                    refuse("REVOKE_RECV_BUF of a buffer we do not have");
+                } else {
                     drop_recv_buffer_locked();
                     request_receiver_update();
                 }
@@ -513,9 +520,12 @@ void Nic::Impl::handle(Worker& w, const vmbus::PacketView& p, vmbus::Reservation
             return;
         }
         case nvsp::kRevokeSendBuf: {
+            const auto r = read_padded<NvspRevoke>(p.payload);
             {
                 LockGuard lock(mu_);
-                if (primary) {
+                if (!primary || !send_ || r.id != send_id_) {
+                    refuse("REVOKE_SEND_BUF of a buffer we do not have");
+                } else {
                     send_ = {};
                     send_sections_ = 0;
                 }

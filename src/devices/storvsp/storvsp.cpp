@@ -243,6 +243,10 @@ private:
             LockGuard lock(ctl_.mu_);
             switch (pkt.operation) {
                 case kOpBeginInitialization:
+                    // Once per open of the primary channel (storvsc runs it after vmbus_open):
+                    // a second one would stop the guest driver's I/O until it ended it again,
+                    // which storvsc never does. Refused; a new open starts over.
+                    if (ctl_.init_ == Init::Ready) break;
                     ctl_.init_ = Init::Begun;
                     ctl_.version_ = 0;
                     status = kStatusSuccess;
