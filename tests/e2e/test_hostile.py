@@ -45,6 +45,9 @@ CLASSES = {
     "vss": "35fa2e29-ea23-4236-96ae-3a6ebacba440",
     "fcopy": "34d14be3-dee4-41c8-9ae7-6b174977c192",
     "balloon": "525074dc-8985-46e2-8057-a307dc18a502",
+    "synthvid": "da0a7802-e377-4aac-8e77-0558eb1073f8",
+    "keyboard": "f912ad6d-2b17-48ea-bd65-f927a61c7684",
+    "mouse": "cfa8b69e-5b4a-4cc0-b98b-8ba1a1f3f95a",
 }
 
 # (step name, kind, target, shape): the attacks in the order the guest runs them.
@@ -61,6 +64,9 @@ STEPS = [
     ("live-vss", "live", "vss", "ic"),
     ("live-fcopy", "live", "fcopy", "ic"),
     ("live-balloon", "live", "balloon", "balloon"),
+    ("live-synthvid", "live", "synthvid", "pipe"),
+    ("live-keyboard", "live", "keyboard", "generic"),
+    ("live-mouse", "live", "mouse", "pipe"),
     ("own-storvsc", "own", "storvsc", "storvsc"),
     ("own-netvsc", "own", "netvsc", "netvsc"),
     ("own-heartbeat", "own", "heartbeat", "ic"),
@@ -174,7 +180,7 @@ step() {
 SCRIPT = r"""
 "$ENL" image create "$WORK/disk.vhdx" --format vhdx --size 64M --block-size 1M >"$WORK/create.log" 2>&1 \
     || { echo "RESULT create=failed"; cat "$WORK/create.log"; }
-start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon hostile.seed=$SEED hostile.scale=$SCALE" \
+start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon,hyperv-keyboard,hid-hyperv,hyperv_fb hostile.seed=$SEED hostile.scale=$SCALE" \
     --disk "path=$WORK/disk.vhdx,format=vhdx" --net "backend=slirp,id=net0"
 if wait_serial ENLIGHTEN-SERVICES-READY 200; then
     # (the library's wait_* helpers use $n: the step number is $k)
@@ -191,6 +197,8 @@ if wait_serial ENLIGHTEN-SERVICES-READY 200; then
         k=$((k + 1))
     done
     wait_serial HOSTILE-JOB-DONE 60 && echo "RESULT job=done"
+    # the video after its attack: a screenshot of what the guest's framebuffer shows
+    api screenshot "$WORK/screen.png" && [ -s "$WORK/screen.png" ] && echo "RESULT screenshot=ok"
     api shutdown --timeout 60; echo "RESULT shutdown_rc=$?"
 fi
 wait $VM_PID
@@ -270,7 +278,7 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
         if bad:
             problems.append(f"{name}: " + "; ".join(bad))
     print(f"\n[hostile {key}: {res.duration:.0f} s]\n" + "\n".join(table), flush=True)
-    for check, want in (("job", "done"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
+    for check, want in (("job", "done"), ("screenshot", "ok"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
         if r.get(check) != want:
             problems.append(f"{check}={r.get(check, 'missing')} (expected {want})")
     test.assertFalse(problems, "attacks that broke something:\n  " + "\n  ".join(problems)

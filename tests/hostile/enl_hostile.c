@@ -22,7 +22,7 @@
  *     flood      tens of thousands of messages that each make the VMM answer
  *
  *   Channel attacks on a device (device= its instance GUID; shape= how to shape payloads:
- *   storvsc, netvsc, ic, balloon or generic):
+ *   storvsc, netvsc, ic, balloon, pipe (synthvid, synthhid) or generic):
  *     live       the device stays bound to its own driver; packets that lie are written into
  *                the ring that driver has open (its protocol state is established)
  *     own        the device is bound to this module (driver_override): fresh opens with
@@ -515,13 +515,14 @@ static bool ring_put_wait(struct vmbus_channel *ch, const void *pkt, u32 len)
  * lookup and the requestor of netvsc both reject it). */
 #define FOREIGN_TRANS_ID 0xffff0001ULL
 
-enum shape_kind { SHAPE_GENERIC, SHAPE_STORVSC, SHAPE_NETVSC, SHAPE_IC, SHAPE_BALLOON };
+enum shape_kind { SHAPE_GENERIC, SHAPE_STORVSC, SHAPE_NETVSC, SHAPE_IC, SHAPE_BALLOON, SHAPE_PIPE };
 static enum shape_kind shape_kind(void)
 {
 	if (!strcmp(shape, "storvsc")) return SHAPE_STORVSC;
 	if (!strcmp(shape, "netvsc")) return SHAPE_NETVSC;
 	if (!strcmp(shape, "ic")) return SHAPE_IC;
 	if (!strcmp(shape, "balloon")) return SHAPE_BALLOON;
+	if (!strcmp(shape, "pipe")) return SHAPE_PIPE;
 	return SHAPE_GENERIC;
 }
 
@@ -570,6 +571,12 @@ static void shape_payload(u8 *p, u32 len)
 			*(u16 *)(p + 18) = (u16)nasty32(len - 28);        /* icmsgsize */
 			p[25] = rnd_below(2) ? 3 : (u8)rnd();             /* icflags: transaction|response */
 		}
+		break;
+	case SHAPE_PIPE: /* synthvid and synthhid: pipe_msg_hdr, then the message's own header */
+		w[0] = rnd_below(4) ? 1 /* PIPE_MSG_DATA */ : nasty32(1);
+		w[1] = nasty32(len - 8);
+		w[2] = rnd_below(4) ? rnd_below(16) : nasty32(1);
+		w[3] = nasty32(len - 16);
 		break;
 	case SHAPE_BALLOON: /* dm_header: type, size, trans_id */
 		*(u16 *)p = rnd_below(16);

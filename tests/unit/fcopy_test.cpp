@@ -733,26 +733,26 @@ TEST(FcopyServiceHostile, UnknownIdsDuplicatesAndRepliesWithoutRequestsAreIgnore
     EXPECT_EQ(vm.daemon.files["/root/a"], data);
 }
 
-TEST(FcopyServiceHostile, AnAnswerLongerThanTheChannelAllowsEndsTheCopyNotTheVmm) {
+TEST(FcopyServiceHostile, AnAnswerLongerThanTheChannelAllowsIsDroppedAndTheCopyFailsNotTheChannel) {
     FcopyVm vm(FcopyService::Options{500ms, 200ms});
     HostFiles host;
     int writes = 0;
     vm.tamper = [&](IcMsgHeader&, std::vector<uint8_t>& b, uint32_t op) {
         if (op == kFcopyWrite && ++writes == 1) {
             b.resize(kFcopyMaxPacket);  // 8192 + 16: over the limit
-            vm.guest->silent = true;    // and nothing more: the host stops reading
+            vm.guest->silent = true;    // and nothing more until the test says so
         }
     };
     auto r = vm.copy(host.add("a", random_bytes(4 * kFcopyChunk, 5)), "/root/a");
     ASSERT_FALSE(r);
-    // The host closes the broken channel: what was in flight fails, nothing more is sent.
-    EXPECT_TRUE(r.error().is(Errc::Closed)) << r.error().message();
-    EXPECT_NE(r.error().message().find("the file copy channel closed during WRITE_TO_FILE"), std::string::npos)
-        << r.error().message();
+    // The ring's framing holds, so the oversized answer is dropped as malformed (only broken
+    // framing fails a channel): the copy fails for want of an answer, the channel stays open.
+    EXPECT_NE(r.error().message().find("did not answer WRITE_TO_FILE"), std::string::npos) << r.error().message();
     EXPECT_NE(r.error().message().find("the partial file may remain in the guest"), std::string::npos);
-    EXPECT_EQ(vm.svc->state(), IcState::Closed);
-    auto again = vm.copy(host.add("b", {1}), "/root/b");
-    ASSERT_FALSE(again);
-    EXPECT_TRUE(again.error().is(Errc::Closed));
-    EXPECT_NE(again.error().message().find("not connected"), std::string::npos);
+    EXPECT_NE(vm.svc->state(), IcState::Closed);
+    // A guest that answers again gets the next copy through the same channel.
+    vm.guest->silent = false;
+    const auto data = random_bytes(3 * kFcopyChunk + 7, 6);
+    auto again = vm.copy(host.add("b", data), "/root/b");
+    ASSERT_TRUE(again) << again.error().message();
 }
