@@ -98,7 +98,7 @@ void core(Rules& r) {
         "exit", "exit_group",
         // descriptors already open: eventfds, sockets, files, stderr (the log)
         "read", "write", "readv", "writev", "close", "fstat", "newfstatat", "fcntl",
-        "poll", "ppoll", "epoll_wait", "epoll_pwait", "epoll_ctl",
+        "poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_ctl",
         "getrandom", "sched_getaffinity",
     });
     // pthread_setname_np on itself; no-new-privs (libseccomp sets it at each load); nothing
@@ -127,7 +127,7 @@ void files(Rules& r) {
               "fsync", "fdatasync", "fallocate", "ftruncate", "statx", "lstat", "stat", "access", "faccessat",
               "faccessat2", "readlink", "readlinkat", "getcwd", "getdents64", "rename", "renameat", "renameat2",
               "unlink", "unlinkat", "fchmod", "chmod", "fchmodat", "umask", "fadvise64", "mincore", "dup", "dup3",
-              "pipe2", "sysinfo", "uname"});
+              "pipe", "pipe2", "sysinfo", "uname"});
 }
 
 // Disk I/O through io_uring (backends/disk): rings are set up when a channel opens.
@@ -234,7 +234,9 @@ Rules rules_for(ThreadKind kind) {
             // A netvsp channel's queue, the slirp thread (NAT sockets, host forwards: bind,
             // listen; /etc/resolv.conf for DNS), the tap reader (the MTU).
             loops(r), threads(r), sockets(r), listening(r), set_ids(r);
-            allow(r, {"openat", "open", "lseek", "pipe2", "uname", "sysinfo"});
+            allow_if(r, "openat", 2, O_ACCMODE, {O_RDONLY});  // read-only: /etc/resolv.conf, /sys, ...
+            allow_if(r, "open", 1, O_ACCMODE, {O_RDONLY});
+            allow(r, {"lseek", "pipe2", "uname", "sysinfo"});
             ioctls(r, kKvmVmRuntime), ioctls(r, kTapRuntime);
             break;
     }

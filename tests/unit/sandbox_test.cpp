@@ -183,6 +183,19 @@ TEST(Sandbox, ThreadsButNoForkWhereThreadsStart) {
     }
 }
 
+TEST(Sandbox, NetThreadsOpenFilesReadOnly) {
+    auto open_in_net = [](int flags) {
+        return in_child([flags] {
+            configure({.mode = Mode::On, .test_forbidden = std::nullopt});
+            if (!load(ThreadKind::NetIo, Mode::On)) return 10;
+            return ::open("/dev/null", flags | O_CLOEXEC) >= 0 ? 0 : 11;
+        });
+    };
+    EXPECT_TRUE(open_in_net(O_RDONLY).exited(0));
+    EXPECT_TRUE(open_in_net(O_RDWR).killed_by_sigsys());
+    EXPECT_TRUE(open_in_net(O_WRONLY | O_CREAT).killed_by_sigsys());
+}
+
 TEST(Sandbox, SocketFamilies) {
     auto socket_in = [](ThreadKind kind, int family, int type) {
         return in_child([=] {
