@@ -25,6 +25,7 @@
 #include <ctime>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -263,7 +264,8 @@ Result<> build_and_load(ThreadKind kind, Mode mode) {
         rules.erase("mprotect");
         for (const char* name : {"mmap", "mprotect"}) {
             const int nr = ::seccomp_syscall_resolve_name(name);
-            const int rc = ::seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+            const scmp_arg_cmp no_exec{2, SCMP_CMP_MASKED_EQ, PROT_EXEC, 0};
+            const int rc = ::seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, 1, &no_exec);
             if (rc < 0) return fail("seccomp: {} rule for {}: {}", kind_name(kind), name, std::strerror(-rc));
         }
     }
@@ -294,6 +296,18 @@ Result<> build_and_load(ThreadKind kind, Mode mode) {
 
 // --- SIGSYS ----------------------------------------------------------------------------
 
+// System call names by number, for the handler (which may not allocate): filled by configure().
+std::array<std::array<char, 24>, 512> g_names{};
+
+void fill_names() {
+    for (size_t nr = 0; nr < g_names.size(); ++nr) {
+        char* name = ::seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, static_cast<int>(nr));
+        if (!name) continue;
+        std::strncpy(g_names[nr].data(), name, g_names[nr].size() - 1);
+        std::free(name);
+    }
+}
+
 // Async-signal-safe: formats into a buffer, one write(2).
 void on_sigsys(int, siginfo_t* si, void* context) {
     char buf[160];
@@ -307,9 +321,14 @@ void on_sigsys(int, siginfo_t* si, void* context) {
     char num[24];
     auto [end, ec] = std::to_chars(num, num + sizeof(num), si->si_syscall);
     put(std::string_view(num, ec == std::errc{} ? static_cast<size_t>(end - num) : 0));
+    if (const auto nr = static_cast<size_t>(si->si_syscall); si->si_syscall >= 0 && nr < g_names.size() && g_names[nr][0]) {
+        put(" (");
+        put(g_names[nr].data());
+        put(")");
+    }
     put(" on a thread of kind ");
     put(kind_name(t_kind));
-    put(" (scmp_sys_resolver NUMBER names it); stopping with SIGSYS\n");
+    put("; stopping with SIGSYS\n");
     [[maybe_unused]] const ssize_t w = ::write(STDERR_FILENO, buf, n);
 #if defined(__x86_64__)
     // The same call again, SIGSYS blocked in this handler: the kernel then resets SIGSYS to
@@ -367,6 +386,7 @@ void configure(const Options& options) {
     // file may still be opened (a vCPU thread's first log line must not need openat).
     ::tzset();
     if (g_mode == Mode::On) {
+        fill_names();
         struct sigaction sa {};
         sa.sa_sigaction = on_sigsys;
         sa.sa_flags = SA_SIGINFO;

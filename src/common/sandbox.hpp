@@ -16,7 +16,7 @@
 // src/common/sandbox.cpp.
 //
 // A forbidden system call: in Mode::On the thread gets SIGSYS (SECCOMP_RET_TRAP); a handler
-// writes "enlighten: seccomp: forbidden system call NR on a thread of kind KIND" to stderr and
+// writes "enlighten: seccomp: forbidden system call NR (NAME) on a thread of kind KIND" to stderr and
 // makes the same call again, which the kernel answers by killing the process with SIGSYS.
 // In Mode::Log the call runs and the kernel logs it (audit, or dmesg: "type=1326 ...
 // syscall=NR"). In Mode::Off nothing is installed.

@@ -56,8 +56,8 @@ Child in_child(const std::function<int()>& body) {
 }
 
 std::string forbidden_message(ThreadKind kind) {
-    return "enlighten: seccomp: forbidden system call " + std::to_string(SYS_personality) + " on a thread of kind " +
-           std::string(kind_name(kind));
+    return "enlighten: seccomp: forbidden system call " + std::to_string(SYS_personality) +
+           " (personality) on a thread of kind " + std::string(kind_name(kind));
 }
 
 std::string seccomp_status_line() {
