@@ -25,6 +25,7 @@
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
+#include "common/sandbox.hpp"
 #include "common/thread_annotations.hpp"
 
 namespace enlighten::api {
@@ -63,6 +64,7 @@ public:
             for (unsigned i = 0; i < threads; ++i) {
                 threads_.emplace_back([this, thread_name = fmt::format("{}{}", name, i)] {
                     ::pthread_setname_np(::pthread_self(), thread_name.c_str());
+                    sandbox::enter(sandbox::ThreadKind::ApiWorker);
                     work();
                 });
             }
@@ -540,7 +542,7 @@ Result<> ApiServer::start() {
     if ((st.st_mode & 07777) != (S_IRUSR | S_IWUSR) && ::chmod(path.c_str(), S_IRUSR | S_IWUSR) != 0)
         return undo(fail_errno(fmt::format("api socket {}: chmod", path)).error());
     if (::listen(fd.get(), kBacklog) != 0) return undo(fail_errno(fmt::format("api socket {}: listen", path)).error());
-    auto io = EventLoopThread::start("enl-api-io");
+    auto io = EventLoopThread::start("enl-api-io", sandbox::ThreadKind::ApiIo);
     if (!io) return undo(io.error().context("api"));
 
     s.listen_fd = std::move(fd);

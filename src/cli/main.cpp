@@ -7,6 +7,7 @@
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
 //                 [--vsock socket=PATH]
 //                 [--display on|off[,resolution=WxH]] [--vnc HOST:PORT|:PORT|unix:PATH]
+//                 [--seccomp on|log|off] [--user NAME|UID[:GROUP|GID]]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
@@ -30,6 +31,7 @@
 #include "backends/disk/image_tool.hpp"
 #include "cli/remote.hpp"
 #include "common/fd.hpp"
+#include "common/sandbox.hpp"
 #include "common/size.hpp"
 #include "common/thread_stack.hpp"
 #include "kvm/kvm.hpp"
@@ -386,9 +388,30 @@ int run_image(const ImageCommand& c) {
 int run_vm(const VmConfig& cfg) {
     // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread. Not fatal: glibc's default works.
     if (!limit_thread_stacks()) log::warn("could not set the default thread stack size; using glibc's");
+    // Confinement (docs/security.md): no-new-privs always; the process filter before the
+    // first thread starts (every thread inherits it); setup; the drop to --user; the main
+    // thread's own narrower filter before the guest runs.
+    if (auto ok = sandbox::set_no_new_privs(); !ok) return error(ok.error());
+    sandbox::configure({.mode = cfg.seccomp, .test_forbidden = cfg.seccomp_test_forbidden});
+    if (cfg.seccomp != sandbox::Mode::On)
+        log::info("seccomp: {}{}", sandbox::mode_name(cfg.seccomp),
+                  sandbox::sanitizer_build() && cfg.seccomp == sandbox::default_mode()
+                      ? " (the default of a sanitizer build: forbidden calls are logged by the kernel, not fatal)"
+                      : "");
+    if (auto ok = sandbox::install_process(); !ok) return error(ok.error());
     auto vm = VirtualMachine::create(cfg);
     if (!vm) return error(vm.error());
+    if (cfg.user)
+        if (auto ok = sandbox::drop_user(*cfg.user); !ok) return error(ok.error());
+    sandbox::enter(sandbox::ThreadKind::EventLoop);
     return (*vm)->run();
+}
+
+std::optional<sandbox::ThreadKind> parse_thread_kind(std::string_view name) {
+    using enum sandbox::ThreadKind;
+    for (auto k : {Process, EventLoop, Vcpu, ApiIo, ApiWorker, DiskIo, NetIo})
+        if (sandbox::kind_name(k) == name) return k;
+    return std::nullopt;
 }
 
 }  // namespace
@@ -463,6 +486,19 @@ int main(int argc, char** argv) {
     run->add_option("--vnc", vnc,
                     "Serve the console over VNC: HOST:PORT (an IPv4 address), :PORT (127.0.0.1) or unix:PATH; "
                     "no password, so keep it on loopback (docs/console.md)");
+    std::string seccomp{sandbox::mode_name(sandbox::default_mode())}, user, seccomp_test;
+    run->add_option("--seccomp", seccomp,
+                    "seccomp-bpf filters per thread kind: on (a forbidden system call ends the VMM with SIGSYS), "
+                    "log (the kernel logs it) or off (docs/security.md; sanitizer builds default to log)")
+        ->check(CLI::IsMember({"on", "log", "off"}))
+        ->capture_default_str();
+    run->add_option("--user", user,
+                    "After setup (/dev/kvm, images, taps, sockets opened), run as this user: NAME or UID, "
+                    "optionally :GROUP or :GID (default: the user's group); supplementary groups are dropped");
+    // Test hook: a thread of this kind makes a forbidden system call once its filter is loaded.
+    run->add_option("--seccomp-test-forbidden", seccomp_test)
+        ->check(CLI::IsMember({"process", "event-loop", "vcpu", "api-io", "api-worker", "disk-io", "net-io"}))
+        ->group("");
     cfg.cmdline = "console=ttyS0";
     cli::RemoteOptions remote_opts;
     auto* remote = cli::add_remote_command(app, remote_opts);
@@ -478,7 +514,16 @@ int main(int argc, char** argv) {
     }
     if (remote->parsed()) return cli::run_remote(remote_opts);
     if (app.got_subcommand("image")) return run_image(image_cmd);
+    // Descriptors a parent left open are not ours to keep (nothing is opened before this).
+    sandbox::close_inherited_fds();
     log::set_level(log::parse_level(log_level).value_or(log::Level::Warn));
+    cfg.seccomp = sandbox::parse_mode(seccomp).value_or(sandbox::Mode::On);
+    if (!seccomp_test.empty()) cfg.seccomp_test_forbidden = parse_thread_kind(seccomp_test);
+    if (!user.empty()) {
+        auto u = sandbox::resolve_user(user);
+        if (!u) return error(u.error());
+        cfg.user = *u;
+    }
 
     auto mem = parse_memory(memory);
     if (!mem) return error(mem.error());

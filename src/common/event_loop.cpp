@@ -406,14 +406,15 @@ bool EventLoop::run_posted_task() {
 
 // --- EventLoopThread ---
 
-Result<std::unique_ptr<EventLoopThread>> EventLoopThread::start(std::string name) {
+Result<std::unique_ptr<EventLoopThread>> EventLoopThread::start(std::string name, std::optional<sandbox::ThreadKind> kind) {
     ENL_TRY(auto loop, EventLoop::create());
     std::unique_ptr<EventLoopThread> t(new EventLoopThread(std::move(loop)));
     if (name.size() > 15) name.resize(15);  // pthread_setname_np's limit, without the NUL
     LockGuard lock(t->join_mu_);
     try {
-        t->thread_ = std::thread([loop_ptr = t->loop_.get(), name = std::move(name)] {
+        t->thread_ = std::thread([loop_ptr = t->loop_.get(), name = std::move(name), kind] {
             ::pthread_setname_np(::pthread_self(), name.c_str());
+            if (kind) sandbox::enter(*kind);
             loop_ptr->run();
         });
     } catch (const std::system_error& e) {

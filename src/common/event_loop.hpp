@@ -32,6 +32,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -39,6 +40,7 @@
 #include "common/executor.hpp"
 #include "common/fd.hpp"
 #include "common/result.hpp"
+#include "common/sandbox.hpp"
 #include "common/thread_annotations.hpp"
 
 namespace enlighten {
@@ -150,12 +152,15 @@ private:
 };
 
 // A loop on a thread of its own, named for ps/top (up to 15 characters; longer names are cut).
+// With a `kind`, the thread loads that kind's seccomp filter before it runs the loop
+// (common/sandbox.hpp); without one it keeps its creator's filters.
 //
 // Threads: loop() from any thread; stop() and the destructor from any thread but the loop's
 // own (stop() there only asks the loop to stop; the join is left for later).
 class EventLoopThread {
 public:
-    static Result<std::unique_ptr<EventLoopThread>> start(std::string name);
+    static Result<std::unique_ptr<EventLoopThread>> start(std::string name,
+                                                          std::optional<sandbox::ThreadKind> kind = std::nullopt);
     ~EventLoopThread();  // stop()
     EventLoopThread(const EventLoopThread&) = delete;
     EventLoopThread& operator=(const EventLoopThread&) = delete;

@@ -11,6 +11,7 @@
 #include "backends/vnc/vnc.hpp"
 #include "common/device_config.hpp"
 #include "common/result.hpp"
+#include "common/sandbox.hpp"
 #include "vmm/console.hpp"
 
 namespace enlighten {
@@ -52,6 +53,11 @@ struct VmConfig {
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;
+    // Confinement (common/sandbox.hpp, docs/security.md): the seccomp mode (--seccomp), the
+    // user to run as after setup (--user), the test hook (--seccomp-test-forbidden).
+    sandbox::Mode seccomp = sandbox::default_mode();
+    std::optional<sandbox::User> user;
+    std::optional<sandbox::ThreadKind> seccomp_test_forbidden;
 };
 
 // Limits checked before anything is allocated.

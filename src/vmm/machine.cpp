@@ -7,6 +7,7 @@
 
 #include <future>
 
+#include "common/sandbox.hpp"
 #include "common/event_loop.hpp"
 #include "common/log.hpp"
 #include "devices/hvsock/service.hpp"
@@ -321,8 +322,13 @@ void Machine::start() {
     log::debug("VM built in {} ms; starting {} vCPU(s)", uptime_ms(), vcpus_.size());
     install_kick_handler();
     for (size_t i = 0; i < vcpus_.size(); ++i) {
-        threads_.emplace_back([this, i] { vcpu_loop(i); });
-        ::pthread_setname_np(threads_.back().native_handle(), fmt::format("vcpu{}", i).c_str());
+        threads_.emplace_back([this, i] {
+            // Named by itself (prctl), not through /proc/self/task/N/comm, which a process
+            // that dropped to another user (--user) may no longer write.
+            ::pthread_setname_np(::pthread_self(), fmt::format("vcpu{}", i).c_str());
+            sandbox::enter(sandbox::ThreadKind::Vcpu);
+            vcpu_loop(i);
+        });
     }
 }
 

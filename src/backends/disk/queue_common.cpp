@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 
+#include "common/sandbox.hpp"
 #include "common/log.hpp"
 
 namespace enlighten::disk::detail {
@@ -109,6 +110,7 @@ void BlockingHelper::take(std::vector<Done>& out) {
 
 void BlockingHelper::run() {
     ::pthread_setname_np(::pthread_self(), name_);
+    sandbox::enter(sandbox::ThreadKind::DiskIo);
     UniqueLock lock(mu_);
     for (;;) {
         while (!stop_ && jobs_.empty()) cv_.wait(lock);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backends/net/offload.hpp"
+#include "common/sandbox.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
@@ -175,6 +176,7 @@ private:
     // --- the slirp thread ---
     void thread_main(const std::vector<HostForward>& forwards, std::promise<Result<>>& started) {
         ::pthread_setname_np(::pthread_self(), "net-slirp");
+        sandbox::enter(sandbox::ThreadKind::NetIo);
         // libslirp writes to host sockets that the peer may have closed: EPIPE, not SIGPIPE
         // (a thread-directed signal that stays pending while blocked here).
         sigset_t set;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "backends/net/offload.hpp"
+#include "common/sandbox.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
@@ -229,6 +230,7 @@ private:
 
     void reader_main() {
         ::pthread_setname_np(::pthread_self(), "net-tap");
+        sandbox::enter(sandbox::ThreadKind::NetIo);
         std::vector<uint8_t> buf(kTapVnetHdrSize + kMaxReadFrame);
         bool pending = false;  // buf holds a frame the receiver had no room for
         size_t len = 0;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 
+#include "common/sandbox.hpp"
 #include "common/event_loop.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
@@ -273,7 +274,7 @@ void Nic::Impl::open(const vmbus::OpenRequest& req, std::shared_ptr<vmbus::Chann
     if (!mem) return done(fail(Errc::Closed, "{}: not attached", opt.name));
     if (req.index >= kMaxChannels) return done(fail(Errc::Invalid, "{}: channel index {}", opt.name, req.index));
     if (workers_[req.index]) workers_[req.index].reset();  // a stale worker (never closed)
-    auto thread = EventLoopThread::start(fmt::format("{}-{}", opt.name, req.index));
+    auto thread = EventLoopThread::start(fmt::format("{}-{}", opt.name, req.index), sandbox::ThreadKind::NetIo);
     if (!thread) return done(std::unexpected(thread.error()));
     {
         LockGuard lock(mu_);

@@ -9,6 +9,7 @@
 #include <map>
 #include <thread>
 
+#include "common/sandbox.hpp"
 #include "common/event_loop.hpp"
 #include "common/log.hpp"
 #include "common/rate_limit.hpp"
@@ -851,7 +852,7 @@ void Controller::reset() {
 
 void Controller::open(const vmbus::OpenRequest& request, std::shared_ptr<vmbus::ChannelQueue> queue, vmbus::OpenDone done) {
     if (!resources_.memory) return done(fail(Errc::Closed, "{}: not attached", options_.name));
-    auto thread = EventLoopThread::start(fmt::format("{}-{}", options_.name, request.index));
+    auto thread = EventLoopThread::start(fmt::format("{}-{}", options_.name, request.index), sandbox::ThreadKind::DiskIo);
     if (!thread) return done(std::unexpected(thread.error()));
     auto w = std::make_shared<Worker>(*this, request.index, std::move(queue), *resources_.memory, std::move(*thread));
     w->retarget(request.target_vp);
