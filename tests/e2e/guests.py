@@ -73,5 +73,13 @@ GUESTS.boot("reboot-exit", job="echo job-before-reboot\nreboot -f\nsleep 5\necho
 GUESTS.boot("decompress-guest", job='grep "Kernel code" /proc/iomem\n',
             extra_args=["--kernel-decompress", "guest", "--log-level", "debug"])
 
+# test_boot: seccomp (docs/security.md). The test hook makes the first vCPU thread call
+# personality(), which no filter allows: the VMM dies with SIGSYS (exit 159) and says why;
+# with --seccomp log the same call is only logged by the kernel and the guest runs.
+GUESTS.boot("seccomp-forbidden", job="echo SECCOMP-JOB-RAN\n", timeout=90,
+            extra_args=["--seccomp-test-forbidden", "vcpu"])
+GUESTS.boot("seccomp-log", job="echo SECCOMP-JOB-RAN\n",
+            extra_args=["--seccomp", "log", "--seccomp-test-forbidden", "vcpu"])
+
 # test_hyperv: --hyperv off gives the KVM interface.
 GUESTS.boot("hyperv-off", job="dmesg | grep -E 'Hypervisor detected'\n", extra_args=["--hyperv", "off"])

@@ -113,6 +113,21 @@ class GuestBootTests(unittest.TestCase):
         self.assertIn("ENLIGHTEN-JOB-EXIT 7", res.output, describe(res))
         self.assertEqual(res.returncode, 0, describe(res))
 
+    def test_seccomp_kills_the_vmm_on_a_forbidden_system_call(self) -> None:
+        """--seccomp on (the default): a system call outside the vCPU filter (the test hook's
+        personality()) ends the VMM with SIGSYS, and it says which call and which thread."""
+        res = self.run_of("seccomp-forbidden")
+        self.assertIn(res.returncode, (128 + 31, -31), "exit status of a death by SIGSYS" + describe(res))
+        self.assertIn("seccomp: forbidden system call 135 (personality) on a thread of kind vcpu", res.output,
+                      describe(res))
+        self.assertNotIn("SECCOMP-JOB-RAN", res.output, describe(res))
+
+    def test_seccomp_log_mode_lets_the_forbidden_call_through(self) -> None:
+        res = self.run_of("seccomp-log")
+        self.assertMarkers(res)
+        self.assertIn("SECCOMP-JOB-RAN", res.output, describe(res))
+        self.assertEqual(res.returncode, 0, describe(res))
+
 
 class BadInputTests(unittest.TestCase):
     """Enlighten must reject bad input before running a guest: exit 1 and exactly one

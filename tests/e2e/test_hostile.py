@@ -183,6 +183,9 @@ SCRIPT = r"""
 start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon,hyperv-keyboard,hid-hyperv,hyperv_fb hostile.seed=$SEED hostile.scale=$SCALE" \
     --disk "path=$WORK/disk.vhdx,format=vhdx" --net "backend=slirp,id=net0"
 if wait_serial ENLIGHTEN-SERVICES-READY 200; then
+    # seccomp (on by default, log in the ASan build): every thread of the VMM has a filter
+    echo "RESULT threads=$(ls /proc/$VM_PID/task | wc -l)"
+    echo "RESULT filtered_threads=$(cat /proc/$VM_PID/task/*/status | grep -c '^Seccomp:[[:space:]]*2')"
     # (the library's wait_* helpers use $n: the step number is $k)
     k=1
     while [ $k -le $STEPS ]; do
@@ -278,6 +281,8 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
         if bad:
             problems.append(f"{name}: " + "; ".join(bad))
     print(f"\n[hostile {key}: {res.duration:.0f} s]\n" + "\n".join(table), flush=True)
+    if not r.get("threads") or r.get("filtered_threads") != r.get("threads"):
+        problems.append(f"seccomp: {r.get('filtered_threads')} of {r.get('threads')} threads of the VMM have a filter")
     for check, want in (("job", "done"), ("screenshot", "ok"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
         if r.get(check) != want:
             problems.append(f"{check}={r.get(check, 'missing')} (expected {want})")
