@@ -172,7 +172,9 @@ constexpr std::initializer_list<uint64_t> kKvmCreate = {
 // Block devices as disks (backends/disk/raw.cpp).
 constexpr std::initializer_list<uint64_t> kBlock = {BLKGETSIZE64, BLKSSZGET, BLKPBSZGET, BLKDISCARD};
 // Creating a tap (setup) and changing its MTU or flags (the guest sets the MTU at run time).
-constexpr std::initializer_list<uint64_t> kTapSetup = {TUNSETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD, SIOCSIFFLAGS};
+// SIOCGIFINDEX is glibc's if_nametoindex (does the tap exist already?).
+constexpr std::initializer_list<uint64_t> kTapSetup = {TUNSETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD, SIOCSIFFLAGS,
+                                                       SIOCGIFINDEX};
 constexpr std::initializer_list<uint64_t> kTapRuntime = {SIOCGIFFLAGS, SIOCSIFMTU, FIONREAD, FIONBIO};
 // The serial console on a terminal: isatty, raw mode and its restoring at exit.
 constexpr std::initializer_list<uint64_t> kTty = {TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ};
@@ -488,5 +490,7 @@ Result<> drop_user(const User& u) {
     log::info("running as uid {} gid {} from now on", u.uid, u.gid);
     return {};
 }
+
+bool widened_for_sanitizers() { return kSanitized; }
 
 }  // namespace enlighten::sandbox

@@ -48,7 +48,8 @@ template <typename T>
 [[nodiscard]] T read_padded(std::span<const uint8_t> bytes) {
     static_assert(std::is_trivially_copyable_v<T>);
     T v{};
-    std::memcpy(&v, bytes.data(), std::min(sizeof(T), bytes.size()));
+    // An empty span may have no data at all: memcpy from null is undefined even for 0 bytes.
+    if (const size_t n = std::min(sizeof(T), bytes.size()); n != 0) std::memcpy(&v, bytes.data(), n);
     return v;
 }
 

@@ -139,6 +139,9 @@ wait_ack() {
         sleep 0.2
     done
 }
+# report: what the module says about its attack (its `report` parameter: the kernel log may
+# have lost lines to the attacked drivers' complaints)
+report() { sed "s/^/HOSTILE-LOG $NUM /" /sys/module/enl_hostile/parameters/report 2>/dev/null; }
 NUM=0
 # step NAME KIND CLASS SHAPE
 step() {
@@ -154,10 +157,10 @@ step() {
             args="attack=$name $common"
             [ -n "$DEV" ] && args="$args relid=$(cat /sys/bus/vmbus/devices/$DEV/id)"
             insmod $KO $args; rc=$?
-            rmmod enl_hostile ;;
+            report; rmmod enl_hostile ;;
         live)
             insmod $KO attack=live device=$DEV shape=$shape $common; rc=$?
-            rmmod enl_hostile
+            report; rmmod enl_hostile
             if device_ok "$shape"; then device=kept
             else
                 rebind "$DEV" "$DRV"; [ "$shape" = netvsc ] && net_up
@@ -170,12 +173,11 @@ step() {
             echo "$DEV" > /sys/bus/vmbus/drivers/enl_hostile/bind || echo "HOSTILE-BIND-FAILED $name"
             echo "$DEV" > /sys/bus/vmbus/drivers/enl_hostile/unbind
             echo > /sys/bus/vmbus/devices/$DEV/driver_override
-            rmmod enl_hostile
+            report; rmmod enl_hostile
             echo "$DEV" > /sys/bus/vmbus/drivers/$DRV/bind || echo "HOSTILE-REBIND-FAILED $name"
             [ "$shape" = netvsc ] && net_up
             if device_ok "$shape"; then device=back; else device=failed; fi ;;
     esac
-    dmesg | grep 'ENL-HOSTILE' | sed "s/^\[[ 0-9.]*\] //; s/^/HOSTILE-LOG $NUM /"
     dmesg | grep -v ENL-HOSTILE | grep -E "BUG|Oops|WARNING|general protection|Call Trace" | head -n 5 | sed "s/^/HOSTILE-GUEST-KERNEL $NUM /"
     disk=fail; disk_ok && disk=ok
     net=fail; net_ok && net=ok

@@ -30,13 +30,15 @@
  *                with bad ring offsets, the ring's GPADL torn down while open, open/close in
  *                a loop while another CPU rings the doorbell
  *
- * Each attack prints "ENL-HOSTILE <attack> <key>=<value> ..." lines to the kernel log. The
+ * Each attack prints "ENL-HOSTILE <attack> <key>=<value> ..." lines to the kernel log and to
+ * the module's read-only parameter `report` (what the test reads). The
  * random stream is xorshift64 from seed=, so a failure can be replayed.
  */
 #include <linux/delay.h>
 #include <linux/hyperv.h>
 #include <linux/kthread.h>
 #include <linux/mm.h>
+#include <linux/mutex.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
@@ -55,7 +57,21 @@ module_param(seed, ulong, 0444);
 static uint scale = 100; /* percent of the default counts */
 module_param(scale, uint, 0444);
 
-#define LOG(fmt, ...) pr_info("ENL-HOSTILE %s " fmt "\n", attack, ##__VA_ARGS__)
+/* What the attack reports, also readable in /sys/module/enl_hostile/parameters/report until
+ * rmmod: the kernel log can lose lines when the attacked drivers complain by the thousand. */
+static char report[4096];
+module_param_string(report, report, sizeof(report), 0444);
+static DEFINE_MUTEX(report_lock);
+#define LOG(fmt, ...)                                                                              \
+	do {                                                                                       \
+		size_t used_;                                                                      \
+		pr_info("ENL-HOSTILE %s " fmt "\n", attack, ##__VA_ARGS__);                        \
+		mutex_lock(&report_lock);                                                          \
+		used_ = strnlen(report, sizeof(report));                                           \
+		scnprintf(report + used_, sizeof(report) - used_, "ENL-HOSTILE %s " fmt "\n", attack, \
+			  ##__VA_ARGS__);                                                          \
+		mutex_unlock(&report_lock);                                                        \
+	} while (0)
 #define N(x) ((u32)max_t(u64, 1, (u64)(x) * scale / 100))
 
 /* Page numbers no 512 MiB-4 GiB guest has: just past 4 GiB... 64 TiB, and beyond 52 bits. */
