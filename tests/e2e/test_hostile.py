@@ -209,8 +209,6 @@ if wait_serial ENLIGHTEN-SERVICES-READY 200; then
         k=$((k + 1))
     done
     wait_serial HOSTILE-JOB-DONE 60 && echo "RESULT job=done"
-    # the video after its attack: a screenshot of what the guest's framebuffer shows
-    api screenshot "$WORK/screen.png" && [ -s "$WORK/screen.png" ] && echo "RESULT screenshot=ok"
     api shutdown --timeout 60; echo "RESULT shutdown_rc=$?"
 fi
 wait $VM_PID
@@ -292,7 +290,7 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
     print(f"\n[hostile {key}: {res.duration:.0f} s]\n" + "\n".join(table), flush=True)
     if not r.get("threads") or r.get("filtered_threads") != r.get("threads"):
         problems.append(f"seccomp: {r.get('filtered_threads')} of {r.get('threads')} threads of the VMM have a filter")
-    for check, want in (("job", "done"), ("screenshot", "ok"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
+    for check, want in (("job", "done"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
         if r.get(check) != want:
             problems.append(f"{check}={r.get(check, 'missing')} (expected {want})")
     test.assertFalse(problems, "attacks that broke something:\n  " + "\n  ".join(problems)
