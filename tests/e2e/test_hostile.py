@@ -80,9 +80,9 @@ if not FLOODS:
     STEPS = [st for st in STEPS if st[0] not in FLOOD_STEPS]
 
 
-def _job() -> str:
+def _job(steps_run: list[tuple[str, str, str, str]]) -> str:
     steps = "\n".join(f"step {name} {kind} {CLASSES.get(target, '-')} {shape or '-'}"
-                      for name, kind, target, shape in STEPS)
+                      for name, kind, target, shape in steps_run)
     return JOB_LIB + steps + "\necho HOSTILE-JOB-DONE\n"
 
 
@@ -217,13 +217,18 @@ echo "RESULT rc=$?"
 dump_logs
 """
 
-JOB = _job()
+# The attacks each run makes, by run key (check_hostile_run reads them).
+RUN_STEPS: dict[str, list[tuple[str, str, str, str]]] = {}
 
 
-def register(session: Session, key: str, *, seed: int, scale: int = 100, binary: Path | None = None) -> None:
+def register(session: Session, key: str, *, seed: int, scale: int = 100, binary: Path | None = None,
+             kinds: tuple[str, ...] = ("global", "live", "own")) -> None:
     """The hostile guest as a run of `session` (seed: the module's random streams; scale: the
-    percentage of each attack's default count)."""
-    session.scenario(key, f"SEED={seed}\nSCALE={scale}\nSTEPS={len(STEPS)}\n" + SCRIPT, job=JOB, cpus=2, net=True,
+    percentage of each attack's default count; kinds: which kinds of attack it makes)."""
+    steps_run = [st for st in STEPS if st[1] in kinds]
+    RUN_STEPS[key] = steps_run
+    session.scenario(key, f"SEED={seed}\nSCALE={scale}\nSTEPS={len(steps_run)}\n" + SCRIPT, job=_job(steps_run),
+                     cpus=2, net=True,
                      timeout=1200, binary=binary, guest_files={"/enl_hostile.ko": hostile.build_module})
 
 
@@ -243,7 +248,7 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
     acks = dict(re.findall(r"^HOSTILE-ACK (\d+) (\w+)$", out, re.M))
     problems = []
     table = []
-    for n, (name, kind, _target, _shape) in enumerate(STEPS, start=1):
+    for n, (name, kind, _target, _shape) in enumerate(RUN_STEPS[key], start=1):
         m = steps.get(n)
         if not m:
             problems.append(f"{name}: the guest never finished this attack")
