@@ -926,6 +926,24 @@ TEST(Netvsp, RxThroughSectionsWithCompletions) {
     EXPECT_EQ(n.nic->status().per_queue.at(0).rx_dropped, 1u);
 }
 
+// A revoke names the buffer it revokes (netvsc sends the ids it set up): one of another id,
+// from a hostile or confused guest, leaves the buffers in use alone (found by the hostile
+// guest: its random NVSP messages revoked the receive buffer and the NIC went deaf).
+TEST(NetvspHostile, ARevokeOfAnotherIdLeavesTheBuffers) {
+    NetGuest n;
+    n.init();
+    n.up();
+    n.nvsp(n.ch, NvspRevoke{nvsp::kRevokeRecvBuf, static_cast<uint16_t>(nvsp::kRecvBufId + 1), 0},
+           nvsp::kNoResponseId, false);
+    n.nvsp(n.ch, NvspRevoke{nvsp::kRevokeSendBuf, 7, 0}, nvsp::kNoResponseId, false);
+    n.g.pump();
+    ASSERT_TRUE(deliver(n, tcp4_frame(100)));
+    n.backend->receiver()->flush();
+    auto p = n.xfer(n.ch);
+    ASSERT_TRUE(p) << "the receive buffer was revoked by a revoke of another id";
+    EXPECT_EQ(n.parse_xfer(*p).set_id, nvsp::kRecvBufId);
+}
+
 TEST(Netvsp, LinkDownAndUp) {
     NetGuest n;
     n.init();
