@@ -99,36 +99,30 @@ Result<std::optional<PacketView>> ChannelQueue::peek() {
         if (got && !*got) return std::optional<PacketView>{};
         if (got) {
             const InRing::Peeked& pk = **got;
-            if (!pk.bad.empty()) {
-                // Sound framing, an unsound packet: handed over without a payload, as one that
-                // lies about its ranges is; the device drops it (or fails its request).
+            // A packet whose framing is sound but not its content: handed over marked, with
+            // its descriptor's fields and `payload`; the device fails its request or drops it.
+            auto malformed = [&](std::span<const uint8_t> payload, std::string reason) ENL_REQUIRES(in_mu_) {
                 PacketDescriptor d;
                 std::memcpy(&d, buf_.data(), sizeof(d));
                 view_ = PacketView{};
                 view_.type = d.type;
                 view_.flags = d.flags;
                 view_.trans_id = d.trans_id;
+                view_.payload = payload;
                 view_.malformed = true;
-                malformed_reason_ = fmt::format("a packet of {} bytes: {}", pk.len, pk.bad);
-                peeked_ = pk.len;
-                return std::optional<PacketView>(view_);
-            }
-            const auto words = std::span<const uint64_t>(buf_.data(), pk.len / 8);
-            auto view = parse_packet(words, scratch_);
-            if (view) {
+                malformed_reason_ = std::move(reason);
+            };
+            if (!pk.bad.empty()) {
+                // Only its descriptor was copied: no payload.
+                malformed({}, fmt::format("a packet of {} bytes: {}", pk.len, pk.bad));
+            } else if (auto view = parse_packet(std::span<const uint64_t>(buf_.data(), pk.len / 8), scratch_)) {
                 view_ = *view;
             } else {
-                // The framing is sound, its ranges are not: hand it over without them.
+                // Its ranges lie: handed over without them (offset <= length: checked by the ring).
+                const auto bytes = std::span(reinterpret_cast<const uint8_t*>(buf_.data()), pk.len);
                 PacketDescriptor d;
                 std::memcpy(&d, buf_.data(), sizeof(d));
-                const auto bytes = std::span(reinterpret_cast<const uint8_t*>(buf_.data()), pk.len);
-                view_ = PacketView{};
-                view_.type = d.type;
-                view_.flags = d.flags;
-                view_.trans_id = d.trans_id;
-                view_.payload = bytes.subspan(d.offset8 * 8u);  // offset <= length: checked by the ring
-                view_.malformed = true;
-                malformed_reason_ = view.error().message();
+                malformed(bytes.subspan(d.offset8 * 8u), view.error().message());
             }
             peeked_ = pk.len;
             return std::optional<PacketView>(view_);
