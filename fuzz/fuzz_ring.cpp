@@ -20,10 +20,37 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fuzz::Input in(data, size);
     constexpr size_t kPages = 4;  // header + 3 data pages per ring
+    constexpr uint32_t kData = (kPages - 1) * kPageSize;
     std::vector<uint8_t> ram(2 * kPages * kPageSize);
-    // The guest's view: the input fills the ring pages.
-    const auto init = in.take_bytes(ram.size());
-    std::memcpy(ram.data(), init.data(), init.size());
+    // The guest's view, built from a compact input: a raw image of the 32 KiB of rings would
+    // be past libFuzzer's default -max_len (4 KiB) and the reader would never see a packet.
+    // A ring header's fields (indices near the data or anywhere at all), then runs of bytes
+    // at chosen places of a ring's data.
+    auto index = [&] {
+        const uint8_t how = in.take<uint8_t>();
+        return how & 1 ? in.take<uint32_t>() : (uint32_t{in.take<uint16_t>()} % kData) & ~(how & 2 ? 0U : 7U);
+    };
+    auto header = [&](size_t base) {
+        const uint32_t fields[4] = {index(), index(), in.take<uint8_t>() & 1U, in.take<uint16_t>()};
+        std::memcpy(ram.data() + base + kRingWriteIndex, &fields[0], 4);
+        std::memcpy(ram.data() + base + kRingReadIndex, &fields[1], 4);
+        std::memcpy(ram.data() + base + kRingInterruptMask, &fields[2], 4);
+        std::memcpy(ram.data() + base + kRingPendingSendSize, &fields[3], 4);
+        const uint32_t features = in.take<uint8_t>() & kRingFeaturePendingSendSize;
+        std::memcpy(ram.data() + base + kRingFeatureBits, &features, 4);
+    };
+    auto data_runs = [&](size_t base) {
+        for (int runs = in.take<uint8_t>() % 4; runs >= 0 && !in.empty(); --runs) {
+            size_t at = in.take<uint16_t>() % kData;
+            for (uint8_t b : in.take_bytes(in.take<uint16_t>() % 4096U)) {
+                ram[base + kPageSize + at] = b;
+                at = (at + 1) % kData;
+            }
+        }
+    };
+    header(0);
+    header(kPages * kPageSize);
+    data_runs(0);
     GuestMemory mem = GuestMemory::borrow({{0, ram.size(), ram.data()}});
     std::vector<uint64_t> in_pfns, out_pfns;
     for (uint64_t i = 0; i < kPages; ++i) {
@@ -74,9 +101,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const auto pkt = in.take<uint8_t>() & 2 ? OutPacket::xfer_pages(1, 7, ranges, std::span(&iov, 1))
                                                   : OutPacket::inband(1, std::span(&iov, 1));
         (void)writer.write(pkt, in.take<uint8_t>() & 1);
-        // The guest moves the indices and scribbles on the headers.
-        const auto scribble = in.take_bytes(64);
-        std::memcpy(ram.data() + (round % 2 ? kPages * kPageSize : 0), scribble.data(), scribble.size());
+        // The guest moves the indices, sets its flags and writes more packets.
+        header(round % 2 ? kPages * kPageSize : 0);
+        data_runs(0);
     }
     return 0;
 }

@@ -87,8 +87,9 @@ Result<PacketView> parse_packet(std::span<const uint64_t> packet, PacketScratch&
         if (h.range_cnt > room)
             return fail(Errc::Invalid, "transfer-page packet with {} ranges; its header has room for {}", h.range_cnt, room);
         scratch.xfer.resize(h.range_cnt);
-        std::memcpy(scratch.xfer.data(), base + sizeof(PacketDescriptor) + sizeof(XferPagesHeader),
-                    h.range_cnt * sizeof(XferRange));
+        if (h.range_cnt != 0)  // an empty vector's data() may be null: no memcpy from or to it
+            std::memcpy(scratch.xfer.data(), base + sizeof(PacketDescriptor) + sizeof(XferPagesHeader),
+                        h.range_cnt * sizeof(XferRange));
         v.xfer_set_id = h.xfer_pageset_id;
         v.xfer_ranges = scratch.xfer;
     }

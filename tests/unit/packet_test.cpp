@@ -121,3 +121,16 @@ TEST(Packets, TransferPageRangesAndOutgoingSizes) {
     reinterpret_cast<PacketDescriptor*>(bad.data())->offset8 = 9;
     EXPECT_FALSE(parse_packet(bad, scratch));
 }
+
+// Found by fuzz_ring (bench/results/fuzz-2026-12-07.md): a transfer-page packet with no
+// ranges copied zero bytes into an empty vector's null data(), undefined behaviour that the
+// UBSan build turns into an abort. It parses, with no ranges.
+TEST(Packets, TransferPagePacketWithNoRanges) {
+    ByteWriter ext;
+    ext.put(uint16_t{7}).put(uint8_t{0}).put(uint8_t{0}).put(uint32_t{0});
+    PacketScratch scratch;
+    auto v = parse_packet(packet(kPacketDataUsingXferPages, ext.view(), 8), scratch);
+    ASSERT_TRUE(v);
+    EXPECT_EQ(v->xfer_set_id, 7);
+    EXPECT_TRUE(v->xfer_ranges.empty());
+}
