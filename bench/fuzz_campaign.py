@@ -35,6 +35,10 @@ sys.path.insert(0, str(HERE))
 
 import benchlib  # noqa: E402
 
+# Targets whose inputs reach their deepest code only above libFuzzer's default -max_len (4 KiB,
+# or the largest kept input): whole RNDIS message streams and 64 KiB GSO frames.
+MAX_LEN = {"fuzz_rndis": 72_000, "fuzz_net_offload": 66_000}
+
 _COV = re.compile(r"cov: (\d+) ft: (\d+)")
 _STAT = re.compile(r"^stat::(\w+):\s*(\d+)", re.M)
 
@@ -96,7 +100,8 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
                  f"from {out.corpus_before} kept inputs")
     t0 = time.monotonic()
     before = set(crashes.iterdir())
-    rounds = [[f"-max_total_time={args.seconds}"]]
+    limit = [f"-max_len={MAX_LEN[name]}"] if name in MAX_LEN else []
+    rounds = [[f"-max_total_time={args.seconds}", *limit]]
     while rounds:
         rc, text = fuzz_once(binary, work, crashes, log, rounds.pop())
         stats = {k: int(v) for k, v in _STAT.findall(text.rsplit("$ ", 1)[-1])}
@@ -113,7 +118,7 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
             benchlib.log(f"{name}: FAILED (exit {rc}):\n{tail}")
             break
         if out.execs < args.min_execs:
-            rounds.append([f"-runs={args.min_execs - out.execs}"])
+            rounds.append([f"-runs={args.min_execs - out.execs}", *limit])
     out.seconds = time.monotonic() - t0
     out.crashes = sorted(str(p) for p in set(crashes.iterdir()) - before)
     if out.ok and not args.no_merge:

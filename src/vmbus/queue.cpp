@@ -1,5 +1,7 @@
 #include "vmbus/queue.hpp"
 
+#include <algorithm>
+
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -27,6 +29,12 @@ Result<std::shared_ptr<ChannelQueue>> ChannelQueue::create(QueueParams params, c
     const auto pfns = ring_view.pfns();
     if (downstream_offset < 2 || pfns.size() < size_t{downstream_offset} + 2)
         return fail(Errc::Invalid, "ring GPADL of {} pages cannot be split at page {}", pfns.size(), downstream_offset);
+    // A page twice would make the rings overlap: the host would read its own packets back
+    // (or packets that change under it) as the guest's (reliability review A2).
+    std::vector<uint64_t> sorted(pfns.begin(), pfns.end());
+    std::sort(sorted.begin(), sorted.end());
+    if (const auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
+        return fail(Errc::Invalid, "ring GPADL names page {:#x} twice: the rings would overlap", *dup);
     ENL_TRY(RingMemory in_mem, RingMemory::map(mem, pfns.first(downstream_offset)));
     ENL_TRY(RingMemory out_mem, RingMemory::map(mem, pfns.subspan(downstream_offset)));
     return std::shared_ptr<ChannelQueue>(new ChannelQueue(std::move(params), InRing(std::move(in_mem)),

@@ -15,6 +15,7 @@ Runs (guest boots):
   disks     3 SCSI LUNs, 1 IDE disk, 1 read-only SCSI disk: lsblk, sizes, data, WP (1 boot)
   fs        ext4 made and written, then read back in a second boot (2 boots)
   durable   write + fsync, SIGKILL of the VMM as soon as the guest says fsync returned (1)
+  full      the images' file system fills up: the guest's writes fail with a SCSI error (1)
   hotplug   add-disk / remove-disk through the API while the guest watches (1)
   trim      fstrim: the image's allocated blocks shrink (1)
   hostile   bogus CDBs and LUNs from the guest's user space (sg_raw, scan) (1)
@@ -319,6 +320,55 @@ host_cmp a "$DISKS/dur.img" 128 16 "$WORK/a"
 host_cmp b "$DISKS/dur.img" 256 16 "$WORK/b"
 show dur
 """, job=JOB_DURABLE, timeout=300)
+
+# ----------------------------------------------------------------------------- full
+# The host's file system fills up under the guest's writes: a dynamic VHDX (1 MiB blocks) and
+# a sparse raw image on a 24 MiB tmpfs of their own. The guest writes 1 MiB to each, then 48
+# MiB more than there is room for, then overwrites its first MiB (space already allocated).
+JOB_FULL = GUEST_LIB + r"""
+need_disks 2
+disks="vhdx:$(by_size 96):VHX raw:$(by_size 80):RAW"
+for spec in $disks; do
+    k=${spec%%:*}; rest=${spec#*:}; d=${rest%%:*}; tag=${rest##*:}
+    echo "RESULT $k.dev=$d"
+    pattern 16384 "A$tag" > "/tmp/a.$k"; pattern 16384 "B$tag" > "/tmp/b.$k"
+    dd if="/tmp/a.$k" of="/dev/$d" bs=65536 oflag=direct conv=fsync status=none; echo "RESULT $k.a_write=$?"
+done
+for spec in $disks; do
+    k=${spec%%:*}; rest=${spec#*:}; d=${rest%%:*}
+    dd if=/dev/zero of="/dev/$d" bs=1M seek=32 count=48 oflag=direct conv=fsync status=none 2>"/tmp/fill.$k"
+    echo "RESULT $k.fill_rc=$?"; sed "s/^/FILL-$k /" "/tmp/fill.$k"
+done
+for spec in $disks; do
+    k=${spec%%:*}; rest=${spec#*:}; d=${rest%%:*}
+    dd if="/dev/$d" bs=65536 count=16 iflag=direct status=none | cmp -s - "/tmp/a.$k" && echo "RESULT $k.a_after_full=same"
+    dd if="/tmp/b.$k" of="/dev/$d" bs=65536 oflag=direct conv=fsync status=none; echo "RESULT $k.b_write=$?"
+    dd if="/dev/$d" bs=65536 count=16 iflag=direct status=none | cmp -s - "/tmp/b.$k" && echo "RESULT $k.b_readback=same"
+done
+echo "RESULT space_errors=$(dmesg | grep -ci 'space allocation failed')"
+dmesg | grep -iE 'sd[a-z]|I/O error|sense' | tail -n 30 | sed 's/^/DMESG-FULL /'
+echo "FULL-DONE"
+"""
+scenario("full", r"""
+FULL=$WORK/full
+mkdir -p "$FULL"
+mount -t tmpfs -o size=24m tmpfs "$FULL" 2>/dev/null
+trap 'umount -l "$FULL" "$DISKS" 2>/dev/null' EXIT
+echo "RESULT host.full_fs=$(stat -f -c %T "$FULL") $(df -k "$FULL" | awk 'NR == 2 { print $2 }')"
+"$ENL" image create "$FULL/f.vhdx" --size 96M --format vhdx --block-size 1M >/dev/null && echo "RESULT host.create=ok"
+truncate -s 80M "$FULL/f.raw"
+start_bg full "" --disk "path=$FULL/f.vhdx,id=vhdx" --disk "path=$FULL/f.raw,id=raw"
+wait_guest FULL-DONE 240 && info full
+echo "RESULT host.avail_kib=$(df -k "$FULL" | awk 'NR == 2 { print $4 }')"
+stop_vm
+"$ENL" image check "$FULL/f.vhdx" > "$WORK/full.check" 2>&1; echo "RESULT host.check=$?"; sed 's/^/FULL-CHECK /' "$WORK/full.check"
+pattern 16384 BRAW > "$WORK/b.raw"; host_cmp raw_b "$FULL/f.raw" 0 16 "$WORK/b.raw"
+# with room again (the raw image gone): the VHDX converts, with what the guest wrote last
+rm -f "$FULL/f.raw"
+"$ENL" image convert "$FULL/f.vhdx" "$WORK/f.conv" --format raw >/dev/null 2>&1; echo "RESULT host.convert=$?"
+pattern 16384 BVHX > "$WORK/b.vhdx"; host_cmp vhdx_b "$WORK/f.conv" 0 16 "$WORK/b.vhdx"
+rm -f "$WORK/f.conv"
+""", job=JOB_FULL, timeout=300)
 
 # ----------------------------------------------------------------------------- hotplug
 # The guest only watches; it never asks for a rescan.

@@ -632,6 +632,13 @@ class ChannelTests(NetCase):
         self.assertIn("NET-DONE", text, "the guest did not finish its job" + describe(res, 6000))
         self.assertEqual(tagged(text, "NETVSC-ERROR"), [], describe(res))
 
+    def test_vmm_exits_after_the_api_power_off(self) -> None:
+        # The VMM's own log first: when the guest's console stops short, it says why (a
+        # seccomp kill, a sanitizer report, an abort) before the output's tail.
+        res = self.run_of()
+        self.assertEqual(self.host().get("net-channels.rc"), "5",
+                         f"enlighten said:\n{vmm_log(res, self.KEY)[-3000:]}" + describe(res, 2000))
+
 
 if __name__ == "__main__":
     unittest.main()

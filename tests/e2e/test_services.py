@@ -271,6 +271,32 @@ echo c > /proc/sysrq-trigger
 """)
 
 
+# The API socket's directory: missing at the start (refused before a guest runs, naming the
+# path), then removed while the VM runs (the guest runs on, a client gets a clear refusal,
+# SIGTERM still ends the VMM cleanly).
+SERVICES.scenario("api-dir", r"""
+"$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 256M --serial "file:$WORK/nodir.serial" \
+    --api-socket "$WORK/no-such-dir/api.sock" >"$WORK/nodir.log" 2>&1
+echo "RESULT nodir_rc=$?"
+echo "RESULT nodir_console_bytes=$(wc -c < "$WORK/nodir.serial" 2>/dev/null || echo 0)"
+sed 's/^/NODIR-LOG /' "$WORK/nodir.log"
+mkdir -p "$WORK/apidir"
+API=$WORK/apidir/api.sock
+start_vm ""
+wait_serial ENLIGHTEN-STAYING 120 || { dump_logs; exit 1; }
+api info >/dev/null && echo "RESULT api_before=ok"
+rm -rf "$WORK/apidir"
+sleep 2
+kill -0 "$VM_PID" 2>/dev/null && echo "RESULT alive_after_rm=yes"
+api info >"$WORK/after.out" 2>&1; echo "RESULT api_after_rc=$?"
+sed 's/^/API-AFTER /' "$WORK/after.out"
+kill -TERM "$VM_PID"
+wait $VM_PID
+echo "RESULT rc=$?"
+dump_logs
+""", job="echo the API directory goes away\n")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 # The default guest (its /init runs hv_vss_daemon and hv_fcopy_daemon beside hv_kvp_daemon)
 # with a VHDX data disk and a read-only raw disk: an application-consistent checkpoint (the
@@ -563,6 +589,28 @@ class SeparateVmServiceTests(unittest.TestCase):
         self.assertEqual(r.get("rc"), "5", "power-off through the API exits 5" + describe(res))
         print(f"[healthy after {r['healthy_after']} s, lost {r['lost_after']} s after the panic] ",
               end="", file=sys.stderr, flush=True)
+
+
+    def test_an_api_socket_in_a_missing_directory_is_refused_before_the_guest_runs(self) -> None:
+        res = SERVICES.result(self, "api-dir")
+        r = results(res)
+        self.assertEqual(r.get("nodir_rc"), "1", describe(res))
+        self.assertEqual(r.get("nodir_console_bytes"), "0", "no guest ran" + describe(res))
+        lines = [m.group(1) for m in re.finditer(r"^NODIR-LOG (.*)$", res.output, re.M)]
+        self.assertEqual(len(lines), 1, f"one line: {lines}" + describe(res))
+        self.assertTrue(lines[0].startswith("enlighten: error:") and "no-such-dir/api.sock" in lines[0],
+                        f"{lines[0]!r} should be an error naming the socket" + describe(res))
+
+    def test_the_api_directory_removed_under_a_running_vm(self) -> None:
+        res = SERVICES.result(self, "api-dir")
+        r = results(res)
+        self.assertEqual(r.get("api_before"), "ok", describe(res))
+        self.assertEqual(r.get("alive_after_rm"), "yes", "the VMM outlives its socket's directory" + describe(res))
+        self.assertNotEqual(r.get("api_after_rc"), "0", "a client finds no socket" + describe(res))
+        self.assertEqual(r.get("rc"), "143", "SIGTERM ends the VMM with 128 + 15" + describe(res))
+        log = res.output.split("--- enlighten log ---", 1)[-1]
+        for bad in ("AddressSanitizer", "runtime error", "terminate called", "Assertion", "forbidden system call"):
+            self.assertNotIn(bad, log, describe(res))
 
 
 

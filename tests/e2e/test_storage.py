@@ -255,6 +255,43 @@ class DurabilityTests(StorageCase):
         self.assertNoStorvscErrors(res, console)
 
 
+class FullHostDiskTests(StorageCase):
+    """The file system under a dynamic VHDX and a sparse raw image fills up (a 24 MiB tmpfs)
+    while the guest writes: its writes fail with a SCSI error, not the VMM, and what it wrote
+    and flushed before and after is intact."""
+
+    def setUp(self) -> None:
+        self.res = self.run_of("full")
+        self.g, self.h = kv(self.booted(self.res, "full")), results(self.res)
+
+    def test_writes_past_the_room_fail_in_the_guest_with_a_space_allocation_error(self) -> None:
+        self.assertEqual(self.h.get("host.full_fs", "").split()[0], "tmpfs", describe(self.res))
+        for k in ("vhdx", "raw"):
+            self.assertEqual(self.g.get(f"{k}.a_write"), "0", f"{k}: 1 MiB with room to spare" + describe(self.res))
+            self.assertNotIn(self.g.get(f"{k}.fill_rc"), ("0", None), f"{k}: 48 MiB into 24" + describe(self.res))
+        self.assertGreaterEqual(int(self.g.get("space_errors", "0")), 1,
+                                "the guest's kernel names the sense (DATA PROTECT, SPACE ALLOCATION FAILED)"
+                                + describe(self.res, 6000))
+
+    def test_the_guest_reads_and_rewrites_what_it_has_while_the_host_disk_is_full(self) -> None:
+        for k in ("vhdx", "raw"):
+            self.assertEqual(self.g.get(f"{k}.a_after_full"), "same", k + describe(self.res, 6000))
+            self.assertEqual(self.g.get(f"{k}.b_write"), "0", f"{k}: allocated space takes writes" + describe(self.res))
+            self.assertEqual(self.g.get(f"{k}.b_readback"), "same", k + describe(self.res))
+
+    def test_the_vmm_lives_counts_the_errors_and_powers_off(self) -> None:
+        disks = disks_by_id(vm_info(self.res, "full"))
+        self.assertGreater(disks["vhdx"]["errors"] + disks["raw"]["errors"], 0, describe(self.res))
+        self.assertEqual(self.h.get("full.rc"), API_POWER_OFF, f"enlighten said:\n{vmm_log(self.res, 'full')[-2000:]}"
+                         + describe(self.res))
+
+    def test_the_full_vhdx_is_consistent_and_holds_the_last_flushed_writes(self) -> None:
+        self.assertEqual(self.h.get("host.check"), "0", "image check" + describe(self.res, 4000))
+        self.assertEqual(self.h.get("host.convert"), "0", describe(self.res))
+        self.assertEqual(self.h.get("host.vhdx_b"), "same", describe(self.res))
+        self.assertEqual(self.h.get("host.raw_b"), "same", describe(self.res))
+
+
 class MultiChannelTests(StorageCase):
 
     def test_four_vcpus_open_sub_channels_and_io_flows_on_every_channel(self) -> None:

@@ -246,6 +246,26 @@ TEST(Kvp, Utf16EncodingAndLimits) {
     EXPECT_EQ(KvpService::decode_utf16(odd).value(), "A");
 }
 
+// Reliability review A9: an ENUMERATE answered "OK" with no body at all was copied from an
+// empty vector's data() (a null pointer: undefined behaviour, an abort in the UBSan build).
+// Now the listing fails with the reason; so does an answer shorter than the message.
+TEST(Kvp, AnEnumerateAnswerWithoutItsMessageIsAnError) {
+    for (const size_t body : {size_t{0}, size_t{100}}) {
+        SimGuest g;
+        auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");
+        GuestIc guest(g, kvp, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>& buf) {
+            hdr.status = kHvSOk;
+            buf.resize(kIcHeaderSize + body);
+        });
+        guest.step();
+        auto r = guest.while_serving([&] { return kvp->list(0, 5s); });
+        ASSERT_FALSE(r) << body;
+        EXPECT_TRUE(r.error().is(Errc::Invalid)) << r.error().message();
+        // (the size named is the body as the ring delivered it, padded to 8 bytes)
+        EXPECT_NE(r.error().message().find("bytes, not"), std::string::npos) << r.error().message();
+    }
+}
+
 TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
     SimGuest g;
     auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");

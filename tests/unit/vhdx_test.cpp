@@ -887,3 +887,35 @@ TEST(Vhdx, HostileImages) {
 }
 
 }  // namespace
+
+// A writable open gives the log its file space (an image made by ftruncate has a hole there),
+// so that no flush needs new space: on a full host file system, flushes of writes into
+// blocks that have their space keep working (test_storage.FullHostDiskTests). Seen in the
+// file's allocated blocks (SEEK_HOLE would not do: ext4 reports reserved, unwritten space as
+// a hole).
+TEST(Vhdx, AWritableOpenReservesTheLog) {
+    TempDir dir;
+    const auto img = dir.file("reserve.vhdx");
+    create(img, 64 * MiB);
+    uint32_t log_length = 0;
+    {
+        const int fd = ::open(img.c_str(), O_RDONLY | O_CLOEXEC);
+        ASSERT_GE(fd, 0);
+        EXPECT_EQ(::pread(fd, &log_length, 4, static_cast<off_t>(vx::kHeader1 + vx::hdr::kLogLength)), 4);
+        ::close(fd);
+    }
+    ASSERT_GT(log_length, 0u);
+    auto allocated = [&] {
+        struct stat st {};
+        EXPECT_EQ(::stat(img.c_str(), &st), 0);
+        return static_cast<uint64_t>(st.st_blocks) * 512;
+    };
+    // Our images are made sparse: a fresh one has most of its log unallocated.
+    const uint64_t before = allocated();
+    {
+        auto r = vx::Image::open(img, {.writable = true});
+        ASSERT_TRUE(r) << r.error().message();
+        ASSERT_TRUE((*r)->close());
+    }
+    EXPECT_GE(allocated(), before + log_length / 2) << "allocated before the open: " << before;
+}

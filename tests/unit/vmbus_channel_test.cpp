@@ -321,6 +321,10 @@ TEST(VmbusChannels, OpenIsRefusedInTheWrongState) {
     g.sink().take();
     EXPECT_NE(open_status(relid, 0x100, 1), 0u);      // send ring without data pages
     EXPECT_NE(open_status(relid, 0x100, 7), 0u);      // receive ring without data pages
+    // Reliability review A4: offsets near 2^32 wrapped a 32-bit "offset + 2" and then asked
+    // span::first for 4 G pages (an abort with _GLIBCXX_ASSERTIONS, as build-asan has it).
+    for (const uint32_t offset : {0xffffffffu, 0xfffffffeu, 0x80000000u, 0u, 8u})
+        EXPECT_NE(open_status(relid, 0x100, offset), 0u) << offset;
     EXPECT_NE(open_status(relid, 0x100, 4, 9), 0u);   // no such VP
     EXPECT_NE(open_status(relid + 5, 0x100, 4), 0u);  // no such channel
     EXPECT_EQ(dev->opens, 0);
@@ -338,6 +342,30 @@ TEST(VmbusChannels, OpenIsRefusedInTheWrongState) {
     g.pump();
     EXPECT_EQ(g.sink().take().back().type(), MsgType::GpadlTorndown);
     EXPECT_EQ(g.server().channels()[0].state, ChannelState::Failed);
+}
+
+// Reliability review A2: a ring GPADL that names a page twice ({p, p+1, p, p+1} split at 2:
+// both rings on the same pages; or a page twice within one ring) is refused, so the host
+// never reads its own packets back as the guest's. Distinct pages open.
+TEST(VmbusChannels, ARingGpadlNamingAPageTwiceIsRefused) {
+    SimGuest g;
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    auto open_status = [&](uint32_t gpadl, uint32_t send_pages) {
+        g.send_open(relid, gpadl, send_pages, 0);
+        g.pump();
+        return SimGuest::open_result(g.sink().take(), relid).value_or(0xdead);
+    };
+    const uint64_t p = g.alloc_pages(8);
+    g.create_gpadl(relid, 0x200, {p, p + 1, p, p + 1});
+    g.create_gpadl(relid, 0x201, {p, p + 1, p + 2, p + 3, p + 2});
+    g.create_gpadl(relid, 0x202, {p + 4, p + 5, p + 6, p + 7});
+    g.sink().take();
+    EXPECT_NE(open_status(0x200, 2), 0u);
+    EXPECT_NE(open_status(0x201, 2), 0u);
+    EXPECT_EQ(dev->opens, 0);
+    EXPECT_EQ(open_status(0x202, 2), 0u);
+    EXPECT_EQ(dev->opens, 1);
 }
 
 TEST(VmbusChannels, CloseWaitsForTheDeviceAndAReopenIsAnsweredAfterIt) {

@@ -373,8 +373,13 @@ Result<std::vector<KvpService::Entry>> KvpService::list(uint8_t pool, std::chron
         if (left.count() <= 0) return fail(Errc::Timeout, "the guest did not list pool {} in time", pool);
         ENL_TRY(IcResponse reply, transact_wait(to_vector(as_bytes(m)), left));
         if (reply.status != kHvSOk) break;  // HV_S_CONT / E_FAIL: no more entries
+        // hv_kvp.c answers in the buffer it was sent (the whole message); a shorter answer,
+        // down to no body at all, is the guest's error, not an empty entry.
+        if (reply.body.size() < sizeof(KvpMessage))
+            return fail(Errc::Invalid, "the guest answered entry {} of pool {} with {} bytes, not {}", index, pool,
+                        reply.body.size(), sizeof(KvpMessage));
         KvpMessage r{};
-        std::memcpy(&r, reply.body.data(), std::min(reply.body.size(), sizeof(r)));
+        std::memcpy(&r, reply.body.data(), sizeof(r));
         const KvpValue& d = r.body.enumerate.data;
         ENL_TRY(std::string key, decode_field(d.key, d.key_size, kKvpMaxKeySize));
         ENL_TRY(std::string value, decode_field(d.value, d.value_size, kKvpMaxValueSize));

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
@@ -172,7 +174,24 @@ Result<std::unique_ptr<Image>> Image::open_impl(UniqueFd fd, const std::string& 
     ENL_TRY_VOID(img->parse_bat());
     if (img->has_parent_) ENL_TRY_VOID(img->open_parent(p, seen, depth));
     if (img->writable_ && img->log_length_ == 0) return bad(path, "no log (LogLength 0): cannot be opened for writing");
+    if (img->writable_) img->reserve_commit_space();
     return img;
+}
+
+// Every flush writes a log entry, then the BAT (and sector bitmap) pages in place. In an
+// image made by ftruncate (ours, QEMU's) those regions are holes, which take file-system
+// space when first written: on a full host file system, every flush would then fail, even
+// of writes into blocks that have their space, and the guest could not make anything durable
+// again (test_storage.FullHostDiskTests). So they get their space now, once.
+void Image::reserve_commit_space() const {
+    const std::pair<uint64_t, uint64_t> regions[] = {{log_offset_, log_length_}, {bat_offset_, bat_length_}};
+    for (const auto& [off, len] : regions) {
+        if (len == 0 || ::fallocate(fd_.get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off), static_cast<off_t>(len)) == 0)
+            continue;
+        if (errno == EOPNOTSUPP) return;  // a file system without fallocate: nothing to reserve with
+        log::warn("vhdx {}: reserving the file space of its {} failed ({}): its flushes may fail while the host file "
+                  "system is full", path_, off == log_offset_ ? "log" : "BAT", std::strerror(errno));
+    }
 }
 
 Result<> Image::read_meta(uint64_t off, std::span<uint8_t> out, std::string_view what) const {
@@ -813,6 +832,10 @@ Result<std::vector<uint8_t>*> Image::bitmap_for_write(uint64_t chunk) {
     ENL_TRY(auto* bm, bitmap(chunk));
     if (bm) return bm;
     ENL_TRY(const uint64_t off, allocate(kSectorBitmapBlock));
+    // Flushes write its pages in place (reserve_commit_space): its space now, or no bitmap.
+    if (::fallocate(fd_.get(), 0, static_cast<off_t>(off), static_cast<off_t>(kSectorBitmapBlock)) < 0 &&
+        errno != EOPNOTSUPP)
+        return sys(path_, "reserving a sector bitmap block");
     set_bat(bitmap_index(chunk), bat_entry(kSbPresent, off));
     return &bitmaps_.emplace(chunk, std::vector<uint8_t>(kSectorBitmapBlock)).first->second;
 }

@@ -186,6 +186,7 @@ private:
     Result<> read_meta(uint64_t off, std::span<uint8_t> out, std::string_view what) const;
     Result<> pwrite_all(uint64_t off, std::span<const uint8_t> data) const;
     Result<> sync() const;
+    void reserve_commit_space() const;
     Result<> write_headers(const Guid& log_guid, bool new_guids);
     Result<> begin_modify() ENL_REQUIRES(mu_);
     Result<uint64_t> allocate(uint64_t bytes) ENL_REQUIRES(mu_);
