@@ -1,8 +1,16 @@
 #include "vmm/console.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "common/log.hpp"
 
 namespace enlighten {
 
@@ -56,36 +64,71 @@ Result<std::unique_ptr<Console>> Console::create(const ConsoleConfig& cfg) {
 }
 
 Console::~Console() {
-    flush();
+    {
+        std::lock_guard lock(mu_);
+        write_out(kExitDrainMs);  // the last lines, if the reader takes them soon
+        if (dropped_) log::warn("serial console: {} bytes of guest output dropped (the output did not take them)", dropped_);
+    }
     if (restore_tty_) ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty_);
 }
 
-void Console::write_out(std::span<const uint8_t> bytes) {
-    while (!bytes.empty() && output_fd_ >= 0) {
-        const ssize_t n = ::write(output_fd_, bytes.data(), bytes.size());
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            output_fd_ = -1;  // output is gone (closed pipe): drop further output
-            return;
+bool Console::write_out(int wait_ms) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+    while (sent_ < buffer_.size() && output_fd_ >= 0) {
+        // Ready for at least PIPE_BUF bytes (a pipe), or always (a file): a write of at most
+        // that much does not block.
+        pollfd pfd{output_fd_, POLLOUT, 0};
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        const int ready = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(0, left.count())));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) break;  // not now
+        if (pfd.revents & (POLLERR | POLLNVAL)) {
+            output_fd_ = -1;
+            break;
         }
-        bytes = bytes.subspan(static_cast<size_t>(n));
+        const size_t chunk = std::min<size_t>(buffer_.size() - sent_, PIPE_BUF);
+        const ssize_t n = ::write(output_fd_, buffer_.data() + sent_, chunk);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN) continue;
+            output_fd_ = -1;  // output is gone (closed pipe): drop further output
+            break;
+        }
+        sent_ += static_cast<size_t>(n);
     }
+    if (output_fd_ < 0) sent_ = buffer_.size();
+    if (sent_ == buffer_.size()) {
+        buffer_.clear();
+        sent_ = 0;
+        return true;
+    }
+    if (sent_ >= kFlushThreshold) {  // keep the unwritten tail only
+        buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(sent_));
+        sent_ = 0;
+    }
+    return false;
+}
+
+void Console::raise_flush_event() {
+    if (flush_pending_) return;
+    flush_pending_ = true;
+    const uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(flush_event_.get(), &one, sizeof(one));
 }
 
 void Console::write(uint8_t byte) {
-    if (output_fd_ < 0) return;
     std::lock_guard lock(mu_);
-    buffer_.push_back(byte);
-    if (byte == '\n' || buffer_.size() >= kFlushThreshold) {
-        write_out(buffer_);
-        buffer_.clear();
+    if (output_fd_ < 0) return;
+    if (buffer_.size() - sent_ >= kMaxBuffered) {
+        ++dropped_;
+        raise_flush_event();
         return;
     }
-    if (!flush_pending_) {
-        flush_pending_ = true;
-        const uint64_t one = 1;
-        [[maybe_unused]] auto r = ::write(flush_event_.get(), &one, sizeof(one));
+    buffer_.push_back(byte);
+    if (byte == '\n' || buffer_.size() - sent_ >= kFlushThreshold) {
+        if (!write_out(0)) raise_flush_event();  // the output is slow: the loop retries
+        return;
     }
+    raise_flush_event();
 }
 
 void Console::ack_flush_event() {
@@ -96,10 +139,12 @@ void Console::ack_flush_event() {
 void Console::flush() {
     std::lock_guard lock(mu_);
     flush_pending_ = false;
-    if (!buffer_.empty()) {
-        write_out(buffer_);
-        buffer_.clear();
-    }
+    if (!write_out(0)) raise_flush_event();
+}
+
+uint64_t Console::dropped() const {
+    std::lock_guard lock(mu_);
+    return dropped_;
 }
 
 }  // namespace enlighten

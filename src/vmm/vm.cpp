@@ -76,6 +76,9 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
     ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
     impl->signal_fd.reset(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!impl->signal_fd.valid()) return fail_errno("signalfd");
+    // A reader that goes away (`enlighten run | head`, a closed console pipe, a peer of a host
+    // socket) is EPIPE for the thread that writes, never the default SIGPIPE that kills the VMM.
+    ::signal(SIGPIPE, SIG_IGN);
 
     ENL_TRY(impl->devices, DeviceSet::build(impl->cfg.devices));
     for (const auto& id : impl->cfg.services_off) {
