@@ -266,6 +266,33 @@ TEST(Kvp, AnEnumerateAnswerWithoutItsMessageIsAnError) {
     }
 }
 
+// Reliability review B5: the host's own pools were unbounded (and pushed whole at every
+// reconnect). A new key beyond kMaxHostKeysPerPool is refused; a held key still changes and
+// goes, and the other pool is counted apart.
+TEST(Kvp, TheHostKeepsABoundedNumberOfKeysPerPool) {
+    SimGuest g;
+    auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");
+    GuestIc guest(g, kvp, {0x40000, 0x30000, 0x10000}, [&](IcMsgHeader& hdr, std::vector<uint8_t>&) {
+        hdr.status = kHvSOk;  // a daemon that stores everything
+    });
+    guest.step();
+    guest.while_serving([&] {
+        for (size_t i = 0; i < KvpService::kMaxHostKeysPerPool; ++i)
+            EXPECT_TRUE(kvp->set(0, "k" + std::to_string(i), "v", 2s)) << i;
+        auto over = kvp->set(0, "one-more", "v", 2s);
+        EXPECT_FALSE(over);
+        if (!over) {
+            EXPECT_TRUE(over.error().is(Errc::Busy)) << over.error().message();
+        }
+        EXPECT_TRUE(kvp->set(0, "k7", "changed", 2s));  // held: still writable
+        EXPECT_TRUE(kvp->set(3, "other-pool", "v", 2s));
+        EXPECT_TRUE(kvp->remove(0, "k8", 2s));
+        EXPECT_TRUE(kvp->set(0, "one-more", "v", 2s));  // room again
+        return 0;
+    });
+    EXPECT_EQ(kvp->host_entries().size(), KvpService::kMaxHostKeysPerPool + 1);
+}
+
 TEST(Kvp, SetGetDeleteAndEnumerateAgainstASimulatedDaemon) {
     SimGuest g;
     auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");

@@ -317,6 +317,13 @@ Result<> KvpService::set(uint8_t pool, const std::string& key, const std::string
     ENL_TRY(KvpMessage m, kvp_request(kKvpSet, pool, key, &value));
     {
         LockGuard lock(pools_mu_);
+        if (!host_pools_.contains({pool, key})) {
+            const auto first = host_pools_.lower_bound({pool, std::string()});
+            const auto end = host_pools_.lower_bound({static_cast<uint8_t>(pool + 1), std::string()});
+            if (static_cast<size_t>(std::distance(first, end)) >= kMaxHostKeysPerPool)
+                return fail(Errc::Busy, "pool {} holds {} keys, the most the host keeps: delete one first", pool,
+                            kMaxHostKeysPerPool);
+        }
         host_pools_[{pool, key}] = value;
     }
     ENL_TRY(IcResponse reply, transact_wait(to_vector(as_bytes(m)), timeout));

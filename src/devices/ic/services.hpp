@@ -122,6 +122,9 @@ public:
     static Result<std::vector<uint8_t>> encode_utf16(const std::string& utf8, size_t max_bytes);
     static Result<std::string> decode_utf16(std::span<const uint8_t> bytes);
     static constexpr size_t kMaxEnumerate = 1024;
+    // The host keeps at most this many keys per pool (it pushes them all again at every
+    // reconnect): a new key beyond it is refused (Busy), a held key can still change or go.
+    static constexpr size_t kMaxHostKeysPerPool = 1024;
 
     // The host-owned entries, as the host holds them (kept across guest reboots).
     [[nodiscard]] std::vector<std::tuple<uint8_t, std::string, std::string>> host_entries() const;
