@@ -196,6 +196,41 @@ TEST(Vmlinux, Lz4ConcatenatedStreamsAndSmallBlocks) {
     EXPECT_EQ(0, std::memcmp(area.bytes.data() + 0x200000, elf.data.data(), elf.data.size()));
 }
 
+// Reliability review B6: liblzma was allowed 256 MiB while the code meant a kernel's 32 MiB
+// dictionary. An xz payload whose block asks for a 128 MiB dictionary is now refused before
+// any decoding, with the reason. (The stream is a small one with its LZMA2 dictionary byte
+// rewritten, and the block header's CRC32 made again.)
+TEST(Vmlinux, AnXzPayloadAskingForMoreMemoryThanAKernelsIsRefused) {
+    std::vector<uint8_t> data(64 * 1024, 0x5a);
+    auto payload = compress(data, Compression::Xz);
+    // Stream header (12 bytes), then the block header: size byte, flags (one filter; the
+    // sizes present or not), the sizes (varints), filter 0x21 (LZMA2), 1 property byte: the
+    // dictionary size code.
+    ASSERT_GT(payload.size(), 32u);
+    const size_t block = 12, header_len = (size_t{payload[block]} + 1) * 4;
+    const uint8_t flags = payload[block + 1];
+    ASSERT_EQ(flags & 0x03, 0) << "one filter";
+    size_t at = block + 2;
+    for (const uint8_t present : {uint8_t{0x40}, uint8_t{0x80}})
+        if (flags & present)
+            while (payload[at++] & 0x80) {
+            }
+    ASSERT_EQ(payload[at], 0x21) << "LZMA2";
+    ASSERT_EQ(payload[at + 1], 0x01);
+    const size_t dict = at + 2;
+    payload[dict] = 30;  // (2 | 0) << (30 / 2 + 11): 128 MiB
+    const uint32_t crc = lzma_crc32(payload.data() + block, header_len - 4, 0);
+    std::memcpy(payload.data() + block + header_len - 4, &crc, 4);
+    auto r = decompress_payload(payload, Compression::Xz, data.size(), [](std::span<const uint8_t>) -> Result<> { return {}; });
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("MiB to decompress"), std::string::npos) << r.error().message();
+    // The same stream with a kernel's 32 MiB dictionary decodes.
+    payload[dict] = 26;
+    const uint32_t crc2 = lzma_crc32(payload.data() + block, header_len - 4, 0);
+    std::memcpy(payload.data() + block + header_len - 4, &crc2, 4);
+    EXPECT_TRUE(decompress_payload(payload, Compression::Xz, data.size(), [](std::span<const uint8_t>) -> Result<> { return {}; }));
+}
+
 TEST(Vmlinux, UnknownFormatsAreLeftToTheGuest) {
     const std::vector<uint8_t> bzip2 = {'B', 'Z', 'h', '9', 0, 0};
     const std::vector<uint8_t> lzma = {0x5d, 0x00, 0x00, 0x80, 0x00, 0xff};

@@ -89,8 +89,10 @@ Result<> unzstd(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteS
 
 Result<> unxz(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
     lzma_stream s = LZMA_STREAM_INIT;
-    // The kernel's xz streams use a 32 MiB dictionary at most.
-    if (lzma_stream_decoder(&s, 256ULL << 20, 0) != LZMA_OK) return fail("liblzma: cannot initialise");
+    // The kernel's xz streams use a 32 MiB dictionary at most (scripts/xz_wrap.sh), which
+    // liblzma decodes in about 33 MiB: 64 MiB is room enough, and a kernel file asking for more
+    // is refused rather than given up to 4 GiB (reliability review B6).
+    if (lzma_stream_decoder(&s, kXzMemoryLimit, 0) != LZMA_OK) return fail("liblzma: cannot initialise");
     const std::unique_ptr<lzma_stream, void (*)(lzma_stream*)> guard(&s, lzma_end);
     s.next_in = in.data();
     s.avail_in = in.size();
@@ -98,6 +100,9 @@ Result<> unxz(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSin
         s.next_out = buf.data();
         s.avail_out = buf.size();
         const lzma_ret rc = lzma_code(&s, LZMA_FINISH);
+        if (rc == LZMA_MEMLIMIT_ERROR)
+            return fail("xz data needs {} MiB to decompress, more than the {} MiB a kernel's needs",
+                        lzma_memusage(&s) >> 20, kXzMemoryLimit >> 20);
         if (rc != LZMA_OK && rc != LZMA_STREAM_END)
             return fail("xz data is corrupt or truncated (liblzma error {})", static_cast<int>(rc));
         ENL_TRY_VOID(sink(buf.first(buf.size() - s.avail_out)));

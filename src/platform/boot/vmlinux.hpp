@@ -43,6 +43,9 @@ Result<uint64_t> payload_decompressed_size(std::span<const uint8_t> payload);
 // Receives the decompressed bytes in order, in pieces of at most a few MiB.
 using ByteSink = std::function<Result<>(std::span<const uint8_t>)>;
 
+// The most memory liblzma may use for an xz payload (a kernel's 32 MiB dictionary fits).
+inline constexpr uint64_t kXzMemoryLimit = 64ULL << 20;
+
 // Decompresses a whole bzImage payload (including its trailer) into `sink`. The data must
 // decompress to exactly the stated size, which must be at most `max_size`; nothing beyond
 // the stated size reaches the sink.
