@@ -553,13 +553,15 @@ void Server::on_gpadl_header(std::span<const uint8_t> payload) {
         return refuse("handle already in use");
     if (assembling_.size() + gpadls_->size() >= kMaxGpadls) return refuse("too many GPADLs");
     if (hdr.rangecount != 1) return refuse("only single-range GPADLs are supported");
-    if (hdr.range_buflen < 16 || (hdr.range_buflen - 8) % 8 != 0) return refuse("bad range_buflen");
-    const uint64_t pages = (hdr.range_buflen - 8u) / 8u;
+    // The range's bytes say how many pages follow. Linux also writes range_buflen = 8 + 8 x
+    // pages, in 16 bits (create_gpadl_header): past 8190 pages it wraps, so it is checked
+    // modulo 2^16 only (reliability review A5: a GPADL of more pages was refused).
+    if (hdr.byte_offset >= kPageSize || hdr.byte_count == 0) return refuse("bad byte count or offset");
+    const uint64_t pages = (uint64_t{hdr.byte_offset} + hdr.byte_count + kPageSize - 1) / kPageSize;
+    if (hdr.range_buflen != static_cast<uint16_t>(8 + 8 * pages))
+        return refuse("range_buflen does not match the byte count and offset");
     if (pages > kMaxGpadlPages) return refuse("too many pages");
     if (gpadl_pages_total_ + pages > max_gpadl_pages_total_) return refuse("too many GPADL pages in total");
-    if (hdr.byte_offset >= kPageSize || hdr.byte_count == 0 ||
-        uint64_t{hdr.byte_count} + hdr.byte_offset > pages * kPageSize)
-        return refuse("byte count and offset do not match the page count");
     PendingGpadl g;
     g.relid = hdr.child_relid;
     g.byte_count = hdr.byte_count;

@@ -222,6 +222,34 @@ TEST(VmbusChannels, BadGpadlsAreRefusedWithAStatus) {
     EXPECT_EQ(g.server().gpadl_count(), 2u);
 }
 
+// Reliability review A5: Linux writes range_buflen (8 + 8 x pages) into 16 bits, so past 8190
+// pages it wraps; the page count comes from the byte count. GPADLs of 8191 and 25600 pages
+// (a 100 MiB buffer) are made; a range_buflen that does not match, even modulo 2^16, is not.
+TEST(VmbusChannels, GpadlsOfMoreThan8190PagesAreMade) {
+    SimGuest g(2, 25600 + 256);  // 100 MiB of guest RAM
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    const uint64_t first = g.alloc_pages(25600);
+    for (const auto& [handle, pages] : {std::pair{0x300u, uint64_t{8191}}, std::pair{0x301u, uint64_t{25600}}}) {
+        g.create_gpadl(relid, handle, SimGuest::pages(first, pages));
+        auto msgs = g.sink().take();
+        ASSERT_FALSE(msgs.empty());
+        EXPECT_EQ(msgs.back().as<GpadlCreated>().creation_status, 0u) << pages;
+        auto view = g.server().gpadls().find(handle);
+        ASSERT_TRUE(view) << pages;
+        EXPECT_EQ(view->pfns.size(), pages);
+    }
+    GpadlHeader h{};
+    h.header.msgtype = static_cast<uint32_t>(MsgType::GpadlHeader);
+    h.child_relid = relid;
+    h.gpadl = 0x302;
+    h.rangecount = 1;
+    h.byte_count = 8191 * 4096;
+    h.range_buflen = 16;  // one page: not 8 + 8 x 8191 modulo 2^16
+    g.post(h);
+    EXPECT_NE(g.sink().take().back().as<GpadlCreated>().creation_status, 0u);
+}
+
 TEST(VmbusChannels, OpenPacketsBothWaysCloseAndReopen) {
     SimGuest g;
     std::shared_ptr<TestDevice> dev;
