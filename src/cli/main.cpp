@@ -12,6 +12,7 @@
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
 //
 // Exit status: see src/vmm/exit_codes.hpp.
+#include <fcntl.h>
 #include <sys/sysinfo.h>
 
 // GCC 12 warns (-Wnull-dereference) inside CLI11's string splitting, inlined here once a
@@ -600,9 +601,17 @@ int main(int argc, char** argv) {
         return error(Error("--disk and --net need the Hyper-V interface (--hyperv on): disks and NICs are served over VMBus"));
     }
     if (auto ok = validate(cfg, host_memory()); !ok) return error(ok.error());
+    // The kernel and initrd are opened once, here: every boot (reboots too) reads the files
+    // checked now, whatever their paths name later.
+    UniqueFd kernel_fd(::open(cfg.kernel.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd initrd_fd(cfg.initrd.empty() ? -1 : ::open(cfg.initrd.c_str(), O_RDONLY | O_CLOEXEC));
+    cfg.kernel_fd = kernel_fd.get();
+    cfg.initrd_fd = initrd_fd.get();
     // Bad files are reported before KVM is touched.
-    if (auto ok = boot::check_linux_files({cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0, cfg.host_decompress}); !ok)
-        return error(ok.error());
+    boot::LinuxBootConfig files{cfg.kernel, cfg.initrd, cfg.cmdline, cfg.memory, 0, cfg.host_decompress};
+    files.kernel_fd = cfg.kernel_fd;
+    files.initrd_fd = cfg.initrd_fd;
+    if (auto ok = boot::check_linux_files(files); !ok) return error(ok.error());
 
     return run_vm(cfg);
 }

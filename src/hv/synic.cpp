@@ -114,6 +114,7 @@ void Synic::try_deliver(uint32_t vp_index, Vp& vp, uint32_t sint) {
         std::memset(slot + offsetof(HvMessageHeader, sender), 0, sizeof(uint64_t));
         type.store(msg.header.message_type, std::memory_order_release);
         queue.pop_front();
+        queued_total_.fetch_sub(1, std::memory_order_relaxed);
         irq_.raise(vp_index, static_cast<uint8_t>(vp.sint[sint] & 0xff));
         messages_delivered_.fetch_add(1, std::memory_order_relaxed);
         interrupts_.fetch_add(1, std::memory_order_relaxed);
@@ -129,7 +130,9 @@ bool Synic::post_message(uint32_t vp_index, uint32_t sint, uint32_t message_type
     Vp& vp = *vps_[vp_index];
     std::lock_guard lock(vp.mu);
     auto& queue = vp.queue[sint];
-    if (queue.size() >= kQueueLimit) {
+    // The total is reserved before the push (VPs have their own locks): never above the cap.
+    if (queue.size() >= kQueueLimit || queued_total_.fetch_add(1, std::memory_order_relaxed) >= kTotalQueueLimit) {
+        if (queue.size() < kQueueLimit) queued_total_.fetch_sub(1, std::memory_order_relaxed);
         messages_dropped_.fetch_add(1, std::memory_order_relaxed);
         return false;
     }

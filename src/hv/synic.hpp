@@ -41,6 +41,9 @@ struct SynicStats {
 class Synic {
 public:
     static constexpr size_t kQueueLimit = 256;  // per VP and SINT
+    // And for all of them together (reliability review B4: the per-queue bound alone let
+    // memory grow with the vCPUs, 64 x 16 x 256 messages): 4096 x 256 bytes, 1 MiB.
+    static constexpr size_t kTotalQueueLimit = 4096;
 
     Synic(const GuestMemory& mem, InterruptSink& irq, uint32_t num_vps);
 
@@ -51,7 +54,7 @@ public:
     [[nodiscard]] static bool is_synic_msr(uint32_t msr);
 
     // Queues a message for the SINT of a VP and delivers it as soon as the slot is free.
-    // False if the VP does not exist or its queue is full.
+    // False if the VP does not exist, or its queue or all queues together are full.
     bool post_message(uint32_t vp, uint32_t sint, uint32_t message_type, std::span<const uint8_t> payload);
 
     // Sets event flag `flag` in the SINT's event-flags area; interrupts the VP when the flag
@@ -60,6 +63,7 @@ public:
 
     // Messages waiting for a free slot.
     [[nodiscard]] size_t queued(uint32_t vp, uint32_t sint) const;
+    [[nodiscard]] size_t queued_total() const { return queued_total_.load(std::memory_order_relaxed); }
     [[nodiscard]] SynicStats stats() const;
     [[nodiscard]] uint32_t num_vps() const { return static_cast<uint32_t>(vps_.size()); }
 
@@ -81,6 +85,7 @@ private:
     std::vector<std::unique_ptr<Vp>> vps_;
     // Counted on the delivery path: relaxed atomics, no lock.
     std::atomic<uint64_t> messages_delivered_{0}, messages_dropped_{0}, events_signalled_{0}, interrupts_{0};
+    std::atomic<size_t> queued_total_{0};  // messages in every queue
 };
 
 }  // namespace enlighten::hv

@@ -30,6 +30,10 @@ struct DisplayConfig {
 struct VmConfig {
     std::string kernel;
     std::string initrd;
+    // The kernel and initrd opened once at start (the caller keeps them open while the VM
+    // runs; -1: every boot opens the paths): every boot and reboot reads these files.
+    int kernel_fd = -1;
+    int initrd_fd = -1;
     std::string cmdline;
     uint64_t memory = 0;      // startup memory
     uint64_t memory_max = 0;  // --memory max=: the hot-add window is planned for it (0: startup)

@@ -31,6 +31,8 @@ namespace enlighten {
 namespace {
 
 constexpr int kKickSignal = SIGUSR1;
+// The first address of the upper (kernel) half of the 48-bit canonical address space.
+constexpr uint64_t kKernelHalf = 0xffff800000000000ULL;
 
 void install_kick_handler() {
     static std::once_flag once;
@@ -178,7 +180,7 @@ Result<> Machine::build() {
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 
     boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa,
-                                   cfg_.host_decompress};
+                                   cfg_.host_decompress, cfg_.kernel_fd, cfg_.initrd_fd};
     log::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
     ENL_TRY(boot::BootEntry entry, boot::load_linux(memory_, boot_cfg));
     if (entry.host_decompressed)
@@ -436,7 +438,17 @@ void Machine::handle_hypercall(uint32_t vp, kvm_run* run) {
     auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
     uint32_t result = static_cast<uint32_t>(hv::Status::InvalidHypercallInput);
     if (auto regs = vcpus_[vp]->exit_regs()) {
-        result = static_cast<uint32_t>(partition_->hypercall(vp, regs->rcx, regs->rdx, regs->r8));
+        // Hypercalls are for the guest kernel (TLFS: CPL 0). The page's `in` works from user
+        // space too once the guest kernel grants the port (ioperm, root only): refused
+        // (reliability review B8). The test is where the `in` ran: a 64-bit kernel's code,
+        // and so its hypercall page, is in the upper half of the address space, which user
+        // code cannot reach; no extra ioctl (KVM_GET_SREGS) on this path.
+        if (regs->rip < kKernelHalf) {
+            ENL_LOG_LIMITED(warn, "VP {}: hypercall from user space (rip {:#x}) refused", vp, regs->rip);
+            result = static_cast<uint32_t>(hv::Status::AccessDenied);
+        } else {
+            result = static_cast<uint32_t>(partition_->hypercall(vp, regs->rcx, regs->rdx, regs->r8));
+        }
     } else {
         ENL_LOG_LIMITED(warn, "hypercall on VP {}: {}", vp, regs.error().message());
     }

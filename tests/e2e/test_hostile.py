@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import unittest
 
 from pathlib import Path
 
-from harness import RunResult, Session, describe, json_between, results
+from harness import REPO, RunResult, Session, describe, json_between, results
 
 from enlighten_tools import hostile  # noqa: E402 - harness puts tools/ on the path
 
@@ -90,6 +91,8 @@ JOB_LIB = r"""
 KO=/enl_hostile.ko
 # kernel messages (thousands of driver complaints) go to the log, not the serial console
 dmesg -n 2
+# a hypercall from user space (root, with ioperm): the host refuses it
+/cpl3_hypercall > /tmp/cpl3 2>&1; echo "RESULT cpl3_rc=$?"; sed 's/^/CPL3 /' /tmp/cpl3
 SEED=1; SCALE=100
 for a in $(cat /proc/cmdline); do
     case "$a" in hostile.seed=*) SEED=${a#hostile.seed=} ;; hostile.scale=*) SCALE=${a#hostile.scale=} ;; esac
@@ -221,6 +224,16 @@ dump_logs
 RUN_STEPS: dict[str, list[tuple[str, str, str, str]]] = {}
 
 
+def cpl3_hypercall() -> Path:
+    """tests/hostile/cpl3_hypercall.c, statically linked, in build/e2e/ (for the guest)."""
+    src = REPO / "tests" / "hostile" / "cpl3_hypercall.c"
+    out = REPO / "build" / "e2e" / "cpl3_hypercall"
+    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src)], check=True)
+    return out
+
+
 def register(session: Session, key: str, *, seed: int, scale: int = 100, binary: Path | None = None,
              kinds: tuple[str, ...] = ("global", "live", "own")) -> None:
     """The hostile guest as a run of `session` (seed: the module's random streams; scale: the
@@ -229,7 +242,8 @@ def register(session: Session, key: str, *, seed: int, scale: int = 100, binary:
     RUN_STEPS[key] = steps_run
     session.scenario(key, f"SEED={seed}\nSCALE={scale}\nSTEPS={len(steps_run)}\n" + SCRIPT, job=_job(steps_run),
                      cpus=2, net=True,
-                     timeout=1200, binary=binary, guest_files={"/enl_hostile.ko": hostile.build_module})
+                     timeout=1200, binary=binary,
+                     guest_files={"/enl_hostile.ko": hostile.build_module, "/cpl3_hypercall": cpl3_hypercall})
 
 
 register(HOSTILE, "release", seed=1)
@@ -295,6 +309,11 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
     print(f"\n[hostile {key}: {res.duration:.0f} s]\n" + "\n".join(table), flush=True)
     if not r.get("threads") or r.get("filtered_threads") != r.get("threads"):
         problems.append(f"seccomp: {r.get('filtered_threads')} of {r.get('threads')} threads of the VMM have a filter")
+    cpl3 = re.search(r"^CPL3 CPL3-HYPERCALL status=(\d+)$", res.output, re.M)
+    if r.get("cpl3_rc") != "0" or not cpl3 or cpl3.group(1) != "6":
+        problems.append(f"a hypercall from guest user space (root, ioperm): "
+                        f"{cpl3.group(0) if cpl3 else 'no answer'}, rc {r.get('cpl3_rc')} (expected status 6, "
+                        "access denied)")
     for check, want in (("job", "done"), ("shutdown_rc", "0"), ("rc", "0"), ("check", "0")):
         if r.get(check) != want:
             problems.append(f"{check}={r.get(check, 'missing')} (expected {want})")

@@ -339,6 +339,28 @@ TEST_F(HvTest, QueueIsBoundedAndMaskedSintsHoldMessages) {
     EXPECT_FALSE(s.post_message(0, 2, 0, std::span(&x, 1)));  // type 0 means "free"
 }
 
+// Reliability review B4: with 64 VPs whose SIMPs are off, 256 messages per VP and SINT were
+// 64 x 16 x 256 queued messages (67 MB). All queues together now hold kTotalQueueLimit; a
+// delivery makes room again.
+TEST_F(HvTest, AllQueuesTogetherAreBounded) {
+    Synic s(mem, irq, 64);
+    uint8_t x = 0;
+    size_t accepted = 0;
+    for (uint32_t vp = 0; vp < 64; ++vp)
+        for (uint32_t sint = 0; sint < 16; ++sint)
+            for (size_t i = 0; i < Synic::kQueueLimit; ++i) accepted += s.post_message(vp, sint, 1, std::span(&x, 1));
+    EXPECT_EQ(accepted, Synic::kTotalQueueLimit);
+    EXPECT_EQ(s.queued_total(), Synic::kTotalQueueLimit);
+    EXPECT_EQ(s.stats().messages_dropped, 64u * 16u * Synic::kQueueLimit - Synic::kTotalQueueLimit);
+    // (VP 0's sixteen queues took them all.) VP 0 turns its SynIC on: one message of SINT 2
+    // is delivered, and one more fits, anywhere.
+    EXPECT_EQ(s.queued(0, 2), Synic::kQueueLimit);
+    enable_synic(s, 0, kSimp, kSiefp);
+    EXPECT_EQ(s.queued_total(), Synic::kTotalQueueLimit - 1);
+    EXPECT_TRUE(s.post_message(63, 15, 1, std::span(&x, 1)));
+    EXPECT_FALSE(s.post_message(40, 3, 1, std::span(&x, 1)));
+}
+
 TEST_F(HvTest, SimpOutsideRamKeepsMessagesQueued) {
     Synic s(mem, irq, 1);
     enable_synic(s, 0, kRam + 0x1000, kSiefp);

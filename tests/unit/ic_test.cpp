@@ -504,3 +504,35 @@ TEST(Vss, HotBackupFreezeThawAndHostileAnswers) {
     guest.silent = false;
     EXPECT_TRUE(guest.while_serving([&] { return vss->request(kVssThaw, 2s); }));
 }
+
+// Reliability review A7: a call that waits for the guest (here a KVP listing the guest never
+// answers) held an API worker until its deadline even when the VM stopped. Closing the
+// channel (as Machine::stop does for every channel) ends it at once with Closed.
+TEST(Kvp, ACallWaitingForTheGuestEndsWhenTheChannelCloses) {
+    SimGuest g;
+    auto kvp = std::make_shared<KvpService>("11111111-0000-0000-0000-000000000004");
+    GuestIc guest(g, kvp, {0x40000, 0x30000, 0x10000}, [](IcMsgHeader&, std::vector<uint8_t>&) {});
+    guest.step();
+    guest.silent = true;
+    std::atomic<bool> done{false};
+    Result<std::vector<KvpService::Entry>> result = fail("not run");
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread api([&] {
+        result = kvp->list(0, 30s);
+        done = true;
+    });
+    for (int i = 0; i < 50 && guest.requests == 0; ++i) {  // the request is in the guest's ring
+        guest.step();
+        std::this_thread::sleep_for(2ms);
+    }
+    ASSERT_GT(guest.requests, 0);
+    g.simple(vmbus::MsgType::CloseChannel, guest.relid());
+    for (int i = 0; i < 2000 && !done; ++i) {
+        g.pump();
+        std::this_thread::sleep_for(1ms);
+    }
+    api.join();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+    ASSERT_FALSE(result);
+    EXPECT_TRUE(result.error().is(Errc::Closed)) << result.error().message();
+}

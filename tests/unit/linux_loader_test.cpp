@@ -1,13 +1,17 @@
 #include "platform/boot/linux_loader.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "common/fd.hpp"
 #include "common/size.hpp"
 #include "platform/layout.hpp"
 
@@ -231,4 +235,32 @@ TEST_F(LoadLinux, ClearErrors) {
     r = load_linux(mem, cfg);
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message().find("command line"), std::string::npos);
+}
+
+// Reliability review B6: every boot opened the kernel and initrd by path again, so a reboot
+// could load files other than the ones checked at start. With the files held open since
+// start, a boot reads those even after the paths name new files. (The kernel is also read
+// now, not mapped: a file cut short during a load was SIGBUS; that race has no test.)
+TEST_F(LoadLinux, EveryBootReadsTheFilesHeldSinceStart) {
+    const auto img = fake_bzimage(64 * 1024);
+    TempFile kernel(img);
+    TempFile initrd(std::vector<uint8_t>(12345, 0x5a));
+    UniqueFd kfd(::open(kernel.path().c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd ifd(::open(initrd.path().c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(kfd.valid() && ifd.valid());
+    // The paths now name other files.
+    auto other = img;
+    std::fill(other.begin() + 5 * 512, other.end(), uint8_t{0xdd});
+    TempFile new_kernel(other), new_initrd(std::vector<uint8_t>(777, 0x11));
+    std::filesystem::rename(new_kernel.path(), kernel.path());
+    std::filesystem::rename(new_initrd.path(), initrd.path());
+    LinuxBootConfig cfg{kernel.path(), initrd.path(), "", kMem, 0, true, kfd.get(), ifd.get()};
+    for (int boot = 0; boot < 2; ++boot) {
+        std::fill(ram.begin(), ram.end(), uint8_t{0});
+        auto entry = load_linux(mem, cfg);
+        ASSERT_TRUE(entry) << entry.error().message();
+        EXPECT_EQ(std::memcmp(ram.data() + layout::kKernelLoad, img.data() + 5 * 512, 64 * 1024), 0) << boot;
+        EXPECT_EQ(entry->initrd_size, 12345u);
+        EXPECT_EQ(ram[entry->initrd_gpa], 0x5a);
+    }
 }

@@ -33,6 +33,7 @@ const size_t kCompletionRingBytes = [] {
     return vmbus::OutPacket::completion(0, std::span(&iov, 1)).ring_bytes();
 }();
 
+constexpr int kDrainBudget = 256;  // packets a channel's worker takes per round (drain)
 constexpr uint8_t kOpInquiry = scsi::op::kInquiry;
 constexpr uint8_t kOpReportLuns = scsi::op::kReportLuns;
 
@@ -177,7 +178,14 @@ private:
         q_->drain_notify();
         // Paused (Controller::pause): the requests wait in the guest's ring; resume() drains.
         if (ctl_.paused_.load(std::memory_order_acquire)) return;
-        for (;;) {
+        // At most kDrainBudget packets per round, then the rest after what else is posted to
+        // this loop (a close, completions): a guest that writes as fast as we read (packets
+        // that want no completion take no slot) cannot keep the thread here.
+        for (int budget = kDrainBudget;; --budget) {
+            if (budget == 0) {
+                loop().post([this] { drain(); });
+                return;
+            }
             if (free_.empty()) return;  // back-pressure: the rest waits in the guest's ring
             auto room = q_->reserve(kCompletionRingBytes);
             if (!room) return;  // Busy: the guest's room wakes us; Closed: nothing to do

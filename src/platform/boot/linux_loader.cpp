@@ -28,9 +28,9 @@ struct OpenFile {
     uint64_t size = 0;
 };
 
-Result<OpenFile> open_regular(const std::string& path, std::string_view what) {
+Result<OpenFile> open_regular(const std::string& path, std::string_view what, int held_fd = -1) {
     OpenFile f;
-    f.fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    f.fd.reset(held_fd >= 0 ? ::fcntl(held_fd, F_DUPFD_CLOEXEC, 0) : ::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!f.fd.valid()) return fail("{} '{}': {}", what, path, std::strerror(errno));
     struct stat st {};
     if (::fstat(f.fd.get(), &st) < 0) return fail("{} '{}': {}", what, path, std::strerror(errno));
@@ -143,7 +143,7 @@ Result<> plan_host_decompression(Plan& plan, uint64_t low_end) {
 
 Result<Plan> plan_linux(const LinuxBootConfig& cfg) {
     Plan plan;
-    ENL_TRY(plan.kernel, open_regular(cfg.kernel_path, "kernel"));
+    ENL_TRY(plan.kernel, open_regular(cfg.kernel_path, "kernel", cfg.kernel_fd));
     std::vector<uint8_t> head(static_cast<size_t>(std::min<uint64_t>(plan.kernel.size, 8192)));
     ENL_TRY_VOID(read_exact(plan.kernel, 0, head.data(), head.size(), "kernel"));
     auto info = parse_bzimage(head, plan.kernel.size);
@@ -157,7 +157,7 @@ Result<Plan> plan_linux(const LinuxBootConfig& cfg) {
         return fail("kernel '{}' needs {} MiB to boot; the guest has {} MiB", cfg.kernel_path,
                     (kernel_end + MiB - 1) / MiB, cfg.mem_size / MiB);
     if (!cfg.initrd_path.empty()) {
-        ENL_TRY(plan.initrd, open_regular(cfg.initrd_path, "initrd"));
+        ENL_TRY(plan.initrd, open_regular(cfg.initrd_path, "initrd", cfg.initrd_fd));
         auto where = place_initrd(plan.initrd.size, kernel_end, cfg.mem_size, plan.info.initrd_addr_max);
         if (!where) return std::unexpected(where.error().context(fmt::format("initrd '{}'", cfg.initrd_path)));
         plan.initrd_gpa = *where;
@@ -181,12 +181,11 @@ namespace {
 // Streams the decompressed kernel proper into guest memory; returns its physical entry point.
 Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Compression c) {
     const KernelInfo& info = plan.info;
-    const size_t file_size = static_cast<size_t>(plan.kernel.size);
-    void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, plan.kernel.fd.get(), 0);
-    if (map == MAP_FAILED) return fail_errno("mapping the kernel");
-    const std::unique_ptr<void, std::function<void(void*)>> unmap(map, [file_size](void* p) { ::munmap(p, file_size); });
-    const auto payload = std::span(static_cast<const uint8_t*>(map), file_size)
-                             .subspan(info.setup_bytes + info.hdr.payload_offset, info.hdr.payload_length);
+    // Read, not mapped: a file cut short meanwhile is an error here, where a mapping would
+    // have been SIGBUS (reliability review B6). parse_bzimage checked the range against the size.
+    std::vector<uint8_t> payload(info.hdr.payload_length);
+    ENL_TRY_VOID(read_exact(plan.kernel, info.setup_bytes + info.hdr.payload_offset, payload.data(), payload.size(),
+                            "the kernel's payload"));
     ENL_TRY(const uint64_t elf_size, payload_decompressed_size(payload));
     VmlinuxWriter writer(elf_size, plan.kernel_base, plan.kernel_base + info.init_size,
                          [&mem](uint64_t gpa, uint64_t size) { return mem.host_ptr(gpa, size); });

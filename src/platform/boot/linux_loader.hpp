@@ -49,6 +49,11 @@ struct LinuxBootConfig {
     // Decompress the kernel here and enter the kernel proper (see vmlinux.hpp) when its
     // compression is one we know; otherwise the bzImage's own decompressor runs in the guest.
     bool host_decompress = true;
+    // The kernel and initrd as opened when the VM was set up (-1: open the paths). Every boot
+    // reads these, so a reboot loads the files that were checked, even if the paths now name
+    // others (reliability review B6); the paths are for messages then.
+    int kernel_fd = -1;
+    int initrd_fd = -1;
 };
 
 struct BootEntry {
