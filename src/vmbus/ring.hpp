@@ -6,7 +6,9 @@
 // our own index (read index of a ring we read, write index of a ring we write) is kept
 // privately and only ever published, never read back; the other side's index is read once
 // per operation and range-checked; packet lengths are checked against what is available
-// and against a per-channel maximum; all loops are bounded by the ring size.
+// and against a per-channel maximum; every loop here is bounded by the ring size. (A reader
+// that drains until the ring is empty is not: the guest can keep refilling it as fast as it
+// is read. Devices drain in budgeted rounds on their own loops, docs/architecture.md.)
 //
 // Threads: a ring has one host-side user at a time (ChannelQueue holds the reading side
 // under its receive lock and the writing side under its send lock); the guest is the other
