@@ -536,3 +536,64 @@ TEST(Kvp, ACallWaitingForTheGuestEndsWhenTheChannelCloses) {
     ASSERT_FALSE(result);
     EXPECT_TRUE(result.error().is(Errc::Closed)) << result.error().message();
 }
+
+// Reliability review A1, its producer: the guest fills its ring with packets once, then,
+// whenever the host publishes a read index, moves its write index to just behind it (and
+// rings the doorbell): the host finds a ring nearly full of packets again and again, with no
+// new bytes from the guest. Before the redesign that kept a vCPU thread in the drain loop
+// (under the server lock) for as long as the guest went on. Now the device drains in
+// rounds: work posted to its loop runs between them, and the server answers, while the
+// guest keeps at it.
+TEST(IcFramework, AGuestThatRefillsItsRingAsFastAsItIsReadHoldsNoThread) {
+    SimGuest g;
+    auto hb = std::make_shared<HeartbeatService>("11111111-0000-0000-0000-000000000001", 100s);
+    GuestIc guest(g, hb, {0x30000}, [](IcMsgHeader&, std::vector<uint8_t>&) {});
+    guest.step();
+    ASSERT_EQ(hb->state(), IcState::Ready);
+    test::SimRing& ring = guest.channel().to_host;
+    // 8-byte packets (too short for an IC message: dropped, no answer), 32 bytes each in the
+    // ring with the descriptor and the trailer; the slot the ring keeps free gets one too.
+    constexpr uint32_t kSlot = 32;
+    const uint8_t junk[8] = {};
+    const uint32_t start = ring.load(vmbus::kRingWriteIndex);  // after the negotiation's packets
+    ASSERT_EQ(ring.used(), 0u);
+    uint32_t packets = 0;
+    while (ring.write(vmbus::kPacketDataInband, 0, 1, {}, junk)) ++packets;
+    ASSERT_EQ(packets, ring.size() / kSlot - 1);
+    for (uint32_t i = 0; i < kSlot; ++i) *ring.byte_at(start + packets * kSlot + i) = *ring.byte_at(start + i);
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> rewinds{0};
+    std::thread producer([&] {
+        uint32_t last = start;  // the host may have read the first ring before this thread runs
+        while (!stop) {
+            const uint32_t r = ring.load(vmbus::kRingReadIndex);
+            if (r == last) continue;
+            ring.store(vmbus::kRingWriteIndex, (r + ring.size() - kSlot) % ring.size());
+            last = r;
+            rewinds.fetch_add(1, std::memory_order_relaxed);
+            // The host publishes its read index when it has caught up, and then waits for a
+            // doorbell: without one this producer would stop after one ring.
+            g.doorbell(guest.channel());
+        }
+    });
+    g.doorbell(guest.channel());
+    double worst_ms = 0;
+    const auto until = std::chrono::steady_clock::now() + 1s;
+    while (std::chrono::steady_clock::now() < until) {
+        bool ran = false;
+        const auto t0 = std::chrono::steady_clock::now();
+        g.loop().post([&] { ran = true; });
+        while (!ran && std::chrono::steady_clock::now() - t0 < 5s) g.loop().run_once(0ms);
+        ASSERT_TRUE(ran) << "the loop never got to a posted task";
+        (void)g.server().channels();  // the server's lock is free
+        worst_ms = std::max(worst_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    stop = true;
+    producer.join();
+    EXPECT_EQ(g.server().channels()[0].state, vmbus::ChannelState::Open) << "the junk was dropped, not the channel";
+    // The guest really kept the host busy: it read the whole ring again and again.
+    EXPECT_GT(rewinds.load(), uint64_t{100});
+    EXPECT_LT(worst_ms, 250.0);
+    std::printf("[a refilling guest: %llu ring refills, a posted task waited at most %.2f ms]\n",
+                static_cast<unsigned long long>(rewinds.load()), worst_ms);
+}

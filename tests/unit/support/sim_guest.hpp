@@ -123,6 +123,9 @@ public:
         return p;
     }
 
+    // The byte at `pos` of the data area (for a test that writes the ring by hand).
+    uint8_t* byte_at(uint32_t pos) { return data(pos); }
+
 private:
     uint8_t* data(uint32_t pos) { return ram_ + (hdr_ + 1) * kPageSize + pos % size(); }
     void put(uint32_t& at, const void* src, size_t n) {
