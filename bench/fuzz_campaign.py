@@ -123,9 +123,9 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
     out.crashes = sorted(str(p) for p in set(crashes.iterdir()) - before)
     if out.ok and not args.no_merge:
         kept.mkdir(parents=True, exist_ok=True)
-        rc, _ = fuzz_once(binary, kept, crashes, log, ["-merge=1", str(work)])
-        # -merge=1 KEPT WORK: into KEPT, the inputs of WORK that add coverage (the argument
-        # order of fuzz_once puts the work directory last).
+        # -merge=1 KEPT WORK: into KEPT, the inputs of WORK that add coverage (fuzz_once puts
+        # its directory argument last, after the extra arguments).
+        rc, _ = fuzz_once(binary, work, crashes, log, ["-merge=1", str(kept)])
         if rc != 0:
             out.error = f"merge exit {rc}"
     out.corpus_after = count(kept) if not args.no_merge else count(work)
