@@ -73,6 +73,9 @@ STEPS = [
     ("live-vss", "live", "vss", "ic"),
     ("live-fcopy", "live", "fcopy", "ic"),
     ("live-balloon", "live", "balloon", "balloon"),
+    ("live-synthvid", "live", "synthvid", "pipe"),
+    ("live-keyboard", "live", "keyboard", "generic"),
+    ("live-mouse", "live", "mouse", "pipe"),
     ("own-storvsc", "own", "storvsc", "storvsc"),
     ("own-netvsc", "own", "netvsc", "netvsc"),
     ("own-heartbeat", "own", "heartbeat", "ic"),
@@ -192,7 +195,7 @@ step() {
 SCRIPT = r"""
 "$ENL" image create "$WORK/disk.vhdx" --format vhdx --size 64M --block-size 1M >"$WORK/create.log" 2>&1 \
     || { echo "RESULT create=failed"; cat "$WORK/create.log"; }
-start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon hostile.seed=$SEED hostile.scale=$SCALE" \
+start_vm "enlighten.modules=hv_storvsc,sd_mod,hv_netvsc,hv_balloon,hyperv_keyboard,hid_hyperv,hyperv_fb hostile.seed=$SEED hostile.scale=$SCALE" \
     --disk "path=$WORK/disk.vhdx,format=vhdx" --net "backend=slirp,id=net0"
 if wait_serial ENLIGHTEN-SERVICES-READY 200; then
     # seccomp (on by default, log in the ASan build): every thread of the VMM has a filter

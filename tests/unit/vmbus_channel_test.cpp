@@ -533,6 +533,80 @@ TEST(VmbusChannels, ACorruptRingClosesTheChannelOnly) {
     EXPECT_EQ(SimGuest::open_result(g.sink().take(), relid), 0u);
 }
 
+// Reliability review B1: a failure found late on a channel's old rings (a device still
+// holding the queue of the open before) must not close the channel the guest has opened
+// again since. The old queue answers Closed and reports nothing; the reopened channel stays.
+TEST(VmbusChannels, ALateFailureOnTheRingsOfAnEarlierOpenLeavesTheReopenedChannel) {
+    SimGuest g;
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    auto first = g.open_channel(relid);
+    auto old_queue = dev->queues[0];
+    g.simple(MsgType::CloseChannel, relid);
+    g.teardown(relid, first.gpadl);
+    g.pump();
+    auto second = g.open_channel(relid);
+    ASSERT_EQ(SimGuest::open_result(g.sink().take(), relid), 0u);
+    ASSERT_NE(dev->queues[0], old_queue);
+    const int closes = dev->closes;
+    // The old rings turn to garbage and the device, late, reads them.
+    first.to_host.store(kRingWriteIndex, 0xffff0);
+    auto p = old_queue->peek();
+    ASSERT_FALSE(p);
+    EXPECT_TRUE(p.error().is(Errc::Closed)) << p.error().message();
+    g.pump();
+    EXPECT_EQ(dev->closes, closes);
+    EXPECT_EQ(g.server().channels()[0].state, ChannelState::Open);
+    // and the new rings work
+    ASSERT_TRUE(g.send(second, kPacketDataInband, 5, bytes(40, 1), {}, true));
+    auto q = dev->queues[0]->peek();
+    ASSERT_TRUE(q && *q);
+}
+
+// Reliability review A3: a device looking up a GPADL from its packet path (as netvsp does
+// for its buffers) deadlocked against the server's lock when the guest closed the channel
+// and tore the GPADL down meanwhile. Here a device thread peeks, takes and drops a GPADL
+// view in a loop while the guest closes and tears down: everything finishes, and the
+// teardown is answered once the device's last view is gone (run under TSan in build-tsan).
+TEST(VmbusChannels, AGpadlLookupOnThePacketPathRacesACloseAndATeardown) {
+    SimGuest g;
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    auto ch = g.open_channel(relid);
+    const uint64_t buf = g.alloc_pages(4);
+    g.create_gpadl(relid, 0x900, SimGuest::pages(buf, 4));
+    g.sink().take();
+    auto q = dev->queues[0];
+    ChannelControl* control = dev->control;
+    std::atomic<bool> stop{false};
+    std::atomic<int> lookups{0};
+    std::thread worker([&] {
+        while (!stop) {
+            if (auto p = q->peek(); p && *p) q->consume();
+            if (auto v = control->gpadl(0x900)) lookups.fetch_add(1);
+        }
+    });
+    for (int i = 0; i < 20; ++i) (void)g.send(ch, kPacketDataInband, static_cast<uint64_t>(i), bytes(64, 2), {}, true);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (lookups < 100 && std::chrono::steady_clock::now() - t0 < 3s) std::this_thread::sleep_for(1ms);
+    g.simple(MsgType::CloseChannel, relid);
+    g.teardown(relid, 0x900);
+    g.teardown(relid, ch.gpadl);
+    bool torn_down = false;
+    while (!torn_down && std::chrono::steady_clock::now() - t0 < 3s) {
+        g.pump();
+        for (const auto& m : g.sink().take())
+            if (m.type() == MsgType::GpadlTorndown && m.as<GpadlTorndown>().gpadl == 0x900) torn_down = true;
+        if (!torn_down && lookups > 0 && std::chrono::steady_clock::now() - t0 > 1s) stop = true;  // let go
+    }
+    stop = true;
+    worker.join();
+    EXPECT_TRUE(torn_down) << "GPADL 0x900 was never torn down";
+    EXPECT_GE(lookups.load(), 100);
+    EXPECT_EQ(g.server().channels()[0].state, ChannelState::Closed);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 3.0);
+}
+
 TEST(VmbusChannels, TheGuestsRingFillsWhenTheDeviceStopsTakingPackets) {
     SimGuest g;
     std::shared_ptr<TestDevice> dev;
