@@ -136,12 +136,14 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
 
 
 def report(outcomes: list[Outcome], args: argparse.Namespace, started: str, load_start: str,
-           pending: list[str]) -> str:
+           pending: list[str], commit: str) -> str:
     lines = [
         f"# Fuzz campaign, {started}",
         "",
         f"- command: `python3 bench/fuzz_campaign.py {' '.join(args.argv)}`".rstrip(),
-        f"- commit: {benchlib.git_commit()}; machine: {benchlib.machine_name()}; "
+        f"- commit at the start: {commit} (the targets are built from build-asan as it is: "
+        "`scripts/fuzz 1` first builds them from the tree); "
+        f"machine: {benchlib.machine_name()}; "
         f"load average {load_start} at the start, {benchlib.load_text()} now",
         f"- build: `{args.build}` (clang 16, ASan + UBSan, -D_GLIBCXX_ASSERTIONS, libFuzzer); "
         f"each target at least {args.seconds} s and {args.min_execs:,} executions, {args.jobs} at a time",
@@ -192,6 +194,7 @@ def main() -> int:
     root = build / "campaign"
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     load_start = benchlib.load_text()
+    commit = benchlib.git_commit()
     results_file = None if args.no_save else benchlib.results_path(Path(args.results),
                                                                     "fuzz", dt.date.today().isoformat())
     outcomes: list[Outcome] = []
@@ -200,7 +203,7 @@ def main() -> int:
     def write() -> str:
         done = {o.target for o in outcomes}
         text = report(sorted(outcomes, key=lambda o: o.target), args, started, load_start,
-                      [n for n in names if n not in done])
+                      [n for n in names if n not in done], commit)
         if results_file:  # rewritten after each target, so that a stopped campaign still reports
             results_file.parent.mkdir(parents=True, exist_ok=True)
             results_file.write_text(text)
