@@ -1,5 +1,7 @@
 #include "vmm/vnc_display.hpp"
 
+#include <cstring>
+
 #include <utility>
 
 #include "common/event_loop.hpp"
@@ -67,16 +69,20 @@ void VncDisplay::refresh(bool whole) {
     const size_t pitch = size_t{m.width} * 4;
     auto px = server_->pixels();
     for (const auto& r : dirty) {
-        const size_t at = size_t{r.y} * pitch + size_t{r.x} * 4;
-        if (auto ok = video_->read_rect(r, px.subspan(at), pitch); !ok) {
+        // Read and convert in a buffer of our own, then copy: libvncserver's threads read the
+        // server's pixels at any time, and must never find the guest's B, G, R, X there (a
+        // client's first frame came with red and blue swapped, test_console.VncTests).
+        const size_t row = size_t{r.width} * 4;
+        scratch_.resize(row * r.height);
+        if (auto ok = video_->read_rect(r, scratch_, row); !ok) {
             ENL_LOG_LIMITED(debug, "vnc: {}", ok.error().message());
             continue;
         }
         // The guest's B, G, R, X to the server's R, G, B, X.
-        for (uint32_t y = 0; y < r.height; ++y) {
-            uint8_t* p = px.data() + at + size_t{y} * pitch;
-            for (uint32_t x = 0; x < r.width; ++x) std::swap(p[4 * x], p[4 * x + 2]);
-        }
+        for (size_t i = 0; i < scratch_.size(); i += 4) std::swap(scratch_[i], scratch_[i + 2]);
+        const size_t at = size_t{r.y} * pitch + size_t{r.x} * 4;
+        for (uint32_t y = 0; y < r.height; ++y)
+            std::memcpy(px.data() + at + size_t{y} * pitch, scratch_.data() + size_t{y} * row, row);
         server_->changed(r.x, r.y, r.width, r.height);
     }
 }

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <memory>
 #include <set>
+#include <vector>
 
 #include "backends/vnc/vnc.hpp"
 #include "common/thread_annotations.hpp"
@@ -60,6 +61,7 @@ private:
     const std::shared_ptr<input::KeyboardDevice> keyboard_;
     const std::shared_ptr<input::MouseDevice> mouse_;
     std::unique_ptr<vnc::Server> server_;
+    std::vector<uint8_t> scratch_;  // loop thread: one rectangle, converted before it is shown
     // The shared state the posted tasks check, so that none runs after the display is gone.
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     Mutex keys_mu_;

@@ -28,7 +28,7 @@ from harness import Session, program
 STORAGE = Session("storage")
 # The 4-vCPU guest gets a test host of its own with 4 vCPUs (on this machine's cores), see
 # "channels" below.
-MULTICHANNEL = Session("multichannel", host_cpus=4)
+MULTICHANNEL = Session("multichannel", host_cpus=4, retry_guest_triple_fault=True)
 
 SCSI_CLASS = "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
 IDE_CLASS = "32412632-86cb-44a2-9b5c-50d1417354f5"

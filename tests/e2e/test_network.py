@@ -38,7 +38,7 @@ from harness import BG_VM_LIB, RunResult, Session, describe, kv, section, vm_inf
 NETWORK = Session("network", host_net_tools=True)
 # A 4-vCPU guest in a 2-vCPU test host crashed the test host now and then (storage_runs.py,
 # "channels"): this one gets a test host with 4 vCPUs.
-NET_MULTIQUEUE = Session("net-multiqueue", host_cpus=4, host_net_tools=True)
+NET_MULTIQUEUE = Session("net-multiqueue", host_cpus=4, host_net_tools=True, retry_guest_triple_fault=True)
 
 NETVSC_CLASS = "{f8615163-df3e-46c5-913f-f2d2f965ed0e}"
 MAC = "00:15:5d:12:34:56"
