@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -215,6 +216,17 @@ dump_logs() {
     echo "--- end ---"
 }
 """
+
+
+def static_c_program(src: Path, name: str) -> Path:
+    """The C file `src` built static with this machine's gcc into build/e2e/NAME (again when
+    the source is newer): a program for the test host or the guest, which have no libc of
+    this machine."""
+    out = REPO / "build" / "e2e" / name
+    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src)], check=True)
+    return out
 
 
 def program(name: str) -> Path:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import unittest
 
 from pathlib import Path
 
-from harness import REPO, RunResult, Session, describe, json_between, results
+from harness import REPO, RunResult, Session, describe, json_between, results, static_c_program
 
 from enlighten_tools import hostile  # noqa: E402 - harness puts tools/ on the path
 
@@ -229,12 +228,7 @@ RUN_STEPS: dict[str, list[tuple[str, str, str, str]]] = {}
 
 def cpl3_hypercall() -> Path:
     """tests/hostile/cpl3_hypercall.c, statically linked, in build/e2e/ (for the guest)."""
-    src = REPO / "tests" / "hostile" / "cpl3_hypercall.c"
-    out = REPO / "build" / "e2e" / "cpl3_hypercall"
-    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src)], check=True)
-    return out
+    return static_c_program(REPO / "tests" / "hostile" / "cpl3_hypercall.c", "cpl3_hypercall")
 
 
 def register(session: Session, key: str, *, seed: int, scale: int = 100, binary: Path | None = None,

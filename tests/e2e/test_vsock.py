@@ -25,12 +25,11 @@ machine's gcc when the session runs."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import unittest
 from pathlib import Path
 
-from harness import BG_VM_LIB, REPO, RunResult, Session, describe, kv, section
+from harness import BG_VM_LIB, REPO, RunResult, Session, describe, kv, section, static_c_program
 from enlighten_tools import vsock_layer
 
 VSOCK = Session("vsock")
@@ -42,12 +41,7 @@ SOCKET_CLASS_SUFFIX = "-facb-11e6-bd58-64006a7986d3"
 
 def host_helper() -> Path:
     """tests/e2e/helpers/hvsock_host.c, statically linked, in build/e2e/."""
-    src = REPO / "tests" / "e2e" / "helpers" / "hvsock_host.c"
-    out = REPO / "build" / "e2e" / "hvsock_host"
-    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src)], check=True)
-    return out
+    return static_c_program(REPO / "tests" / "e2e" / "helpers" / "hvsock_host.c", "hvsock_host")
 
 
 # The guest's /job (Debian's busybox sh and socat). Each connection's data is what the
