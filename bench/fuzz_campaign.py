@@ -10,9 +10,12 @@ features) at the start and the end, the corpus before and after, and crashes.
     python3 bench/fuzz_campaign.py                       # all targets, 600 s / 1M each, 1 at a time
     python3 bench/fuzz_campaign.py --targets fuzz_ring,fuzz_scsi --seconds 60 --min-execs 0
     python3 bench/fuzz_campaign.py --jobs 2 --no-merge   # two at a time; leave fuzz/corpus alone
+    python3 bench/fuzz_campaign.py --max-seconds 900     # stop chasing 1M executions at 900 s
 
-A crash (or a leak, timeout, OOM) leaves its input in build-asan/campaign/crashes/ and the
-target's row says so; the script then exits 1. Build first: scripts/fuzz 1 (or ninja -C build-asan).
+A crash (or a leak, timeout, OOM) leaves its input in build-asan/campaign/crashes/<target>/
+and the target's row says so; the script then exits 1. A target stopped by --max-seconds
+before --min-execs is reported as short of it, with the executions it made.
+Build first: scripts/fuzz 1 (or ninja -C build-asan).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Outcome:
     peak_rss_mb: int = 0
     crashes: list[str] = field(default_factory=list)
     error: str = ""
+    short: bool = False  # stopped by --max-seconds before --min-execs
 
     @property
     def ok(self) -> bool:
@@ -85,7 +89,7 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
     out = Outcome(name)
     kept = REPO / "fuzz" / "corpus" / name
     work = root / "corpus" / name
-    crashes = root / "crashes"
+    crashes = root / "crashes" / name  # a directory per target: with --jobs 2 they run at once
     log = root / f"{name}.log"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -118,7 +122,12 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
             benchlib.log(f"{name}: FAILED (exit {rc}):\n{tail}")
             break
         if out.execs < args.min_execs:
-            rounds.append([f"-runs={args.min_execs - out.execs}", *limit])
+            left = args.max_seconds - (time.monotonic() - t0) if args.max_seconds else None
+            if left is not None and left < 5:
+                out.short = True
+            else:
+                cap = [f"-max_total_time={int(left)}"] if left is not None else []
+                rounds.append([f"-runs={args.min_execs - out.execs}", *cap, *limit])
     out.seconds = time.monotonic() - t0
     out.crashes = sorted(str(p) for p in set(crashes.iterdir()) - before)
     if out.ok and not args.no_merge:
@@ -146,7 +155,8 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, started: str, load
         f"machine: {benchlib.machine_name()}; "
         f"load average {load_start} at the start, {benchlib.load_text()} now",
         f"- build: `{args.build}` (clang 16, ASan + UBSan, -D_GLIBCXX_ASSERTIONS, libFuzzer); "
-        f"each target at least {args.seconds} s and {args.min_execs:,} executions, {args.jobs} at a time",
+        f"each target at least {args.seconds} s and {args.min_execs:,} executions"
+        f"{f' (but at most {args.max_seconds} s)' if args.max_seconds else ''}, {args.jobs} at a time",
         "- cov: libFuzzer's covered edges, ft: its features; start = after the kept corpus was read, "
         "end = at the last status line",
         "- corpus: inputs kept in fuzz/corpus/<target>/ before and after the merge (-merge=1 keeps "
@@ -158,7 +168,8 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, started: str, load
     ]
     for o in outcomes:
         rate = o.execs / o.seconds if o.seconds else 0
-        result = "ok" if o.ok else ("crash: " + ", ".join(Path(c).name for c in o.crashes) if o.crashes else o.error)
+        result = (f"ok, **short of {args.min_execs:,}** executions at the {args.max_seconds} s cap" if o.short
+                  else "ok") if o.ok else ("crash: " + ", ".join(Path(c).name for c in o.crashes) if o.crashes else o.error)
         lines.append(f"| {o.target} | {o.seconds:.0f} | {o.execs:,} | {rate:,.0f} | {o.cov_start} → {o.cov_end} "
                      f"| {o.ft_start} → {o.ft_end} | {o.corpus_before} → {o.corpus_after} | {o.peak_rss_mb} "
                      f"| {result} |")
@@ -173,6 +184,8 @@ def main() -> int:
     ap.add_argument("--targets", default="", help="comma-separated target names (default: all)")
     ap.add_argument("--seconds", type=int, default=600, help="at least this long per target (default 600)")
     ap.add_argument("--min-execs", type=int, default=1_000_000, help="at least this many executions (default 1M)")
+    ap.add_argument("--max-seconds", type=int, default=0,
+                    help="stop a target here even short of --min-execs, and say so (default: no cap)")
     ap.add_argument("--jobs", type=int, default=1, help="targets at a time (default 1)")
     ap.add_argument("--no-merge", action="store_true", help="leave fuzz/corpus/ as it is")
     ap.add_argument("--results", default=str(HERE / "results"), help="where the report goes")

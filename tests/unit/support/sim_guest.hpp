@@ -13,7 +13,9 @@
 #endif
 
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "common/event_loop.hpp"
@@ -149,10 +151,53 @@ struct SimChannel {
     SimRing to_guest;  // the guest reads
 };
 
+// Guest RAM, kept for the next simulated guest when one ends: fuzzers make a guest per input,
+// and faulting a fresh buffer's pages in cost more than the input itself (60% of fuzz_ic's
+// time). A buffer is zeroed when it is taken, so each guest starts from the same RAM.
+// Any thread; the pool's mutex is a leaf.
+class SimRam {
+public:
+    explicit SimRam(size_t bytes) : bytes_(take(bytes)) {}
+    ~SimRam() {
+        const std::lock_guard lock(pool_mu());
+        pool().push_back(std::move(bytes_));
+    }
+    SimRam(const SimRam&) = delete;
+    SimRam& operator=(const SimRam&) = delete;
+
+    [[nodiscard]] std::span<uint8_t> span() { return bytes_; }
+
+private:
+    static std::mutex& pool_mu() {
+        static std::mutex mu;
+        return mu;
+    }
+    static std::vector<std::vector<uint8_t>>& pool() {
+        static std::vector<std::vector<uint8_t>> p;
+        return p;
+    }
+    static std::vector<uint8_t> take(size_t bytes) {
+        {
+            const std::lock_guard lock(pool_mu());
+            auto& p = pool();
+            for (auto it = p.begin(); it != p.end(); ++it)
+                if (it->size() == bytes) {
+                    std::vector<uint8_t> v = std::move(*it);
+                    p.erase(it);
+                    std::memset(v.data(), 0, v.size());
+                    return v;
+                }
+        }
+        return std::vector<uint8_t>(bytes);
+    }
+    std::vector<uint8_t> bytes_;
+};
+
 class SimGuest {
 public:
     explicit SimGuest(uint32_t vps = 2, uint64_t ram_pages = 4096)
-        : ram_(ram_pages * kPageSize),
+        : ram_store_(ram_pages * kPageSize),
+          ram_(ram_store_.span()),
           mem_(GuestMemory::borrow({{0, ram_.size(), ram_.data()}})),
           loop_(EventLoop::create().value()),
           server_(std::make_unique<Server>(sink_, mem_, vps, *loop_, loop_.get())) {}
@@ -168,7 +213,7 @@ public:
     Server& server() { return *server_; }
     EventLoop& loop() { return *loop_; }
     GuestMemory& memory() { return mem_; }
-    std::vector<uint8_t>& ram() { return ram_; }
+    std::span<uint8_t> ram() { return ram_; }
 
     // Runs the loop until it has nothing left to do.
     void pump() {
@@ -315,7 +360,8 @@ public:
     }
 
 private:
-    std::vector<uint8_t> ram_;
+    SimRam ram_store_;
+    std::span<uint8_t> ram_;
     SimSink sink_;
     GuestMemory mem_;
     std::unique_ptr<EventLoop> loop_;
