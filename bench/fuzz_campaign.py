@@ -61,6 +61,7 @@ class Outcome:
     crashes: list[str] = field(default_factory=list)
     error: str = ""
     short: bool = False  # stopped by --max-seconds before --min-execs
+    slow: list[str] = field(default_factory=list)  # slow-unit artifacts, with their time when run again
 
     @property
     def ok(self) -> bool:
@@ -129,7 +130,17 @@ def campaign_one(binary: Path, args: argparse.Namespace, root: Path) -> Outcome:
                 cap = [f"-max_total_time={int(left)}"] if left is not None else []
                 rounds.append([f"-runs={args.min_execs - out.execs}", *cap, *limit])
     out.seconds = time.monotonic() - t0
-    out.crashes = sorted(str(p) for p in set(crashes.iterdir()) - before)
+    new = sorted(set(crashes.iterdir()) - before)
+    # libFuzzer's slow-unit-* files are inputs that took over -report_slow_units (10 s) once:
+    # on a loaded machine that may be the machine. Each is run again alone and reported with
+    # both times; a crash, leak, timeout or OOM fails the target.
+    for p in new:
+        if p.name.startswith(f"{name}-slow-unit-"):
+            t = time.monotonic()
+            subprocess.run([str(binary), "-runs=1", str(p)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out.slow.append(f"{p.name} (again alone: {time.monotonic() - t:.1f} s)")
+        else:
+            out.crashes.append(str(p))
     if out.ok and not args.no_merge:
         kept.mkdir(parents=True, exist_ok=True)
         # -merge=1 KEPT WORK: into KEPT, the inputs of WORK that add coverage (fuzz_once puts
@@ -170,6 +181,8 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, started: str, load
         rate = o.execs / o.seconds if o.seconds else 0
         result = (f"ok, **short of {args.min_execs:,}** executions at the {args.max_seconds} s cap" if o.short
                   else "ok") if o.ok else ("crash: " + ", ".join(Path(c).name for c in o.crashes) if o.crashes else o.error)
+        if o.slow:
+            result += "; slow units: " + ", ".join(o.slow)
         lines.append(f"| {o.target} | {o.seconds:.0f} | {o.execs:,} | {rate:,.0f} | {o.cov_start} → {o.cov_end} "
                      f"| {o.ft_start} → {o.ft_end} | {o.corpus_before} → {o.corpus_after} | {o.peak_rss_mb} "
                      f"| {result} |")

@@ -539,12 +539,15 @@ class Session:
         # (Up to RETRIES_AFTER_HOST_DEATH times: one CI run saw the same run's host die twice.)
         #
         # Sessions that ask for it (retry_guest_triple_fault: the 4-vCPU guests in 4-vCPU test
-        # hosts, where QEMU-TCG runs 4 vCPU threads on the machine's 2 cores) also run once
-        # more a run whose GUEST triple-faulted: in those hosts a 4-vCPU guest shut down that
-        # way about one run in ten (storage's channels, network's net-channels), at random
-        # points, under fio or iperf or at its first disk probe, with the VMM healthy and no
-        # VMM-side cause found; never in the same run twice so far. The note names the run and
-        # the vCPU; a second triple fault fails the run.
+        # hosts, where QEMU-TCG runs 4 vCPU threads on the machine's 2 cores, and the hostile
+        # guest's sessions) also run once more a run whose GUEST triple-faulted: in those hosts
+        # a 4-vCPU guest shut down that way about one run in ten (storage's channels, network's
+        # net-channels), at random points, under fio or iperf or at its first disk probe, with
+        # the VMM healthy and no VMM-side cause found; the hostile guest now and then
+        # (docs/hostile-guest.md: with the opt-in reply floods, twice in one run once), in the
+        # same sessions whose TEST HOST also dies now and then.
+        # The note names the run and the vCPU; a second
+        # triple fault fails the run.
         pending, hosts, retried = runnable, 1, {}
         faulted_once: set[str] = set()
         while True:

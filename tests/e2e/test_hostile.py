@@ -34,7 +34,9 @@ from harness import REPO, RunResult, Session, describe, json_between, results, s
 
 from enlighten_tools import hostile  # noqa: E402 - harness puts tools/ on the path
 
-HOSTILE = Session("hostile")
+# A run whose guest triple-faults runs once more in a fresh test host (the session report
+# says so; a second one fails): see Session's retry_guest_triple_fault and docs/hostile-guest.md.
+HOSTILE = Session("hostile", retry_guest_triple_fault=True)
 
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
@@ -52,10 +54,12 @@ CLASSES = {
 }
 
 # (step name, kind, target, shape): the attacks in the order the guest runs them.
-# The three attacks that flood the guest with the VMM's answers (messages, gpadls, flood)
-# were followed by a triple fault of the GUEST in 3 of 7 runs (the VMM stayed up; no panic
-# message; not understood yet: see docs/hostile-guest.md). Until that is found they run only
-# with ENLIGHTEN_E2E_HOSTILE_FLOODS=1, so that CI keeps the attacks that pass reliably.
+# The three attacks that flood the guest with the VMM's answers (messages, gpadls, flood) were
+# followed by a triple fault of the GUEST in 3 of 7 runs on 2026-12-06. On 2026-12-07 the
+# floods themselves passed in 9 of 10 runs, but with them before it own-storvsc's open/close
+# loop triple-faulted the guest in 2 of those runs (never without them in CI so far), and one
+# run faulted twice. Not understood (docs/hostile-guest.md, "Open"), so they still run only
+# with ENLIGHTEN_E2E_HOSTILE_FLOODS=1, and CI keeps the attacks that pass reliably.
 FLOODS = os.environ.get("ENLIGHTEN_E2E_HOSTILE_FLOODS") == "1"
 FLOOD_STEPS = {"messages", "gpadls", "flood"}
 
