@@ -9,7 +9,10 @@
 // Traps if the VSP writes a packet longer than netvsc accepts (NETVSC_MAX_PKT_SIZE), a
 // completion of a transaction the guest never asked to have completed, a packet type the
 // guest does not take, a type-7 packet with another transfer-page set id, or ranges outside
-// the receive buffer or longer than a section; or if a GPADL teardown is never answered.
+// the receive buffer or longer than a section; or if a GPADL teardown is never answered; or
+// if any page of guest RAM changes outside the rings, the guest's own message and data pages
+// and the receive and send buffers (a VMM that writes where the guest did not point corrupts
+// the guest).
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -233,6 +236,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     {
         Guest guest;
         CHECK(guest.start(*nic));
+        // The rings and the guest's pages are one run of pages; every other page holds a
+        // pattern that nothing may change.
+        const std::span<uint8_t> ram = guest.g.ram();
+        const uint64_t mine_from = guest.ch.first_page, mine_to = guest.send_page + kSendPages;
+        const auto guarded = [&](uint64_t page) { return page < mine_from || page >= mine_to; };
+        for (uint64_t page = 0; page < kRamPages; ++page)
+            if (guarded(page)) std::memset(ram.data() + page * 4096, 0xa5, 4096);
         uint64_t tid = 1;
         guest.complete_rx = !(setup & 2);
         if (!(setup & 1)) guest.bring_up(tid);
@@ -348,6 +358,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         (void)(*nic)->status();
         guest.finish();
+        guest.g.stop();
+        for (uint64_t page = 0; page < kRamPages; ++page) {
+            if (!guarded(page)) continue;
+            const uint8_t* b = ram.data() + page * 4096;
+            CHECK(b[0] == 0xa5 && std::memcmp(b, b + 1, 4095) == 0);
+        }
     }
     return 0;
 }

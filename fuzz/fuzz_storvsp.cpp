@@ -7,7 +7,9 @@
 //
 // Traps if the VSP writes anything to the guest but a completion of exactly one vstor
 // packet (storvsc's max_pkt_size, contract-storage.md §1), if a completion answers a
-// transaction id the guest never used, or if a read-only disk's file changes.
+// transaction id the guest never used, if a read-only disk's file changes, or if any page of
+// guest RAM changes that is neither the channel's rings, nor a data buffer page, nor a page a
+// request named (a VMM that writes where the guest did not point corrupts the guest).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,6 +93,7 @@ public:
         g.connect();
         g.sink().take();
         ch_ = g.open_channel(relid_, 4, 4);
+        ring_first_ = ch_.first_page;
         return wait_open();
     }
 
@@ -132,6 +135,9 @@ public:
     }
 
     test::SimGuest& sim() { return g; }
+    // The channel's ring pages (the VMM writes them).
+    [[nodiscard]] uint64_t ring_first() const { return ring_first_; }
+    [[nodiscard]] uint64_t ring_pages() const { return 10; }
 
 private:
     bool wait_open() {
@@ -149,6 +155,7 @@ private:
     test::SimGuest g;
     uint32_t relid_ = 0;
     test::SimChannel ch_;
+    uint64_t ring_first_ = 0;
     std::set<uint64_t> sent_;
     size_t outstanding_ = 0;
 };
@@ -192,6 +199,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     {
         Guest guest;
         CHECK(guest.start(*ctl));
+        // Every page but the rings and the data buffers holds a pattern, and keeps it unless a
+        // request named it (a "wild" PFN may be inside RAM).
+        const std::span<uint8_t> ram = guest.sim().ram();
+        const auto guarded = [&](uint64_t page) {
+            const bool ring = page >= guest.ring_first() && page < guest.ring_first() + guest.ring_pages();
+            const bool buffer = page >= kBufferPage && page < kBufferPage + kBufferPages;
+            return !ring && !buffer;
+        };
+        for (uint64_t page = 0; page < kRamPages; ++page)
+            if (guarded(page)) std::memset(ram.data() + page * 4096, 0xa5, 4096);
+        std::set<uint64_t> named;
         uint64_t trans = 100;
         if (handshake) {
             auto v = op(kOpQueryProtocolVersion);
@@ -228,8 +246,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 range.offset = in.take<uint16_t>() % 4200;
                 const uint8_t npfn = in.take<uint8_t>() % (kBufferPages + 2);
                 const bool wild = in.take<uint8_t>() == 0xff;
-                for (uint8_t i = 0; i < npfn; ++i)
+                for (uint8_t i = 0; i < npfn; ++i) {
                     range.pfns.push_back(wild ? in.take<uint64_t>() : kBufferPage + (i + range.offset) % kBufferPages);
+                    named.insert(range.pfns.back());
+                }
                 ranges.push_back(std::move(range));
             }
             // The packet type: mostly what storvsc sends.
@@ -244,6 +264,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         guest.drain(std::chrono::milliseconds(200));
         // Close with whatever is still in flight; the server's shutdown waits for the device.
         guest.close();
+        guest.sim().stop();
+        for (uint64_t page = 0; page < kRamPages; ++page) {
+            if (!guarded(page) || named.count(page)) continue;
+            const uint8_t* b = ram.data() + page * 4096;
+            CHECK(b[0] == 0xa5 && std::memcmp(b, b + 1, 4095) == 0);
+        }
     }
     if (read_only) CHECK(file_bytes(g_ro_image, g_ro_after) == g_ro_before);
     return 0;

@@ -3,7 +3,7 @@
 // thread that runs the blocking operations io_uring cannot (BLKDISCARD, a VHDX metadata
 // flush).
 //
-// Threads: check_request and open_ring are plain functions (any thread). A BlockingHelper is
+// Threads: check_request, open_ring and close_ring are plain functions (any thread). A BlockingHelper is
 // owned by one Queue: post() and take() come from that queue's worker thread; the jobs run
 // on the helper's own thread, which writes the queue's completion eventfd after each. Its
 // mutex is a leaf (jobs run without it). The destructor runs the jobs already posted, then
@@ -39,6 +39,9 @@ Result<uint64_t> check_request(const DiskInfo& info, const Request& r);
 // failing SQE does not stop the batch), and an eventfd registered for its completions.
 // Errc::Unsupported when io_uring is not available (ENOSYS, EPERM: disabled or filtered).
 Result<> open_ring(const std::string& path, unsigned entries, io_uring& ring, UniqueFd& completion_fd);
+// io_uring_queue_exit, for a ring open_ring made (and, under ThreadSanitizer, what tells it
+// that a later ring at the same addresses is a new one).
+void close_ring(io_uring& ring);
 
 // For a Queue's destructor: kicks and reaps (dropping the completions) until nothing is in
 // flight, waiting on its completion eventfd. Guest memory stays in use until the kernel is

@@ -136,7 +136,7 @@ public:
         if (!ring_ok_) return;
         detail::wait_idle(*this);
         helper_.reset();
-        ::io_uring_queue_exit(&ring_);
+        detail::close_ring(ring_);
     }
 
     Result<> submit(const Request& r) override {

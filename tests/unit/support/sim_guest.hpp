@@ -147,6 +147,7 @@ struct SimChannel {
     uint32_t relid = 0;
     uint32_t connection_id = 0;
     uint32_t gpadl = 0;
+    uint64_t first_page = 0;  // the rings' pages: the to-host ring's header page and on
     SimRing to_host;   // the guest writes
     SimRing to_guest;  // the guest reads
 };
@@ -201,8 +202,12 @@ public:
           mem_(GuestMemory::borrow({{0, ram_.size(), ram_.data()}})),
           loop_(EventLoop::create().value()),
           server_(std::make_unique<Server>(sink_, mem_, vps, *loop_, loop_.get())) {}
-    ~SimGuest() {
-        // Orderly: every device closes and detaches, as at machine teardown.
+    ~SimGuest() { stop(); }
+
+    // Orderly: every device closes and detaches, as at machine teardown; after it nothing
+    // touches the guest's RAM any more (fuzzers then check what changed). Idempotent.
+    void stop() {
+        if (!server_) return;
         bool done = false;
         server_->shutdown([&] { done = true; });
         loop_->run_until([&] { return done; }, std::chrono::seconds(5));
@@ -311,6 +316,7 @@ public:
         ch.connection_id = kChannelConnectionBase + relid;
         ch.gpadl = next_gpadl_++;
         const uint64_t first = alloc_pages(2 + to_host_data + to_guest_data);
+        ch.first_page = first;
         ch.to_host = SimRing(ram_.data(), first, to_host_data);
         ch.to_guest = SimRing(ram_.data(), first + 1 + to_host_data, to_guest_data);
         ch.to_host.store(kRingFeatureBits, 1);  // the guest sets feat_pending_send_sz
