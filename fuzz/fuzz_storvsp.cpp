@@ -93,7 +93,6 @@ public:
         g.connect();
         g.sink().take();
         ch_ = g.open_channel(relid_, 4, 4);
-        ring_first_ = ch_.first_page;
         return wait_open();
     }
 
@@ -135,9 +134,7 @@ public:
     }
 
     test::SimGuest& sim() { return g; }
-    // The channel's ring pages (the VMM writes them).
-    [[nodiscard]] uint64_t ring_first() const { return ring_first_; }
-    [[nodiscard]] uint64_t ring_pages() const { return 10; }
+    [[nodiscard]] const test::SimChannel& channel() const { return ch_; }
 
 private:
     bool wait_open() {
@@ -155,7 +152,6 @@ private:
     test::SimGuest g;
     uint32_t relid_ = 0;
     test::SimChannel ch_;
-    uint64_t ring_first_ = 0;
     std::set<uint64_t> sent_;
     size_t outstanding_ = 0;
 };
@@ -201,14 +197,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         CHECK(guest.start(*ctl));
         // Every page but the rings and the data buffers holds a pattern, and keeps it unless a
         // request named it (a "wild" PFN may be inside RAM).
-        const std::span<uint8_t> ram = guest.sim().ram();
-        const auto guarded = [&](uint64_t page) {
-            const bool ring = page >= guest.ring_first() && page < guest.ring_first() + guest.ring_pages();
+        const test::SimChannel& ch = guest.channel();
+        const auto unwritable = [&](uint64_t page) {
+            const bool ring = page >= ch.first_page && page < ch.first_page + ch.page_count;
             const bool buffer = page >= kBufferPage && page < kBufferPage + kBufferPages;
             return !ring && !buffer;
         };
-        for (uint64_t page = 0; page < kRamPages; ++page)
-            if (guarded(page)) std::memset(ram.data() + page * 4096, 0xa5, 4096);
+        guest.sim().fill_guarded(unwritable);
         std::set<uint64_t> named;
         uint64_t trans = 100;
         if (handshake) {
@@ -265,11 +260,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // Close with whatever is still in flight; the server's shutdown waits for the device.
         guest.close();
         guest.sim().stop();
-        for (uint64_t page = 0; page < kRamPages; ++page) {
-            if (!guarded(page) || named.count(page)) continue;
-            const uint8_t* b = ram.data() + page * 4096;
-            CHECK(b[0] == 0xa5 && std::memcmp(b, b + 1, 4095) == 0);
-        }
+        CHECK(guest.sim().guarded_intact([&](uint64_t page) { return unwritable(page) && !named.count(page); }));
     }
     if (read_only) CHECK(file_bytes(g_ro_image, g_ro_after) == g_ro_before);
     return 0;

@@ -147,7 +147,8 @@ struct SimChannel {
     uint32_t relid = 0;
     uint32_t connection_id = 0;
     uint32_t gpadl = 0;
-    uint64_t first_page = 0;  // the rings' pages: the to-host ring's header page and on
+    uint64_t first_page = 0;  // the rings' pages: first_page .. first_page + page_count
+    uint64_t page_count = 0;
     SimRing to_host;   // the guest writes
     SimRing to_guest;  // the guest reads
 };
@@ -250,6 +251,23 @@ public:
         return out;
     }
 
+    // Stray-write check for fuzzers: fill_guarded() puts a pattern in every page for which
+    // guarded(page) is true; guarded_intact() says whether they all still hold it (call after
+    // stop(), when the VMM can no longer write).
+    template <typename Pred>
+    void fill_guarded(Pred guarded) {
+        for (uint64_t page = 0; page * kPageSize < ram_.size(); ++page)
+            if (guarded(page)) std::memset(ram_.data() + page * kPageSize, kGuardByte, kPageSize);
+    }
+    template <typename Pred>
+    [[nodiscard]] bool guarded_intact(Pred guarded) const {
+        for (uint64_t page = 0; page * kPageSize < ram_.size(); ++page) {
+            const uint8_t* b = ram_.data() + page * kPageSize;
+            if (guarded(page) && (b[0] != kGuardByte || std::memcmp(b, b + 1, kPageSize - 1) != 0)) return false;
+        }
+        return true;
+    }
+
     // Pages of guest RAM for rings and buffers (zeroed), as the guest allocates them.
     // When RAM runs out it starts again from the bottom (fuzzers reopen channels for ever).
     uint64_t alloc_pages(uint64_t n) {
@@ -317,6 +335,7 @@ public:
         ch.gpadl = next_gpadl_++;
         const uint64_t first = alloc_pages(2 + to_host_data + to_guest_data);
         ch.first_page = first;
+        ch.page_count = 2 + to_host_data + to_guest_data;
         ch.to_host = SimRing(ram_.data(), first, to_host_data);
         ch.to_guest = SimRing(ram_.data(), first + 1 + to_host_data, to_guest_data);
         ch.to_host.store(kRingFeatureBits, 1);  // the guest sets feat_pending_send_sz
@@ -366,6 +385,7 @@ public:
     }
 
 private:
+    static constexpr uint8_t kGuardByte = 0xa5;
     SimRam ram_store_;
     std::span<uint8_t> ram_;
     SimSink sink_;
