@@ -64,16 +64,41 @@ bool is_known_method(std::string_view m) {
 constexpr size_t kMaxMethodToken = 20;
 
 // The request headers the checks need; every other header is parsed and dropped.
-enum class Header { Other, TransferEncoding, ContentEncoding, ContentType, Expect };
+enum class Header {
+    Other, TransferEncoding, ContentEncoding, ContentType, Expect,
+    // for the web listener (RequestHeaders)
+    Host, Origin, Cookie, Authorization, Upgrade, Connection, WsKey, WsVersion, WsProtocol,
+};
 constexpr size_t kMaxFieldName = 32;   // longer names are none of the above
 constexpr size_t kMaxKeptValue = 256;  // enough for every check on a kept value
+constexpr size_t kMaxKeptCookie = 4096;  // other sites' cookies on the same host come too
 
 Header classify(std::string_view name) {
-    if (iequals(name, "Transfer-Encoding")) return Header::TransferEncoding;
-    if (iequals(name, "Content-Encoding")) return Header::ContentEncoding;
-    if (iequals(name, "Content-Type")) return Header::ContentType;
-    if (iequals(name, "Expect")) return Header::Expect;
+    static constexpr std::pair<std::string_view, Header> kNames[] = {
+        {"Transfer-Encoding", Header::TransferEncoding},
+        {"Content-Encoding", Header::ContentEncoding},
+        {"Content-Type", Header::ContentType},
+        {"Expect", Header::Expect},
+        {"Host", Header::Host},
+        {"Origin", Header::Origin},
+        {"Cookie", Header::Cookie},
+        {"Authorization", Header::Authorization},
+        {"Upgrade", Header::Upgrade},
+        {"Connection", Header::Connection},
+        {"Sec-WebSocket-Key", Header::WsKey},
+        {"Sec-WebSocket-Version", Header::WsVersion},
+        {"Sec-WebSocket-Protocol", Header::WsProtocol},
+    };
+    for (const auto& [n, h] : kNames)
+        if (iequals(name, n)) return h;
     return Header::Other;
+}
+
+// Appends a repeated header's value to what an earlier one left, within `cap` bytes.
+void keep(std::string& kept, std::string_view value, std::string_view joiner, size_t cap) {
+    if (!kept.empty()) kept.append(joiner);
+    kept.append(value.substr(0, cap - std::min(cap, kept.size())));
+    if (kept.size() > cap) kept.resize(cap);
 }
 
 // One request as far as the checks and the router need it.
@@ -90,6 +115,7 @@ struct Request {
     bool multipart = false;
     bool expect_continue = false;
     bool upgrade = false;  // CONNECT, or an Upgrade header: libhttp-parser reads no body then
+    RequestHeaders headers;
 };
 
 // libhttp-parser over one connection, one request at a time: it pauses when the headers
@@ -192,8 +218,8 @@ private:
             s.in_value_ = true;
             s.header_ = s.field_.size() <= kMaxFieldName ? classify(s.field_) : Header::Other;
         }
-        if (s.header_ != Header::Other && s.value_.size() < kMaxKeptValue)
-            s.value_.append(at, std::min(len, kMaxKeptValue - s.value_.size()));
+        const size_t cap = s.header_ == Header::Cookie ? kMaxKeptCookie : kMaxKeptValue;
+        if (s.header_ != Header::Other && s.value_.size() < cap) s.value_.append(at, std::min(len, cap - s.value_.size()));
         return 0;
     }
     static int on_headers_complete(http_parser* p) {
@@ -234,6 +260,15 @@ private:
             case Header::Expect:
                 if (iequals(v, "100-continue")) req_.expect_continue = true;
                 break;
+            case Header::Host: keep(req_.headers.host, v, ", ", kMaxKeptValue); break;
+            case Header::Origin: keep(req_.headers.origin, v, ", ", kMaxKeptValue); break;
+            case Header::Cookie: keep(req_.headers.cookie, v, "; ", kMaxKeptCookie); break;
+            case Header::Authorization: keep(req_.headers.authorization, v, ", ", kMaxKeptValue); break;
+            case Header::Upgrade: keep(req_.headers.upgrade, v, ", ", kMaxKeptValue); break;
+            case Header::Connection: keep(req_.headers.connection, v, ", ", kMaxKeptValue); break;
+            case Header::WsKey: keep(req_.headers.ws_key, v, ", ", kMaxKeptValue); break;
+            case Header::WsVersion: keep(req_.headers.ws_version, v, ", ", kMaxKeptValue); break;
+            case Header::WsProtocol: keep(req_.headers.ws_protocol, v, ", ", kMaxKeptValue); break;
             case Header::Other: break;
         }
         field_.clear();
@@ -296,6 +331,14 @@ void HttpSession::receive(std::string_view bytes) {
 
 void HttpSession::receive_eof() { eof_ = true; }
 
+std::string HttpSession::take_unparsed() {
+    std::string rest = in_.substr(pos_);
+    in_.clear();
+    pos_ = 0;
+    state_ = State::Closed;
+    return rest;
+}
+
 void HttpSession::consume(size_t n) { pos_ += std::min(n, buffered()); }
 
 bool HttpSession::request_started() const {
@@ -329,6 +372,7 @@ std::string format_reply(const HttpReply& reply, bool head, bool close, const Ap
                                   ::http_status_str(static_cast<enum ::http_status>(reply.status)));
     if (!reply.allow.empty()) out += fmt::format("Allow: {}\r\n", reply.allow);
     if (reply.retry_after_s != 0) out += fmt::format("Retry-After: {}\r\n", reply.retry_after_s);
+    for (const auto& [name, value] : reply.headers) out += fmt::format("{}: {}\r\n", name, value);
     if (close) out += "Connection: close\r\n";
     // RFC 9110: no Content-Length in a 204 (nor a body).
     const bool has_body = reply.status != 204 && !reply.body.empty();
@@ -487,7 +531,7 @@ HttpSession::Step HttpSession::advance() {
     close_ = requests_left_ == 0 || !req.keep_alive || req.upgrade;
     Step s;
     s.kind = Kind::Call;
-    s.call = ApiCall{req.method, req.target, req.body};
+    s.call = ApiCall{req.method, req.target, req.body, req.headers};
     return s;
 }
 

@@ -31,11 +31,27 @@
 
 namespace enlighten::api {
 
+// The request headers the web listener looks at (api/web.hpp); the API itself uses none.
+// Each value is kept up to a bound (Cookie 4 KiB, the others 256 bytes); repeated headers
+// are joined with ", " (Cookie with "; ").
+struct RequestHeaders {
+    std::string host;
+    std::string origin;
+    std::string cookie;
+    std::string authorization;
+    std::string upgrade;
+    std::string connection;
+    std::string ws_key;       // Sec-WebSocket-Key
+    std::string ws_version;   // Sec-WebSocket-Version
+    std::string ws_protocol;  // Sec-WebSocket-Protocol
+};
+
 // A complete request, for api::handle_request.
 struct ApiCall {
     std::string method;
     std::string target;
     std::string body;
+    RequestHeaders headers;
 };
 
 class HttpSession {
@@ -78,6 +94,10 @@ public:
     // Some byte of a request has arrived (and it is not complete yet): the read deadline
     // applies rather than the keep-alive one.
     [[nodiscard]] bool request_started() const;
+
+    // After a Call whose request switches protocols (a WebSocket): the bytes the client sent
+    // after the request, which belong to the new protocol. The session is over.
+    std::string take_unparsed();
 
     // An answer that ends the connection, outside any session (e.g. a 503 to a connection
     // over the server's cap).

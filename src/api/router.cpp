@@ -25,8 +25,16 @@ std::string dump(const Json& j) {
     return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-HttpReply json_reply(const Json& j) { return {200, dump(j), {}}; }
-HttpReply no_content() { return {204, {}, {}}; }
+HttpReply json_reply(const Json& j) {
+    HttpReply r;
+    r.body = dump(j);
+    return r;
+}
+HttpReply no_content() {
+    HttpReply r;
+    r.status = 204;
+    return r;
+}
 
 HttpReply from_api_error(const ApiError& e) {
     return error_reply(http_status(e.kind), e.message.empty() ? "error" : e.message);
@@ -677,7 +685,10 @@ HttpReply route(VmControl& vm, std::string_view method, std::string_view target,
         return get_only([&] {
             auto shot = vm.screenshot();
             if (!shot) return from_api_error(shot.error());
-            return HttpReply{200, std::move(shot->png), {}, "image/png"};
+            HttpReply r;
+            r.body = std::move(shot->png);
+            r.content_type = "image/png";
+            return r;
         });
     }
     if (name == "vm.send-keys") {
@@ -768,7 +779,12 @@ std::string error_body(std::string_view message) {
     return dump(Json{{"error", message}});
 }
 
-HttpReply error_reply(int status, std::string_view message) { return {status, error_body(message), {}}; }
+HttpReply error_reply(int status, std::string_view message) {
+    HttpReply r;
+    r.status = status;
+    r.body = error_body(message);
+    return r;
+}
 
 int http_status(ErrorKind kind) {
     switch (kind) {

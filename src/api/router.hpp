@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 #include <string_view>
 
 #include "api/vm_control.hpp"
@@ -45,6 +47,9 @@ struct HttpReply {
     std::string allow;  // for 405: the methods the path accepts, e.g. "GET, HEAD"
     std::string content_type = "application/json";
     unsigned retry_after_s = 0;  // a Retry-After header (with 503) when not 0
+    // More headers (the web listener's cookies, redirects, caching and security headers);
+    // names and values are the server's own, never the client's.
+    std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // Which of the server's worker lanes runs a request (docs/api.md, "Limits"):

@@ -1,5 +1,7 @@
 // The management API server: HTTP/1.1 + JSON on a Unix socket (Cloud Hypervisor /
 // Firecracker style), calling a VmControl. See docs/api.md ("Limits") and docs/openapi.yaml.
+// With WebOptions it also listens on TCP for the web console (api/web.hpp: the page, noVNC's
+// files, the same API behind a token, and WebSockets to the VM's VNC server).
 //
 //   ApiServer api(vm_control, {.socket_path = cfg.api_socket});
 //   if (auto ok = api.start(); !ok) ...;   // listening when this returns
@@ -9,9 +11,12 @@
 // Threads:
 //   "enl-api-io"     one event loop (common/event_loop.hpp): accepts, reads and parses every
 //                    connection without blocking (an HttpSession each), enforces the caps and
-//                    deadlines, writes the answers. It never calls the VmControl.
+//                    deadlines, writes the answers. It never calls the VmControl. It also
+//                    carries the web console's WebSockets: frames between a browser and a
+//                    socketpair to the VNC server (WebOptions::console, called here; it must
+//                    not block), both sides nonblocking and bounded.
 //   "enl-api-N"      `threads` quick workers: requests of Lane::Quick (router.hpp: vm.info,
-//                    vm.power-off, vm.reset, the GETs...), queued FIFO; the queue holds at
+//                    vm.power-off, vm.reset, the GETs..., and the web's static files), queued FIFO; the queue holds at
 //                    most one request per connection, so it is bounded by max_connections.
 //   "enl-api-gN"     max_guest_calls guest workers: requests of Lane::Guest (KVP, shutdown,
 //                    copy-file, checkpoints...), which may wait for the guest for seconds or
@@ -27,10 +32,15 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "api/vm_control.hpp"
+#include "common/fd.hpp"
 #include "common/result.hpp"
 
 namespace enlighten::api {
@@ -54,10 +64,29 @@ struct ApiLimits {
     unsigned max_guest_calls = 4;
 };
 
+// The web console's listener (--web; api/web.hpp says what it serves).
+struct WebOptions {
+    std::string host = "127.0.0.1";  // an IPv4 address
+    uint16_t port = 8080;
+    std::string token;                           // 32 hex digits (make_web_token())
+    std::string novnc_dir = "/usr/share/novnc";  // Debian's package novnc
+    // Opens a connection to the VM's VNC server for one browser (a socketpair end, nonblocking
+    // or not); called on the I/O thread, so it must not block. Unset: no console, /websockify
+    // answers 503.
+    std::function<Result<UniqueFd>()> console;
+};
+// --web HOST:PORT or :PORT (then 127.0.0.1); the token is left empty.
+Result<WebOptions> parse_web_endpoint(std::string_view spec);
+// 128 bits from getrandom(), as 32 lowercase hex digits.
+Result<std::string> make_web_token();
+// The address to open, with its token.
+std::string web_url(const WebOptions& web);
+
 struct ApiServerOptions {
-    std::string socket_path;
+    std::string socket_path;  // may be empty when `web` is set (then only the web listens)
     unsigned threads = 2;  // quick workers
     ApiLimits limits{};
+    std::optional<WebOptions> web{};  // --web: the web console's listener too
 };
 
 class ApiServer {
@@ -77,6 +106,9 @@ public:
     void stop();
 
     [[nodiscard]] const std::string& socket_path() const;
+    // The web listener's port (the one chosen by the kernel when options.web->port is 0);
+    // 0 without one. After start().
+    [[nodiscard]] uint16_t web_port() const;
 
 private:
     struct Impl;

@@ -6,7 +6,7 @@
 //                 [--api-socket PATH] [--disk path=FILE[,format=auto|raw|vhdx][,readonly=on][,bus=scsi|ide][,id=NAME][,serial=TEXT]]...
 //                 [--net backend=slirp|tap[,tap=NAME][,mac=MAC][,hostfwd=RULE]...[,queues=N][,id=NAME]]...
 //                 [--vsock socket=PATH]
-//                 [--display on|off[,resolution=WxH]] [--vnc HOST:PORT|:PORT|unix:PATH]
+//                 [--display on|off[,resolution=WxH]] [--vnc HOST:PORT|:PORT|unix:PATH] [--web HOST:PORT|:PORT]
 //                 [--seccomp on|log|off] [--user NAME|UID[:GROUP|GID]]
 //   enlighten remote --api-socket PATH <command> [args]     (src/cli/remote.cpp, docs/api.md)
 //   enlighten image create|info|check|merge|convert ...     (disk images: backends/disk/image_tool.hpp)
@@ -487,6 +487,10 @@ int main(int argc, char** argv) {
     run->add_option("--vnc", vnc,
                     "Serve the console over VNC: HOST:PORT (an IPv4 address), :PORT (127.0.0.1) or unix:PATH; "
                     "no password, so keep it on loopback (docs/console.md)");
+    std::string web;
+    run->add_option("--web", web,
+                    "Serve the console and a live dashboard to a browser: HOST:PORT (an IPv4 address) or :PORT "
+                    "(127.0.0.1); the address to open, with its access token, is printed at start (docs/console.md)");
     std::string seccomp{sandbox::mode_name(sandbox::default_mode())}, user, seccomp_test;
     run->add_option("--seccomp", seccomp,
                     "seccomp-bpf filters per thread kind: on (a forbidden system call ends the VMM with SIGSYS), "
@@ -556,6 +560,14 @@ int main(int argc, char** argv) {
         if (!cfg.hyperv || !cfg.display.enabled)
             return error(Error("--vnc needs the display: the synthetic video is served over VMBus (--hyperv on, --display on)"));
         cfg.vnc = *where;
+    }
+    if (!web.empty()) {
+        auto w = api::parse_web_endpoint(web);
+        if (!w) return error(w.error());
+        auto token = api::make_web_token();
+        if (!token) return error(token.error());
+        w->token = std::move(*token);
+        cfg.web = std::move(*w);
     }
     if (cfg.hyperv) {
         // What names this VM on the host, for NICs' default MACs: its first disk, else its kernel.

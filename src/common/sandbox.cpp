@@ -134,10 +134,12 @@ void files(Rules& r) {
 // Disk I/O through io_uring (backends/disk): rings are set up when a channel opens.
 void uring(Rules& r) { allow(r, {"io_uring_setup", "io_uring_enter", "io_uring_register"}); }
 
-// Sockets: AF_UNIX (the API, hv_sock, VNC on unix:PATH), AF_INET and AF_INET6 (slirp's NAT,
-// VNC on TCP, the tap's interface ioctls), nothing else (no netlink, no packet sockets).
+// Sockets: AF_UNIX (the API, hv_sock, VNC on unix:PATH, the web console's socketpairs to the
+// VNC server), AF_INET and AF_INET6 (slirp's NAT, VNC and --web on TCP, the tap's interface
+// ioctls), nothing else (no netlink, no packet sockets).
 void sockets(Rules& r) {
     allow_if(r, "socket", 0, ~0ULL, {AF_UNIX, AF_INET, AF_INET6});
+    allow_if(r, "socketpair", 0, ~0ULL, {AF_UNIX});
     allow(r, {"connect", "accept", "accept4", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
               "shutdown", "setsockopt", "getsockopt", "getsockname", "getpeername"});
 }
@@ -217,10 +219,13 @@ Rules rules_for(ThreadKind kind) {
             ioctls(r, kKvmVmRuntime), ioctls(r, kBlock), ioctls(r, kTapRuntime);
             break;
         case ThreadKind::ApiIo:
-            // The API's loop: accepting and serving connections on the listening socket.
+            // The API's loop: accepting and serving connections on the listening sockets (the
+            // Unix socket, --web's TCP one); for a browser's console, a socketpair to the VNC
+            // server (vnc::Server::connect, whose own thread hands the other end to libvncserver).
             loops(r), set_ids(r);
             allow(r, {"accept", "accept4", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "setsockopt",
                       "getsockopt", "getsockname", "getpeername"});
+            allow_if(r, "socketpair", 0, ~0ULL, {AF_UNIX});
             break;
         case ThreadKind::Vcpu:
             // KVM_RUN, and the emulation of port and MMIO accesses, MSRs and hypercalls: state

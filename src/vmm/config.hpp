@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "api/server.hpp"
 #include "backends/vnc/vnc.hpp"
 #include "common/device_config.hpp"
 #include "common/result.hpp"
@@ -54,6 +55,9 @@ struct VmConfig {
     std::string vsock_socket;
     DisplayConfig display;   // with the Hyper-V interface only
     std::optional<vnc::Endpoint> vnc;  // --vnc: serve the display over VNC (vmm/vnc_display.hpp)
+    // --web: the console and dashboard in a browser (api/web.hpp), on the API server; the
+    // display is then served over VNC too (internally when --vnc is not given).
+    std::optional<api::WebOptions> web;
     // The VMBus devices (with the Hyper-V interface only). The command line gives the
     // integration services (devices/ic/factory.hpp) and, later, disks and NICs.
     std::vector<DeviceConfig> devices;

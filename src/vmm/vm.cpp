@@ -97,18 +97,32 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
         impl->vsock = std::move(*vsock);
     }
 
-    if (impl->cfg.vnc) {
-        auto vnc = VncDisplay::start(*impl->cfg.vnc, *impl->loop, impl->devices.first<video::VideoDevice>(),
+    const bool web_console = impl->cfg.web && impl->devices.first<video::VideoDevice>() != nullptr;
+    if (impl->cfg.vnc || web_console) {
+        vnc::Endpoint where;
+        if (impl->cfg.vnc) {
+            where = *impl->cfg.vnc;
+        } else {
+            where.internal = true;
+        }
+        auto vnc = VncDisplay::start(where, *impl->loop, impl->devices.first<video::VideoDevice>(),
                                      impl->devices.first<input::KeyboardDevice>(),
                                      impl->devices.first<input::MouseDevice>());
-        if (!vnc) return std::unexpected(vnc.error().context("--vnc"));
+        if (!vnc) return std::unexpected(vnc.error().context(impl->cfg.vnc ? "--vnc" : "--web"));
         impl->vnc = std::move(*vnc);
     }
     // The management API lives across guest reboots; it follows the current machine.
     impl->control = std::make_unique<MachineControl>(impl->cfg, impl->devices, *impl->loop);
-    if (!impl->cfg.api_socket.empty()) {
-        impl->api.emplace(*impl->control, api::ApiServerOptions{.socket_path = impl->cfg.api_socket});
-        if (auto ok = impl->api->start(); !ok) return std::unexpected(ok.error().context("--api-socket"));
+    if (!impl->cfg.api_socket.empty() || impl->cfg.web) {
+        api::ApiServerOptions options{.socket_path = impl->cfg.api_socket};
+        options.web = impl->cfg.web;
+        if (options.web && impl->vnc) {
+            VncDisplay* display = impl->vnc.get();  // outlives the API server (stopped first)
+            options.web->console = [display] { return display->connect(); };
+        }
+        impl->api.emplace(*impl->control, std::move(options));
+        if (auto ok = impl->api->start(); !ok)
+            return std::unexpected(ok.error().context(impl->cfg.api_socket.empty() ? "--web" : "--api-socket"));
     }
     return std::unique_ptr<VirtualMachine>(new VirtualMachine(std::move(impl)));
 }

@@ -45,6 +45,9 @@ public:
                                                      std::shared_ptr<input::MouseDevice> mouse);
     ~VncDisplay() override;
 
+    // A client connection for the web console (vnc::Server::connect). Any thread.
+    Result<UniqueFd> connect() { return server_->connect(); }
+
     void key(uint32_t keysym, bool down) override;
     void pointer(uint32_t x, uint32_t y, uint8_t buttons) override;
     void viewers(uint32_t count) override;

@@ -2,6 +2,8 @@
 // with a fake VmControl, exercised through our HTTP client (api::HttpClient) and through raw
 // bytes; then the client's response parser on its own.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -26,6 +28,8 @@
 #include "api/http_client.hpp"
 #include "api/router.hpp"
 #include "api/server.hpp"
+#include "api/web.hpp"
+#include "api/websocket.hpp"
 #include <fmt/format.h>
 
 #include "cli/remote.hpp"
@@ -1708,4 +1712,412 @@ TEST(ApiResponseParser, BadAndOversizedResponses) {
                   ResponseParser::State::Error);
         EXPECT_NE(p.error().find("headers exceed 64 bytes"), std::string::npos) << p.error();
     }
+}
+
+// ---- the web console (api/web.hpp, api/websocket.hpp) ------------------------------------
+
+namespace {
+
+// A frame as a browser sends it: masked, with the given first byte (FIN, RSV, opcode).
+std::string client_frame(uint8_t first, std::string_view payload, uint32_t mask = 0x1a2b3c4d, bool masked = true) {
+    std::string f;
+    f.push_back(static_cast<char>(first));
+    const uint64_t n = payload.size();
+    const char m = masked ? static_cast<char>(0x80) : 0;
+    if (n < 126) {
+        f.push_back(static_cast<char>(m | static_cast<char>(n)));
+    } else if (n <= 0xffff) {
+        f.push_back(static_cast<char>(m | 126));
+        f.push_back(static_cast<char>(n >> 8));
+        f.push_back(static_cast<char>(n & 0xff));
+    } else {
+        f.push_back(static_cast<char>(m | 127));
+        for (int shift = 56; shift >= 0; shift -= 8) f.push_back(static_cast<char>((n >> shift) & 0xff));
+    }
+    const uint8_t key[4] = {static_cast<uint8_t>(mask >> 24), static_cast<uint8_t>(mask >> 16),
+                            static_cast<uint8_t>(mask >> 8), static_cast<uint8_t>(mask)};
+    if (masked) f.append(reinterpret_cast<const char*>(key), 4);
+    for (size_t i = 0; i < payload.size(); ++i)
+        f.push_back(masked ? static_cast<char>(payload[i] ^ static_cast<char>(key[i & 3])) : payload[i]);
+    return f;
+}
+
+WsInput decode(std::string_view bytes, bool byte_by_byte = false) {
+    WsDecoder d;
+    WsInput in;
+    if (byte_by_byte) {
+        for (const char c : bytes) d.feed(std::string_view(&c, 1), in);
+    } else {
+        d.feed(bytes, in);
+    }
+    return in;
+}
+
+ApiCall web_call(std::string method, std::string target, RequestHeaders h = {}) {
+    h.host = h.host.empty() ? "127.0.0.1:8080" : h.host;
+    return ApiCall{std::move(method), std::move(target), {}, std::move(h)};
+}
+
+const std::string kToken = "0123456789abcdef0123456789abcdef";
+
+WebOptions web_options() {
+    WebOptions w;
+    w.token = kToken;
+    return w;
+}
+
+std::string header_of(const HttpReply& r, std::string_view name) {
+    for (const auto& [n, v] : r.headers)
+        if (n == name) return v;
+    return {};
+}
+
+}  // namespace
+
+TEST(WebSocketCodec, TheAcceptKeyIsTheRfcs) {
+    EXPECT_EQ(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==").value_or(""), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    EXPECT_FALSE(ws_accept_key(""));
+    EXPECT_FALSE(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ"));    // 22 characters
+    EXPECT_FALSE(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ=!"));  // not base64
+    EXPECT_FALSE(ws_accept_key("dGhlIHNhbXBsZSBub25jZQAA"));  // 18 bytes
+}
+
+TEST(WebSocketCodec, FragmentedMessagesWithAPingBetweenDecodeByteByByte) {
+    std::string big(70000, '\0');
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7);
+    const std::string stream = client_frame(0x02, "RFB ", 0x01020304) + client_frame(0x89, "are you there?") +
+                               client_frame(0x00, big.substr(0, 200), 0xdeadbeef) +
+                               client_frame(0x80, big.substr(200), 0x0badf00d) + client_frame(0x8a, "pong") +
+                               client_frame(0x82, "") + client_frame(0x82, "end");
+    for (const bool byte_by_byte : {false, true}) {
+        const WsInput in = decode(stream, byte_by_byte);
+        EXPECT_EQ(in.error, 0) << in.error_text;
+        EXPECT_FALSE(in.close);
+        EXPECT_TRUE(in.data == "RFB " + big + "end") << in.data.size() << " bytes";
+        ASSERT_EQ(in.pings.size(), 1U);
+        EXPECT_EQ(in.pings[0], "are you there?");
+    }
+}
+
+TEST(WebSocketCodec, ACloseEndsTheInputWithItsCode) {
+    const std::string body{"\x03\xe9", 2};  // 1001
+    const WsInput in = decode(client_frame(0x82, "ab") + client_frame(0x88, body) + client_frame(0x82, "after"));
+    EXPECT_TRUE(in.close);
+    EXPECT_EQ(in.close_code, 1001);
+    EXPECT_EQ(in.data, "ab");
+    EXPECT_EQ(decode(client_frame(0x88, "x")).error, kWsProtocolError);  // a 1-byte close body
+}
+
+TEST(WebSocketCodec, WhatTheRfcForbidsEndsTheInput) {
+    struct Case {
+        const char* what;
+        std::string bytes;
+        uint16_t code;
+    };
+    std::string huge_length = {static_cast<char>(0x82), static_cast<char>(0xff)};
+    huge_length += std::string("\x80\0\0\0\0\0\0\0", 8) + "mask";
+    const Case cases[] = {
+        {"unmasked", client_frame(0x82, "abc", 0, false), kWsProtocolError},
+        {"reserved bit", client_frame(0xc2, "abc"), kWsProtocolError},
+        {"unknown opcode", client_frame(0x83, "abc"), kWsProtocolError},
+        {"text", client_frame(0x81, "abc"), kWsUnsupportedData},
+        {"fragmented ping", client_frame(0x09, "abc"), kWsProtocolError},
+        {"long ping", client_frame(0x89, std::string(126, 'p')), kWsProtocolError},
+        {"continuation first", client_frame(0x80, "abc"), kWsProtocolError},
+        {"message inside a message", client_frame(0x02, "a") + client_frame(0x82, "b"), kWsProtocolError},
+        {"64-bit length with the top bit", huge_length, kWsProtocolError},
+    };
+    for (const auto& c : cases) {
+        const WsInput in = decode(c.bytes + client_frame(0x82, "after"));
+        EXPECT_EQ(in.error, c.code) << c.what;
+        EXPECT_FALSE(in.error_text.empty()) << c.what;
+        EXPECT_EQ(in.data.find("after"), std::string::npos) << c.what;
+    }
+}
+
+TEST(WebSocketCodec, ServerFramesUseTheShortestLengthForm) {
+    for (const size_t n : {size_t{0}, size_t{125}, size_t{126}, size_t{65535}, size_t{65536}}) {
+        const std::string f = ws_frame(WsOpcode::Binary, std::string(n, 'x'));
+        const size_t header = n < 126 ? 2 : n <= 0xffff ? 4 : 10;
+        ASSERT_EQ(f.size(), header + n) << n;
+        EXPECT_EQ(static_cast<uint8_t>(f[0]), 0x82);
+        EXPECT_EQ(static_cast<uint8_t>(f[1]) & 0x80, 0) << "a server never masks";
+    }
+    EXPECT_EQ(ws_frame(WsOpcode::Ping, std::string(300, 'p')).size(), 2U + 125U);
+    EXPECT_EQ(ws_close_frame(1002), std::string("\x88\x02\x03\xea", 4));
+}
+
+TEST(WebRoutes, TheTokenBecomesACookieAndNothingOpensWithoutIt) {
+    const WebOptions w = web_options();
+    WebRoute r = route_web(w, web_call("GET", "/?token=" + kToken));
+    ASSERT_EQ(r.kind, WebRoute::Kind::Reply);
+    EXPECT_EQ(r.reply.status, 303);
+    EXPECT_EQ(header_of(r.reply, "Location"), "/");
+    EXPECT_EQ(header_of(r.reply, "Set-Cookie"), "enlighten_token=" + kToken + "; Path=/; HttpOnly; SameSite=Strict");
+
+    for (const char* target : {"/", "/index.html", "/api/v1/vm.info", "/novnc/core/rfb.js", "/websockify", "/?token=x",
+                               "/?token=0123456789abcdef0123456789abcdee"}) {
+        r = route_web(w, web_call("GET", target));
+        ASSERT_EQ(r.kind, WebRoute::Kind::Reply) << target;
+        EXPECT_EQ(r.reply.status, 401) << target;
+    }
+    RequestHeaders wrong;
+    wrong.cookie = "other=1; enlighten_token=0123456789abcdef0123456789abcdeF";
+    EXPECT_EQ(route_web(w, web_call("GET", "/", wrong)).reply.status, 401);
+
+    RequestHeaders cookie;
+    cookie.cookie = "jupyter=abc; enlighten_token=" + kToken + "; x=y";
+    r = route_web(w, web_call("GET", "/", cookie));
+    EXPECT_EQ(r.reply.status, 200);
+    EXPECT_EQ(r.reply.content_type, "text/html; charset=utf-8");
+    EXPECT_EQ(r.reply.body, std::string(web_page()));
+    EXPECT_FALSE(header_of(r.reply, "Content-Security-Policy").empty());
+
+    RequestHeaders bearer;
+    bearer.authorization = "Bearer " + kToken;
+    r = route_web(w, web_call("PUT", "/api/v1/vm.shutdown", bearer));
+    ASSERT_EQ(r.kind, WebRoute::Kind::Api);
+    EXPECT_EQ(r.api_target, "/api/v1/vm.shutdown");
+}
+
+TEST(WebRoutes, ChangesAndTheConsoleOnlyFromThePagesOrigin) {
+    const WebOptions w = web_options();
+    RequestHeaders h;
+    h.cookie = "enlighten_token=" + kToken;
+    h.origin = "http://evil.example";
+    EXPECT_EQ(route_web(w, web_call("PUT", "/api/v1/vm.power-off", h)).reply.status, 403);
+    EXPECT_EQ(route_web(w, web_call("GET", "/api/v1/vm.info", h)).kind, WebRoute::Kind::Api);
+    h.origin = "http://127.0.0.1:8080";
+    EXPECT_EQ(route_web(w, web_call("PUT", "/api/v1/vm.power-off", h)).kind, WebRoute::Kind::Api);
+
+    h.upgrade = "websocket";
+    h.connection = "keep-alive, Upgrade";
+    h.ws_version = "13";
+    h.ws_key = "dGhlIHNhbXBsZSBub25jZQ==";
+    h.ws_protocol = "base64, binary";
+    WebRoute r = route_web(w, web_call("GET", "/websockify", h));
+    ASSERT_EQ(r.kind, WebRoute::Kind::WebSocket);
+    EXPECT_EQ(r.ws_accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    EXPECT_EQ(r.ws_protocol, "binary");
+    EXPECT_NE(websocket_accept_answer(r).find("Sec-WebSocket-Protocol: binary\r\n"), std::string::npos);
+
+    RequestHeaders bad = h;
+    bad.origin = "http://evil.example";
+    EXPECT_EQ(route_web(w, web_call("GET", "/websockify", bad)).reply.status, 403);
+    bad = h;
+    bad.ws_key = "short";
+    EXPECT_EQ(route_web(w, web_call("GET", "/websockify", bad)).reply.status, 400);
+    bad = h;
+    bad.upgrade.clear();
+    EXPECT_EQ(route_web(w, web_call("GET", "/websockify", bad)).reply.status, 426);
+    bad = h;
+    bad.ws_version = "8";
+    EXPECT_EQ(route_web(w, web_call("GET", "/websockify", bad)).reply.status, 426);
+}
+
+TEST(WebRoutes, NoVncFilesStayInTheirDirectory) {
+    const WebOptions w = web_options();
+    RequestHeaders h;
+    h.cookie = "enlighten_token=" + kToken;
+    WebRoute r = route_web(w, web_call("GET", "/novnc/core/rfb.js", h));
+    ASSERT_EQ(r.kind, WebRoute::Kind::File);
+    EXPECT_EQ(r.file, "/usr/share/novnc/core/rfb.js");
+    for (const char* target : {"/novnc/../../etc/passwd", "/novnc/core/../../x", "/novnc/.hidden", "/novnc/a//b",
+                               "/novnc/", "/novnc/%2e%2e/x", "/novnc/a b", "/elsewhere"}) {
+        r = route_web(w, web_call("GET", target, h));
+        ASSERT_EQ(r.kind, WebRoute::Kind::Reply) << target;
+        EXPECT_EQ(r.reply.status, 404) << target;
+    }
+    EXPECT_EQ(route_web(w, web_call("PUT", "/novnc/core/rfb.js", h)).reply.status, 405);
+
+    TempDir dir;
+    { std::ofstream(dir.path + "/page.js") << "export default 1;\n"; }
+    const HttpReply file = read_web_file(dir.path + "/page.js");
+    EXPECT_EQ(file.status, 200);
+    EXPECT_EQ(file.content_type, "text/javascript; charset=utf-8");
+    EXPECT_EQ(file.body, "export default 1;\n");
+    EXPECT_EQ(read_web_file(dir.path + "/missing.js").status, 404);
+    EXPECT_EQ(read_web_file(dir.path).status, 404);  // a directory
+    ASSERT_EQ(::symlink("/etc/passwd", (dir.path + "/link.js").c_str()), 0);
+    EXPECT_EQ(read_web_file(dir.path + "/link.js").status, 404);  // no symbolic link is followed
+}
+
+TEST(WebRoutes, TheEndpointAndTheToken) {
+    auto w = parse_web_endpoint(":8080");
+    ASSERT_TRUE(w);
+    EXPECT_EQ(w->host, "127.0.0.1");
+    EXPECT_EQ(w->port, 8080);
+    EXPECT_FALSE(parse_web_endpoint("localhost:80"));
+    EXPECT_FALSE(parse_web_endpoint("127.0.0.1:0"));
+    EXPECT_FALSE(parse_web_endpoint("8080"));
+    auto t1 = make_web_token(), t2 = make_web_token();
+    ASSERT_TRUE(t1 && t2);
+    EXPECT_EQ(t1->size(), 32U);
+    EXPECT_EQ(t1->find_first_not_of("0123456789abcdef"), std::string::npos);
+    EXPECT_NE(*t1, *t2);
+}
+
+namespace {
+
+UniqueFd connect_tcp(uint16_t port) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return UniqueFd();
+    return fd;
+}
+
+// Reads until `want` bytes came (or EOF, or the timeout).
+std::string read_n(int fd, size_t want, std::chrono::milliseconds timeout = 3s) {
+    std::string out;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    while (out.size() < want) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        pollfd p{fd, POLLIN, 0};
+        if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+        const ssize_t n = ::recv(fd, buf, std::min(sizeof(buf), want - out.size()), 0);
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+}
+
+// The web listener on an ephemeral port, with a console that is a socketpair the test holds.
+class WebServerTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        ::signal(SIGPIPE, SIG_IGN);
+        enlighten::log::set_level(enlighten::log::Level::Warn);
+        ApiServerOptions o;
+        o.web = web_options();
+        o.web->port = 0;
+        o.web->console = [this]() -> enlighten::Result<UniqueFd> {
+            int sv[2];
+            if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return enlighten::fail_errno("socketpair");
+            std::lock_guard lock(mu);
+            consoles.emplace_back(sv[1]);
+            return UniqueFd(sv[0]);
+        };
+        server = std::make_unique<ApiServer>(vm, o);
+        auto ok = server->start();
+        ASSERT_TRUE(ok) << ok.error().message();
+        port = server->web_port();
+        ASSERT_NE(port, 0);
+    }
+    void TearDown() override { server->stop(); }
+
+    RawResponse request(const std::string& bytes) {
+        UniqueFd fd = connect_tcp(port);
+        if (!fd.valid() || !send_all(fd.get(), bytes)) return {};
+        return parse_raw(read_all(fd.get()));
+    }
+
+    // Opens the console's WebSocket; returns the connection after the 101's head.
+    UniqueFd open_console(std::string* head = nullptr) {
+        UniqueFd fd = connect_tcp(port);
+        const std::string req = "GET /websockify HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: enlighten_token=" + kToken +
+                                "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: binary\r\n\r\n";
+        if (!fd.valid() || !send_all(fd.get(), req)) return UniqueFd();
+        std::string got;
+        while (got.find("\r\n\r\n") == std::string::npos) {
+            const std::string c = read_n(fd.get(), 1);
+            if (c.empty()) break;
+            got += c;
+        }
+        if (head) *head = got;
+        return fd;
+    }
+
+    int console(size_t i) {
+        std::lock_guard lock(mu);
+        return i < consoles.size() ? consoles[i].get() : -1;
+    }
+
+    FakeVm vm;
+    std::unique_ptr<ApiServer> server;
+    uint16_t port = 0;
+    std::mutex mu;
+    std::vector<UniqueFd> consoles;
+};
+
+}  // namespace
+
+TEST_F(WebServerTest, ThePageTheApiAndRefusals) {
+    RawResponse r = request("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 401);
+    r = request("GET /?token=" + kToken + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 303);
+    EXPECT_NE(r.head.find("Set-Cookie: enlighten_token=" + kToken), std::string::npos) << r.head;
+    r = request("GET / HTTP/1.1\r\nHost: x\r\nCookie: enlighten_token=" + kToken + "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, std::string(web_page()));
+    r = request("GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + kToken +
+                "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_NE(r.body.find("api_version"), std::string::npos) << r.body;
+    r = request("PUT /api/v1/vm.power-off HTTP/1.1\r\nHost: 127.0.0.1:1\r\nOrigin: http://evil.example\r\nCookie: "
+                "enlighten_token=" + kToken + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 403);
+    EXPECT_EQ(vm.calls().size(), 0U) << "a foreign page must not power the VM off";
+}
+
+TEST_F(WebServerTest, TheConsoleCarriesFramesBothWaysAndCloses) {
+    std::string head;
+    UniqueFd ws = open_console(&head);
+    ASSERT_TRUE(ws.valid());
+    ASSERT_TRUE(head.starts_with("HTTP/1.1 101 ")) << head;
+    EXPECT_NE(head.find("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), std::string::npos) << head;
+    ASSERT_GE(console(0), 0);
+
+    // Browser to console: the payload, unmasked; a ping gets its pong.
+    ASSERT_TRUE(send_all(ws.get(), client_frame(0x82, "RFB 003.008\n") + client_frame(0x89, "hi")));
+    EXPECT_EQ(read_n(console(0), 12), "RFB 003.008\n");
+    EXPECT_EQ(read_n(ws.get(), 4), std::string("\x8a\x02hi", 4));
+
+    // Console to browser: binary frames, whatever the size.
+    const std::string big(100000, 'z');
+    std::thread writer([&] { send_all(console(0), big); });
+    std::string payload;
+    while (payload.size() < big.size()) {
+        const std::string h2 = read_n(ws.get(), 2);
+        ASSERT_EQ(h2.size(), 2U);
+        ASSERT_EQ(static_cast<uint8_t>(h2[0]), 0x82);
+        size_t n = static_cast<uint8_t>(h2[1]);
+        if (n == 126) {
+            const std::string e = read_n(ws.get(), 2);
+            n = (size_t{static_cast<uint8_t>(e[0])} << 8) | static_cast<uint8_t>(e[1]);
+        }
+        ASSERT_LT(n, size_t{65536});
+        payload += read_n(ws.get(), n);
+    }
+    writer.join();
+    EXPECT_TRUE(payload == big) << payload.size() << " bytes";
+
+    // The browser closes: its close is answered, and the console's end sees EOF.
+    ASSERT_TRUE(send_all(ws.get(), client_frame(0x88, std::string("\x03\xe8", 2))));
+    EXPECT_EQ(read_all(ws.get()), std::string("\x88\x02\x03\xe8", 4));
+    EXPECT_EQ(read_all(console(0), 1s), "");
+}
+
+TEST_F(WebServerTest, ABrokenFrameClosesTheConsoleWithAProtocolError) {
+    UniqueFd ws = open_console();
+    ASSERT_TRUE(ws.valid());
+    ASSERT_TRUE(send_all(ws.get(), client_frame(0x82, "ok") + client_frame(0x82, "unmasked", 0, false)));
+    EXPECT_EQ(read_all(ws.get()), std::string("\x88\x02\x03\xea", 4));
+    EXPECT_EQ(read_all(console(0), 1s), "ok");
+}
+
+TEST_F(WebServerTest, TheConsoleGoingAwayClosesTheBrowsersSocket) {
+    UniqueFd ws = open_console();
+    ASSERT_TRUE(ws.valid());
+    ASSERT_GE(console(0), 0);
+    {
+        std::lock_guard lock(mu);
+        consoles[0].reset();
+    }
+    EXPECT_EQ(read_all(ws.get()), std::string("\x88\x02\x03\xe9", 4));  // 1001, going away
 }

@@ -2,6 +2,9 @@
 
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,6 +22,7 @@
 
 #include <rfb/rfb.h>
 
+#include "common/endpoint.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
 
@@ -106,18 +110,9 @@ Result<Endpoint> parse_endpoint(std::string_view spec) {
             return fail(Errc::Invalid, "--vnc '{}': a socket path of 1 to {} bytes", spec, sizeof(sockaddr_un{}.sun_path) - 1);
         return e;
     }
-    const size_t colon = spec.rfind(':');
-    if (colon == std::string_view::npos) return fail(Errc::Invalid, "--vnc '{}': expected HOST:PORT, :PORT or unix:PATH", spec);
-    if (colon > 0) e.host = spec.substr(0, colon);
-    const auto port = spec.substr(colon + 1);
-    unsigned v = 0;
-    auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), v);
-    if (ec != std::errc() || p != port.data() + port.size() || v == 0 || v > 65535)
-        return fail(Errc::Invalid, "--vnc '{}': the port must be 1 to 65535", spec);
-    e.port = static_cast<uint16_t>(v);
-    in_addr addr{};
-    if (::inet_pton(AF_INET, e.host.c_str(), &addr) != 1)
-        return fail(Errc::Invalid, "--vnc '{}': '{}' is not an IPv4 address", spec, e.host);
+    ENL_TRY(Ipv4Endpoint ip, parse_ipv4_endpoint("--vnc", spec, "HOST:PORT, :PORT or unix:PATH"));
+    e.host = std::move(ip.host);
+    e.port = ip.port;
     return e;
 }
 
@@ -128,10 +123,15 @@ struct Server::Impl {
     rfbScreenInfoPtr screen = nullptr;
     std::vector<uint8_t> fb;
     std::atomic<uint32_t> viewers{0};
-    // unix:PATH: our own listener (libvncserver 0.9.14 listens on TCP only).
+    // unix:PATH: our own listener (libvncserver 0.9.14 listens on TCP only); its thread also
+    // hands connect()'s sockets to libvncserver. Without unix:PATH, the thread waits on
+    // `handoff` alone.
     UniqueFd unix_fd;
     std::thread unix_thread;
     std::atomic<bool> stopping{false};
+    std::mutex handoff_mu;                 // a leaf
+    std::vector<int> handoff;              // sockets from connect(), for the thread
+    UniqueFd handoff_event;                // an eventfd: handoff is not empty, or stopping
 
     static Impl& of(rfbClientPtr cl) { return *static_cast<Impl*>(cl->screen->screenData); }
 
@@ -158,7 +158,7 @@ struct Server::Impl {
     }
 
     Result<> listen_unix() {
-        unix_fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        unix_fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
         if (!unix_fd.valid()) return fail_errno("vnc: socket");
         sockaddr_un addr{};
         addr.sun_family = AF_UNIX;
@@ -171,32 +171,82 @@ struct Server::Impl {
         ::umask(old);
         if (bound != 0) return fail_errno(fmt::format("vnc: bind {}", where.path));
         if (::listen(unix_fd.get(), 8) != 0) return fail_errno(fmt::format("vnc: listen {}", where.path));
+        return {};
+    }
+
+    // What libvncserver's listener thread does with a TCP connection.
+    void add_client(int fd) {
+        rfbClientPtr cl = lib->new_client(screen, fd);
+        if (cl && !cl->onHold) lib->start_on_hold_client(cl);
+    }
+
+    // The thread that hands clients to libvncserver: from the unix:PATH listener, and from
+    // connect().
+    Result<> start_handoff() {
+        handoff_event.reset(::eventfd(0, EFD_CLOEXEC));
+        if (!handoff_event.valid()) return fail_errno("vnc: eventfd");
         unix_thread = std::thread([this] {
+            ::pthread_setname_np(::pthread_self(), "enl-vnc-accept");
             for (;;) {
-                const int fd = ::accept4(unix_fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
-                if (stopping) {
-                    if (fd >= 0) ::close(fd);
+                pollfd fds[2] = {{handoff_event.get(), POLLIN, 0}, {unix_fd.get(), POLLIN, 0}};
+                const int n = ::poll(fds, unix_fd.valid() ? 2 : 1, -1);
+                if (n < 0 && errno != EINTR) {
+                    log::warn("vnc: poll: {}", std::strerror(errno));
                     return;
                 }
-                if (fd < 0) {
-                    if (errno == EINTR || errno == ECONNABORTED) continue;
-                    log::warn("vnc: accept on {}: {}", where.path, std::strerror(errno));
-                    return;
+                if (stopping) return;
+                if ((fds[0].revents & POLLIN) != 0) {
+                    uint64_t count = 0;
+                    (void)!::read(handoff_event.get(), &count, sizeof(count));
+                    std::vector<int> fresh;
+                    {
+                        std::lock_guard lock(handoff_mu);
+                        fresh.swap(handoff);
+                    }
+                    for (const int fd : fresh) add_client(fd);
                 }
-                // What libvncserver's listener thread does with a TCP connection.
-                rfbClientPtr cl = lib->new_client(screen, fd);
-                if (cl && !cl->onHold) lib->start_on_hold_client(cl);
+                if (unix_fd.valid() && (fds[1].revents & POLLIN) != 0) {
+                    const int fd = ::accept4(unix_fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+                    if (fd >= 0) {
+                        add_client(fd);
+                    } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+                        log::warn("vnc: accept on {}: {}", where.path, std::strerror(errno));
+                    }
+                }
             }
         });
         return {};
     }
 
+    Result<UniqueFd> connect() {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return fail_errno("vnc: socketpair");
+        UniqueFd ours(sv[0]);
+        {
+            std::lock_guard lock(handoff_mu);
+            if (stopping) {
+                ::close(sv[1]);
+                return fail("vnc: the server is stopping");
+            }
+            handoff.push_back(sv[1]);
+        }
+        const uint64_t one = 1;
+        (void)!::write(handoff_event.get(), &one, sizeof(one));
+        return ours;
+    }
+
     void stop() {
         if (unix_thread.joinable()) {
-            stopping = true;
-            ::shutdown(unix_fd.get(), SHUT_RDWR);  // wakes accept()
+            {
+                std::lock_guard lock(handoff_mu);
+                stopping = true;
+                for (const int fd : handoff) ::close(fd);
+                handoff.clear();
+            }
+            const uint64_t one = 1;
+            (void)!::write(handoff_event.get(), &one, sizeof(one));
             unix_thread.join();
-            ::unlink(where.path.c_str());
+            if (unix_fd.valid()) ::unlink(where.path.c_str());
         }
         if (screen) {
             lib->shutdown_server(screen, TRUE);
@@ -229,7 +279,7 @@ Result<std::unique_ptr<Server>> Server::start(const Endpoint& where, Source& sou
     s->ipv6port = 0;  // never the IPv6 wildcard
     s->httpPort = 0;
     s->http6Port = 0;
-    if (where.unix_socket) {
+    if (where.unix_socket || where.internal) {
         s->port = 0;
     } else {
         s->port = where.port;
@@ -241,9 +291,10 @@ Result<std::unique_ptr<Server>> Server::start(const Endpoint& where, Source& sou
     std::unique_ptr<Server> server(new Server(std::move(impl)));
     server->width_ = width;
     server->height_ = height;
-    if (!where.unix_socket && s->listenSock == RFB_INVALID_SOCKET)
+    if (!where.unix_socket && !where.internal && s->listenSock == RFB_INVALID_SOCKET)
         return fail(Errc::Io, "vnc: cannot listen on {}:{} (in use?)", where.host, where.port);
     if (where.unix_socket) ENL_TRY_VOID(server->impl_->listen_unix());
+    ENL_TRY_VOID(server->impl_->start_handoff());
     lib->run_event_loop(s, 40000, TRUE);  // its own threads from here on
     log::info("vnc: serving the console on {}", server->address());
     return server;
@@ -274,8 +325,11 @@ void Server::changed(uint32_t x, uint32_t y, uint32_t w, uint32_t h) {
                           static_cast<int>(y2));
 }
 
+Result<UniqueFd> Server::connect() { return impl_->connect(); }
+
 std::string Server::address() const {
     const Endpoint& e = impl_->where;
+    if (e.internal) return "internal (the web console)";
     return e.unix_socket ? "unix:" + e.path : fmt::format("{}:{}", e.host, e.port);
 }
 

@@ -9,7 +9,8 @@
 // server listens on the loopback interface or a Unix socket (mode 0600) that the user chose.
 //
 // Threads: start, resize, pixels/changed and the destructor are called from one thread (the
-// VM's control loop). The Source's calls come from libvncserver's threads (a client's input
+// VM's control loop); connect() from any. A thread of the server's ("enl-vnc-accept") hands
+// new clients to libvncserver: those of a unix:PATH listener and of connect(). The Source's calls come from libvncserver's threads (a client's input
 // thread, the listener thread), several at once. The framebuffer lock (fb_mu_) is a leaf.
 #pragma once
 
@@ -19,12 +20,14 @@
 #include <string>
 #include <string_view>
 
+#include "common/fd.hpp"
 #include "common/result.hpp"
 
 namespace enlighten::vnc {
 
 // Where the server listens: --vnc HOST:PORT (":PORT" is 127.0.0.1), or unix:PATH.
 struct Endpoint {
+    bool internal = false;  // no listener: clients come only through Server::connect() (--web)
     bool unix_socket = false;
     std::string host = "127.0.0.1";  // an IPv4 address
     uint16_t port = 5900;
@@ -64,8 +67,12 @@ public:
     [[nodiscard]] std::span<uint8_t> pixels();
     // Clients get [x, x+w) x [y, y+h) again (clamped to the framebuffer).
     void changed(uint32_t x, uint32_t y, uint32_t w, uint32_t h);
-    // Where it listens, for the log ("127.0.0.1:5900", "unix:/run/vm.vnc").
+    // Where it listens, for the log ("127.0.0.1:5900", "unix:/run/vm.vnc", "internal").
     [[nodiscard]] std::string address() const;
+    // A new client on a socketpair: the returned end speaks RFB as a client would (the web
+    // console carries it to a browser). Any thread; does not block (the other end is handed
+    // to libvncserver on the server's own thread).
+    Result<UniqueFd> connect();
 
     struct Impl;
 
