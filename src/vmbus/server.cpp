@@ -192,14 +192,23 @@ Result<uint32_t> Server::new_channel(const std::shared_ptr<DeviceSlot>& slot, ui
 
 Result<uint32_t> Server::add_device(std::shared_ptr<Device> device) {
     auto slot = std::make_shared<DeviceSlot>(*this, std::move(device));
-    uint32_t relid;
-    {
-        LockGuard lock(mu_);
-        ENL_TRY(relid, new_channel(slot, 0));
-        devices_.push_back(slot);
-    }
+    // The attach is queued before the offer can reach the guest: a connected guest may answer
+    // the offer with OPENCHANNEL on another vCPU at once, and that open is queued behind it
+    // (posted after the offer went out). Queued after the offer, the open could run first and
+    // find the device unattached (seen: a service re-enabled through the API, 1 run in 5).
     DeviceResources res{slot.get(), &memory_, loop_, reference_time_, ram_};
     post([slot, res](Server&) { slot->device->attach(res); });
+    uint32_t relid = 0;
+    {
+        LockGuard lock(mu_);
+        auto r = new_channel(slot, 0);
+        if (!r) {
+            post([slot](Server&) { slot->device->detach(); });
+            return std::unexpected(r.error());
+        }
+        relid = *r;
+        devices_.push_back(slot);
+    }
     return relid;
 }
 

@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -215,6 +217,10 @@ dump_logs() {
     echo "--- enlighten log ---"; cat "$WORK/vmm.log" 2>/dev/null
     echo "--- end ---"
 }
+# live WORDS...: a line for the run's on_live hook on the machine that runs the tests
+# (Session.scenario(on_live=...)), seen there at once while the run goes on (a session's
+# run_item gives the run its console as fd 3); also "LIVE WORDS" in the run's own output.
+live() { echo "LIVE $*"; { echo "E2E-LIVE ${E2E_RUN:-none} $*" >&3; } 2>/dev/null || true; }
 """
 
 
@@ -283,7 +289,8 @@ run_item() {
     d=$(mktemp -d)
     t0=$(now)
     echo "E2E-START $key"
-    setsid sh "$script" >"$d/out" 2>&1 </dev/null &
+    # fd 3: the session's console, for the run's live lines (SCENARIO_LIB's `live`)
+    setsid sh "$script" 3>&1 >"$d/out" 2>&1 </dev/null &
     pid=$!
     ( n=0
       while [ $n -lt "$limit" ]; do
@@ -344,7 +351,7 @@ show() {
     echo "--- $1: enlighten log ---"; cat "$WORK/$1.vmm.log" 2>/dev/null
     echo "--- $1: end ---"
 }
-vm_alive() { st=; read -r _ _ st _ < "/proc/$VM_PID/stat" 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
+vm_alive() { st=; { read -r _ _ st _ < "/proc/$VM_PID/stat"; } 2>/dev/null; [ -n "$st" ] && [ "$st" != Z ]; }
 # wait_guest PATTERN SECONDS: until the guest console shows PATTERN; gives up at once when
 # the VMM has exited (e.g. it refused its command line).
 wait_guest() {
@@ -366,6 +373,156 @@ stop_vm() {
     show "$BG_NAME"
 }
 """
+
+# ----------------------------------------------------------------------------- live hooks
+_LIVE_RE = re.compile(r"^E2E-LIVE (\S+) (.*)$")
+_END_RE = re.compile(r"^E2E-END (\S+) rc=")
+LIVE_JOIN_S = 60  # how long a hook may go on after its run ended
+
+
+class LiveEnded(AssertionError):
+    """Live.wait_line: the run ended (or the wait timed out) without the line."""
+
+
+class Live:
+    """What a scenario's on_live hook gets, on a thread of its own, when the run prints its
+    first `live WORDS` line (SCENARIO_LIB): the run is still going on in the test host.
+
+    line: the WORDS of that first line; forwards: {port in the test host: port of 127.0.0.1
+    here} (Session.scenario(forward_ports=...)); wait_line(): a later live line; note(): text
+    kept with the outcome (Session.live_result) and shown when a test fails."""
+
+    def __init__(self, key: str, line: str, forwards: dict[int, int], nic_addr: str) -> None:
+        self.key = key
+        self.line = line
+        self.forwards = dict(forwards)
+        self.nic_addr = nic_addr      # where the forwarded ports are in the test host ($E2E_NIC_ADDR)
+        self.notes: list[str] = []
+        self.t0 = time.monotonic()
+        self._lines: list[str] = [line]
+        self._next = 1
+        self._ended = False
+        self._cond = threading.Condition()
+
+    def local_url(self, url: str) -> str:
+        """A URL the run printed (http://E2E_NIC_ADDR:PORT/...) as this machine reaches it
+        (http://127.0.0.1:FORWARDED/...)."""
+        m = re.match(r"(\w+)://([^/:]+):(\d+)(.*)$", url)
+        if not m or int(m.group(3)) not in self.forwards:
+            raise AssertionError(f"{url!r} is not on a forwarded port ({self.forwards})")
+        return f"{m.group(1)}://127.0.0.1:{self.forwards[int(m.group(3))]}{m.group(4)}"
+
+    def wait_line(self, pattern: str, timeout: float) -> str:
+        """The next live line (after those already taken) that matches the regex `pattern`;
+        LiveEnded if the run ends or `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self._next < len(self._lines):
+                    ln = self._lines[self._next]
+                    self._next += 1
+                    if re.search(pattern, ln):
+                        return ln
+                if self._ended:
+                    raise LiveEnded(f"run {self.key!r} ended without a live line matching {pattern!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LiveEnded(f"no live line matching {pattern!r} from run {self.key!r} in {timeout:.0f} s")
+                self._cond.wait(min(left, 1.0))
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def note(self, text: str) -> None:
+        self.notes.append(f"[{time.monotonic() - self.t0:6.1f} s] {text}")
+
+    def _push(self, line: str) -> None:
+        with self._cond:
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def _end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+
+@dataclass
+class LiveOutcome:
+    """What a run's on_live hook did: its return value, or the exception it raised (with the
+    traceback); its notes; its seconds."""
+    value: Any = None
+    error: str | None = None    # the traceback
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    ran: bool = True
+    summary: str = ""           # the exception's first line
+
+    def describe(self) -> str:
+        out = f"\n--- the live hook ({self.seconds:.1f} s) ---\n"
+        out += "\n".join(self.notes) if self.notes else "(no notes)"
+        if self.error:
+            out += f"\n--- the hook raised ---\n{self.error}"
+        return out + "\n--- end ---"
+
+
+class _LiveDispatcher:
+    """Session._run_batch's on_line: starts each run's hook at its first live line, passes it
+    the later ones, tells it when its run ended; collect() joins the hooks."""
+
+    def __init__(self, runs: dict[str, "_Run"], forwards: dict[int, int], nic_addr: str) -> None:
+        self.runs = runs
+        self.forwards = forwards
+        self.nic_addr = nic_addr
+        self.live: dict[str, Live] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.outcomes: dict[str, LiveOutcome] = {}
+
+    def __call__(self, line: str) -> None:
+        m = _LIVE_RE.match(line)
+        if m:
+            key, words = m.group(1), m.group(2)
+            run = self.runs.get(key)
+            if run is None or run.on_live is None:
+                return
+            if key in self.live:
+                self.live[key]._push(words)
+                return
+            ctx = Live(key, words, self.forwards, self.nic_addr)
+            self.live[key] = ctx
+            t = threading.Thread(target=self._hook, args=(run, ctx), name=f"live-{key}", daemon=True)
+            self.threads[key] = t
+            t.start()
+            return
+        m = _END_RE.match(line)
+        if m and m.group(1) in self.live:
+            self.live[m.group(1)]._end()
+
+    def _hook(self, run: "_Run", ctx: Live) -> None:
+        out = LiveOutcome()
+        try:
+            out.value = run.on_live(ctx)
+        except BaseException as e:  # noqa: BLE001 - reported with the session
+            out.error = traceback.format_exc()
+            out.summary = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        out.seconds = time.monotonic() - ctx.t0
+        out.notes = ctx.notes
+        self.outcomes[run.key] = out
+
+    def collect(self) -> dict[str, LiveOutcome]:
+        for ctx in self.live.values():
+            ctx._end()
+        deadline = time.monotonic() + LIVE_JOIN_S
+        for key, t in self.threads.items():
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                ctx = self.live[key]
+                self.outcomes[key] = LiveOutcome(error=f"the hook was still running {LIVE_JOIN_S} s after "
+                                                 "the session's test host ended", notes=list(ctx.notes),
+                                                 seconds=time.monotonic() - ctx.t0)
+        return dict(self.outcomes)
+
 
 # What the VMM logs when a vCPU shut down (vmm/machine.cpp, KVM_EXIT_SHUTDOWN).
 _TRIPLE_FAULT_RE = re.compile(r"vCPU \d+: triple fault")
@@ -400,6 +557,10 @@ class _Run:
     # scenario: files in the guest's initrd, guest path -> local path (or a function giving it,
     # called when the session runs)
     guest_files: dict[str, Path | Callable[[], Path]] = field(default_factory=dict)
+    # scenario: TCP ports of the test host reachable from this machine, and the hook that the
+    # run's first `live` line starts (see Session.scenario)
+    forward_ports: tuple[int, ...] = ()
+    on_live: Callable[[Live], Any] | None = None
 
 
 class Session:
@@ -414,15 +575,19 @@ class Session:
     def __init__(self, name: str, *, host_cpus: int | None = None, lanes: int | None = None,
                  host_memory_mib: int = testhost.DEFAULT_HOST_MEMORY_MIB,
                  host_net_tools: bool = False, host_libraries: tuple[str, ...] = (),
+                 host_dirs: tuple[str, ...] = (),
                  retry_guest_triple_fault: bool = True) -> None:
         """host_net_tools: the test host gets testhost.net_tools_layer() (iperf3);
         host_libraries: shared libraries of this machine (and those they need) that the test
         host gets at the same paths, for what the VMM loads with dlopen() (libvncserver);
+        host_dirs: directories of this machine that the test host gets at the same paths, every
+        file under them (symlinks resolved), for what the VMM reads (--web's /usr/share/novnc);
         retry_guest_triple_fault: a run whose guest triple-faulted (the VMM says so) runs once
         more in a fresh test host, and the session report says so (see _execute); on by
         default since 2026-12-07, when a plain 2-vCPU boot's guest triple-faulted 2.4 s in."""
         self.retry_guest_triple_fault = retry_guest_triple_fault
         self.host_libraries = tuple(host_libraries)
+        self.host_dirs = tuple(host_dirs)
         self.name = name
         self.host_net_tools = host_net_tools
         self.host_memory_mib = host_memory_mib
@@ -432,6 +597,7 @@ class Session:
         self.runs: dict[str, _Run] = {}
         self.results: dict[str, RunResult] = {}
         self.failures: dict[str, str] = {}
+        self.live: dict[str, LiveOutcome] = {}
         self.executed = False
         self.duration = 0.0
         self.runner = ""
@@ -462,18 +628,29 @@ class Session:
                  timeout: float = 300, tools: bool = False, net: bool = False,
                  files: dict[str, Path | Callable[[], Path]] | None = None,
                  binary: Path | None = None,
-                 guest_files: dict[str, Path | Callable[[], Path]] | None = None) -> None:
+                 guest_files: dict[str, Path | Callable[[], Path]] | None = None,
+                 forward_ports: list[int] | tuple[int, ...] = (),
+                 on_live: Callable[[Live], Any] | None = None) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`, `net`: the guest has
         the disk tools, the network tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
         returning it, called when the session runs, e.g. to build an image): $NAME in the
         script is that file (carried into the test host); `binary`: $ENL (default: BINARY);
         `guest_files`: guest path -> local path (or a function returning it), put into the
-        guest's initrd next to /job."""
+        guest's initrd next to /job.
+
+        `forward_ports`: TCP ports of the test host that this machine reaches while the session
+        runs (the test host then gets a user-mode NIC: testhost.run_in_testhost); a server of
+        the run must listen on $E2E_NIC_ADDR (10.0.2.15 in the test host, 127.0.0.1 direct).
+        `on_live(live)`: called on a thread of its own when the run's script first says
+        `live WORDS...`, with a Live (the words, the port forwards, later lines); the run goes
+        on meanwhile, so the script can wait for what the hook does (with a timeout). What
+        it returns or raises is Session.live_result(test, key)."""
         for name in files or {}:
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
         self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, net=net,
-                       files=dict(files or {}), binary=binary or BINARY, guest_files=dict(guest_files or {})))
+                       files=dict(files or {}), binary=binary or BINARY, guest_files=dict(guest_files or {}),
+                       forward_ports=tuple(forward_ports), on_live=on_live))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -483,6 +660,13 @@ class Session:
         if key in self.failures:
             test.fail(self.failures[key])
         return self.results[key]
+
+    def live_result(self, test: unittest.TestCase, key: str) -> LiveOutcome:
+        """What the on_live hook of run `key` did (after the session ran; fails the test as
+        result() does when the run has no result). ran=False if the run never said `live`."""
+        self.result(test, key)
+        return self.live.get(key) or LiveOutcome(error=f"run {key!r} never printed a live line: its hook did not run",
+                                                 ran=False)
 
     def execute(self) -> None:
         if self.executed:
@@ -502,6 +686,7 @@ class Session:
         self.duration = time.monotonic() - t0
         print(f"\n[session {self.name}: {self.runner or '?'} {self.duration:.1f} s; "
               + ", ".join(f"{k} {'FAILED' if k in self.failures else f'exit {r.returncode} {r.duration:.1f} s'}"
+                          + (f" (hook {_live_word(self.live[k])})" if k in self.live else "")
                           for k, r in ((k, self.results.get(k)) for k in self.runs))
               + "] ", end="", file=sys.stderr, flush=True)
 
@@ -599,6 +784,10 @@ class Session:
             return dst
 
         commands: dict[str, str] = {}
+        ports = sorted({p for r in runnable for p in r.forward_ports})
+        forwards = testhost.pick_forwards(ports, runner) if ports else {}
+        nic_addr = "127.0.0.1" if direct else testhost.HOST_NIC_ADDR
+        dispatcher = _LiveDispatcher({r.key: r for r in runnable}, forwards, nic_addr)
         tmp = Path(tempfile.mkdtemp(prefix=f"enlighten-e2e-{self.name}-"))
         try:
             kernel = place(img.kernel, f"{testhost.HOST_GUEST_DIR}/bzImage")
@@ -606,6 +795,12 @@ class Session:
                 for lib in self.host_libraries:
                     for path in [lib, *testhost.ldd_libraries(lib)]:
                         files.setdefault(path, path)
+                for top in self.host_dirs:
+                    for root, _, names in os.walk(top):
+                        for name in names:
+                            path = os.path.join(root, name)
+                            if os.path.isfile(path):
+                                files.setdefault(path, path)
             queue: list[str] = []
             for n, run in enumerate(runnable):
                 binary = place(run.binary, f"{testhost.HOST_BIN_DIR}/{n}-{run.binary.name}")
@@ -615,6 +810,7 @@ class Session:
                                     for name, path in run.files.items())
                     body = (f"ENL={shlex.quote(binary)}\nKERNEL={shlex.quote(kernel)}\n"
                             f"INITRD={shlex.quote(initrd)}\nCPUS={run.cpus}\nWORK=$(mktemp -d)\n"
+                            f"E2E_RUN={run.key}\nE2E_NIC_ADDR={nic_addr}\n"
                             + extra + SCENARIO_LIB + run.script)
                     commands[run.key] = f"scenario {run.key!r} of session {self.name!r} (ENL={binary})"
                 else:
@@ -644,12 +840,14 @@ class Session:
                 res = testhost.run_command(master, files=files or None, cpus=host_cpus, timeout=budget + 120,
                                            runner=runner, idle_timeout=min(longest + 90, HEARTBEAT_IDLE_S), tb_size_mib=64,
                                            memory_mib=self.host_memory_mib,
-                                           layers=[testhost.net_tools_layer()] if self.host_net_tools else ())
+                                           layers=[testhost.net_tools_layer()] if self.host_net_tools else (),
+                                           forward_ports=forwards, on_line=dispatcher)
                 output, problem = res.output, ""
             except testhost.ToolError as e:  # TestHostTimeout/TestHostError/CommandTimeout
                 output, problem = getattr(e, "output", ""), f"{type(e).__name__}: {str(e).splitlines()[0]}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            self.live.update(dispatcher.collect())
         host_console = _ITEM_RE.sub("", output).strip()
         host_note = (f"\n--- the test host's console outside the runs (last 3000 chars) ---\n"
                      f"{host_console[-3000:]}\n--- end ---" if host_console else "")
@@ -691,6 +889,13 @@ def session_report() -> list[str]:
         lines += [f"{'':10}NOTE: {note}" for note in s.notes]
         for key in s.runs:
             r = s.results.get(key)
-            lines.append(f"{'':10}{r.duration:8.1f}  {key} (exit {r.returncode})" if r
-                         else f"{'':10}{'-':>8}  {key} (no result)")
+            hook = f", hook {_live_word(s.live[key])}" if key in s.live else ""
+            lines.append(f"{'':10}{r.duration:8.1f}  {key} (exit {r.returncode}{hook})" if r
+                         else f"{'':10}{'-':>8}  {key} (no result{hook})")
     return lines
+
+
+def _live_word(o: LiveOutcome) -> str:
+    if o.error:
+        return f"FAILED after {o.seconds:.1f} s: {(o.summary or o.error.strip().splitlines()[-1])[:150]}"
+    return f"ok {o.seconds:.1f} s"

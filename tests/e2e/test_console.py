@@ -7,7 +7,7 @@ synthetic keyboard (hyperv_keyboard) and mouse (hid_hyperv), through
     enlighten remote --api-socket S send-keys ...        (PUT /vm.send-keys)
     enlighten remote --api-socket S pointer X Y ...      (PUT /vm.pointer)
 
-Three guest boots in one test-host boot (session "console", 1-vCPU guests):
+Four guest boots in one test-host boot (session "console", 1-vCPU guests):
 
   console  1024x768 (the default): hyperv_fb binds with the offered mode and its framebuffer
            in guest RAM; no "PCI: Fatal" line, 00:08.0 is 1414:5353; fbcon took the
@@ -22,6 +22,14 @@ Three guest boots in one test-host boot (session "console", 1-vCPU guests):
   hires    1920x1080: 8 MiB of framebuffer, more than Linux 6.1 can allocate, so hyperv_fb
            takes the VMBus MMIO pool, which the VMM backs on demand; /dev/fb0, the screenshot
            and VNC on a Unix socket (mode 0600) have the mode
+  web      --web 10.0.2.15:8080 (the test host's user-mode NIC, its port 8080 forwarded to this
+           machine): a headless Chromium here (tools/enlighten_tools/browser.py), driven by the
+           run's live hook while the VM runs, opens the dashboard with the token the VMM
+           printed: without it the page and the API are 401; the VM shows as running, noVNC
+           connects and shows the guest's pattern; a click and a key in the page reach the
+           guest's event devices; the heartbeat service's row follows it being disabled and
+           enabled through the API; the shutdown button, confirmed, shuts the guest down and
+           the VMM exits 0
 
 The guest is the default guest with `enlighten.modules=hyperv-keyboard,hid-hyperv,evdev,hyperv_fb`;
 its /job reads the event devices with busybox (cat, then od) and prints what came."""
@@ -29,19 +37,29 @@ its /job reads the event devices with busybox (cat, then od) and prints what cam
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
 import struct
 import sys
 import tempfile
+import time
 import unittest
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
+from typing import Callable
 
-from harness import REPO, BG_VM_LIB, RunResult, Session, describe, kv, parts_line, section, vm_info, vmm_log
+from harness import REPO, BG_VM_LIB, Live, RunResult, Session, describe, kv, parts_line, section, vm_info, vmm_log
+
+from enlighten_tools.browser import Browser, BrowserError
 
 # libvncserver is loaded with dlopen() by --vnc: the test host gets it and what it needs.
 VNC_LIBRARY = "/usr/lib/x86_64-linux-gnu/libvncserver.so.1"
-CONSOLE = Session("console", host_libraries=(VNC_LIBRARY,))
+# --web serves Debian's noVNC from here (package novnc): the test host gets the directory.
+NOVNC_DIR = "/usr/share/novnc"
+CONSOLE = Session("console", host_libraries=(VNC_LIBRARY,), host_dirs=(NOVNC_DIR,))
 VNC_PROBE = REPO / "build" / "tests" / "vnc_probe"
 
 WIDTH, HEIGHT = 1024, 768
@@ -122,13 +140,14 @@ def decode_png(data: bytes) -> tuple[int, int, bytes]:
 # Scenario helpers (busybox sh in the test host), after harness.SCENARIO_LIB.
 CONSOLE_LIB = BG_VM_LIB + r"""
 # start_console NAME DISPLAY [more enlighten args]: the VM in the background with the API on $API
+# ($CONSOLE_CMDLINE: more guest kernel arguments)
 start_console() {
     BG_NAME=$1; display=$2; shift 2
     SERIAL=$WORK/$BG_NAME.serial
     rm -f "$API"
     "$ENL" run --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --cpus "$CPUS" \
         --serial "file:$SERIAL" --api-socket "$API" --on-reboot exit --log-level info --display "$display" \
-        --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $MODULES" "$@" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
+        --cmdline "console=ttyS0 quiet panic=-1 enlighten.stay $MODULES ${CONSOLE_CMDLINE:-}" "$@" >"$WORK/$BG_NAME.vmm.log" 2>&1 &
     VM_PID=$!
 }
 # frame FILE TAG: a file as base64 between markers (decoded by the test)
@@ -303,6 +322,330 @@ if wait_guest VNC-READY 240; then
 fi
 stop_vm
 """, job=JOB_VNC, guest_files={"/pattern.bgrx": pattern_file}, files={"VNCPROBE": VNC_PROBE}, timeout=500)
+
+
+# --web: the dashboard and the console in a browser. The run's live hook (web_hook, on this
+# machine, while the VM runs) drives a headless Chromium against the test host's forwarded
+# port; the guest prints what its event devices got, and the VMM's exit status is the run's.
+WEB_PORT = 8080
+JOB_WEB = GUEST_LIB + r"""
+pattern_and_readers
+echo "WEB-GUEST-READY"
+# the browser's click and one key (MSC_SCAN, EV_KEY, SYN_REPORT down and up)
+events_after 144
+echo "WEB-KEYS-DONE"
+"""
+
+
+def pattern_match(width: int, height: int, rgb: bytes, step: int = 6, tol: int = 10) -> tuple[int, int, list]:
+    """How much of a screenshot of the scaled console (`width` x `height`, the canvas alone)
+    shows the guest's pattern: at a grid of points, the colour there against the pattern's at
+    the framebuffer pixel the point shows. The page scales the console and the browser
+    smooths it, so: blue (x & 0xFF) and green (y & 0xFF) within `tol`, red's high bits (the
+    256-pixel block, bits 4-7) within 6 and its checkerboard nibble anything; points within a few pixels of
+    a 256-pixel block edge (where the gradients wrap) are skipped. (matched, sampled, the
+    first mismatches)."""
+    matched = sampled = 0
+    bad = []
+    sx, sy = WIDTH / width, HEIGHT / height
+    for v in range(step // 2, height, step):
+        y = int((v + 0.5) * sy)
+        if not 6 <= (y & 0xFF) <= 249:
+            continue
+        for u in range(step // 2, width, step):
+            x = int((u + 0.5) * sx)
+            if not 6 <= (x & 0xFF) <= 249:
+                continue
+            i = (v * width + u) * 3
+            r, g, b = rgb[i:i + 3]
+            hi = ((x >> 8) << 6) | ((y >> 8) << 4)
+            sampled += 1
+            if abs(g - (y & 0xFF)) <= tol and abs(b - (x & 0xFF)) <= tol and hi - 6 <= r <= hi + 0x0F + 6:
+                matched += 1
+            elif len(bad) < 5:
+                bad.append({"at": (u, v), "fb": (x, y), "got": (r, g, b), "pattern": pattern_pixel(x, y)})
+    return matched, sampled, bad
+
+
+class WebHook:
+    """What web_hook does, one named check after another; each check's failure is kept
+    (checks[name]: None when it passed) and the later ones that need it are skipped, so each
+    test reports its own check. Anything it did not finish ends in a power-off through the
+    API, so that the run does not wait out its timeouts."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+        self.checks: dict[str, str | None] = {}
+        self.info: dict[str, object] = {}
+        self.browser: Browser | None = None
+        self.base = ""
+        self.token = ""
+
+    def check(self, name: str, step: Callable[[], None], needs: tuple[str, ...] = ()) -> None:
+        """Runs `step`; checks[name] is None if it passed, else why not (also when a check it
+        needs did not pass)."""
+        missing = [n for n in needs if self.checks.get(n, "not run") is not None]
+        if missing:
+            self.checks[name] = f"not run: it needs {', '.join(missing)}, which failed or did not run"
+            return
+        t0 = time.monotonic()
+        self.live.note(f"check {name}")
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - kept for the test of this check
+            self.checks[name] = f"{type(e).__name__}: {e}"
+            self.live.note(f"check {name} FAILED after {time.monotonic() - t0:.1f} s: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}")
+            self.save_page(name)
+        else:
+            self.checks[name] = None
+            self.live.note(f"check {name} ok ({time.monotonic() - t0:.1f} s)")
+
+    def aborted(self) -> str | None:
+        """Why waiting on the page is pointless: the run has ended (the VMM is gone)."""
+        return f"run {self.live.key!r} has ended" if self.live.ended else None
+
+    def save_page(self, name: str) -> None:
+        """A PNG of the page when a check failed: in $ENLIGHTEN_E2E_SAVE, else a temporary file."""
+        if self.browser is None:
+            return
+        try:
+            png = self.browser.screenshot_png()
+            d = os.environ.get("ENLIGHTEN_E2E_SAVE")
+            if d:
+                Path(d).mkdir(parents=True, exist_ok=True)
+                path = Path(d) / f"console-web-{name}.png"
+            else:
+                path = Path(tempfile.mkstemp(prefix=f"enlighten-web-{name}-", suffix=".png")[1])
+            path.write_bytes(png)
+            self.live.note(f"the page when {name} failed: {path}")
+        except (BrowserError, OSError) as e:
+            self.live.note(f"no picture of the page: {e}")
+
+    # -- HTTP from Python (urllib), to the forwarded port
+    def http(self, method: str, path: str, body: dict | None = None, token: str | None = None,
+             timeout: float = 15) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode())
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        return self.http(method, "/api/v1/" + path, body, token=self.token)
+
+    def wait_server(self, timeout: float) -> None:
+        """Until the VMM answers HTTP on the forwarded port (QEMU's forward accepts at once and
+        then resets the connection while nothing listens in the test host)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.http("GET", "/api/v1/vmm.ping", timeout=5)
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.base} did not answer in {timeout:.0f} s: {e}") from e
+                time.sleep(0.3)
+
+    def server_gone(self) -> bool:
+        try:
+            self.http("GET", "/api/v1/vmm.ping", timeout=5)
+            return False
+        except OSError:
+            return True
+
+    def text(self, selector: str) -> str | None:
+        return self.browser.text(selector)
+
+    def wait_text(self, selector: str, condition: str, timeout: float, what: str) -> str:
+        """Until the JavaScript `condition` on t (the element's trimmed textContent) holds."""
+        js = (f"(e => {{ const t = e ? e.textContent.trim() : null; return ({condition}) ? (t || '(empty)') : ''; }})"
+              f"(document.querySelector({json.dumps(selector)}))")
+        return self.browser.wait_for(js, timeout, what=f"{what} (the text of {selector})", abort=self.aborted)
+
+    # -- the checks
+    def run(self) -> dict:
+        try:
+            self.check("token", self.find_token)
+            self.check("unauthorized", self.check_unauthorized, needs=("token",))
+            self.check("browser", self.open_page, needs=("token",))
+            self.check("vm_state", lambda: self.wait_text("#vm-state", "t === 'running'", 30, "the VM shown as running"),
+                       needs=("browser",))
+            self.check("console_connected",
+                       lambda: self.wait_text("#console-status", "t === 'connected'", 60, "the console connected"),
+                       needs=("browser",))
+            self.check("pattern", self.check_pattern, needs=("console_connected",))
+            self.check("input", self.type_into_console, needs=("console_connected",))
+            self.check("heartbeat", self.heartbeat_row_follows_the_service, needs=("browser",))
+            self.check("shutdown", self.shut_down_with_the_button, needs=("browser",))
+        finally:
+            try:
+                self.power_off_if_running()
+            finally:
+                if self.browser is not None:
+                    self.info["browser_log"] = self.browser.log_text(80)
+                    self.info["browser_stderr"] = self.browser.stderr_text(2000)
+                    self.browser.close()
+        return {"checks": self.checks, "info": self.info}
+
+    def find_token(self) -> None:
+        live = self.live
+        url = live.line.split("url=", 1)[1].strip() if "url=" in live.line else ""
+        self.info["url"] = url
+        m = re.fullmatch(rf"http://{re.escape(live.nic_addr)}:{WEB_PORT}/\?token=([0-9a-f]{{32}})", url)
+        if not m:
+            raise AssertionError(f"the VMM's log has no http://{live.nic_addr}:{WEB_PORT}/?token=<32 hex digits> "
+                                 f"line, the run found {url!r}")
+        self.token = m.group(1)
+        self.base = live.local_url(f"http://{live.nic_addr}:{WEB_PORT}")
+        self.wait_server(30)
+
+    def check_unauthorized(self) -> None:
+        got = {}
+        for what, path, token in (("GET /", "/", None), ("GET /api/v1/vm.info", "/api/v1/vm.info", None),
+                                  ("GET /?token=<wrong>", "/?token=" + "0" * 32, None),
+                                  ("GET /api/v1/vm.info with a wrong Bearer token", "/api/v1/vm.info", "f" * 32)):
+            got[what] = self.http("GET", path, token=token)[0]
+        status, body = self.api("GET", "vm.info")
+        got["GET /api/v1/vm.info with the Bearer token"] = status
+        self.info["unauthorized"] = got
+        wrong = {k: v for k, v in got.items() if v != (200 if k.endswith("the Bearer token") else 401)}
+        if wrong:
+            raise AssertionError(f"expected 401 without the token (and 200 with it): {got}")
+        self.info["vm_info_state"] = json.loads(body).get("state")
+
+    def open_page(self) -> None:
+        self.browser = Browser(timeout=30)
+        self.browser.start()
+        self.browser.navigate(f"{self.base}/?token={self.token}")
+        path = self.browser.evaluate("location.pathname + location.search")
+        if path != "/":
+            raise AssertionError(f"after /?token=... the page is at {path!r}, not / (the 303 redirect)")
+
+    def check_pattern(self) -> None:
+        """A screenshot of the console's canvas shows the pattern (retried while noVNC draws)."""
+        b = self.browser
+        deadline = time.monotonic() + 30
+        while True:
+            box = b.box("#console canvas")
+            w, h, rgb = b.screenshot({**box, "x": box["x"], "y": box["y"]})
+            matched, sampled, bad = pattern_match(w, h, rgb)
+            self.info["pattern"] = {"canvas_box": box, "shot": (w, h), "matched": matched, "sampled": sampled,
+                                    "mismatches": bad}
+            if sampled >= 1000 and matched >= 0.95 * sampled:
+                self.live.note(f"pattern: {matched}/{sampled} points in a {w}x{h} canvas")
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the console canvas ({w}x{h} at {box}) does not show the pattern: {matched} of "
+                                     f"{sampled} points match; the first that do not: {bad}")
+            time.sleep(1)
+
+    def type_into_console(self) -> None:
+        """A click at the framebuffer's pixel (100, 200), then the key 'a'; the run says when the
+        guest got them."""
+        b = self.browser
+        box = b.box("#console canvas")
+        fx, fy = 100, 200
+        x = box["x"] + (fx + 0.5) * box["width"] / WIDTH
+        y = box["y"] + (fy + 0.5) * box["height"] / HEIGHT
+        self.info["click"] = {"css": (x, y), "fb": (fx, fy)}
+        b.click_at(x, y)
+        focused = b.evaluate("document.activeElement ? document.activeElement.tagName : null")
+        self.live.note(f"clicked the console at {x:.1f},{y:.1f}; the focus is on {focused}")
+        b.type_key("a")
+        self.live.wait_line(r"^WEB-KEYS-DONE", 100)
+
+    def heartbeat_row_follows_the_service(self) -> None:
+        row = "#services tr[data-service='heartbeat'] .status"
+        before = self.wait_text(row, "t === 'OK'", 60, "the heartbeat service's status OK")
+        self.info["heartbeat"] = {"before": before}
+        status, body = self.api("PUT", "vm.integration-services/heartbeat", {"enabled": False})
+        if status != 200:
+            raise AssertionError(f"PUT vm.integration-services/heartbeat {{enabled: false}}: {status} {body[:300]!r}")
+        off = self.wait_text(row, "t !== 'OK'", 30, "the heartbeat service's status to change once it is disabled")
+        self.info["heartbeat"]["disabled"] = off
+        self.info["heartbeat"]["state_disabled"] = self.text("#heartbeat-state")
+        self.live.note(f"heartbeat disabled: the row says {off!r}, #heartbeat-state {self.text('#heartbeat-state')!r}")
+        deadline = time.monotonic() + 20
+        while True:  # 409 until the guest has released the rescinded offer
+            status, body = self.api("PUT", "vm.integration-services/heartbeat", {"enabled": True})
+            if status == 200:
+                break
+            if status != 409 or time.monotonic() > deadline:
+                raise AssertionError(f"PUT vm.integration-services/heartbeat {{enabled: true}}: {status} {body[:300]!r}")
+            time.sleep(0.5)
+        on = self.wait_text(row, "t === 'OK'", 60, "the heartbeat service's status OK again once it is enabled")
+        self.info["heartbeat"]["enabled_again"] = on
+
+    def shut_down_with_the_button(self) -> None:
+        b = self.browser
+        if self.server_gone():
+            raise AssertionError("the VMM no longer answered before the shutdown button was clicked")
+        b.click("#btn-shutdown")
+        b.wait_for("document.getElementById('confirm-dialog').open", 10, what="the confirmation dialog")
+        self.info["confirm_text"] = b.text("#confirm-dialog")
+        b.click("#confirm-yes")
+        t0 = time.monotonic()
+        states = []
+        while not self.server_gone():
+            try:
+                st = b.text("#vm-state")
+                if not states or states[-1] != st:
+                    states.append(st)
+                err = b.text("#api-error")
+            except BrowserError:
+                err = None
+            if time.monotonic() - t0 > 90:
+                raise AssertionError(f"the VMM still answers 90 s after the shutdown was confirmed (#vm-state went "
+                                     f"{states}, #api-error {err!r})")
+            time.sleep(0.5)
+        self.info["shutdown"] = {"seconds": round(time.monotonic() - t0, 1), "vm_states": states}
+        self.live.note(f"the VMM stopped answering {time.monotonic() - t0:.1f} s after the confirmation; "
+                       f"#vm-state went {states}")
+
+    def power_off_if_running(self) -> None:
+        if not self.base or not self.token or self.checks.get("shutdown", "not run") is None:
+            return
+        try:
+            if not self.server_gone():
+                status, _ = self.api("PUT", "vm.power-off")
+                self.live.note(f"the hook powered the VM off through the API ({status}) after a failed check")
+        except OSError as e:
+            self.live.note(f"power-off through the API: {e}")
+
+
+def web_hook(live: Live) -> dict:
+    return WebHook(live).run()
+
+
+CONSOLE.scenario("web", CONSOLE_LIB + r"""
+CONSOLE_CMDLINE=enlighten.services  # the heartbeat and the shutdown service
+start_console web on --web "$E2E_NIC_ADDR:8080"
+if wait_guest WEB-GUEST-READY 240; then
+    part boot
+    n=0
+    while ! grep -q 'token=' "$WORK/web.vmm.log" && vm_alive && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    url=$(grep -o 'http://[^ ]*token=[^ ]*' "$WORK/web.vmm.log" | head -n 1)
+    # the browser on the machine that runs the tests: web_hook
+    live WEB-READY "url=$url"
+    # it clicks and types into the console: the guest prints what came
+    wait_guest WEB-KEYS-DONE 120 && live WEB-KEYS-DONE
+    part input
+    # then the heartbeat service off and on through the API, then its shutdown button: the
+    # guest shuts down and the VMM exits by itself
+    n=0; while vm_alive && [ $n -lt 1500 ]; do sleep 0.1; n=$((n + 1)); done
+    vm_alive && echo "SCENARIO-TIMEOUT the VM still ran 150 s after the keys"
+    part shutdown
+fi
+stop_vm
+""", job=JOB_WEB, guest_files={"/pattern.bgrx": pattern_file}, files={"NOVNC_RFB": Path(NOVNC_DIR) / "core" / "rfb.js"},
+    forward_ports=[WEB_PORT], on_live=web_hook, timeout=420)
 
 
 def events(text: str, tag: str) -> list[tuple[int, int, int]]:
@@ -541,6 +884,105 @@ class HiresTests(ConsoleCase):
         self.assertEqual(h.get("host.probe_rc"), "0", describe(res, 8000))
         self.assertEqual(h.get("host.socket_mode"), "600", describe(res))
         self.assertIn("VNC-SIZE 1920x1080", res.output, describe(res, 8000))
+
+
+class WebTests(ConsoleCase):
+    """--web: the dashboard and the console in a headless Chromium (the run's live hook)."""
+    KEY = "web"
+    READY = "WEB-GUEST-READY"
+
+    def hook(self) -> dict:
+        res = self.run_of()
+        out = CONSOLE.live_result(self, self.KEY)
+        if "web-hook" not in _parts_shown:
+            _parts_shown.add("web-hook")
+            self.report(out)
+        if out.error or not isinstance(out.value, dict):
+            self.fail(f"the browser hook did not run through: {out.error or out.value!r}" + out.describe()
+                      + self.logs(res))
+        return out.value
+
+    @staticmethod
+    def report(out) -> None:
+        """Once: what the hook saw, in a line for the test report (and its whole record in
+        $ENLIGHTEN_E2E_SAVE/console-web-hook.json)."""
+        info = out.value.get("info", {}) if isinstance(out.value, dict) else {}
+        p, hb, sd = info.get("pattern") or {}, info.get("heartbeat") or {}, info.get("shutdown") or {}
+        print(f"[web hook {out.seconds:.1f} s: pattern {p.get('matched', '-')}/{p.get('sampled', '-')} points of a "
+              f"{'x'.join(map(str, p.get('shot', ()))) or '-'} canvas; heartbeat row {hb.get('before', '-')!r} -> "
+              f"{hb.get('disabled', '-')!r} -> {hb.get('enabled_again', '-')!r}; shutdown: the VMM gone "
+              f"{sd.get('seconds', '-')} s after the confirmation] ", end="", file=sys.stderr, flush=True)
+        if d := os.environ.get("ENLIGHTEN_E2E_SAVE"):
+            Path(d).mkdir(parents=True, exist_ok=True)
+            record = {"value": out.value, "error": out.error, "notes": out.notes, "seconds": out.seconds}
+            (Path(d) / "console-web-hook.json").write_text(json.dumps(record, indent=1, default=str))
+
+    def logs(self, res: RunResult, info: dict | None = None) -> str:
+        info = info or {}
+        browser = info.get("browser_log", "")
+        return (f"\n--- browser console ---\n{browser or '(nothing)'}\n--- enlighten log (web) ---\n"
+                f"{vmm_log(res, self.KEY)[-3000:]}\n--- end ---" + describe(res, 6000))
+
+    def check(self, name: str) -> dict:
+        """Fails with the check's reason, the hook's notes, the browser console and the VMM log."""
+        value = self.hook()
+        why = value["checks"].get(name, "not run")
+        if why is not None:
+            res = self.run_of()
+            out = CONSOLE.live_result(self, self.KEY)
+            info = {k: v for k, v in value["info"].items() if k not in ("browser_log", "browser_stderr")}
+            self.fail(f"{name}: {why}\n--- what the hook saw ---\n{json.dumps(info, indent=1, default=str)[:3000]}"
+                      + out.describe() + self.logs(res, value["info"]))
+        return value["info"]
+
+    def test_the_page_and_the_api_need_the_token(self) -> None:
+        info = self.check("token")
+        self.check("unauthorized")
+        self.assertRegex(info["url"], r"\?token=[0-9a-f]{32}$")
+
+    def test_the_token_address_leads_to_the_page(self) -> None:
+        self.check("browser")
+
+    def test_the_page_shows_the_vm_running(self) -> None:
+        self.check("vm_state")
+
+    def test_the_console_connects(self) -> None:
+        self.check("console_connected")
+
+    def test_the_console_shows_the_guests_pattern(self) -> None:
+        self.console()
+        self.check("pattern")
+
+    def test_a_key_typed_in_the_page_reaches_the_guests_keyboard(self) -> None:
+        res, text = self.run_of(), self.console()
+        info = self.check("input")
+        keys = [(c, v) for t, c, v in events(text, "KBD") if t == EV_KEY]
+        self.assertEqual(keys, [(KEY_A, 1), (KEY_A, 0)], "the key 'a' typed in the page" + self.logs(res, info))
+
+    def test_a_click_in_the_page_reaches_the_guests_mouse(self) -> None:
+        res, text = self.run_of(), self.console()
+        info = self.check("input")
+        ev = events(text, "MOUSE")
+        self.assertEqual([v for t, c, v in ev if (t, c) == (EV_KEY, BTN_LEFT)], [1, 0],
+                         f"a left click: {ev}" + self.logs(res, info))
+        # the page scales the console: the click lands on (100, 200) give or take a pixel
+        xs = [v for t, c, v in ev if (t, c) == (EV_ABS, ABS_X)]
+        ys = [v for t, c, v in ev if (t, c) == (EV_ABS, ABS_Y)]
+        near = lambda vals, p, size: any(abs(v - scale(p, size)) <= 2 * 32767 // (size - 1) for v in vals)  # noqa: E731
+        self.assertTrue(near(xs, 100, WIDTH) and near(ys, 200, HEIGHT),
+                        f"the click at framebuffer (100, 200) ({info.get('click')}) came as x {xs}, y {ys} "
+                        f"(expected about {scale(100, WIDTH)}, {scale(200, HEIGHT)})" + self.logs(res, info))
+
+    def test_the_dashboard_follows_the_heartbeat_service(self) -> None:
+        self.check("heartbeat")
+
+    def test_the_shutdown_button_shuts_the_guest_down(self) -> None:
+        res, h = self.run_of(), self.host()
+        info = self.check("shutdown")
+        self.assertIn("ENLIGHTEN-SHUTDOWN-REQUESTED poweroff", section(res, self.KEY),
+                      "the guest was not asked to shut down" + self.logs(res, info))
+        # exit status 0: the guest powered off (5 would be a power-off by the API)
+        self.assertEqual(h.get("web.rc"), "0", "the VMM's exit status after the shutdown" + self.logs(res, info))
 
 
 if __name__ == "__main__":

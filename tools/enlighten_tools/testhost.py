@@ -9,13 +9,23 @@ Python API
 ----------
 run_in_testhost(command, files={dst_in_host: src_here}, cpus=1, memory_mib=3072,
                 timeout=300, stream=False, separate_stderr=False, idle_timeout=None,
-                layers=()) -> RunResult
+                layers=(), forward_ports=(), on_line=None) -> RunResult
     Boot the test host, run `sh /run.sh` (holding `command`) with stdout+stderr on the
     console, return what it printed and its exit status (idle_timeout: give up after that
     many seconds without console output, e.g. a hung test host). Every carried file that is a
     dynamically linked ELF program gets the libraries `ldd` lists for it carried too
     (at the same absolute paths). `layers`: more cpio archives unpacked over the host's
     base before the run's files, e.g. net_tools_layer(). Raises TestHostTimeout / TestHostError.
+    forward_ports: TCP ports of the test host reachable from this machine (off by default:
+    the test host has no NIC). [8080] (or {8080: HOSTPORT}) gives it a user-mode NIC (QEMU's
+    slirp, virtio-net) at HOST_NIC_ADDR (10.0.2.15/24, gateway 10.0.2.2), set up before the
+    command runs, with 127.0.0.1:HOSTPORT here forwarded to its port 8080; HOSTPORT is a free
+    port chosen here unless given. RunResult.forwards says which ({8080: HOSTPORT}); to know
+    them before the run, pass the mapping (pick_forwards()). A server in the test host must
+    listen on HOST_NIC_ADDR (or 0.0.0.0), not 127.0.0.1.
+    on_line(line): called with every console line (str, without its newline) as it arrives,
+    on the thread that reads QEMU's output, before the run ends: for a caller that reacts to
+    a marker while the command still runs. Keep it quick (start a thread for real work).
 
 net_tools_layer() -> Path
     The test host's network tools, a cached cpio.gz for `layers`: Debian's iperf3 (for the
@@ -23,8 +33,9 @@ net_tools_layer() -> Path
     ip, tunctl (a persistent tap: `tunctl -t tap0`), brctl, nc, httpd, udhcpd, and the
     modules tun and vhost_net (not loaded: `modprobe tun`, `modprobe vhost_net`).
 
-run_direct(argv, timeout, stream, separate_stderr) -> RunResult
-    The same on this machine, with subprocess.
+run_direct(argv, timeout, stream, separate_stderr, on_line=None) -> RunResult
+    The same on this machine, with subprocess. (run_command with forward_ports here: the
+    command's ports are this machine's own, RunResult.forwards maps each port to itself.)
 
 run_enlighten(enlighten_args, enlighten_binary=None, guest_kernel=None, guest_initrd=None,
               host_cpus=None, timeout=300, stream=False, runner=None, wrapper=(),
@@ -75,12 +86,24 @@ HOST_MODULES = ["kvm-amd"]  # plus dependencies: irqbypass, kvm
 # In the image but loaded only by the scripts that need them (modprobe): taps for the tap
 # network backend, vhost-net and vhost-vsock for QEMU's comparison runs (bench/net.py,
 # bench/vsock.py).
-HOST_NET_MODULES = ["tun", "vhost_net", "vhost_vsock"]
+HOST_NET_MODULES = ["tun", "vhost_net", "vhost_vsock",
+                    # the user-mode NIC of forward_ports (virtio-net-pci), loaded only then
+                    "virtio_pci", "virtio_net"]
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
 DEFAULT_HOST_MEMORY_MIB = 3072
 READY = b"TESTHOST-READY"
 EXIT_RE = re.compile(rb"TESTHOST-EXIT (\d+)")
 ERROR_RE = re.compile(rb"TESTHOST-ERROR ([^\r\n]*)")
+
+# The test host's address on its user-mode NIC (forward_ports); QEMU's slirp defaults.
+HOST_NIC_ADDR = "10.0.2.15"
+HOST_NIC_SETUP = f"""# forward_ports: the user-mode NIC (testhost.py)
+modprobe virtio_pci 2>/dev/null; modprobe virtio_net 2>/dev/null
+i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ! {{ ip link set eth0 up && ip addr add {HOST_NIC_ADDR}/24 dev eth0 && ip route add default via 10.0.2.2; }}; then
+    echo "TESTHOST-ERROR the user-mode NIC (eth0) could not be set up"; ls /sys/class/net; exit 1
+fi
+"""
 
 # Paths used inside the test host by run_enlighten().
 HOST_BIN_DIR = "/enlighten/bin"
@@ -147,6 +170,7 @@ class RunResult:
     stderr: str | None = None   # with separate_stderr=True
     raw: str = field(default="", repr=False)  # full console log (test host)
     command: str = ""           # what was run (shell syntax; test host paths in testhost mode)
+    forwards: dict[int, int] = field(default_factory=dict)  # forward_ports: port there -> port here
 
 
 @dataclass(frozen=True)
@@ -295,6 +319,58 @@ def _is_dynamic_elf(path: str) -> bool:
     return head == b"\x7fELF" and bool(ldd_libraries(path))
 
 
+# ----------------------------------------------------------------------------- port forwards
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_forwards(ports, runner: str = "testhost") -> dict[int, int]:
+    """forward_ports as a mapping {port in the test host: port here}: a mapping is kept, each
+    port of a list gets its own free port of this machine. Direct: every port is itself."""
+    if runner == "direct":
+        return {int(g): int(g) for g in ports}
+    if isinstance(ports, dict):
+        return {int(g): int(h) for g, h in ports.items()}
+    out: dict[int, int] = {}
+    for g in ports:
+        h = free_port()
+        while h in out.values():
+            h = free_port()
+        out[int(g)] = h
+    return out
+
+
+class _LineSplitter:
+    """Feeds whole lines (str, no newline, \r dropped) of a byte stream to a callback."""
+
+    def __init__(self, on_line) -> None:
+        self.on_line = on_line
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.on_line is None:
+            return
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for ln in lines:
+            self._call(_text(ln).rstrip("\r"))
+
+    def flush(self) -> None:
+        if self.on_line is not None and self.pending:
+            self._call(_text(self.pending).rstrip("\r"))
+        self.pending = b""
+
+    def _call(self, line: str) -> None:
+        try:
+            self.on_line(line)
+        except Exception as e:  # noqa: BLE001 - a caller's bug must not kill the run
+            log(f"on_line callback failed on {line[:100]!r}: {type(e).__name__}: {e}")
+
+
 # ----------------------------------------------------------------------------- process I/O
 class _Streamer:
     """Decides which console bytes are the command's output and echoes them live."""
@@ -393,8 +469,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 # ----------------------------------------------------------------------------- direct runs
 def run_direct(argv: list[str], timeout: float = 300, stream: bool = False,
-               separate_stderr: bool = False) -> RunResult:
-    """Run argv on this machine; the process group is killed on timeout."""
+               separate_stderr: bool = False, on_line=None) -> RunResult:
+    """Run argv on this machine; the process group is killed on timeout. on_line: see
+    run_in_testhost (stdout's lines)."""
     t0 = time.monotonic()
     proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE,
@@ -402,9 +479,11 @@ def run_direct(argv: list[str], timeout: float = 300, stream: bool = False,
                             start_new_session=True)
     out: list[bytes] = []
     err: list[bytes] = []
+    lines = _LineSplitter(on_line)
 
     def on_out(data: bytes) -> None:
         out.append(data)
+        lines.feed(data)
         if stream:
             sys.stdout.write(_text(data))
             sys.stdout.flush()
@@ -419,6 +498,7 @@ def run_direct(argv: list[str], timeout: float = 300, stream: bool = False,
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+    lines.flush()
     if not finished:
         raise CommandTimeout(f"{shlex.join(map(str, argv))} did not finish within {timeout:.0f} s "
                              "(killed)", _text(b"".join(out)))
@@ -480,8 +560,11 @@ def testhost_qemu() -> list[str]:
 
 
 def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
-                 tb_size_mib: int | None = None, monitor: Path | None = None) -> list[str]:
+                 tb_size_mib: int | None = None, monitor: Path | None = None,
+                 forwards: dict[int, int] | None = None) -> list[str]:
     """monitor: QEMU's human monitor on that Unix socket (else none).
+    forwards: {port in the test host: port of 127.0.0.1 here}: a user-mode NIC (virtio-net,
+    no option ROM) with those TCP forwards; else no NIC.
     tb_size_mib: QEMU's translation cache (default 1 GiB). A test host that runs many
     guests one after another keeps the stale translations of the earlier ones; with a 1 GiB
     cache that made each later guest boot about 50% slower, with 64 MiB it does not."""
@@ -498,10 +581,17 @@ def qemu_command(kernel: Path, initrd: Path, cpus: int, memory_mib: int,
         cmdline = cmdline.replace("loglevel=1", f"loglevel={os.environ['ENLIGHTEN_TESTHOST_LOGLEVEL']}")
     return [*testhost_qemu(), "-accel", accel, "-cpu", "max",
             "-m", str(memory_mib), "-smp", str(cpus),
-            "-nographic", "-vga", "none", "-no-reboot", "-nic", "none",
+            "-nographic", "-vga", "none", "-no-reboot", *_nic_args(forwards),
             "-serial", "stdio", "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             *shlex.split(os.environ.get("ENLIGHTEN_TESTHOST_QEMU_ARGS", ""))]
+
+
+def _nic_args(forwards: dict[int, int] | None) -> list[str]:
+    if not forwards:
+        return ["-nic", "none"]
+    fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in sorted(forwards.items()))
+    return ["-netdev", f"user,id=fwd0{fwd}", "-device", "virtio-net-pci,netdev=fwd0,romfile="]
 
 
 def _monitor_commands(sock: Path, commands: list[str], timeout: float = 10.0) -> str:
@@ -573,7 +663,8 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
                     timeout: float = 300, stream: bool = False,
                     separate_stderr: bool = False, idle_timeout: float | None = None,
                     tb_size_mib: int | None = None,
-                    layers: list[Path] | tuple[Path, ...] = ()) -> RunResult:
+                    layers: list[Path] | tuple[Path, ...] = (),
+                    forward_ports=(), on_line=None) -> RunResult:
     """Boot the test host and run `command` (busybox sh) in it.
 
     files: {absolute path in the host: path on this machine}. Dynamically linked ELF
@@ -583,6 +674,7 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
     any console output, e.g. when the test host hangs.
     tb_size_mib: see qemu_command (for a test host that runs many guests).
     layers: cpio archives (gzip'd or not) unpacked after the base, before the run's files.
+    forward_ports, on_line: see the module's docstring.
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise ToolError("qemu-system-x86_64 not found (install qemu-system-x86; scripts/setup does)")
@@ -602,7 +694,8 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
         if lib not in arc:
             arc.add_file(lib, lib, perm=0o755)
     script = _SEPARATE_WRAPPER.format(command=command) if separate_stderr else command + "\n"
-    arc.add_bytes("/run.sh", "#!/bin/sh\n" + script, perm=0o755)
+    forwards = pick_forwards(forward_ports) if forward_ports else {}
+    arc.add_bytes("/run.sh", "#!/bin/sh\n" + (HOST_NIC_SETUP if forwards else "") + script, perm=0o755)
 
     tmpdir = Path(tempfile.mkdtemp(dir=_host_dir(), prefix="run-"))
     try:
@@ -614,17 +707,19 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
         # `timeout` guards against this Python process dying; our own deadline is shorter.
         monitor = tmpdir / "monitor.sock"
         qemu = ["timeout", "-s", "KILL", str(int(timeout) + 30)] + \
-            qemu_command(img.kernel, initrd, cpus, memory_mib, tb_size_mib, monitor=monitor)
+            qemu_command(img.kernel, initrd, cpus, memory_mib, tb_size_mib, monitor=monitor, forwards=forwards)
         if stream:
             log(f"booting the test host (QEMU TCG, {cpus} vCPU(s), {memory_mib} MiB)...")
         proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         raw: list[bytes] = []
         streamer = _Streamer(stream, wait_for_ready=True)
+        lines = _LineSplitter(on_line)
 
         def on_out(data: bytes) -> None:
             raw.append(data)
             streamer.feed(data)
+            lines.feed(data)
 
         # Once the host reported its exit status, its poweroff gets a little time; a test
         # host that hangs there (seen under load: it kept printing soft-lockup reports, so
@@ -663,6 +758,7 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
                 _kill_group(proc)
             proc.stdout.close()
         streamer.feed(b"", final=True)
+        lines.flush()
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -687,7 +783,7 @@ def run_in_testhost(command: str, files: dict[str, str | os.PathLike] | None = N
     last = exits[-1]
     body = log_bytes[start:last.start()]
     res = RunResult(output=_text(body), returncode=int(last.group(1)), duration=duration,
-                    runner="testhost", raw=raw_text, command=command)
+                    runner="testhost", raw=raw_text, command=command, forwards=forwards)
     if separate_stderr:
         o, e = _split_separate(body)
         res.stdout, res.stderr = _text(o), _text(e)
@@ -773,12 +869,15 @@ def run_enlighten(enlighten_args: list[str | Carry], *,
                   runner: str | None = None,
                   wrapper: list[str] | tuple[str, ...] = (),
                   separate_stderr: bool = False,
-                  stop_after: StopAfter | None = None) -> RunResult:
+                  stop_after: StopAfter | None = None,
+                  forward_ports=(), on_line=None) -> RunResult:
     """Run `[*wrapper] <enlighten> <subcommand> [--kernel K] [--initrd I] <more args>`
     (--kernel/--initrd are inserted after enlighten_args[0] when that is a subcommand).
 
     stop_after: send a signal once the output shows a pattern N times (see StopAfter);
     the output is then returned at the end, not streamed.
+    forward_ports, on_line: see run_in_testhost (with stop_after, on_line sees the output
+    only at the end). Enlighten's servers must listen on HOST_NIC_ADDR in the test host.
 
     In the test host the binary is at /enlighten/bin/<name>, the guest kernel and initrd
     at /enlighten/guest/<name>, and each Carry(path) argument at
@@ -818,19 +917,24 @@ def run_enlighten(enlighten_args: list[str | Carry], *,
             raise ValueError("stop_after and separate_stderr cannot be combined")
         script = stop_after.script(shlex.join(argv))
         if direct:
-            res = run_direct(["sh", "-c", script], timeout=timeout)
+            res = run_direct(["sh", "-c", script], timeout=timeout, on_line=on_line)
             res.command = shlex.join(argv)
+            res.forwards = pick_forwards(forward_ports, "direct")
             return res
         command = script
     else:
         if direct:
-            return run_direct(argv, timeout=timeout, stream=stream, separate_stderr=separate_stderr)
+            res = run_direct(argv, timeout=timeout, stream=stream, separate_stderr=separate_stderr,
+                             on_line=on_line)
+            res.forwards = pick_forwards(forward_ports, "direct")
+            return res
         command = shlex.join(argv)
     if host_cpus is None:
         host_cpus = max(1, min(2, _guest_cpus(list(enlighten_args)), os.cpu_count() or 1))
     res = run_in_testhost(command, files=files, cpus=host_cpus,
                           memory_mib=host_memory_mib, timeout=timeout,
-                          stream=stream and stop_after is None, separate_stderr=separate_stderr)
+                          stream=stream and stop_after is None, separate_stderr=separate_stderr,
+                          forward_ports=forward_ports, on_line=on_line)
     res.command = shlex.join(argv)
     return res
 
@@ -839,12 +943,17 @@ def run_command(command: str, *, files: dict[str, str] | None = None, cpus: int 
                 timeout: float = 300, stream: bool = False, runner: str | None = None,
                 idle_timeout: float | None = None, tb_size_mib: int | None = None,
                 memory_mib: int = DEFAULT_HOST_MEMORY_MIB,
-                layers: list[Path] | tuple[Path, ...] = ()) -> RunResult:
+                layers: list[Path] | tuple[Path, ...] = (),
+                forward_ports=(), on_line=None) -> RunResult:
     """Run a shell command with a working /dev/kvm (direct: `sh -c` here). idle_timeout,
-    tb_size_mib, memory_mib, layers: see run_in_testhost (test host only)."""
+    tb_size_mib, memory_mib, layers: see run_in_testhost (test host only); forward_ports,
+    on_line: see run_in_testhost (direct: the ports are this machine's, RunResult.forwards maps
+    each to itself)."""
     runner = runner or choose_runner()
     if runner == "direct":
-        return run_direct(["sh", "-c", command], timeout=timeout, stream=stream)
+        res = run_direct(["sh", "-c", command], timeout=timeout, stream=stream, on_line=on_line)
+        res.forwards = pick_forwards(forward_ports, "direct")
+        return res
     return run_in_testhost(command, files=files, cpus=cpus, timeout=timeout, stream=stream,
                            idle_timeout=idle_timeout, tb_size_mib=tb_size_mib, memory_mib=memory_mib,
-                           layers=layers)
+                           layers=layers, forward_ports=forward_ports, on_line=on_line)
