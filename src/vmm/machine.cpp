@@ -341,18 +341,19 @@ void Machine::join_vcpus() {
     threads_.clear();
 }
 
-void Machine::stop(std::chrono::milliseconds timeout) {
+bool Machine::stop(std::chrono::milliseconds timeout) {
     join_vcpus();
     log_exit_stats();
-    if (!vmbus_) return;
+    if (!vmbus_) return true;
     // hv_sock connections end with this boot (their host sockets close); the bus then goes.
     if (vsock_) vsock_->detach();
     // Every device closes its channels (waiting for its work in flight) and is detached; the
     // loop keeps serving the API meanwhile.
     bool done = false;
     vmbus_->shutdown([&done] { done = true; });
-    if (!loop_.run_until([&] { return done; }, timeout))
-        log::warn("the VMBus devices did not close within {} ms; stopping anyway", timeout.count());
+    if (loop_.run_until([&] { return done; }, timeout)) return true;
+    log::error("the VMBus devices did not close within {} ms", timeout.count());
+    return false;
 }
 
 void Machine::console_input(std::span<const uint8_t> bytes) {

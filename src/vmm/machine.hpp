@@ -78,8 +78,10 @@ public:
     // Starts the vCPU threads.
     void start();
     // Stops and joins the vCPUs, then closes every VMBus channel and detaches the devices,
-    // running the loop until they are done (at most `timeout`). On the loop thread.
-    void stop(std::chrono::milliseconds timeout);
+    // running the loop until they are done (at most `timeout`). On the loop thread. False
+    // when the devices did not finish in time: some may still use guest memory, so the
+    // Machine (its RAM mapping) must then outlive them (the caller leaks it).
+    [[nodiscard]] bool stop(std::chrono::milliseconds timeout);
 
     // Requests a stop; the first request wins. Safe from any thread.
     void request_exit(VmExit exit);

@@ -177,10 +177,19 @@ int VirtualMachine::Impl::boot_loop() {
         control->attach(machine);
         machine->start();
         loop->run();  // until the machine asks to stop
-        machine->stop(kDeviceCloseTimeout);
+        const bool closed = machine->stop(kDeviceCloseTimeout);
         VmExit exit = machine->exit().value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
         if (stop_signal && exit.kind != VmExit::Kind::Error) exit = VmExit{VmExit::Kind::Signal, stop_signal, {}};
         control->detach();
+        if (!closed) {
+            // A device still working may still write into this boot's RAM: keep it mapped (the
+            // Machine is leaked until the process exits) rather than let a later boot's RAM take
+            // its place, and boot no more.
+            (void)new std::shared_ptr<Machine>(std::move(machine));
+            if (exit.kind == VmExit::Kind::Reset && cfg.on_reboot == OnReboot::Restart)
+                exit = VmExit{VmExit::Kind::Error, 0,
+                              "the guest reset, but a VMBus device did not stop in time; not restarting the VM"};
+        }
         machine.reset();
         console->flush();
         switch (exit.kind) {

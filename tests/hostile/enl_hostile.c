@@ -939,6 +939,10 @@ static void own_teardown_in_use(struct vmbus_channel *ch)
 	/* Our VMBus would tear the GPADL down again and wait forever for an answer to a handle
 	 * the VMM no longer knows: skip that, the pages are released already. */
 	ch->ringbuffer_gpadlhandle.gpadl_handle = 0;
+	/* Nor does it know when the VMM let go of the ring's pages (the answer it waited for is
+	 * not ours to see): leak them rather than free pages the VMM may still write, which would
+	 * corrupt this guest, not test the VMM. */
+	ch->ringbuffer_page = NULL;
 	vmbus_close(ch);
 	LOG("mode=own step=teardown-in-use status=%u", st);
 }
