@@ -283,6 +283,14 @@ def results(res: RunResult) -> dict[str, str]:
 _SESSION_LIB = r"""
 now() { read -r t _ </proc/uptime; echo "$t"; }
 E2E_LOCK=$(mktemp -d)/lock
+# A guest that triple-faults leaves no trace in the VMM: KVM (AMD) resets the vCPU before the
+# VMM sees the exit. KVM's own exit tracepoint, kept only for shutdown exits (SVM exit code
+# 127, so it costs next to nothing), records where the guest was; run_item prints it after
+# the run (E2E-KVM-SHUTDOWN lines; the report puts them in the retry's NOTE).
+E2E_TRACE=/sys/kernel/tracing
+if mount -t tracefs tracefs $E2E_TRACE 2>/dev/null && [ -d $E2E_TRACE/events/kvm/kvm_exit ]; then
+    echo 'exit_reason == 127' >$E2E_TRACE/events/kvm/kvm_exit/filter && echo 1 >$E2E_TRACE/events/kvm/kvm_exit/enable
+fi
 # run_item KEY TIMEOUT SCRIPT
 run_item() {
     key=$1; limit=$2; script=$3
@@ -307,6 +315,11 @@ run_item() {
     t1=$(now)
     timed_out=0; [ -e "$d/timeout" ] && timed_out=1
     until mkdir "$E2E_LOCK" 2>/dev/null; do sleep 0.1; done
+    # shutdown exits during this run (with parallel lanes: of any run then)
+    if [ -r $E2E_TRACE/trace ]; then
+        grep -v '^#' $E2E_TRACE/trace 2>/dev/null | sed 's/^/E2E-KVM-SHUTDOWN /' >>"$d/out"
+        : >$E2E_TRACE/trace 2>/dev/null
+    fi
     echo "E2E-BEGIN $key"
     cat "$d/out"
     [ -s "$d/out" ] && [ -n "$(tail -c 1 "$d/out")" ] && echo
@@ -526,6 +539,17 @@ class _LiveDispatcher:
 
 # What the VMM logs when a vCPU shut down (vmm/machine.cpp, KVM_EXIT_SHUTDOWN).
 _TRIPLE_FAULT_RE = re.compile(r"vCPU \d+: triple fault")
+_SHUTDOWN_RE = re.compile(r"^E2E-KVM-SHUTDOWN .*?kvm_exit: (?:vcpu (\d+) )?reason (\S+) rip (0x[0-9a-f]+)(.*)$", re.M)
+
+
+def shutdown_trace(output: str) -> str:
+    """The test host's record of the guest's shutdown exits in a run's output (run_item's
+    E2E-KVM-SHUTDOWN lines: KVM's kvm_exit tracepoint). The VMM boots the kernel without
+    KASLR (it decompresses it itself), so the RIP maps onto the symbols of Debian's
+    linux-image-...-dbg package as it is (the System.map of linux-image is a stub)."""
+    found = [f"vCPU {m.group(1) or '?'} reason {m.group(2)} rip {m.group(3)}{m.group(4).rstrip()}"
+             for m in _SHUTDOWN_RE.finditer(output)]
+    return ("; KVM saw: " + "; ".join(found)) if found else "; KVM's shutdown tracepoint recorded nothing"
 
 _ITEM_RE = re.compile(r"^E2E-BEGIN (\S+)\n(.*?)^E2E-END \1 rc=(\d+) seconds=([0-9.e+-]+) timeout=([01])$",
                       re.M | re.S)
@@ -560,6 +584,8 @@ class _Run:
     # scenario: TCP ports of the test host reachable from this machine, and the hook that the
     # run's first `live` line starts (see Session.scenario)
     forward_ports: tuple[int, ...] = ()
+    # scenario: the guest is meant to triple-fault (not retried as a fault of the test host)
+    expect_triple_fault: bool = False
     on_live: Callable[[Live], Any] | None = None
 
 
@@ -630,7 +656,8 @@ class Session:
                  binary: Path | None = None,
                  guest_files: dict[str, Path | Callable[[], Path]] | None = None,
                  forward_ports: list[int] | tuple[int, ...] = (),
-                 on_live: Callable[[Live], Any] | None = None) -> None:
+                 on_live: Callable[[Live], Any] | None = None,
+                 expect_triple_fault: bool = False) -> None:
         """A shell script with SCENARIO_LIB, as run_scenario(); `tools`, `net`: the guest has
         the disk tools, the network tools (guest_image.make_run_initrd); `files`: NAME -> local path (or a function
         returning it, called when the session runs, e.g. to build an image): $NAME in the
@@ -644,13 +671,16 @@ class Session:
         `on_live(live)`: called on a thread of its own when the run's script first says
         `live WORDS...`, with a Live (the words, the port forwards, later lines); the run goes
         on meanwhile, so the script can wait for what the hook does (with a timeout). What
-        it returns or raises is Session.live_result(test, key)."""
+        it returns or raises is Session.live_result(test, key).
+        `expect_triple_fault`: the guest is meant to shut its CPU down; the run is not run
+        again for it (retry_guest_triple_fault)."""
         for name in files or {}:
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
                 raise ValueError(f"session {self.name}: file variable {name!r} must be [A-Z][A-Z0-9_]*")
         self._add(_Run(key, timeout, job=job, script=script, cpus=cpus, tools=tools, net=net,
                        files=dict(files or {}), binary=binary or BINARY, guest_files=dict(guest_files or {}),
-                       forward_ports=tuple(forward_ports), on_live=on_live))
+                       forward_ports=tuple(forward_ports), on_live=on_live,
+                       expect_triple_fault=expect_triple_fault))
 
     # -- execution
     def result(self, test: unittest.TestCase, key: str) -> RunResult:
@@ -737,12 +767,14 @@ class Session:
         faulted_once: set[str] = set()
         while True:
             started, why = self._run_batch(pending, img)
-            faulted = [r for r in pending if self.retry_guest_triple_fault and r.key in self.results
+            faulted = [r for r in pending if self.retry_guest_triple_fault and not r.expect_triple_fault
+                       and r.key in self.results
                        and r.key not in faulted_once and _TRIPLE_FAULT_RE.search(self.results[r.key].output)]
             for r in faulted:
                 m = _TRIPLE_FAULT_RE.search(self.results[r.key].output)
                 self.notes.append(f"run {r.key}: the guest triple-faulted ({m.group(0) if m else '?'}) after "
-                                  f"{self.results[r.key].duration:.0f} s; it runs again in a fresh test host")
+                                  f"{self.results[r.key].duration:.0f} s; it runs again in a fresh test host"
+                                  + shutdown_trace(self.results[r.key].output))
                 faulted_once.add(r.key)
                 del self.results[r.key]
                 self.failures.pop(r.key, None)

@@ -30,7 +30,7 @@ import unittest
 
 from pathlib import Path
 
-from harness import REPO, RunResult, Session, describe, json_between, results, static_c_program
+from harness import REPO, RunResult, Session, describe, json_between, results, shutdown_trace, static_c_program
 
 from enlighten_tools import hostile  # noqa: E402 - harness puts tools/ on the path
 
@@ -249,6 +249,25 @@ def register(session: Session, key: str, *, seed: int, scale: int = 100, binary:
 
 register(HOSTILE, "release", seed=1)
 
+# The guest shuts its own CPU down (the module's attack=triple): the VMM reports the triple
+# fault and exits 3 (a reset, --on-reboot exit), and the test host's trace of KVM's shutdown
+# exit (harness: E2E-KVM-SHUTDOWN) shows where the guest was, which is what a real fault's
+# retry NOTE then shows too.
+HOSTILE.scenario("triple", r"""
+start_vm ""
+wait_serial TRIPLE-INSMOD 200
+n=0; while kill -0 $VM_PID 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+kill -0 $VM_PID 2>/dev/null && { echo "SCENARIO-TIMEOUT the guest still runs"; kill -KILL $VM_PID; }
+wait $VM_PID
+echo "RESULT rc=$?"
+dump_logs
+""", job="""
+echo TRIPLE-INSMOD
+dmesg -n 8
+insmod /enl_hostile.ko attack=triple
+echo TRIPLE-SURVIVED
+""", guest_files={"/enl_hostile.ko": hostile.build_module}, timeout=300, expect_triple_fault=True)
+
 
 def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> None:
     """Fails `test` with the list of attacks and what broke after which; prints the table."""
@@ -327,6 +346,23 @@ class HostileGuestTests(unittest.TestCase):
 
     def test_release_build_survives_the_hostile_guest(self) -> None:
         check_hostile_run(self, HOSTILE, "release")
+
+    def test_a_guest_triple_fault_is_reported_with_where_it_was(self) -> None:
+        res = HOSTILE.result(self, "triple")
+        why = describe(res, 6000)
+        self.assertNotIn("TRIPLE-SURVIVED", res.output, "the guest survived its empty IDT" + why)
+        self.assertRegex(res.output, r"vCPU 0: triple fault", "the VMM did not report the triple fault" + why)
+        self.assertEqual(results(res).get("rc"), "3", "a triple fault is a reset: exit 3 with --on-reboot exit" + why)
+        m = re.search(r"triple-fault rip=([0-9a-f]+)", res.output)
+        trace = shutdown_trace(res.output)
+        self.assertRegex(trace, r"reason shutdown rip 0xffffffff[0-9a-f]+",
+                         "the test host's trace of KVM's shutdown exit is missing" + why)
+        if m:
+            # KVM records the RIP of the instruction the CPU shut down at: the module's ud2,
+            # a few bytes into triple_fault().
+            rip = int(re.search(r"rip (0x[0-9a-f]+)", trace).group(1), 16)
+            self.assertTrue(0 <= rip - int(m.group(1), 16) < 0x100,
+                            f"KVM's RIP is not in triple_fault() at {m.group(1)}: {trace}" + why)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
+#include <asm/desc.h>
 #include <asm/mshyperv.h>
 
 static char *attack = "";
@@ -947,6 +948,8 @@ static void own_teardown_in_use(struct vmbus_channel *ch)
 	LOG("mode=own step=teardown-in-use status=%u", st);
 }
 
+static void __noreturn triple_fault(void);
+
 static int hostile_probe(struct hv_device *hv, const struct hv_vmbus_device_id *id)
 {
 	struct vmbus_channel *ch = hv->channel;
@@ -1004,11 +1007,27 @@ static int __init hostile_init(void)
 		ret = attack_flood();
 	else if (!strcmp(attack, "live"))
 		ret = attack_live();
+	else if (!strcmp(attack, "triple"))
+		triple_fault();
 	else if (strcmp(attack, "own"))
 		LOG("error=unknown-attack");
 	/* "own" waits for the test to bind a device to the driver. */
 	LOG("end ret=%d", ret);
 	return 0;
+}
+
+/* The guest shuts its own CPU down (an exception with an empty IDT: #UD, then #GP, then #DF
+ * cannot be delivered): the test checks that the VMM reports it and that the test host's
+ * trace of KVM's shutdown exit shows where the guest was. Never returns. */
+static noinline void __noreturn triple_fault(void)
+{
+	struct desc_ptr empty = { .size = 0, .address = 0 };
+
+	LOG("triple-fault rip=%px", triple_fault);
+	local_irq_disable();
+	native_load_idt(&empty);
+	asm volatile("ud2");
+	unreachable();
 }
 
 static void __exit hostile_exit(void)

@@ -6,8 +6,16 @@
 #include <gtest/gtest.h>
 #include <png.h>
 
-#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <tuple>
+
+#include "backends/vnc/vnc.hpp"
 #include "devices/input/keyboard.hpp"
 #include "devices/input/keymap.hpp"
 #include "devices/input/mouse.hpp"
@@ -810,4 +818,138 @@ TEST(MouseDevice, MotionIsCoalescedWhileTheGuestDoesNotRead) {
     ASSERT_EQ(all.size(), sent + 1);
     const auto& last = all.back();
     EXPECT_EQ(last[17] | last[18] << 8, 999);
+}
+
+// ---- the VNC server (backends/vnc, on Debian's libvncserver) under hostile clients -------
+
+namespace {
+
+struct RecordingSource final : vnc::Source {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::tuple<uint32_t, uint32_t, uint8_t>> pointers;
+    std::vector<std::pair<uint32_t, bool>> keys;
+    void key(uint32_t keysym, bool down) override {
+        std::lock_guard lock(mu);
+        keys.emplace_back(keysym, down);
+        cv.notify_all();
+    }
+    void pointer(uint32_t x, uint32_t y, uint8_t buttons) override {
+        std::lock_guard lock(mu);
+        pointers.emplace_back(x, y, buttons);
+        cv.notify_all();
+    }
+    void viewers(uint32_t) override {}
+};
+
+bool send_bytes(int fd, const std::string& b) {
+    size_t off = 0;
+    while (off < b.size()) {
+        const ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        off += static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// Reads exactly n bytes (or fewer at EOF or after 5 s).
+std::string recv_bytes(int fd, size_t n) {
+    std::string out;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (out.size() < n && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        char buf[4096];
+        const ssize_t r = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+        if (r <= 0) break;
+        out.append(buf, static_cast<size_t>(r));
+    }
+    return out;
+}
+
+// Until EOF (true) or 5 s (false).
+bool closed_by_server(int fd) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        char buf[4096];
+        const ssize_t r = ::recv(fd, buf, sizeof(buf), 0);
+        if (r <= 0) return true;
+    }
+    return false;
+}
+
+// RFB 3.8 up to ServerInit, with no security; returns the server's width and height.
+std::pair<uint16_t, uint16_t> handshake(int fd) {
+    if (recv_bytes(fd, 12) != "RFB 003.008\n") return {0, 0};
+    send_bytes(fd, "RFB 003.008\n");
+    const std::string types = recv_bytes(fd, 2);  // one type: None
+    if (types != std::string("\x01\x01", 2)) return {0, 0};
+    send_bytes(fd, std::string("\x01", 1));
+    if (recv_bytes(fd, 4) != std::string(4, '\0')) return {0, 0};
+    send_bytes(fd, std::string("\x01", 1));  // shared
+    const std::string init = recv_bytes(fd, 24);
+    if (init.size() != 24) return {0, 0};
+    const uint32_t name_len = (uint32_t{static_cast<uint8_t>(init[20])} << 24) |
+                              (uint32_t{static_cast<uint8_t>(init[21])} << 16) |
+                              (uint32_t{static_cast<uint8_t>(init[22])} << 8) | static_cast<uint8_t>(init[23]);
+    recv_bytes(fd, name_len);
+    return {static_cast<uint16_t>((static_cast<uint8_t>(init[0]) << 8) | static_cast<uint8_t>(init[1])),
+            static_cast<uint16_t>((static_cast<uint8_t>(init[2]) << 8) | static_cast<uint8_t>(init[3]))};
+}
+
+}  // namespace
+
+TEST(VncServer, HostileClientsAreDroppedAndTheNextOneIsServed) {
+    RecordingSource source;
+    vnc::Endpoint where;
+    where.internal = true;
+    auto server = vnc::Server::start(where, source, 64, 48);
+    ASSERT_TRUE(server) << server.error().message() << " (scripts/setup installs libvncserver1)";
+
+    // Not RFB at all.
+    {
+        auto c = (*server)->connect();
+        ASSERT_TRUE(c);
+        ASSERT_EQ(recv_bytes(c->get(), 12), "RFB 003.008\n");
+        send_bytes(c->get(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n" + std::string(4096, 'A'));
+        EXPECT_TRUE(closed_by_server(c->get()));
+    }
+    // A clipboard of almost 4 GiB announced.
+    {
+        auto c = (*server)->connect();
+        ASSERT_TRUE(c);
+        ASSERT_EQ(handshake(c->get()), (std::pair<uint16_t, uint16_t>{64, 48}));
+        send_bytes(c->get(), std::string("\x06\0\0\0\xff\xff\xff\xf0", 8) + "short");
+        EXPECT_TRUE(closed_by_server(c->get()));
+    }
+    // An unknown message type.
+    {
+        auto c = (*server)->connect();
+        ASSERT_TRUE(c);
+        ASSERT_EQ(handshake(c->get()), (std::pair<uint16_t, uint16_t>{64, 48}));
+        send_bytes(c->get(), std::string("\xc8\x01\x02\x03", 4));
+        EXPECT_TRUE(closed_by_server(c->get()));
+    }
+    // 65535 encodings announced, a few sent, then gone.
+    {
+        auto c = (*server)->connect();
+        ASSERT_TRUE(c);
+        ASSERT_EQ(handshake(c->get()), (std::pair<uint16_t, uint16_t>{64, 48}));
+        send_bytes(c->get(), std::string("\x02\0\xff\xff\0\0\0\0", 8));
+    }
+    // A well-behaved client after all that: its pointer far outside the screen is clamped to
+    // it, its key arrives, and an update request outside the screen is no harm.
+    auto c = (*server)->connect();
+    ASSERT_TRUE(c);
+    ASSERT_EQ(handshake(c->get()), (std::pair<uint16_t, uint16_t>{64, 48}));
+    send_bytes(c->get(), std::string("\x03\x01\xff\xf0\xff\xf0\x00\x10\x00\x10", 10));  // update request at (65520, 65520)
+    send_bytes(c->get(), std::string("\x05\x01\xff\xff\xff\xff", 6));                  // pointer (65535, 65535), left
+    send_bytes(c->get(), std::string("\x04\x01\0\0\0\0\0\x61", 8));                    // 'a' down
+    std::unique_lock lock(source.mu);
+    ASSERT_TRUE(source.cv.wait_for(lock, std::chrono::seconds(5),
+                                   [&] { return !source.pointers.empty() && !source.keys.empty(); }));
+    EXPECT_EQ(source.pointers[0], (std::tuple<uint32_t, uint32_t, uint8_t>{63, 47, 1}));
+    EXPECT_EQ(source.keys[0], (std::pair<uint32_t, bool>{0x61, true}));
 }
