@@ -4,16 +4,28 @@
 // updates that follow.
 //
 //   vnc_probe HOST:PORT|unix:PATH OUT.ppm [--key KEYSYM]... [--pointer X,Y,MASK]...
-//             [--updates SECONDS]
+//             [--updates SECONDS] [--watch SECONDS]
 //
-// Prints VNC-NAME, VNC-SIZE WxH, and with --updates VNC-UPDATES rects=N bytes=N. Exits 1 with
+// Prints VNC-NAME, VNC-SIZE WxH, and with --updates VNC-UPDATES rects=N bytes=N, then
+// VNC-FRAMES frames=N rects=N bytes=N ms=N (frames: FramebufferUpdate messages). Exits 1 with
 // a line on stderr when the server does something it does not expect, 0 otherwise.
+//
+// --watch SECONDS (bench/console.py): after the whole frame and the events, keeps asking for
+// incremental updates (a new request as soon as an update has been read, as a viewer does)
+// for at most SECONDS, counting them from there on. On SIGUSR1 it prints
+//   VNC-MARK n=K ms=T frames=N rects=N bytes=N
+// (K: 1, 2, ...; T: ms since the watch started; the counts so far, whole messages only);
+// SIGTERM (or SIGINT, or the time) ends the watch with VNC-END and the same fields, status 0.
+// Every line is flushed at once (stdout is usually a file).
 #include <arpa/inet.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -33,19 +45,67 @@ namespace {
 int g_fd = -1;
 std::chrono::steady_clock::time_point g_deadline;
 
+// --watch: what has come since the watch started, in whole messages; the signals' flags.
+struct Counts {
+    uint64_t frames = 0, rects = 0, bytes = 0;
+};
+Counts g_counts;
+bool g_watching = false;
+std::chrono::steady_clock::time_point g_watch_start;
+unsigned g_marks = 0;
+volatile sig_atomic_t g_mark_asked = 0;
+volatile sig_atomic_t g_stop_asked = 0;
+
+struct Stop {};  // thrown out of read_exact when the watch is to end
+
+void print_counts(const char* what) {
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - g_watch_start);
+    std::printf("%s ms=%lld frames=%llu rects=%llu bytes=%llu\n", what, static_cast<long long>(ms.count()),
+                static_cast<unsigned long long>(g_counts.frames), static_cast<unsigned long long>(g_counts.rects),
+                static_cast<unsigned long long>(g_counts.bytes));
+    std::fflush(stdout);
+}
+
+// Between reads: a mark asked for is printed, an end asked for stops the watch.
+void check_signals() {
+    if (!g_watching) return;
+    if (g_mark_asked) {
+        g_mark_asked = 0;
+        const std::string what = "VNC-MARK n=" + std::to_string(++g_marks);
+        print_counts(what.c_str());
+    }
+    if (g_stop_asked) throw Stop{};
+}
+
+// What recv() got beyond what was asked for (a large buffer: one recv for many rows of a
+// rectangle, which matters in the nested test host, where a system call is expensive).
+std::vector<uint8_t> g_buf(256 * 1024);
+size_t g_buf_pos = 0, g_buf_end = 0;
+
 // Reads exactly n bytes before the deadline.
 void read_exact(void* out, size_t n) {
     auto* p = static_cast<uint8_t*>(out);
     while (n > 0) {
+        if (g_buf_pos < g_buf_end) {
+            const size_t take = std::min(n, g_buf_end - g_buf_pos);
+            std::memcpy(p, g_buf.data() + g_buf_pos, take);
+            g_buf_pos += take;
+            p += take;
+            n -= take;
+            continue;
+        }
+        check_signals();
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(g_deadline -
                                                                                 std::chrono::steady_clock::now());
         if (left.count() <= 0) throw std::runtime_error("timed out");
         pollfd pfd{g_fd, POLLIN, 0};
-        if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
-        const ssize_t got = ::recv(g_fd, p, n, 0);
+        if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;  // EINTR: a signal
+        const ssize_t got = ::recv(g_fd, g_buf.data(), g_buf.size(), 0);
+        if (got < 0 && errno == EINTR) continue;
         if (got <= 0) die("the server closed the connection");
-        p += got;
-        n -= static_cast<size_t>(got);
+        g_buf_pos = 0;
+        g_buf_end = static_cast<size_t>(got);
     }
 }
 
@@ -53,6 +113,7 @@ void write_all(const void* data, size_t n) {
     const auto* p = static_cast<const uint8_t*>(data);
     while (n > 0) {
         const ssize_t sent = ::send(g_fd, p, n, MSG_NOSIGNAL);
+        if (sent < 0 && errno == EINTR) continue;  // --watch's signals
         if (sent <= 0) die("send failed");
         p += sent;
         n -= static_cast<size_t>(sent);
@@ -100,8 +161,11 @@ struct Frame {
 
 // Reads one server message; a FramebufferUpdate's rectangles go into `f`. Returns the
 // rectangles it held (0 for other messages) and adds their pixel bytes to `bytes`.
+uint8_t g_last_type = 0xFF;  // the type of the last message read_message() read
+
 uint32_t read_message(Frame& f, uint64_t& bytes, bool& resized) {
     const uint8_t type = u8();
+    g_last_type = type;
     switch (type) {
         case 0: {  // FramebufferUpdate
             u8();
@@ -162,9 +226,10 @@ int connect_to(const std::string& where) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    if (argc < 3) die("usage: vnc_probe HOST:PORT|unix:PATH OUT.ppm [--key KEYSYM]... [--pointer X,Y,MASK]... [--updates S]");
+    if (argc < 3) die("usage: vnc_probe HOST:PORT|unix:PATH OUT.ppm [--key KEYSYM]... [--pointer X,Y,MASK]... [--updates S] [--watch S]");
     std::vector<std::vector<uint8_t>> events;
     int updates_s = 0;
+    int watch_s = 0;
     for (int i = 3; i < argc; ++i) {
         const std::string a = argv[i];
         if (i + 1 >= argc) die("missing value for " + a);
@@ -185,6 +250,8 @@ int main(int argc, char** argv) try {
             events.push_back(m);
         } else if (a == "--updates") {
             updates_s = std::stoi(v);
+        } else if (a == "--watch") {
+            watch_s = std::stoi(v);
         } else {
             die("unknown option " + a);
         }
@@ -257,19 +324,61 @@ int main(int argc, char** argv) try {
     if (updates_s > 0) {
         // Incremental updates for a while: what the server sends when something changes.
         uint32_t rects = 0;
+        uint64_t frames = 0;
         bytes = 0;
-        g_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(updates_s);
+        const auto t0 = std::chrono::steady_clock::now();
+        g_deadline = t0 + std::chrono::seconds(updates_s);
         request(true, f.w, f.h);
         try {
             for (;;) {
                 bool resized = false;
                 const uint32_t n = read_message(f, bytes, resized);
                 rects += n;
+                if (g_last_type == 0) ++frames;
                 request(true, f.w, f.h);
             }
         } catch (const std::runtime_error&) {  // the time is up
         }
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
         std::printf("VNC-UPDATES rects=%u bytes=%llu\n", rects, static_cast<unsigned long long>(bytes));
+        std::printf("VNC-FRAMES frames=%llu rects=%u bytes=%llu ms=%lld\n", static_cast<unsigned long long>(frames),
+                    rects, static_cast<unsigned long long>(bytes), static_cast<long long>(ms.count()));
+    }
+
+    if (watch_s > 0) {
+        // Like a viewer: a new incremental request as soon as an update has been read.
+        struct sigaction sa {};
+        sa.sa_handler = [](int sig) {
+            if (sig == SIGUSR1)
+                g_mark_asked = 1;
+            else
+                g_stop_asked = 1;
+        };
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0;  // no SA_RESTART: poll() returns EINTR and the flag is seen at once
+        for (const int sig : {SIGUSR1, SIGTERM, SIGINT}) ::sigaction(sig, &sa, nullptr);
+        std::fflush(stdout);
+        g_watch_start = std::chrono::steady_clock::now();
+        g_deadline = g_watch_start + std::chrono::seconds(watch_s);
+        g_counts = {};
+        g_watching = true;
+        request(true, f.w, f.h);
+        try {
+            for (;;) {
+                bool resized = false;
+                uint64_t got = 0;
+                const uint32_t n = read_message(f, got, resized);
+                if (g_last_type == 0) ++g_counts.frames;
+                g_counts.rects += n;
+                g_counts.bytes += got;
+                request(true, f.w, f.h);
+                check_signals();
+            }
+        } catch (const Stop&) {
+        } catch (const std::runtime_error&) {  // the time is up
+        }
+        g_watching = false;
+        print_counts("VNC-END");
     }
     ::close(g_fd);
     return 0;
