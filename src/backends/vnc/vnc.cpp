@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -49,16 +50,27 @@ struct Library {
     rfbLogProc* err = nullptr;
 };
 
+// The library's log goes to ours while a server runs. Its client threads may still log as
+// they end, after their server was stopped (the threads of clients that left by themselves
+// are detached: on_gone): stop() turns this off and waits for the calls in progress, so none
+// touches the logger once the VMM tears it down.
+std::atomic<bool> g_library_log{false};
+std::atomic<int> g_library_logging{0};
+
 // printf-style, as rfbLogProc is.
 __attribute__((format(printf, 1, 2))) void log_from_library(const char* format, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, format);
-    std::vsnprintf(buf, sizeof(buf), format, ap);
-    va_end(ap);
-    std::string_view line(buf);
-    while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
-    log::debug("vnc: {}", line);
+    g_library_logging.fetch_add(1);
+    if (g_library_log.load()) {
+        char buf[512];
+        va_list ap;
+        va_start(ap, format);
+        std::vsnprintf(buf, sizeof(buf), format, ap);
+        va_end(ap);
+        std::string_view line(buf);
+        while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+        log::debug("vnc: {}", line);
+    }
+    g_library_logging.fetch_sub(1);
 }
 
 template <typename F>
@@ -145,9 +157,17 @@ struct Server::Impl {
         const auto cy = static_cast<uint32_t>(std::clamp(y, 0, std::max(0, s->height - 1)));
         of(cl).source->pointer(cx, cy, static_cast<uint8_t>(mask & 0x1f));
     }
+    // On the client's own thread, at its end (libvncserver's rfbClientConnectionGone: the
+    // client is out of the list and nobody holds it). libvncserver joins the threads of the
+    // clients still connected at rfbShutdownServer, and never those of clients that left by
+    // themselves, which would then keep their stacks until the VMM exits: those detach here.
+    // (The decrement is what stop() synchronises with: what the thread did before is done.)
     static void on_gone(rfbClientPtr cl) {
         Impl& self = of(cl);
-        self.source->viewers(--self.viewers);
+        Source* source = self.source;
+        const bool detach = !self.stopping;
+        source->viewers(--self.viewers);  // the last touch of the server's state
+        if (detach) ::pthread_detach(::pthread_self());
     }
     static rfbNewClientAction on_new_client(rfbClientPtr cl) {
         Impl& self = of(cl);
@@ -236,6 +256,8 @@ struct Server::Impl {
     }
 
     void stop() {
+        stopping = true;  // from here on libvncserver joins the client threads (on_gone)
+        (void)viewers.load();  // after what the threads of clients already gone did
         if (unix_thread.joinable()) {
             {
                 std::lock_guard lock(handoff_mu);
@@ -253,6 +275,9 @@ struct Server::Impl {
             lib->screen_cleanup(screen);
             screen = nullptr;
         }
+        g_library_log = false;
+        for (int i = 0; i < 1000 && g_library_logging.load() != 0; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 };
 
@@ -287,6 +312,7 @@ Result<std::unique_ptr<Server>> Server::start(const Endpoint& where, Source& sou
         ::inet_pton(AF_INET, where.host.c_str(), &addr);
         s->listenInterface = addr.s_addr;
     }
+    g_library_log = true;
     lib->init_server(s);
     std::unique_ptr<Server> server(new Server(std::move(impl)));
     server->width_ = width;
