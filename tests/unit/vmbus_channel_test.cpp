@@ -951,6 +951,9 @@ TEST(VmbusChannels, SendsDoorbellsAndCloseFromSeveralThreads) {
                 else q->arm();
             }
         });
+        // The close comes while packets flow: after the first one went (on a loaded machine the
+        // threads may take a while to get going), and a little more.
+        for (int i = 0; i < 5000 && sent.load() == 0; ++i) std::this_thread::sleep_for(1ms);
         std::this_thread::sleep_for(20ms);
         g.simple(MsgType::CloseChannel, relid);
         g.pump();
