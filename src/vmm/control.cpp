@@ -350,6 +350,9 @@ api::HeartbeatInfo MachineControl::heartbeat() {
     out.state = st.health == ic::HeartbeatService::Health::Healthy ? api::HeartbeatState::Healthy
                 : st.health == ic::HeartbeatService::Health::Lost  ? api::HeartbeatState::Lost
                                                                     : api::HeartbeatState::Unknown;
+    // A switched-off service says nothing of the guest (Hyper-V shows no heartbeat then).
+    for (const auto& e : devices_.entries())
+        if (e.device == hb && !e.offered->load()) out.state = api::HeartbeatState::Unknown;
     return out;
 }
 

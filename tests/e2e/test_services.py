@@ -390,6 +390,7 @@ info boot1
 switch disable heartbeat
 wait_serial "GUEST-HAS heartbeat=0 shutdown=1 timesync=0 kvp=1" 30 && echo "RESULT guest_saw_heartbeat_go=yes"
 ics heartbeat-off
+wait_api 10 '"state": "unknown"' heartbeat && echo "RESULT heartbeat_unknown_while_off=yes"
 switch enable timesync
 wait_serial "GUEST-HAS heartbeat=0 shutdown=1 timesync=1 kvp=1" 30 && echo "RESULT guest_saw_timesync_come=yes"
 status_is "$TS" OK 30 && echo "RESULT timesync_ok=yes"
@@ -706,6 +707,8 @@ class IntegrationServiceControlTests(unittest.TestCase):
         self.assertEqual(self.r.get("enable_heartbeat_rc"), "0", self.why())
         self.assertEqual(self.r.get("guest_saw_heartbeat_back"), "yes", self.why())
         self.assertEqual(self.r.get("heartbeat_ok_again"), "yes", self.why())
+        self.assertEqual(self.r.get("heartbeat_unknown_while_off"), "yes",
+                         "a switched-off heartbeat must not say healthy" + self.why())
         self.assertEqual(self.r.get("heartbeat_healthy_again"), "yes", self.why())
 
     def test_enabling_a_service_the_vm_started_without_offers_it(self) -> None:
