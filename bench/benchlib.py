@@ -40,6 +40,11 @@ TESTHOST_PRELUDE = [
 ]
 
 
+def kv(text: str) -> dict[str, str]:
+    """The KEY=VALUE words of a line the test host printed."""
+    return dict(f.split("=", 1) for f in text.split() if "=" in f)
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 

@@ -75,7 +75,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import benchlib  # noqa: E402
-from benchlib import fmt, log, median  # noqa: E402
+from benchlib import fmt, kv, log, median  # noqa: E402
 from enlighten_tools import guest_image, qemu, testhost  # noqa: E402
 from enlighten_tools.common import ToolError, ldd_libraries  # noqa: E402
 
@@ -257,10 +257,6 @@ def host_script(variants: list[Variant], rounds: int, argv_of: dict[str, list[st
 
 
 # ----------------------------------------------------------------------------- parsing
-def kv(text: str) -> dict[str, str]:
-    return dict(f.split("=", 1) for f in text.split() if "=" in f)
-
-
 @dataclass
 class Snap:
     up: float

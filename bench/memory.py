@@ -372,10 +372,6 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], q
 
 
 # ----------------------------------------------------------------------------- parsing
-def _kv(text: str) -> dict[str, str]:
-    return dict(x.split("=", 1) for x in text.split() if "=" in x)
-
-
 @dataclass
 class Sample:
     t: float
@@ -436,44 +432,44 @@ def parse(output: str) -> Session:
             for k, v in re.findall(r"(\w+)=((?:[^ ]| (?!\w+=))*)", line[len("BENCH-INFO "):]):
                 s.info[k] = v
         elif line.startswith("BENCH-RUN "):
-            kv = _kv(line)
+            kv = benchlib.kv(line)
             cur = Run(kv["id"], int(kv["round"]))
             s.runs.append(cur)
         elif cur is None:
             continue
         elif line.startswith("BENCH-PHASE "):
-            kv = _kv(line)
+            kv = benchlib.kv(line)
             cur.phases[kv["phase"]] = Phase(kv["phase"], int(kv["want"]), int(kv["mtmin"]), float(kv["t"]),
                                             int(kv["rss"] or 0), int(kv["mt"] or 0))
         elif line.startswith("BENCH-S "):
-            kv = _kv(line)
+            kv = benchlib.kv(line)
             ph = cur.phases.get(kv["phase"])
             if ph is None:
                 ph = cur.phases.setdefault(kv["phase"], Phase(kv["phase"], 0, 0, float(kv["t"]), 0, 0))
             ph.samples.append(Sample(float(kv["t"]), int(kv["rep"] or 0), kv["state"], int(kv.get("hot") or 0),
                                      int(kv["rss"] or 0), int(kv["mt"] or 0)))
         elif line.startswith("BENCH-PHASE-END "):
-            ph = cur.phases.get(_kv(line)["phase"])
+            ph = cur.phases.get(benchlib.kv(line)["phase"])
             if ph:
                 ph.ended = True
         elif line.startswith("BENCH-PHASE-TIMEOUT "):
-            ph = cur.phases.get(_kv(line)["phase"])
+            ph = cur.phases.get(benchlib.kv(line)["phase"])
             if ph:
                 ph.timeout = True
             cur.errors.append(line)
         elif line.startswith("BENCH-ERROR "):
             cur.errors.append(line)
         elif line.startswith("BENCH-RC "):
-            cur.rc = _kv(line).get("rc", "?")
+            cur.rc = benchlib.kv(line).get("rc", "?")
         elif line.startswith("BENCH-MEMORY-JSON "):
             cur.memory_json = line.split(" ", 3)[3] if len(line.split(" ", 3)) > 3 else ""
         elif line.startswith("GUEST BENCH-GUEST "):
-            cur.guest = _kv(line)
+            cur.guest = benchlib.kv(line)
         elif line.startswith("GUEST BENCH-MEMINFO "):
             cur.meminfo.append(line[len("GUEST BENCH-MEMINFO "):])
         elif line.startswith("GUEST BENCH-P "):
             f = line.split()
-            cur.pressure.append((f[2], _kv(line)))
+            cur.pressure.append((f[2], benchlib.kv(line)))
         elif line.startswith("GUEST ENLIGHTEN-MODPROBE-FAILED"):
             cur.errors.append(line[len("GUEST "):])
         elif line.startswith("BENCH-LOG-BEGIN"):
