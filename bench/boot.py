@@ -57,6 +57,63 @@ RUN_TIMEOUT_S = 150                        # per VMM run (boot_timer kills it af
 GOAL_MARKER_RATIO = 0.5                    # Enlighten time-to-marker <= 0.5 x QEMU -M pc
 GOAL_OVERHEAD_KIB = 5 * 1024               # Enlighten VMM overhead <= 5 MiB
 GOAL_VMBUS_COST = 0.05                     # hv_vmbus loaded costs <= 5% boot time
+GOAL_EXIT_RATIO_PC = 0.5                   # launch to exit <= 0.5 x QEMU -M pc -cpu host (issue 17)
+GOAL_EXIT_RATIO_MICROVM = 0.35             # ... and <= 0.35 x QEMU -M microvm -cpu host
+GOAL_UPTIME_SPREAD = 1.3                   # guest uptime at the marker, max / min over the rounds
+GOAL_VMM_SHARE = 0.15                      # the VMM's time before the guest's first instruction
+
+# --init minimal: an initrd whose /init prints the marker and powers off at once (busybox-static
+# only), so that the boot itself is measured without the default guest's summary.
+MINIMAL_INIT = r"""#!/bin/busybox-static sh
+export PATH=/bin
+mount -t proc proc /proc
+read -r up _ < /proc/uptime
+echo "ENLIGHTEN-INIT uptime=$up"
+echo "Powering off (uptime ${up}s)."
+poweroff -f
+"""
+
+# Host-side phases, from the test host's own tracepoints (ftrace, trace_clock "mono", the
+# clock of boot_timer's start_mono_ms), for every VMM alike: two trace instances that keep
+# only their first events (no overwrite), emptied before each run. "first": KVM's first
+# kvm_entry, the guest's first instruction (firmware for QEMU; the kernel for Enlighten).
+# "kernel": the first exit at a kernel virtual address (>= 0xffffffff80000000), the kernel
+# proper running in its own mapping, past any firmware and decompressor.
+TRACE = "/sys/kernel/tracing"
+TRACE_SETUP = [
+    f"mount -t tracefs tracefs {TRACE} 2>/dev/null",
+    f"if [ -d {TRACE}/events/kvm/kvm_entry ]; then",
+    "    for i in first kernel; do",
+    f"        mkdir -p {TRACE}/instances/$i && echo mono > {TRACE}/instances/$i/trace_clock &&",
+    f"        echo 0 > {TRACE}/instances/$i/options/overwrite && echo 64 > {TRACE}/instances/$i/buffer_size_kb",
+    "    done",
+    f"    echo 1 > {TRACE}/instances/first/events/kvm/kvm_entry/enable",
+    f"    echo 'guest_rip >= 0xffffffff80000000' > {TRACE}/instances/kernel/events/kvm/kvm_exit/filter",
+    f"    echo 1 > {TRACE}/instances/kernel/events/kvm/kvm_exit/enable",
+    "    bench_trace=1",
+    "else",
+    "    bench_trace=0; echo 'BENCH-INFO trace=none'",
+    "fi",
+]
+
+
+def minimal_initrd() -> Path:
+    """<cache>/guest/minimal-init.img: busybox-static and MINIMAL_INIT (rebuilt when they change)."""
+    from enlighten_tools import debian
+    from enlighten_tools.common import cache_dir, sha256_file, sha256_text
+    from enlighten_tools.cpio import CpioArchive
+    busybox = debian.busybox()
+    out = cache_dir() / "guest" / f"minimal-init-{sha256_text(MINIMAL_INIT, sha256_file(busybox))[:16]}.img"
+    if not out.is_file():
+        arc = CpioArchive()
+        guest_image.add_base_dirs(arc)  # /dev/console among them: /init's output
+        arc.add_file("/bin/busybox-static", busybox, perm=0o755)
+        for applet in ("mount", "poweroff"):  # before /proc is mounted, busybox cannot run itself
+            arc.add_symlink(f"/bin/{applet}", "/bin/busybox-static")
+        arc.add_bytes("/init", MINIMAL_INIT, perm=0o755)
+        arc.write(out, compress=True)
+    return out
+
 
 # Paths inside the test host.
 H_BIN = "/enlighten/bench"
@@ -138,11 +195,18 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]], t
         f"mkdir -p {H_LOGS}",
         *benchlib.TESTHOST_PRELUDE,  # soft lockup -> panic with the whole log (see benchlib)
         f'echo "BENCH-INFO qemu_version=$({shlex.quote(q.binary)} --version | head -n 1)"',
+        *TRACE_SETUP,
         "bench_run() {  # id round argv...",
         '    id=$1; rnd=$2; shift 2',
+        f'    [ $bench_trace = 1 ] && echo > {TRACE}/instances/first/trace && echo > {TRACE}/instances/kernel/trace',
         '    echo "BENCH-RUN id=$id round=$rnd load=$(cut -d" " -f1 /proc/loadavg)"',
         '    "$@"',
         '    rc=$?',
+        '    if [ $bench_trace = 1 ]; then',
+        f"        f=$(grep -m1 -o ' [0-9]*\\.[0-9]*: kvm_entry' {TRACE}/instances/first/trace | cut -d: -f1 | tr -d ' ')",
+        f"        k=$(grep -m1 -o ' [0-9]*\\.[0-9]*: kvm_exit' {TRACE}/instances/kernel/trace | cut -d: -f1 | tr -d ' ')",
+        '        echo "BENCH-TRACE first=${f:-NA} kernel=${k:-NA}"',
+        '    fi',
         '    echo "BENCH-RC id=$id round=$rnd rc=$rc"',
         '    if [ $rc != 0 ]; then',
         '        echo "BENCH-LOG-BEGIN id=$id round=$rnd"',
@@ -183,6 +247,7 @@ class Run:
     rc: int | None = None
     load: str = ""
     log_tail: list[str] = field(default_factory=list)
+    trace: dict[str, str] = field(default_factory=dict)
 
     def num(self, key: str) -> float | None:
         v = self.fields.get(key)
@@ -196,6 +261,15 @@ class Run:
     @property
     def ok(self) -> bool:
         return self.rc == 0 and self.fields.get("rc") == "0" and self.num("marker_ms") is not None
+
+    def traced_ms(self, key: str) -> float | None:
+        """A BENCH-TRACE time ("first", "kernel"), in ms from the VMM's start like the others."""
+        start = self.num("start_mono_ms")
+        try:
+            t = float(self.trace.get(key, "NA"))
+        except ValueError:
+            return None
+        return None if start is None else t * 1000.0 - start
 
     def guest_uptime(self) -> float | None:
         for m in self.markers:
@@ -234,6 +308,8 @@ def parse(output: str) -> tuple[list[Run], dict[str, str], bool]:
             cur.markers.append(line[len("BOOT-TIMER-MARKER "):])
         elif line.startswith("BOOT-TIMER ") and cur is not None:
             cur.fields = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+        elif line.startswith("BENCH-TRACE ") and cur is not None:
+            cur.trace = benchlib.kv(line)
         elif line.startswith("BENCH-RC ") and cur is not None:
             m = re.search(r"rc=(\d+)", line)
             cur.rc = int(m.group(1)) if m else None
@@ -254,6 +330,8 @@ class Stats:
     uptime: list[float]
     tail: list[float]       # marker -> end
     mem: list[Run]
+    first: list[float] = field(default_factory=list)   # the guest's first instruction (trace)
+    kernel: list[float] = field(default_factory=list)  # the kernel proper's first exit (trace)
 
     def mem_med(self, key: str) -> float | None:
         return _med([v for r in self.mem if (v := r.num(key)) is not None])
@@ -303,7 +381,9 @@ def collect(cases: list[Case], runs: list[Run]) -> dict[str, Stats]:
             uptime=[u for r in timed if (u := r.guest_uptime()) is not None],
             tail=[e - m for r in timed
                   if (m := r.num("marker_ms")) is not None and (e := r.num("end_ms")) is not None],
-            mem=mem)
+            mem=mem,
+            first=[v for r in timed if (v := r.traced_ms("first")) is not None],
+            kernel=[v for r in timed if (v := r.traced_ms("kernel")) is not None])
     return out
 
 
@@ -325,7 +405,10 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
     L.append(f"- test host: kernel {info.get('host_kernel', '?')}, {info.get('host_cpus', '?')} vCPU(s), "
              f"{int(info.get('host_mem_kib', '0') or 0) // 1024} MiB, QEMU TCG on "
              f"{meta['machine']}; session {meta['session_s']} s")
-    L.append(f"- guest: default bzImage + initrd, `{CMDLINE}`, {MEMORY}; {rounds} timed rounds, "
+    L.append(f"- guest: default bzImage + "
+             + ("a minimal initrd (its /init prints the marker and powers off at once)"
+                if meta.get("init") == "minimal" else "initrd")
+             + f", `{CMDLINE}`, {MEMORY}; {rounds} timed rounds, "
              "interleaved round-robin (start rotated each round); "
              + ("an untimed verification/warm-up round 0 sampled memory" if meta.get("warmup")
                 else "round 1 also verified each variant and sampled memory"))
@@ -395,6 +478,30 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
                  "test host's kernel has transparent huge pages `always`, so a heap or stack that "
                  "reaches a 2 MiB-aligned range is backed by a 2 MiB page at once; that part "
                  "makes single samples jump by 2 MiB.")
+        # phases
+        L.append("")
+        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: phases (ms from launch, medians; min-max)")
+        L.append("")
+        L.append("| variant | n | guest's first instruction | kernel proper | /init marker | end | exit "
+                 "| VMM before the guest | firmware + decompressor | kernel to /init | /init to end "
+                 "| end to exit |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in sub:
+            s_ = st[c.id]
+            def mm(xs: list[float]) -> str:
+                return "—" if not xs else f"{ms(_med(xs))} ({ms(min(xs))}-{ms(max(xs))})"
+            def d(a: list[float], b: list[float]) -> str:
+                return "—" if not a or not b else ms(_med(b) - _med(a))
+            L.append(f"| {c.variant.label} | {s_.n} | {mm(s_.first)} | {mm(s_.kernel)} | {mm(s_.marker)} "
+                     f"| {mm(s_.end)} | {mm(s_.exit)} | {ms(_med(s_.first)) if s_.first else '—'} "
+                     f"| {d(s_.first, s_.kernel)} | {d(s_.kernel, s_.marker)} | {d(s_.marker, s_.end)} "
+                     f"| {d(s_.end, s_.exit)} |")
+        L.append("")
+        L.append("*guest's first instruction*: the VMM's first KVM entry; *kernel proper*: its first exit "
+                 "at a kernel virtual address (past QEMU's firmware and the bzImage decompressor; "
+                 "Enlighten enters the decompressed kernel directly). Both from the test host's "
+                 "`kvm:kvm_entry` and `kvm:kvm_exit` tracepoints (ftrace, clock `mono`), the same for "
+                 "every VMM. The differences are of medians.")
         # goals
         enl = st.get(f"enlighten@{ncpu}")
         vmb = st.get(f"enlighten-vmbus@{ncpu}")
@@ -414,6 +521,27 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
         L.append(goal_line(None if rh is None else rh <= GOAL_MARKER_RATIO,
                            f"(same, vs QEMU -M pc -cpu host)",
                            "—" if rh is None else f"{rh:.2f} x ({ms(em)} vs {ms(bhm)} ms)"))
+        ex = _med(enl.exit) if enl else None
+        for key, label, goal in ((BASELINE_HOST, "QEMU -M pc -cpu host", GOAL_EXIT_RATIO_PC),
+                                 ("qemu-microvm-host", "QEMU -M microvm -cpu host", GOAL_EXIT_RATIO_MICROVM)):
+            other = st.get(f"{key}@{ncpu}")
+            oe = _med(other.exit) if other else None
+            rx = None if ex is None or not oe else ex / oe
+            L.append(goal_line(None if rx is None else rx <= goal,
+                               f"Enlighten launch-to-exit <= {goal} x {label} (medians)",
+                               "—" if rx is None else f"{rx:.2f} x ({ms(ex)} vs {ms(oe)} ms)"))
+        if enl and enl.uptime:
+            spread = max(enl.uptime) / min(enl.uptime) if min(enl.uptime) > 0 else None
+            L.append(goal_line(None if spread is None else spread <= GOAL_UPTIME_SPREAD,
+                               f"guest uptime at the marker, max / min <= {GOAL_UPTIME_SPREAD} (not bimodal)",
+                               "—" if spread is None else
+                               f"{spread:.2f} ({min(enl.uptime):.2f}-{max(enl.uptime):.2f} s over {len(enl.uptime)})"))
+        fi = _med(enl.first) if enl and enl.first else None
+        share = None if fi is None or not ex else fi / ex
+        L.append(goal_line(None if share is None else share < GOAL_VMM_SHARE,
+                           f"VMM's own time before the guest's first instruction < {GOAL_VMM_SHARE:.0%} "
+                           "of launch-to-exit (medians)",
+                           "—" if share is None else f"{share:.1%} ({ms(fi)} of {ms(ex)} ms)"))
         ov = enl.mem_med("overhead_kib") if enl else None
         thp = enl.mem_med("overhead_thp_kib") if enl else None
         L.append(goal_line(None if ov is None else ov <= GOAL_OVERHEAD_KIB,
@@ -504,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS))
     ap.add_argument("--warmup", action="store_true",
                     help="an extra untimed round 0 that verifies and samples memory (longer)")
+    ap.add_argument("--init", choices=("default", "minimal"), default="default",
+                    help="the default guest's /init (its summary, then power-off), or a minimal one "
+                         "that prints the marker and powers off at once")
     ap.add_argument("--host-cpus", type=int, default=2, help="test host vCPUs (default 2)")
     ap.add_argument("--host-memory", type=int, default=3072, help="test host MiB (default 3072)")
     ap.add_argument("--timeout", type=int, default=1500, help="whole test-host session, s")
@@ -550,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     h_kernel = f"{H_GUEST}/bzImage"
     h_initrd = f"{H_GUEST}/initrd.img"
     files.update({h_timer: str(timer), h_enl: str(enl), h_kernel: str(img.kernel),
-                  h_initrd: str(img.initrd)})
+                  h_initrd: str(minimal_initrd() if a.init == "minimal" else img.initrd)})
     argv_of = {c.id: vmm_argv(c, h_kernel, h_initrd, h_enl, q) for c in cases}
     script = host_script(cases, a.rounds, argv_of, h_timer, q, a.warmup)
     if a.dry_run:
@@ -558,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     host_cmd = shlex.join(testhost.qemu_command(Path("<testhost bzImage>"), Path("<initrd>"),
-                                                a.host_cpus, a.host_memory))
+                                                a.host_cpus, a.host_memory, 64))
     n_runs = len(cases) * (a.rounds + (1 if a.warmup else 0))
     if not a.from_raw:
         log(f"{len(cases)} variants x {a.rounds + (1 if a.warmup else 0)} rounds = {n_runs} VMM "
@@ -571,9 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             with contextlib.redirect_stdout(sys.stderr):  # live progress to stderr
+                # A 64 MiB translation cache (as the end-to-end tests use): with QEMU's 1 GiB
+                # default, the stale translations of earlier guests made later runs slower
+                # round after round (testhost.qemu_command), for every VMM.
                 res = testhost.run_in_testhost(script, files=files, cpus=a.host_cpus,
                                                memory_mib=a.host_memory, timeout=a.timeout,
-                                               stream=True)
+                                               stream=True, tb_size_mib=64)
             output = res.output
         except testhost.TestHostError as e:  # includes TestHostTimeout
             log(f"test-host session failed: {str(e).splitlines()[0]}")
@@ -596,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             "session_s": "?" if a.from_raw else f"{session_s:.0f}",
             "load": "" if a.from_raw else f"{load_start:.1f} / {os.getloadavg()[0]:.1f} "
                     f"({os.cpu_count()} CPUs; above ~1 means other work shared the machine)",
-            "warmup": "1" if a.warmup else ""}
+            "warmup": "1" if a.warmup else "", "init": a.init}
     timer_example = timer_argv(h_timer, Case(VARIANTS[0], 1), 1, True)
     timer_example[timer_example.index("--log") + 1] = f"{H_LOGS}/ID.ROUND.log"
     text = report(cases, runs, info, meta, argv_of, timer_example, a.rounds, complete, host_cmd,

@@ -33,7 +33,10 @@
 // on stdout:
 //   BOOT-TIMER marker_ms=... end_ms=... exit_ms=... rc=... timed_out=0|1 rss_kib=...
 //              pss_kib=... uss_kib=... guest_rss_kib=... overhead_kib=... overhead_thp_kib=...
-//              guest_maps=... guest_vsz_kib=... mem_ms=...
+//              guest_maps=... guest_vsz_kib=... mem_ms=... start_mono_ms=...
+// start_mono_ms is the CLOCK_MONOTONIC time (ms) of the fork, the zero of every *_ms, so
+// that other clocks on CLOCK_MONOTONIC (ftrace with trace_clock "mono") can be placed on
+// the same axis.
 // A value that was not measured is "NA". rc is the exit status, or 128+N for signal N.
 // Each marker hit is also reported as "BOOT-TIMER-MARKER <ms> <the line>" before it.
 //
@@ -491,11 +494,11 @@ int main(int argc, char** argv) {
     }
     std::printf("BOOT-TIMER marker_ms=%s end_ms=%s exit_ms=%s rc=%d timed_out=%d rss_kib=%s "
                 "pss_kib=%s uss_kib=%s guest_rss_kib=%s overhead_kib=%s overhead_thp_kib=%s "
-                "guest_maps=%s guest_vsz_kib=%s mem_ms=%s\n",
+                "guest_maps=%s guest_vsz_kib=%s mem_ms=%s start_mono_ms=%.3f\n",
                 fmt_ms(marker_ms).c_str(), fmt_ms(end_ms).c_str(), fmt_ms(exit_ms).c_str(), rc,
                 timed_out ? 1 : 0, fmt_kib(rss).c_str(), fmt_kib(pss).c_str(), fmt_kib(uss).c_str(),
                 fmt_kib(grss).c_str(), fmt_kib(overhead).c_str(), fmt_kib(othp).c_str(),
-                fmt_kib(gmaps).c_str(), fmt_kib(gvsz).c_str(), fmt_ms(mem_ms).c_str());
+                fmt_kib(gmaps).c_str(), fmt_kib(gvsz).c_str(), fmt_ms(mem_ms).c_str(), t0);
     std::fflush(stdout);
     return (marker_ms && exited && exec_errno == 0) ? 0 : 1;
 }

@@ -1,6 +1,7 @@
 // Fuzzes host-side kernel decompression (a kernel file is user input): the payload
 // decoders of every format we accept, the ELF header checks, and the writer that places
-// segments in guest memory. The first byte picks the format.
+// segments in guest memory (streamed, and for LZ4 also block-parallel). The first byte
+// picks the format.
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -42,5 +43,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     });
     if (ok && seen != *stated) __builtin_trap();  // success means exactly the stated size
     if (ok) (void)w.finish();
+    if (c == Compression::Lz4) {  // the block-parallel path, with small blocks and 3 threads
+        VmlinuxWriter pw(*stated, kBase, kBase + kArea, map);
+        if (decompress_lz4_parallel(input, 8u << 20, pw, 3, 0x1000)) {
+            if (!pw.finish()) __builtin_trap();  // success means every byte arrived
+        }
+    }
     return 0;
 }

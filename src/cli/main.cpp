@@ -387,6 +387,7 @@ int run_image(const ImageCommand& c) {
 }
 
 int run_vm(const VmConfig& cfg) {
+    log::debug("startup: configuration checked");
     // common/thread_stack.hpp: 1 MiB, no 2 MiB THP per thread. Not fatal: glibc's default works.
     if (!limit_thread_stacks()) log::warn("could not set the default thread stack size; using glibc's");
     // Confinement (docs/security.md): no-new-privs always; the process filter before the
@@ -400,6 +401,7 @@ int run_vm(const VmConfig& cfg) {
                       ? " (the default of a sanitizer build: forbidden calls are logged by the kernel, not fatal)"
                       : "");
     if (auto ok = sandbox::install_process(); !ok) return error(ok.error());
+    log::debug("startup: process filter installed");
     auto vm = VirtualMachine::create(cfg);
     if (!vm) return error(vm.error());
     if (cfg.user)

@@ -5,7 +5,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include "common/sandbox.hpp"
 #include "common/event_loop.hpp"
@@ -153,14 +157,60 @@ Result<> Machine::build() {
     if (max_vcpus > 0 && cfg_.cpus > static_cast<uint32_t>(max_vcpus))
         return fail("--cpus {}: this host's KVM supports at most {}", cfg_.cpus, max_vcpus);
 
+    // The kernel loads on its own thread, beside the KVM set-up here: it reads the files at
+    // once, then, when guest memory and the ACPI tables are in place, decompresses and places
+    // the kernel (most of the start-up time). Nothing here writes guest memory after that
+    // point until the join, below.
+    struct LoaderStart {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool go = false;       // guest memory is mapped; rsdp is set
+        bool abandon = false;  // build() failed first
+        uint64_t rsdp = 0;
+    } start;
+    const auto release = [&start](bool go, uint64_t rsdp) {
+        {
+            const std::scoped_lock lock(start.mu);
+            if (start.go || start.abandon) return;
+            (go ? start.go : start.abandon) = true;
+            start.rsdp = rsdp;
+        }
+        start.cv.notify_one();
+    };
+    std::optional<Result<boot::BootEntry>> loaded;
+    std::jthread loader([&] {
+        auto prepared = boot::prepare_linux({cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, 0,
+                                             cfg_.host_decompress, cfg_.kernel_fd, cfg_.initrd_fd});
+        std::unique_lock lock(start.mu);
+        start.cv.wait(lock, [&start] { return start.go || start.abandon; });
+        const uint64_t rsdp = start.rsdp;
+        const bool go = start.go;
+        lock.unlock();
+        if (!prepared) {
+            loaded = std::unexpected(prepared.error());
+            return;
+        }
+        if (!go) {
+            loaded = fail("the VM's set-up failed before the kernel was loaded");
+            return;
+        }
+        loaded = boot::load_linux(memory_, std::move(*prepared), rsdp);
+        if (*loaded && (*loaded)->host_decompressed)
+            log::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
+                       boot::compression_name(*(*loaded)->host_decompressed), (*loaded)->rip, uptime_ms());
+        else if (*loaded)
+            log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
+    });
+    // On any early return: the loader stops waiting (then the jthread joins it).
+    struct AbandonOnReturn {
+        const decltype(release)& fn;
+        ~AbandonOnReturn() { fn(false, 0); }  // no effect once released with go
+    } abandon_loader{release};
+
     ENL_TRY(vm_, kvm.create_vm());
     ENL_TRY_VOID(vm_->set_identity_map_addr(layout::kKvmIdentityMap));
     ENL_TRY_VOID(vm_->set_tss_addr(layout::kKvmTss));
-    ENL_TRY_VOID(vm_->create_irqchip());
-    ENL_TRY_VOID(vm_->create_pit2());
-    ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
-
-    log::debug("startup: VM and irqchip created at {} ms", uptime_ms());
+    log::debug("startup: VM created at {} ms", uptime_ms());
     // The hot-add window is sized for --memory max= (the balloon's hot-add); none without it.
     const int nr_slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
     memory_manager_ = std::make_unique<MemoryManager>(
@@ -179,15 +229,13 @@ Result<> Machine::build() {
     ENL_TRY(acpi::Tables tables, acpi::build_tables(platform));
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 
-    boot::LinuxBootConfig boot_cfg{cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, tables.rsdp_gpa,
-                                   cfg_.host_decompress, cfg_.kernel_fd, cfg_.initrd_fd};
     log::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
-    ENL_TRY(boot::BootEntry entry, boot::load_linux(memory_, boot_cfg));
-    if (entry.host_decompressed)
-        log::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
-                      boot::compression_name(*entry.host_decompressed), entry.rip, uptime_ms());
-    else
-        log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
+    release(true, tables.rsdp_gpa);
+
+    ENL_TRY_VOID(vm_->create_irqchip());
+    ENL_TRY_VOID(vm_->create_pit2());
+    ENL_TRY_VOID(vm_->set_gsi_routing(pc_gsi_routing()));
+    log::debug("startup: irqchip created at {} ms", uptime_ms());
 
     ENL_TRY(auto supported, kvm.supported_cpuid());
     const bool sync_regs = (static_cast<uint64_t>(kvm.check_extension(KVM_CAP_SYNC_REGS)) & KVM_SYNC_X86_REGS) != 0;
@@ -223,9 +271,12 @@ Result<> Machine::build() {
         const Vcpu& vcpu = *vcpus_[i];
         ENL_TRY_VOID(vcpu.set_cpuid(build_cpuid(supported, i, topo, hv_leaves)));
         ENL_TRY_VOID(setup_lapic(vcpu));
-        if (i == 0) ENL_TRY_VOID(setup_boot_vcpu(vcpu, entry));
     }
-    return add_platform_devices();
+    ENL_TRY_VOID(add_platform_devices());
+    loader.join();  // it always sets `loaded`
+    if (!*loaded) return std::unexpected(loaded->error());
+    log::debug("startup: the kernel's loader joined at {} ms", uptime_ms());
+    return setup_boot_vcpu(*vcpus_[0], **loaded);
 }
 
 Result<> Machine::setup_hyperv() {

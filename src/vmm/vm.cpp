@@ -86,6 +86,7 @@ Result<std::unique_ptr<VirtualMachine>> VirtualMachine::create(VmConfig cfg) {
         if (!e) return fail(Errc::Invalid, "--integration-services: the VM has no service '{}'", id);
         e->offered->store(false);
     }
+    log::debug("startup: devices built");
     ENL_TRY(Kvm kvm, Kvm::open());
     impl->kvm.emplace(std::move(kvm));
     ENL_TRY(impl->console, Console::create(impl->cfg.serial));
@@ -167,6 +168,7 @@ int VirtualMachine::run() { return impl_->boot_loop(); }
 
 int VirtualMachine::Impl::boot_loop() {
     for (unsigned boot = 1;; ++boot) {
+        log::debug("startup: host side ready (event loop, API, console)");
         auto created = Machine::create({*kvm, cfg, *console, *loop, devices, vsock.get()}, [l = loop.get()] { l->stop(); });
         if (!created) {
             std::fflush(stdout);

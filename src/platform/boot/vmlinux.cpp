@@ -10,6 +10,8 @@
 #include <array>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 namespace enlighten::boot {
 
@@ -36,7 +38,13 @@ constexpr std::array<uint8_t, 6> kXzMagic = {0xfd, '7', 'z', 'X', 'Z', 0x00};
 // The LZ4 legacy format (lz4 -l, what the kernel build uses): the magic, then independent
 // blocks of [u32 compressed size][data], each decompressing to at most 8 MiB. A repeated
 // magic starts another stream (concatenated archives), as the kernel's decompressor accepts.
-Result<> unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+struct Lz4Block {
+    std::span<const uint8_t> data;
+    size_t at = 0;  // offset of its size word in the payload, for messages
+};
+
+Result<std::vector<Lz4Block>> lz4_blocks(std::span<const uint8_t> in) {
+    std::vector<Lz4Block> blocks;
     size_t pos = kLz4LegacyMagic.size();
     while (pos < in.size()) {
         if (in.size() - pos < 4) return fail("LZ4 data is truncated inside a block header");
@@ -45,12 +53,25 @@ Result<> unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> buf, const
         if (chunk == load_le32(kLz4LegacyMagic.data())) continue;
         if (chunk == 0 || chunk > in.size() - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
             return fail("LZ4 block of {} bytes at offset {} is invalid", chunk, pos - 4);
-        const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in.data() + pos),
-                                          reinterpret_cast<char*>(buf.data()), static_cast<int>(chunk),
-                                          static_cast<int>(buf.size()));
-        if (n < 0) return fail("LZ4 data is corrupt (block at offset {})", pos - 4);
-        ENL_TRY_VOID(sink(buf.first(static_cast<size_t>(n))));
+        blocks.push_back({in.subspan(pos, chunk), pos - 4});
         pos += chunk;
+    }
+    return blocks;
+}
+
+// Decompresses one block into `out`; returns the bytes written, or an error when corrupt.
+Result<size_t> unlz4_block(const Lz4Block& b, std::span<uint8_t> out) {
+    const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b.data.data()), reinterpret_cast<char*>(out.data()),
+                                      static_cast<int>(b.data.size()), static_cast<int>(out.size()));
+    if (n < 0) return fail("LZ4 data is corrupt (block at offset {})", b.at);
+    return static_cast<size_t>(n);
+}
+
+Result<> unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
+    ENL_TRY(const auto blocks, lz4_blocks(in));
+    for (const Lz4Block& b : blocks) {
+        ENL_TRY(const size_t n, unlz4_block(b, buf));
+        ENL_TRY_VOID(sink(buf.first(n)));
     }
     return {};
 }
@@ -135,11 +156,21 @@ Result<uint64_t> payload_decompressed_size(std::span<const uint8_t> payload) {
     return load_le32(payload.data() + payload.size() - 4);
 }
 
-Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uint64_t max_size, const ByteSink& sink) {
+namespace {
+
+// The decompressed size a payload states, checked against what fits.
+Result<uint64_t> checked_size(std::span<const uint8_t> payload, uint64_t max_size) {
     ENL_TRY(const uint64_t size, payload_decompressed_size(payload));
     if (payload.size() > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload.size());
     if (size > max_size)
         return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", size, max_size);
+    return size;
+}
+
+}  // namespace
+
+Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uint64_t max_size, const ByteSink& sink) {
+    ENL_TRY(const uint64_t size, checked_size(payload, max_size));
     const auto in = payload.first(payload.size() - 4);
     uint64_t total = 0;
     const ByteSink counted = [&](std::span<const uint8_t> piece) -> Result<> {
@@ -162,6 +193,67 @@ Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uin
     if (!done) return done;
     if (total != size)
         return fail("{} kernel decompressed to {} bytes; its trailer says {}", compression_name(c), total, size);
+    return {};
+}
+
+Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
+                                 unsigned threads, size_t block) {
+    ENL_TRY(const uint64_t size, checked_size(payload, max_size));
+    if (!starts_with(payload, kLz4LegacyMagic)) return fail("not an LZ4 legacy stream");
+    if (block == 0 || block > kChunk) return fail("LZ4 block size {} is out of range", block);
+    ENL_TRY(const auto blocks, lz4_blocks(payload.first(payload.size() - 4)));
+    const uint64_t n = blocks.size();
+    if (n == 0 || (n - 1) * block >= size || n * block < size)
+        return fail("{} LZ4 blocks do not hold {} bytes in blocks of {}", n, size, block);
+
+    // Block `k` covers [k * block, +its_size) of the file.
+    const auto its_size = [&](uint64_t k) { return std::min<uint64_t>(block, size - k * block); };
+    const auto decode = [&](uint64_t k, std::unique_ptr<uint8_t[]>& scratch) -> Result<> {
+        const uint64_t at = k * block, want = its_size(k);
+        if (writer.has_headers()) {
+            if (uint8_t* dst = writer.direct(at, want)) {
+                ENL_TRY(const size_t got, unlz4_block(blocks[k], std::span(dst, want)));
+                if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
+                writer.wrote_directly(want);
+                return {};
+            }
+        }
+        if (!scratch) scratch.reset(new uint8_t[block]);  // not zeroed: only what LZ4 wrote is handed on
+        ENL_TRY(const size_t got, unlz4_block(blocks[k], std::span(scratch.get(), block)));
+        if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
+        const std::span<const uint8_t> bytes(scratch.get(), got);
+        return writer.has_headers() ? writer.write_at(at, bytes) : writer.write(bytes);
+    };
+
+    // In order until the headers are in (the first block, with a kernel's 8 MiB blocks): they
+    // say where everything else goes.
+    std::unique_ptr<uint8_t[]> scratch;
+    uint64_t first = 0;
+    while (first < n && !writer.has_headers()) ENL_TRY_VOID(decode(first++, scratch));
+    std::atomic<uint64_t> next = first;
+    std::mutex error_lock;
+    std::optional<Error> first_error;
+    const auto work = [&](std::unique_ptr<uint8_t[]>& mine) {
+        for (uint64_t k = next++; k < n; k = next++) {
+            if (auto r = decode(k, mine); !r) {
+                const std::scoped_lock lock(error_lock);
+                if (!first_error) first_error = r.error();
+                next = n;  // the others stop at their next block
+            }
+        }
+    };
+    {
+        std::vector<std::jthread> helpers;
+        const uint64_t left = n - first;
+        const uint64_t extra = left == 0 ? 0 : std::min<uint64_t>(std::max(threads, 1U), left) - 1;
+        for (uint64_t i = 0; i < extra; ++i)
+            helpers.emplace_back([&work] {
+                std::unique_ptr<uint8_t[]> mine;
+                work(mine);
+            });
+        work(scratch);
+    }  // joined
+    if (first_error) return std::unexpected(*first_error);
     return {};
 }
 
@@ -218,6 +310,23 @@ Result<> VmlinuxWriter::place(uint64_t file_offset, std::span<const uint8_t> byt
         std::memcpy(dst, bytes.data() + (from - file_offset), to - from);
     }
     return {};
+}
+
+Result<> VmlinuxWriter::write_at(uint64_t file_offset, std::span<const uint8_t> bytes) {
+    if (!layout_) return fail("vmlinux: data before its headers");
+    if (file_offset > file_size_ || bytes.size() > file_size_ - file_offset)
+        return fail("vmlinux: data at {:#x}+{:#x} is beyond its stated size", file_offset, bytes.size());
+    ENL_TRY_VOID(place(file_offset, bytes));
+    received_ += bytes.size();
+    return {};
+}
+
+uint8_t* VmlinuxWriter::direct(uint64_t file_offset, uint64_t size) const {
+    if (!layout_ || size == 0) return nullptr;
+    for (const ElfSegment& s : layout_->segments)
+        if (file_offset >= s.offset && file_offset - s.offset <= s.file_size && s.file_size - (file_offset - s.offset) >= size)
+            return memory_(s.paddr + (file_offset - s.offset), size);
+    return nullptr;
 }
 
 Result<> VmlinuxWriter::write(std::span<const uint8_t> bytes) {

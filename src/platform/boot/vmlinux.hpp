@@ -19,6 +19,7 @@
 // drives these functions directly.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -51,6 +52,23 @@ inline constexpr uint64_t kXzMemoryLimit = 64ULL << 20;
 // the stated size reaches the sink.
 Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uint64_t max_size, const ByteSink& sink);
 
+class VmlinuxWriter;
+
+// The output size of every block of an LZ4 legacy stream but the last (`lz4 -l`, what the
+// kernel build writes).
+inline constexpr size_t kLz4LegacyBlock = 8 << 20;
+
+// An LZ4 legacy payload's blocks are independent, so they can be decompressed at once: block 0
+// (it holds the ELF headers) first, then the others on up to `threads` threads (the calling
+// one included). A block whose bytes all lie in one segment's file data is decompressed
+// straight into guest memory, with no copy; the others go through a scratch buffer. Every
+// block but the last must decompress to exactly `block` bytes, as `lz4 -l` writes them; a
+// stream laid out otherwise (still valid for the streaming decompress_payload) is an error
+// here, and the caller streams it instead. Same size rules as decompress_payload; the writer
+// must be fresh, and is complete (finish()) on success.
+Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
+                                 unsigned threads, size_t block = kLz4LegacyBlock);
+
 struct ElfSegment {
     uint64_t paddr = 0;
     uint64_t offset = 0;  // in the ELF file
@@ -79,6 +97,18 @@ public:
     VmlinuxWriter(uint64_t file_size, uint64_t load_min, uint64_t load_end, MemoryMap memory);
 
     Result<> write(std::span<const uint8_t> bytes);
+
+    // For writers that fill the file out of order (decompress_lz4_parallel), once write() has
+    // taken the headers; each file byte must arrive exactly once. Thread-safe with each other.
+    // Copies bytes at `file_offset` of the file to where the segments want them.
+    Result<> write_at(uint64_t file_offset, std::span<const uint8_t> bytes);
+    // Where [file_offset, +size) of the file goes when it lies inside one segment's file
+    // data, or nullptr; whoever fills it there then calls wrote_directly(size).
+    uint8_t* direct(uint64_t file_offset, uint64_t size) const;
+    void wrote_directly(uint64_t size) { received_ += size; }
+    // The headers are in (write() has taken enough bytes).
+    [[nodiscard]] bool has_headers() const { return layout_.has_value(); }
+
     // All bytes arrived: zeroes what the segments have beyond their file data (.bss) and
     // returns the entry point.
     Result<uint64_t> finish();
@@ -90,7 +120,7 @@ private:
     uint64_t load_min_;
     uint64_t load_end_;
     MemoryMap memory_;
-    uint64_t received_ = 0;
+    std::atomic<uint64_t> received_ = 0;
     std::vector<uint8_t> head_;  // the first bytes, until the headers are parsed
     std::optional<VmlinuxLayout> layout_;
 };
