@@ -207,14 +207,10 @@ Result<> Machine::build() {
         ~AbandonOnReturn() { fn(false, 0); }  // no effect once released with go
     } abandon_loader{release};
 
-    ENL_TRY(vm_, kvm.create_vm());
-    ENL_TRY_VOID(vm_->set_identity_map_addr(layout::kKvmIdentityMap));
-    ENL_TRY_VOID(vm_->set_tss_addr(layout::kKvmTss));
-    log::debug("startup: VM created at {} ms", uptime_ms());
     // The hot-add window is sized for --memory max= (the balloon's hot-add); none without it.
     const int nr_slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
     memory_manager_ = std::make_unique<MemoryManager>(
-        memory_, *vm_, plan_memory(cfg_.memory, std::max(cfg_.memory, cfg_.memory_max)),
+        memory_, slots_, plan_memory(cfg_.memory, std::max(cfg_.memory, cfg_.memory_max)),
         nr_slots > 0 ? static_cast<uint32_t>(nr_slots) : MemoryManager::kDefaultSlots);
     ENL_TRY_VOID(memory_manager_->map_startup_ram());
     ram_control_ = std::make_unique<ManagerRamControl>(*memory_manager_);
@@ -231,6 +227,14 @@ Result<> Machine::build() {
 
     log::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
     release(true, tables.rsdp_gpa);
+
+    // The VM itself (slow on some hosts: tens of milliseconds in a nested one) while the
+    // kernel is written into its memory; its slots are then the ones recorded so far.
+    ENL_TRY(vm_, kvm.create_vm());
+    ENL_TRY_VOID(vm_->set_identity_map_addr(layout::kKvmIdentityMap));
+    ENL_TRY_VOID(vm_->set_tss_addr(layout::kKvmTss));
+    ENL_TRY_VOID(slots_.attach(*vm_));
+    log::debug("startup: VM created at {} ms", uptime_ms());
 
     ENL_TRY_VOID(vm_->create_irqchip());
     ENL_TRY_VOID(vm_->create_pit2());

@@ -22,6 +22,7 @@
 #include "common/result.hpp"
 #include "common/thread_annotations.hpp"
 #include "kvm/guest_memory.hpp"
+#include "kvm/memory_slots.hpp"
 #include "kvm/kvm.hpp"
 #include "vmm/config.hpp"
 #include "vmm/console.hpp"
@@ -124,6 +125,8 @@ private:
     hvsock::Service* const vsock_;
     const std::function<void()> on_exit_;
     std::unique_ptr<Vm> vm_;
+    // vm_'s memory slots as the memory manager sees them: recorded until vm_ exists.
+    DeferredSlots slots_;
     GuestMemory memory_;
     // Startup RAM, hot-add and VRAM slots (destroyed before memory_ and vm_ it refers to).
     std::unique_ptr<MemoryManager> memory_manager_;

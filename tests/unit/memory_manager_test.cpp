@@ -163,6 +163,32 @@ struct Vmm {
     MemoryManager manager;
 };
 
+// The machine maps startup RAM before KVM has made the VM (the kernel is written meanwhile):
+// DeferredSlots records the slots and replays them on attach, in order, then forwards.
+TEST(MemoryManager, SlotsSetBeforeTheVmExistsReachItWhenAttached) {
+    GuestMemory memory;
+    DeferredSlots deferred;
+    MemoryManager manager(memory, deferred, plan_memory(4 * GiB, 4 * GiB), 509);
+    ASSERT_TRUE(manager.map_startup_ram().has_value());
+    EXPECT_NE(memory.host_ptr(0, 4096), nullptr) << "guest memory is usable before the VM exists";
+    FakeSlots vm;
+    ASSERT_TRUE(deferred.attach(vm).has_value());
+    ASSERT_EQ(vm.slots.size(), 2U);
+    EXPECT_EQ(vm.slots[0].gpa, 0U);
+    EXPECT_EQ(vm.slots[1].gpa, 4 * GiB);
+    EXPECT_EQ(vm.slots[1].host, memory.host_ptr(4 * GiB, 1 * GiB));
+    EXPECT_FALSE(deferred.attach(vm).has_value()) << "once";
+    // Later changes go straight through.
+    ASSERT_TRUE(deferred.set_slot(7, 8 * GiB, 4096, vm.slots[0].host).has_value());
+    EXPECT_TRUE(vm.slots.contains(7));
+    // A replay that fails reports it.
+    DeferredSlots again;
+    ASSERT_TRUE(again.set_slot(1, 0, 4096, vm.slots[0].host).has_value());
+    FakeSlots broken;
+    broken.fail_at = 1;
+    EXPECT_FALSE(again.attach(broken).has_value());
+}
+
 TEST(MemoryManager, StartupRamGetsOneSlotPerRange) {
     Vmm vm(4 * GiB, 4 * GiB);
     ASSERT_TRUE(vm.manager.map_startup_ram().has_value());
