@@ -179,7 +179,9 @@ int VirtualMachine::Impl::boot_loop() {
         control->attach(machine);
         machine->start();
         loop->run();  // until the machine asks to stop
+        log::debug("shutdown: the machine asked to stop");
         const bool closed = machine->stop(kDeviceCloseTimeout);
+        log::debug("shutdown: vCPUs joined, devices {}", closed ? "closed" : "not closed in time");
         VmExit exit = machine->exit().value_or(VmExit{VmExit::Kind::Error, 0, "VM stopped for no reason"});
         if (stop_signal && exit.kind != VmExit::Kind::Error) exit = VmExit{VmExit::Kind::Signal, stop_signal, {}};
         control->detach();
@@ -193,6 +195,7 @@ int VirtualMachine::Impl::boot_loop() {
                               "the guest reset, but a VMBus device did not stop in time; not restarting the VM"};
         }
         machine.reset();
+        log::debug("shutdown: the machine released (guest memory, KVM objects)");
         console->flush();
         switch (exit.kind) {
             case VmExit::Kind::PowerOff:

@@ -201,25 +201,39 @@ Result<std::vector<uint8_t>> read_payload(const Plan& plan) {
 }
 
 // Decompresses the kernel proper into guest memory; returns its physical entry point.
+// `payload` is the compressed kernel when read already; LZ4 kernels are read block by block
+// from the file instead, by the threads that decompress them.
 Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Compression c,
-                                    std::span<const uint8_t> payload) {
+                                    std::vector<uint8_t> payload) {
     const KernelInfo& info = plan.info;
-    const auto t0 = std::chrono::steady_clock::now();
-    ENL_TRY(const uint64_t elf_size, payload_decompressed_size(payload));
     const auto memory = [&mem](uint64_t gpa, uint64_t size) { return mem.host_ptr(gpa, size); };
+    const uint64_t payload_size = info.hdr.payload_length;
     if (c == Compression::Lz4) {
         // The block-parallel path: most of a VMM's start-up time is this decompression.
+        const auto t0 = std::chrono::steady_clock::now();
+        const uint64_t base = info.setup_bytes + info.hdr.payload_offset;  // parse_bzimage checked the range
+        const PayloadReader from_file = [&plan, base](uint64_t offset, std::span<uint8_t> out) {
+            return read_exact(plan.kernel, base + offset, out.data(), out.size(), "the kernel's payload");
+        };
+        std::array<uint8_t, 16> tail{};  // ends with the decompressed size
+        if (payload_size < tail.size()) return fail("compressed kernel of {} bytes is too small", payload_size);
+        ENL_TRY_VOID(from_file(payload_size - tail.size(), tail));
+        ENL_TRY(const uint64_t elf_size, payload_decompressed_size(tail));
         VmlinuxWriter writer(elf_size, plan.kernel_base, plan.kernel_base + info.init_size, memory);
         const unsigned threads = decompression_threads();
-        auto done = decompress_lz4_parallel(payload, info.init_size, writer, threads);
+        auto done = decompress_lz4_parallel(from_file, payload_size, info.init_size, writer, threads);
         if (done) {
-            log::debug("startup: kernel decompressed on {} thread(s) in {} ms", threads,
+            log::debug("startup: kernel read and decompressed on {} thread(s) in {} ms", threads,
                        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
                            .count());
             return writer.finish();
         }
         log::debug("kernel: LZ4 blocks not decompressed in parallel ({}); streaming them", done.error().message());
     }
+    if (payload.empty()) {
+        ENL_TRY(payload, read_payload(plan));
+    }
+    ENL_TRY(const uint64_t elf_size, payload_decompressed_size(payload));
     VmlinuxWriter writer(elf_size, plan.kernel_base, plan.kernel_base + info.init_size, memory);
     ENL_TRY_VOID(decompress_payload(payload, c, info.init_size,
                                     [&writer](std::span<const uint8_t> piece) { return writer.write(piece); }));
@@ -243,7 +257,9 @@ Result<PreparedLinux> prepare_linux(const LinuxBootConfig& cfg) {
     auto state = std::make_unique<PreparedLinux::State>();
     state->cfg = cfg;
     ENL_TRY(state->plan, plan_linux(cfg));
-    if (state->plan.compression) {
+    // LZ4 (what distributions' kernels mostly use) is read block by block while it is
+    // decompressed; the other formats are read here, before guest memory exists.
+    if (state->plan.compression && *state->plan.compression != Compression::Lz4) {
         const auto t0 = std::chrono::steady_clock::now();
         auto payload = read_payload(state->plan);
         if (!payload) return std::unexpected(payload.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
@@ -269,7 +285,7 @@ Result<BootEntry> load_linux(const GuestMemory& mem, PreparedLinux&& prepared, u
     BootEntry entry;
     entry.boot_params = layout::kBootParams;
     if (plan.compression) {
-        auto rip = load_kernel_proper(mem, plan, *plan.compression, state->payload);
+        auto rip = load_kernel_proper(mem, plan, *plan.compression, std::move(state->payload));
         if (!rip) return std::unexpected(rip.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
         entry.rip = *rip;
         entry.host_decompressed = plan.compression;

@@ -196,46 +196,79 @@ Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uin
     return {};
 }
 
-Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
-                                 unsigned threads, size_t block) {
-    ENL_TRY(const uint64_t size, checked_size(payload, max_size));
-    if (!starts_with(payload, kLz4LegacyMagic)) return fail("not an LZ4 legacy stream");
+Result<> decompress_lz4_parallel(const PayloadReader& read, uint64_t payload_size, uint64_t max_size,
+                                 VmlinuxWriter& writer, unsigned threads, size_t block) {
+    if (payload_size < 16) return fail("compressed kernel of {} bytes is too small", payload_size);
+    if (payload_size > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload_size);
     if (block == 0 || block > kChunk) return fail("LZ4 block size {} is out of range", block);
-    ENL_TRY(const auto blocks, lz4_blocks(payload.first(payload.size() - 4)));
+    std::array<uint8_t, 4> word{};
+    ENL_TRY_VOID(read(payload_size - 4, word));
+    const uint64_t size = load_le32(word.data());
+    if (size > max_size)
+        return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", size, max_size);
+    ENL_TRY_VOID(read(0, word));
+    if (word != kLz4LegacyMagic) return fail("not an LZ4 legacy stream");
+
+    // The block table, from the size words alone (as lz4_blocks() checks them).
+    struct Block {
+        uint64_t at;  // its data, in the payload
+        uint32_t size;
+    };
+    std::vector<Block> blocks;
+    const uint64_t end = payload_size - 4;
+    for (uint64_t pos = kLz4LegacyMagic.size(); pos < end;) {
+        if (end - pos < 4) return fail("LZ4 data is truncated inside a block header");
+        ENL_TRY_VOID(read(pos, word));
+        const uint32_t chunk = load_le32(word.data());
+        pos += 4;
+        if (chunk == load_le32(kLz4LegacyMagic.data())) continue;
+        if (chunk == 0 || chunk > end - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
+            return fail("LZ4 block of {} bytes at offset {} is invalid", chunk, pos - 4);
+        blocks.push_back({pos, chunk});
+        pos += chunk;
+    }
     const uint64_t n = blocks.size();
     if (n == 0 || (n - 1) * block >= size || n * block < size)
         return fail("{} LZ4 blocks do not hold {} bytes in blocks of {}", n, size, block);
 
+    // Per thread: the compressed block read, and a scratch buffer for blocks not placed in one.
+    struct Buffers {
+        std::vector<uint8_t> in;
+        std::unique_ptr<uint8_t[]> scratch;
+    };
     // Block `k` covers [k * block, +its_size) of the file.
     const auto its_size = [&](uint64_t k) { return std::min<uint64_t>(block, size - k * block); };
-    const auto decode = [&](uint64_t k, std::unique_ptr<uint8_t[]>& scratch) -> Result<> {
+    const auto decode = [&](uint64_t k, Buffers& buf) -> Result<> {
         const uint64_t at = k * block, want = its_size(k);
+        buf.in.resize(blocks[k].size);
+        ENL_TRY_VOID(read(blocks[k].at, buf.in));
+        const Lz4Block b{buf.in, blocks[k].at - 4};
         if (writer.has_headers()) {
             if (uint8_t* dst = writer.direct(at, want)) {
-                ENL_TRY(const size_t got, unlz4_block(blocks[k], std::span(dst, want)));
+                ENL_TRY(const size_t got, unlz4_block(b, std::span(dst, want)));
                 if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
                 writer.wrote_directly(want);
                 return {};
             }
         }
-        if (!scratch) scratch.reset(new uint8_t[block]);  // not zeroed: only what LZ4 wrote is handed on
-        ENL_TRY(const size_t got, unlz4_block(blocks[k], std::span(scratch.get(), block)));
+        if (!buf.scratch) buf.scratch.reset(new uint8_t[block]);  // not zeroed: only what LZ4 wrote is handed on
+        ENL_TRY(const size_t got, unlz4_block(b, std::span(buf.scratch.get(), block)));
         if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
-        const std::span<const uint8_t> bytes(scratch.get(), got);
+        const std::span<const uint8_t> bytes(buf.scratch.get(), got);
         return writer.has_headers() ? writer.write_at(at, bytes) : writer.write(bytes);
     };
 
     // In order until the headers are in (the first block, with a kernel's 8 MiB blocks): they
     // say where everything else goes.
-    std::unique_ptr<uint8_t[]> scratch;
+    Buffers mine;
     uint64_t first = 0;
-    while (first < n && !writer.has_headers()) ENL_TRY_VOID(decode(first++, scratch));
+    while (first < n && !writer.has_headers()) ENL_TRY_VOID(decode(first++, mine));
     std::atomic<uint64_t> next = first;
     std::mutex error_lock;
     std::optional<Error> first_error;
-    const auto work = [&](std::unique_ptr<uint8_t[]>& mine) {
+    const auto work = [&](Buffers& buf) {
         for (uint64_t k = next++; k < n; k = next++) {
-            if (auto r = decode(k, mine); !r) {
+            if (auto r = decode(k, buf); !r) {
                 const std::scoped_lock lock(error_lock);
                 if (!first_error) first_error = r.error();
                 next = n;  // the others stop at their next block
@@ -248,13 +281,24 @@ Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_
         const uint64_t extra = left == 0 ? 0 : std::min<uint64_t>(std::max(threads, 1U), left) - 1;
         for (uint64_t i = 0; i < extra; ++i)
             helpers.emplace_back([&work] {
-                std::unique_ptr<uint8_t[]> mine;
-                work(mine);
+                Buffers theirs;
+                work(theirs);
             });
-        work(scratch);
+        work(mine);
     }  // joined
     if (first_error) return std::unexpected(*first_error);
     return {};
+}
+
+Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
+                                 unsigned threads, size_t block) {
+    const PayloadReader from_memory = [payload](uint64_t offset, std::span<uint8_t> out) -> Result<> {
+        if (offset > payload.size() || out.size() > payload.size() - offset)
+            return fail("reading beyond the payload's {} bytes", payload.size());
+        std::memcpy(out.data(), payload.data() + offset, out.size());
+        return {};
+    };
+    return decompress_lz4_parallel(from_memory, payload.size(), max_size, writer, threads, block);
 }
 
 Result<VmlinuxLayout> parse_vmlinux_headers(std::span<const uint8_t> head, uint64_t file_size, uint64_t load_min,

@@ -58,14 +58,23 @@ class VmlinuxWriter;
 // kernel build writes).
 inline constexpr size_t kLz4LegacyBlock = 8 << 20;
 
+// Reads `out.size()` bytes at `offset` of a payload (the file, or memory); called from
+// several threads at once.
+using PayloadReader = std::function<Result<>(uint64_t offset, std::span<uint8_t> out)>;
+
 // An LZ4 legacy payload's blocks are independent, so they can be decompressed at once: block 0
 // (it holds the ELF headers) first, then the others on up to `threads` threads (the calling
-// one included). A block whose bytes all lie in one segment's file data is decompressed
-// straight into guest memory, with no copy; the others go through a scratch buffer. Every
-// block but the last must decompress to exactly `block` bytes, as `lz4 -l` writes them; a
-// stream laid out otherwise (still valid for the streaming decompress_payload) is an error
-// here, and the caller streams it instead. Same size rules as decompress_payload; the writer
-// must be fresh, and is complete (finish()) on success.
+// one included), each reading its own compressed block through `read` (so the payload is
+// never in memory as a whole, and reading overlaps decompression). A block whose bytes all
+// lie in one segment's file data is decompressed straight into guest memory, with no copy;
+// the others go through a scratch buffer. Every block but the last must decompress to
+// exactly `block` bytes, as `lz4 -l` writes them; a stream laid out otherwise (still valid
+// for the streaming decompress_payload) is an error here, and the caller streams it instead.
+// `payload_size` includes the 4-byte size trailer; the same size rules as decompress_payload.
+// The writer must be fresh, and is complete (finish()) on success.
+Result<> decompress_lz4_parallel(const PayloadReader& read, uint64_t payload_size, uint64_t max_size,
+                                 VmlinuxWriter& writer, unsigned threads, size_t block = kLz4LegacyBlock);
+// The same for a payload in memory.
 Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
                                  unsigned threads, size_t block = kLz4LegacyBlock);
 
