@@ -1,7 +1,9 @@
 #include "platform/boot/linux_loader.hpp"
 
-#include <gtest/gtest.h>
+#include <elf.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <lz4.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -263,4 +265,64 @@ TEST_F(LoadLinux, EveryBootReadsTheFilesHeldSinceStart) {
         EXPECT_EQ(entry->initrd_size, 12345u);
         EXPECT_EQ(ram[entry->initrd_gpa], 0x5a);
     }
+}
+
+// Host decompression of an LZ4 kernel as the kernel build writes it (legacy blocks of 8 MiB):
+// read block by block from the file by several threads, in two steps (prepare_linux while
+// "KVM is being set up", then load_linux), to the bytes of the ELF's segment.
+TEST_F(LoadLinux, AnLz4KernelIsReadAndDecompressedBlockByBlock) {
+    constexpr uint64_t kBase = 16 * MiB, kFile = 20 * MiB + 12345, kText = 0x1000;
+    std::vector<uint8_t> elf(kFile);
+    for (size_t i = kText; i < elf.size(); ++i) elf[i] = static_cast<uint8_t>((i * 2654435761U) >> 13 & 0x0f);
+    Elf64_Ehdr eh{};
+    std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
+    eh.e_ident[EI_CLASS] = ELFCLASS64;
+    eh.e_ident[EI_DATA] = ELFDATA2LSB;
+    eh.e_type = ET_EXEC;
+    eh.e_machine = EM_X86_64;
+    eh.e_entry = kBase;
+    eh.e_phoff = sizeof eh;
+    eh.e_phentsize = sizeof(Elf64_Phdr);
+    eh.e_phnum = 1;
+    const Elf64_Phdr ph{PT_LOAD, PF_R | PF_X, kText, 0xffffffff81000000, kBase, kFile - kText, kFile - kText, 0x200000};
+    std::memcpy(elf.data(), &eh, sizeof eh);
+    std::memcpy(elf.data() + sizeof eh, &ph, sizeof ph);
+    std::vector<uint8_t> payload = {0x02, 0x21, 0x4c, 0x18};
+    const auto put32 = [&payload](uint32_t v) {
+        for (int i = 0; i < 4; ++i) payload.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    };
+    for (size_t pos = 0; pos < elf.size(); pos += kLz4LegacyBlock) {
+        const int n = static_cast<int>(std::min<size_t>(kLz4LegacyBlock, elf.size() - pos));
+        std::vector<char> out(static_cast<size_t>(LZ4_compressBound(n)));
+        const int m = LZ4_compress_default(reinterpret_cast<const char*>(elf.data() + pos), out.data(), n,
+                                           static_cast<int>(out.size()));
+        ASSERT_GT(m, 0);
+        put32(static_cast<uint32_t>(m));
+        payload.insert(payload.end(), out.begin(), out.begin() + m);
+    }
+    put32(static_cast<uint32_t>(elf.size()));
+
+    auto img = fake_bzimage();
+    img.resize(5 * 512 + 0x100 + payload.size(), 0xcc);
+    SetupHeader h{};
+    std::memcpy(&h, img.data() + kSetupHeaderOffset, sizeof h);
+    h.payload_offset = 0x100;
+    h.payload_length = static_cast<uint32_t>(payload.size());
+    h.pref_address = kBase;
+    h.init_size = 24 * MiB;
+    std::memcpy(img.data() + kSetupHeaderOffset, &h, sizeof h);
+    std::memcpy(img.data() + 5 * 512 + 0x100, payload.data(), payload.size());
+    TempFile kernel(img);
+    LinuxBootConfig cfg{kernel.path(), "", "", kMem, 0, true};
+    auto prepared = prepare_linux(cfg);
+    ASSERT_TRUE(prepared) << prepared.error().message();
+    auto entry = load_linux(mem, std::move(*prepared), 0xe0000);
+    ASSERT_TRUE(entry) << entry.error().message();
+    EXPECT_EQ(entry->rip, kBase);
+    EXPECT_EQ(entry->host_decompressed, Compression::Lz4);
+    EXPECT_EQ(std::memcmp(ram.data() + kBase, elf.data() + kText, kFile - kText), 0);
+    EXPECT_EQ(ram[kBase - 1], 0) << "nothing before the segment";
+    BootParams bp;
+    std::memcpy(&bp, ram.data() + layout::kBootParams, sizeof(bp));
+    EXPECT_EQ(+bp.acpi_rsdp_addr, 0xe0000u) << "the RSDP given to load_linux, not cfg's";
 }
