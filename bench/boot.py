@@ -398,6 +398,11 @@ def paired_uptime_ratios(runs: list[Run], a: str, b: str) -> list[float]:
     return out
 
 
+def table_head(L: list[str], title: str, columns: list[str]) -> None:
+    """A section title and a markdown table header: the first column left, the others right."""
+    L += ["", title, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
 def goal_line(ok: bool | None, text: str, value: str) -> str:
     mark = "n/a" if ok is None else ("met" if ok else "NOT met")
     return f"| {text} | {value} | {mark} |"
@@ -440,13 +445,10 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
         sub = [c for c in cases if c.cpus == ncpu]
         base = st.get(f"{BASELINE}@{ncpu}")
         base_h = st.get(f"{BASELINE_HOST}@{ncpu}")
-        L.append("")
-        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: time")
-        L.append("")
-        L.append("| variant | n | marker min | marker median | marker x pc | marker x pc-host "
-                 "| end median | marker -> end median | exit min | exit median | exit x pc "
-                 "| exit x pc-host | guest uptime at marker (s) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        table_head(L, f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: time",
+                   ["variant", "n", "marker min", "marker median", "marker x pc", "marker x pc-host",
+                    "end median", "marker -> end median", "exit min", "exit median", "exit x pc",
+                    "exit x pc-host", "guest uptime at marker (s)"])
         for c in sub:
             s = st[c.id]
             bm, bhm = (base.marker if base else []), (base_h.marker if base_h else [])
@@ -490,13 +492,10 @@ def report(cases: list[Case], runs: list[Run], info: dict[str, str], meta: dict[
                  "reaches a 2 MiB-aligned range is backed by a 2 MiB page at once; that part "
                  "makes single samples jump by 2 MiB.")
         # phases
-        L.append("")
-        L.append(f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: phases (ms from launch, medians; min-max)")
-        L.append("")
-        L.append("| variant | n | guest's first instruction | kernel proper | /init marker | end | exit "
-                 "| VMM before the guest | firmware + decompressor | kernel to /init | /init to end "
-                 "| end to exit |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        table_head(L, f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}: phases (ms from launch, medians; min-max)",
+                   ["variant", "n", "guest's first instruction", "kernel proper", "/init marker", "end", "exit",
+                    "VMM before the guest", "firmware + decompressor", "kernel to /init", "/init to end",
+                    "end to exit"])
         for c in sub:
             s_ = st[c.id]
             def mm(xs: list[float]) -> str:

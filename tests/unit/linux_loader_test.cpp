@@ -3,7 +3,6 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <lz4.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 #include "common/fd.hpp"
 #include "common/size.hpp"
 #include "platform/layout.hpp"
+#include "support/fake_vmlinux.hpp"
 
 using namespace enlighten;
 using namespace enlighten::boot;
@@ -274,33 +274,11 @@ TEST_F(LoadLinux, AnLz4KernelIsReadAndDecompressedBlockByBlock) {
     constexpr uint64_t kBase = 16 * MiB, kFile = 20 * MiB + 12345, kText = 0x1000;
     std::vector<uint8_t> elf(kFile);
     for (size_t i = kText; i < elf.size(); ++i) elf[i] = static_cast<uint8_t>((i * 2654435761U) >> 13 & 0x0f);
-    Elf64_Ehdr eh{};
-    std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
-    eh.e_ident[EI_CLASS] = ELFCLASS64;
-    eh.e_ident[EI_DATA] = ELFDATA2LSB;
-    eh.e_type = ET_EXEC;
-    eh.e_machine = EM_X86_64;
-    eh.e_entry = kBase;
-    eh.e_phoff = sizeof eh;
-    eh.e_phentsize = sizeof(Elf64_Phdr);
-    eh.e_phnum = 1;
-    const Elf64_Phdr ph{PT_LOAD, PF_R | PF_X, kText, 0xffffffff81000000, kBase, kFile - kText, kFile - kText, 0x200000};
-    std::memcpy(elf.data(), &eh, sizeof eh);
-    std::memcpy(elf.data() + sizeof eh, &ph, sizeof ph);
-    std::vector<uint8_t> payload = {0x02, 0x21, 0x4c, 0x18};
-    const auto put32 = [&payload](uint32_t v) {
-        for (int i = 0; i < 4; ++i) payload.push_back(static_cast<uint8_t>(v >> (8 * i)));
-    };
-    for (size_t pos = 0; pos < elf.size(); pos += kLz4LegacyBlock) {
-        const int n = static_cast<int>(std::min<size_t>(kLz4LegacyBlock, elf.size() - pos));
-        std::vector<char> out(static_cast<size_t>(LZ4_compressBound(n)));
-        const int m = LZ4_compress_default(reinterpret_cast<const char*>(elf.data() + pos), out.data(), n,
-                                           static_cast<int>(out.size()));
-        ASSERT_GT(m, 0);
-        put32(static_cast<uint32_t>(m));
-        payload.insert(payload.end(), out.begin(), out.begin() + m);
-    }
-    put32(static_cast<uint32_t>(elf.size()));
+    const Elf64_Phdr ph[1] = {
+        {PT_LOAD, PF_R | PF_X, kText, 0xffffffff81000000, kBase, kFile - kText, kFile - kText, 0x200000}};
+    test::write_elf_headers(elf, kBase, ph);
+    std::vector<uint8_t> payload = test::lz4_legacy(elf, kLz4LegacyBlock);
+    test::append_le32(payload, static_cast<uint32_t>(elf.size()));
 
     auto img = fake_bzimage();
     img.resize(5 * 512 + 0x100 + payload.size(), 0xcc);

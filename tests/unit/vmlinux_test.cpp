@@ -11,6 +11,7 @@
 #include <map>
 
 #include "platform/boot/vmlinux.hpp"
+#include "support/fake_vmlinux.hpp"
 
 namespace enlighten::boot {
 namespace {
@@ -33,48 +34,27 @@ FakeElf make_elf(uint64_t entry = kBase) {
     for (size_t i = 0; i < f.data.size(); ++i) f.data[i] = static_cast<uint8_t>(i * 13 + 5);
     const uint64_t text_off = 0x1000, data_off = 0x6000;
     f.bytes.resize(data_off + f.data.size());
-    Elf64_Ehdr eh{};
-    std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
-    eh.e_ident[EI_CLASS] = ELFCLASS64;
-    eh.e_ident[EI_DATA] = ELFDATA2LSB;
-    eh.e_type = ET_EXEC;
-    eh.e_machine = EM_X86_64;
-    eh.e_entry = entry;
-    eh.e_phoff = sizeof eh;
-    eh.e_phentsize = sizeof(Elf64_Phdr);
-    eh.e_phnum = 3;
-    std::memcpy(f.bytes.data(), &eh, sizeof eh);
-    Elf64_Phdr ph[3]{};
-    ph[0] = {PT_LOAD, PF_R | PF_X, text_off, 0xffffffff81000000, kBase, f.text.size(), f.text.size(), 0x200000};
-    ph[1] = {PT_NOTE, PF_R, text_off, 0, 0, 16, 16, 4};
-    ph[2] = {PT_LOAD, PF_R | PF_W, data_off, 0xffffffff81200000, kBase + 0x200000, f.data.size(),
-             f.data.size() + f.bss, 0x200000};
-    std::memcpy(f.bytes.data() + sizeof eh, ph, sizeof ph);
+    const Elf64_Phdr ph[3] = {
+        {PT_LOAD, PF_R | PF_X, text_off, 0xffffffff81000000, kBase, f.text.size(), f.text.size(), 0x200000},
+        {PT_NOTE, PF_R, text_off, 0, 0, 16, 16, 4},
+        {PT_LOAD, PF_R | PF_W, data_off, 0xffffffff81200000, kBase + 0x200000, f.data.size(), f.data.size() + f.bss,
+         0x200000},
+    };
+    test::write_elf_headers(f.bytes, entry, ph);
     std::memcpy(f.bytes.data() + text_off, f.text.data(), f.text.size());
     std::memcpy(f.bytes.data() + data_off, f.data.data(), f.data.size());
     return f;
 }
 
-void append_size(std::vector<uint8_t>& v, uint32_t size) {
-    for (int i = 0; i < 4; ++i) v.push_back(static_cast<uint8_t>(size >> (8 * i)));
-}
+void append_size(std::vector<uint8_t>& v, uint32_t size) { test::append_le32(v, size); }
 
 // Compressed as the kernel build does (scripts/Makefile.lib), with the size trailer.
 std::vector<uint8_t> compress(const std::vector<uint8_t>& in, Compression c, size_t lz4_block = 8 << 20) {
     std::vector<uint8_t> out;
     switch (c) {
-        case Compression::Lz4: {
-            out = {0x02, 0x21, 0x4c, 0x18};
-            for (size_t pos = 0; pos < in.size(); pos += lz4_block) {
-                const int n = static_cast<int>(std::min(lz4_block, in.size() - pos));
-                std::vector<char> block(static_cast<size_t>(LZ4_compressBound(n)));
-                const int m = LZ4_compress_default(reinterpret_cast<const char*>(in.data() + pos), block.data(), n,
-                                                   static_cast<int>(block.size()));
-                append_size(out, static_cast<uint32_t>(m));
-                out.insert(out.end(), block.begin(), block.begin() + m);
-            }
+        case Compression::Lz4:
+            out = test::lz4_legacy(in, lz4_block);
             break;
-        }
         case Compression::Gzip: {
             z_stream z{};
             EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
