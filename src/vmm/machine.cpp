@@ -5,9 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <future>
-#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -157,56 +155,6 @@ Result<> Machine::build() {
     if (max_vcpus > 0 && cfg_.cpus > static_cast<uint32_t>(max_vcpus))
         return fail("--cpus {}: this host's KVM supports at most {}", cfg_.cpus, max_vcpus);
 
-    // The kernel loads on its own thread, beside the KVM set-up here: it reads the files at
-    // once, then, when guest memory and the ACPI tables are in place, decompresses and places
-    // the kernel (most of the start-up time). Nothing here writes guest memory after that
-    // point until the join, below.
-    struct LoaderStart {
-        std::mutex mu;
-        std::condition_variable cv;
-        bool go = false;       // guest memory is mapped; rsdp is set
-        bool abandon = false;  // build() failed first
-        uint64_t rsdp = 0;
-    } start;
-    const auto release = [&start](bool go, uint64_t rsdp) {
-        {
-            const std::scoped_lock lock(start.mu);
-            if (start.go || start.abandon) return;
-            (go ? start.go : start.abandon) = true;
-            start.rsdp = rsdp;
-        }
-        start.cv.notify_one();
-    };
-    std::optional<Result<boot::BootEntry>> loaded;
-    std::jthread loader([&] {
-        auto prepared = boot::prepare_linux({cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, 0,
-                                             cfg_.host_decompress, cfg_.kernel_fd, cfg_.initrd_fd});
-        std::unique_lock lock(start.mu);
-        start.cv.wait(lock, [&start] { return start.go || start.abandon; });
-        const uint64_t rsdp = start.rsdp;
-        const bool go = start.go;
-        lock.unlock();
-        if (!prepared) {
-            loaded = std::unexpected(prepared.error());
-            return;
-        }
-        if (!go) {
-            loaded = fail("the VM's set-up failed before the kernel was loaded");
-            return;
-        }
-        loaded = boot::load_linux(memory_, std::move(*prepared), rsdp);
-        if (*loaded && (*loaded)->host_decompressed)
-            log::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
-                       boot::compression_name(*(*loaded)->host_decompressed), (*loaded)->rip, uptime_ms());
-        else if (*loaded)
-            log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
-    });
-    // On any early return: the loader stops waiting (then the jthread joins it).
-    struct AbandonOnReturn {
-        const decltype(release)& fn;
-        ~AbandonOnReturn() { fn(false, 0); }  // no effect once released with go
-    } abandon_loader{release};
-
     // The hot-add window is sized for --memory max= (the balloon's hot-add); none without it.
     const int nr_slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
     memory_manager_ = std::make_unique<MemoryManager>(
@@ -226,7 +174,20 @@ Result<> Machine::build() {
     ENL_TRY_VOID(memory_.write(tables.base_gpa, tables.image));
 
     log::debug("startup: memory and ACPI tables at {} ms", uptime_ms());
-    release(true, tables.rsdp_gpa);
+
+    // The kernel loads on its own thread (its decompression is most of the start-up) while
+    // the VM is made here; nothing here writes guest memory until the join, below. On an
+    // early return the jthread joins it: guest memory outlives it.
+    std::optional<Result<boot::BootEntry>> loaded;
+    std::jthread loader([this, &loaded, rsdp = tables.rsdp_gpa] {
+        loaded = boot::load_linux(memory_, {cfg_.kernel, cfg_.initrd, cfg_.cmdline, cfg_.memory, rsdp,
+                                            cfg_.host_decompress, cfg_.kernel_fd, cfg_.initrd_fd});
+        if (*loaded && (*loaded)->host_decompressed)
+            log::debug("startup: kernel ({}) decompressed and loaded, entry {:#x}, at {} ms",
+                       boot::compression_name(*(*loaded)->host_decompressed), (*loaded)->rip, uptime_ms());
+        else if (*loaded)
+            log::debug("startup: kernel loaded for the guest's decompressor at {} ms", uptime_ms());
+    });
 
     // The VM itself (slow on some hosts: tens of milliseconds in a nested one) while the
     // kernel is written into its memory; its slots are then the ones recorded so far.

@@ -268,8 +268,7 @@ TEST_F(LoadLinux, EveryBootReadsTheFilesHeldSinceStart) {
 }
 
 // Host decompression of an LZ4 kernel as the kernel build writes it (legacy blocks of 8 MiB):
-// read block by block from the file by several threads, in two steps (prepare_linux while
-// "KVM is being set up", then load_linux), to the bytes of the ELF's segment.
+// read block by block from the file by several threads, to the bytes of the ELF's segment.
 TEST_F(LoadLinux, AnLz4KernelIsReadAndDecompressedBlockByBlock) {
     constexpr uint64_t kBase = 16 * MiB, kFile = 20 * MiB + 12345, kText = 0x1000;
     std::vector<uint8_t> elf(kFile);
@@ -291,10 +290,8 @@ TEST_F(LoadLinux, AnLz4KernelIsReadAndDecompressedBlockByBlock) {
     std::memcpy(img.data() + kSetupHeaderOffset, &h, sizeof h);
     std::memcpy(img.data() + 5 * 512 + 0x100, payload.data(), payload.size());
     TempFile kernel(img);
-    LinuxBootConfig cfg{kernel.path(), "", "", kMem, 0, true};
-    auto prepared = prepare_linux(cfg);
-    ASSERT_TRUE(prepared) << prepared.error().message();
-    auto entry = load_linux(mem, std::move(*prepared), 0xe0000);
+    LinuxBootConfig cfg{kernel.path(), "", "", kMem, 0xe0000, true};
+    auto entry = load_linux(mem, cfg);
     ASSERT_TRUE(entry) << entry.error().message();
     EXPECT_EQ(entry->rip, kBase);
     EXPECT_EQ(entry->host_decompressed, Compression::Lz4);
@@ -302,5 +299,5 @@ TEST_F(LoadLinux, AnLz4KernelIsReadAndDecompressedBlockByBlock) {
     EXPECT_EQ(ram[kBase - 1], 0) << "nothing before the segment";
     BootParams bp;
     std::memcpy(&bp, ram.data() + layout::kBootParams, sizeof(bp));
-    EXPECT_EQ(+bp.acpi_rsdp_addr, 0xe0000u) << "the RSDP given to load_linux, not cfg's";
+    EXPECT_EQ(+bp.acpi_rsdp_addr, 0xe0000u);
 }

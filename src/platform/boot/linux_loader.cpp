@@ -200,11 +200,10 @@ Result<std::vector<uint8_t>> read_payload(const Plan& plan) {
     return payload;
 }
 
-// Decompresses the kernel proper into guest memory; returns its physical entry point.
-// `payload` is the compressed kernel when read already; LZ4 kernels are read block by block
-// from the file instead, by the threads that decompress them.
-Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Compression c,
-                                    std::vector<uint8_t> payload) {
+// Decompresses the kernel proper into guest memory; returns its physical entry point. LZ4
+// kernels are read block by block, by the threads that decompress them; the other formats
+// (and an LZ4 stream not in whole blocks) are read whole, then streamed.
+Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Compression c) {
     const KernelInfo& info = plan.info;
     const auto memory = [&mem](uint64_t gpa, uint64_t size) { return mem.host_ptr(gpa, size); };
     const uint64_t payload_size = info.hdr.payload_length;
@@ -230,9 +229,7 @@ Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Co
         }
         log::debug("kernel: LZ4 blocks not decompressed in parallel ({}); streaming them", done.error().message());
     }
-    if (payload.empty()) {
-        ENL_TRY(payload, read_payload(plan));
-    }
+    ENL_TRY(const std::vector<uint8_t> payload, read_payload(plan));
     ENL_TRY(const uint64_t elf_size, payload_decompressed_size(payload));
     VmlinuxWriter writer(elf_size, plan.kernel_base, plan.kernel_base + info.init_size, memory);
     ENL_TRY_VOID(decompress_payload(payload, c, info.init_size,
@@ -242,50 +239,13 @@ Result<uint64_t> load_kernel_proper(const GuestMemory& mem, const Plan& plan, Co
 
 }  // namespace
 
-struct PreparedLinux::State {
-    LinuxBootConfig cfg;
-    Plan plan;
-    std::vector<uint8_t> payload;  // the compressed kernel, when it is decompressed here
-};
-
-PreparedLinux::PreparedLinux(std::unique_ptr<State> state) : state_(std::move(state)) {}
-PreparedLinux::PreparedLinux(PreparedLinux&&) noexcept = default;
-PreparedLinux& PreparedLinux::operator=(PreparedLinux&&) noexcept = default;
-PreparedLinux::~PreparedLinux() = default;
-
-Result<PreparedLinux> prepare_linux(const LinuxBootConfig& cfg) {
-    auto state = std::make_unique<PreparedLinux::State>();
-    state->cfg = cfg;
-    ENL_TRY(state->plan, plan_linux(cfg));
-    // LZ4 (what distributions' kernels mostly use) is read block by block while it is
-    // decompressed; the other formats are read here, before guest memory exists.
-    if (state->plan.compression && *state->plan.compression != Compression::Lz4) {
-        const auto t0 = std::chrono::steady_clock::now();
-        auto payload = read_payload(state->plan);
-        if (!payload) return std::unexpected(payload.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
-        state->payload = std::move(*payload);
-        log::debug("startup: kernel payload ({} KiB) read in {} ms", state->payload.size() >> 10,
-                   std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return PreparedLinux(std::move(state));
-}
-
 Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg) {
-    ENL_TRY(PreparedLinux prepared, prepare_linux(cfg));
-    return load_linux(mem, std::move(prepared), cfg.acpi_rsdp);
-}
-
-Result<BootEntry> load_linux(const GuestMemory& mem, PreparedLinux&& prepared, uint64_t acpi_rsdp) {
-    if (!prepared.state_) return fail("load_linux: nothing prepared");
-    const std::unique_ptr<PreparedLinux::State> state = std::move(prepared.state_);
-    LinuxBootConfig& cfg = state->cfg;
-    cfg.acpi_rsdp = acpi_rsdp;
-    const Plan& plan = state->plan;
+    ENL_TRY(Plan plan, plan_linux(cfg));
     const KernelInfo& info = plan.info;
     BootEntry entry;
     entry.boot_params = layout::kBootParams;
     if (plan.compression) {
-        auto rip = load_kernel_proper(mem, plan, *plan.compression, std::move(state->payload));
+        auto rip = load_kernel_proper(mem, plan, *plan.compression);
         if (!rip) return std::unexpected(rip.error().context(fmt::format("kernel '{}'", cfg.kernel_path)));
         entry.rip = *rip;
         entry.host_decompressed = plan.compression;

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -73,26 +72,9 @@ Result<> check_linux_files(const LinuxBootConfig& cfg);
 
 // Reads the kernel (decompressed here if cfg.host_decompress allows) and the initrd into
 // guest memory and writes boot_params, the command line, the GDT and the identity page tables.
+// Any thread (the VMM runs it on its own while it sets up KVM); an LZ4 kernel is read and
+// decompressed on up to 8 threads of its own, which end before it returns.
 Result<BootEntry> load_linux(const GuestMemory& mem, const LinuxBootConfig& cfg);
-
-// The same in two steps, so that the files are read while the VM is being set up:
-// prepare_linux() checks the files and reads the compressed kernel into memory (no guest
-// memory needed); load_linux() then decompresses and places everything, with the ACPI RSDP
-// address known by then (cfg.acpi_rsdp is ignored). Any thread; one at a time per object.
-class PreparedLinux {
-public:
-    struct State;
-    explicit PreparedLinux(std::unique_ptr<State> state);
-    PreparedLinux(PreparedLinux&&) noexcept;
-    PreparedLinux& operator=(PreparedLinux&&) noexcept;
-    ~PreparedLinux();
-
-private:
-    friend Result<BootEntry> load_linux(const GuestMemory& mem, PreparedLinux&& prepared, uint64_t acpi_rsdp);
-    std::unique_ptr<State> state_;
-};
-Result<PreparedLinux> prepare_linux(const LinuxBootConfig& cfg);
-Result<BootEntry> load_linux(const GuestMemory& mem, PreparedLinux&& prepared, uint64_t acpi_rsdp);
 
 // GDT entries used for the 64-bit entry (__BOOT_CS = 0x10, __BOOT_DS = 0x18).
 inline constexpr uint16_t kBootCs = 0x10;

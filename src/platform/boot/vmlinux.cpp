@@ -39,41 +39,61 @@ constexpr std::array<uint8_t, 6> kXzMagic = {0xfd, '7', 'z', 'X', 'Z', 0x00};
 // blocks of [u32 compressed size][data], each decompressing to at most 8 MiB. A repeated
 // magic starts another stream (concatenated archives), as the kernel's decompressor accepts.
 struct Lz4Block {
-    std::span<const uint8_t> data;
-    size_t at = 0;  // offset of its size word in the payload, for messages
+    uint64_t at = 0;  // its data, in the payload (the size word is the 4 bytes before)
+    uint32_t size = 0;
 };
 
-Result<std::vector<Lz4Block>> lz4_blocks(std::span<const uint8_t> in) {
+// The blocks of an LZ4 legacy stream of `end` bytes (without the size trailer), from its
+// size words alone: each is checked, against what is left and against the largest block.
+Result<std::vector<Lz4Block>> lz4_blocks(const PayloadReader& read, uint64_t end) {
+    std::array<uint8_t, 4> word{};
     std::vector<Lz4Block> blocks;
-    size_t pos = kLz4LegacyMagic.size();
-    while (pos < in.size()) {
-        if (in.size() - pos < 4) return fail("LZ4 data is truncated inside a block header");
-        const uint32_t chunk = load_le32(in.data() + pos);
+    for (uint64_t pos = kLz4LegacyMagic.size(); pos < end;) {
+        if (end - pos < 4) return fail("LZ4 data is truncated inside a block header");
+        ENL_TRY_VOID(read(pos, word));
+        const uint32_t chunk = load_le32(word.data());
         pos += 4;
         if (chunk == load_le32(kLz4LegacyMagic.data())) continue;
-        if (chunk == 0 || chunk > in.size() - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
+        if (chunk == 0 || chunk > end - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
             return fail("LZ4 block of {} bytes at offset {} is invalid", chunk, pos - 4);
-        blocks.push_back({in.subspan(pos, chunk), pos - 4});
+        blocks.push_back({pos, chunk});
         pos += chunk;
     }
     return blocks;
 }
 
-// Decompresses one block into `out`; returns the bytes written, or an error when corrupt.
-Result<size_t> unlz4_block(const Lz4Block& b, std::span<uint8_t> out) {
-    const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b.data.data()), reinterpret_cast<char*>(out.data()),
-                                      static_cast<int>(b.data.size()), static_cast<int>(out.size()));
-    if (n < 0) return fail("LZ4 data is corrupt (block at offset {})", b.at);
+PayloadReader memory_reader(std::span<const uint8_t> payload) {
+    return [payload](uint64_t offset, std::span<uint8_t> out) -> Result<> {
+        if (offset > payload.size() || out.size() > payload.size() - offset)
+            return fail("reading beyond the payload's {} bytes", payload.size());
+        std::memcpy(out.data(), payload.data() + offset, out.size());
+        return {};
+    };
+}
+
+// Decompresses one block's `data` into `out`; returns the bytes written, or an error when corrupt.
+Result<size_t> unlz4_block(std::span<const uint8_t> data, uint64_t at, std::span<uint8_t> out) {
+    const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(data.data()), reinterpret_cast<char*>(out.data()),
+                                      static_cast<int>(data.size()), static_cast<int>(out.size()));
+    if (n < 0) return fail("LZ4 data is corrupt (block at offset {})", at - 4);
     return static_cast<size_t>(n);
 }
 
 Result<> unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
-    ENL_TRY(const auto blocks, lz4_blocks(in));
+    ENL_TRY(const auto blocks, lz4_blocks(memory_reader(in), in.size()));
     for (const Lz4Block& b : blocks) {
-        ENL_TRY(const size_t n, unlz4_block(b, buf));
+        ENL_TRY(const size_t n, unlz4_block(in.subspan(b.at, b.size), b.at, buf));
         ENL_TRY_VOID(sink(buf.first(n)));
     }
     return {};
+}
+
+// The decompressed size a payload of `payload_size` bytes states, checked against what fits.
+Result<uint64_t> checked_size(uint64_t payload_size, uint64_t stated, uint64_t max_size) {
+    if (payload_size > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload_size);
+    if (stated > max_size)
+        return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", stated, max_size);
+    return stated;
 }
 
 Result<> gunzip(std::span<const uint8_t> in, std::span<uint8_t> buf, const ByteSink& sink) {
@@ -156,21 +176,9 @@ Result<uint64_t> payload_decompressed_size(std::span<const uint8_t> payload) {
     return load_le32(payload.data() + payload.size() - 4);
 }
 
-namespace {
-
-// The decompressed size a payload states, checked against what fits.
-Result<uint64_t> checked_size(std::span<const uint8_t> payload, uint64_t max_size) {
-    ENL_TRY(const uint64_t size, payload_decompressed_size(payload));
-    if (payload.size() > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload.size());
-    if (size > max_size)
-        return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", size, max_size);
-    return size;
-}
-
-}  // namespace
-
 Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uint64_t max_size, const ByteSink& sink) {
-    ENL_TRY(const uint64_t size, checked_size(payload, max_size));
+    ENL_TRY(const uint64_t stated, payload_decompressed_size(payload));
+    ENL_TRY(const uint64_t size, checked_size(payload.size(), stated, max_size));
     const auto in = payload.first(payload.size() - 4);
     uint64_t total = 0;
     const ByteSink counted = [&](std::span<const uint8_t> piece) -> Result<> {
@@ -199,34 +207,13 @@ Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uin
 Result<> decompress_lz4_parallel(const PayloadReader& read, uint64_t payload_size, uint64_t max_size,
                                  VmlinuxWriter& writer, unsigned threads, size_t block) {
     if (payload_size < 16) return fail("compressed kernel of {} bytes is too small", payload_size);
-    if (payload_size > (1ULL << 31)) return fail("compressed kernel of {} bytes is implausible", payload_size);
     if (block == 0 || block > kChunk) return fail("LZ4 block size {} is out of range", block);
     std::array<uint8_t, 4> word{};
     ENL_TRY_VOID(read(payload_size - 4, word));
-    const uint64_t size = load_le32(word.data());
-    if (size > max_size)
-        return fail("compressed kernel states a decompressed size of {} bytes; at most {} fit", size, max_size);
+    ENL_TRY(const uint64_t size, checked_size(payload_size, load_le32(word.data()), max_size));
     ENL_TRY_VOID(read(0, word));
     if (word != kLz4LegacyMagic) return fail("not an LZ4 legacy stream");
-
-    // The block table, from the size words alone (as lz4_blocks() checks them).
-    struct Block {
-        uint64_t at;  // its data, in the payload
-        uint32_t size;
-    };
-    std::vector<Block> blocks;
-    const uint64_t end = payload_size - 4;
-    for (uint64_t pos = kLz4LegacyMagic.size(); pos < end;) {
-        if (end - pos < 4) return fail("LZ4 data is truncated inside a block header");
-        ENL_TRY_VOID(read(pos, word));
-        const uint32_t chunk = load_le32(word.data());
-        pos += 4;
-        if (chunk == load_le32(kLz4LegacyMagic.data())) continue;
-        if (chunk == 0 || chunk > end - pos || chunk > static_cast<uint32_t>(LZ4_compressBound(kChunk)))
-            return fail("LZ4 block of {} bytes at offset {} is invalid", chunk, pos - 4);
-        blocks.push_back({pos, chunk});
-        pos += chunk;
-    }
+    ENL_TRY(const auto blocks, lz4_blocks(read, payload_size - 4));
     const uint64_t n = blocks.size();
     if (n == 0 || (n - 1) * block >= size || n * block < size)
         return fail("{} LZ4 blocks do not hold {} bytes in blocks of {}", n, size, block);
@@ -242,17 +229,16 @@ Result<> decompress_lz4_parallel(const PayloadReader& read, uint64_t payload_siz
         const uint64_t at = k * block, want = its_size(k);
         buf.in.resize(blocks[k].size);
         ENL_TRY_VOID(read(blocks[k].at, buf.in));
-        const Lz4Block b{buf.in, blocks[k].at - 4};
         if (writer.has_headers()) {
             if (uint8_t* dst = writer.direct(at, want)) {
-                ENL_TRY(const size_t got, unlz4_block(b, std::span(dst, want)));
+                ENL_TRY(const size_t got, unlz4_block(buf.in, blocks[k].at, std::span(dst, want)));
                 if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
                 writer.wrote_directly(want);
                 return {};
             }
         }
         if (!buf.scratch) buf.scratch.reset(new uint8_t[block]);  // not zeroed: only what LZ4 wrote is handed on
-        ENL_TRY(const size_t got, unlz4_block(b, std::span(buf.scratch.get(), block)));
+        ENL_TRY(const size_t got, unlz4_block(buf.in, blocks[k].at, std::span(buf.scratch.get(), block)));
         if (got != want) return fail("LZ4 block {} holds {} bytes, not {}", k, got, want);
         const std::span<const uint8_t> bytes(buf.scratch.get(), got);
         return writer.has_headers() ? writer.write_at(at, bytes) : writer.write(bytes);
@@ -292,13 +278,7 @@ Result<> decompress_lz4_parallel(const PayloadReader& read, uint64_t payload_siz
 
 Result<> decompress_lz4_parallel(std::span<const uint8_t> payload, uint64_t max_size, VmlinuxWriter& writer,
                                  unsigned threads, size_t block) {
-    const PayloadReader from_memory = [payload](uint64_t offset, std::span<uint8_t> out) -> Result<> {
-        if (offset > payload.size() || out.size() > payload.size() - offset)
-            return fail("reading beyond the payload's {} bytes", payload.size());
-        std::memcpy(out.data(), payload.data() + offset, out.size());
-        return {};
-    };
-    return decompress_lz4_parallel(from_memory, payload.size(), max_size, writer, threads, block);
+    return decompress_lz4_parallel(memory_reader(payload), payload.size(), max_size, writer, threads, block);
 }
 
 Result<VmlinuxLayout> parse_vmlinux_headers(std::span<const uint8_t> head, uint64_t file_size, uint64_t load_min,
