@@ -415,7 +415,7 @@ JOB_TRIM = GUEST_LIB + r"""
 need_disks 1
 echo "RESULT discard_max_bytes=$(cat /sys/block/sda/queue/discard_max_bytes)"
 echo "RESULT provisioning_mode=$(cat /sys/class/scsi_disk/*/provisioning_mode | head -n 1)"
-mkfs.ext4 -q -F -E nodiscard /dev/sda && mount -t ext4 /dev/sda /mnt && echo "RESULT mounted=ok"
+mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 /dev/sda && mount -t ext4 /dev/sda /mnt && echo "RESULT mounted=ok"
 # 64 MiB that is not zeros (a VMM may skip writing zeros)
 yes ENLIGHTEN-TRIM-TEST | dd of=/mnt/fill bs=1M count=64 iflag=fullblock conv=fsync status=none && echo "RESULT fill=ok"
 sync
@@ -540,7 +540,7 @@ dd if=/tmp/top of="/dev/$top" bs=65536 seek=8 oflag=direct conv=fsync status=non
 # fstrim: the same 16 MiB file written and deleted on both, trimmed on one
 for mib in 64 66; do
     n=$(by_size $mib); mkdir -p "/mnt/$mib"
-    mkfs.ext4 -q -F "/dev/$n" && mount -t ext4 "/dev/$n" "/mnt/$mib" || echo "RESULT mkfs.$mib=failed"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "/dev/$n" && mount -t ext4 "/dev/$n" "/mnt/$mib" || echo "RESULT mkfs.$mib=failed"
     dd if=/dev/urandom of="/mnt/$mib/f" bs=1M count=16 conv=fsync status=none
     rm "/mnt/$mib/f"; sync
 done
