@@ -92,7 +92,7 @@ public:
             g.pump();
             for (auto& m : g.sink().take()) seen.push_back(std::move(m));
             if (auto r = test::SimGuest::open_result(seen, relid)) return *r == 0;
-            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            test::SimGuest::nap();
         }
         return false;
     }
@@ -118,7 +118,7 @@ public:
             g.pump();
             read_all();
             if (ch.to_host.used() == 0 || std::chrono::steady_clock::now() >= deadline) break;
-            std::this_thread::sleep_for(std::chrono::microseconds(100));
+            test::SimGuest::nap();
         }
         read_all();
     }
@@ -194,7 +194,7 @@ public:
             g.pump();
             for (auto& m : g.sink().take())
                 if (m.type() == vmbus::MsgType::GpadlTorndown) ++torn;
-            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            test::SimGuest::nap();
         }
         CHECK(torn == 3);
     }

@@ -124,7 +124,7 @@ public:
                 if (outstanding_) --outstanding_;
             }
             if (std::chrono::steady_clock::now() >= deadline) break;
-            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            test::SimGuest::nap();
         } while (outstanding_);
     }
 
@@ -144,7 +144,7 @@ private:
             g.pump();
             for (auto& m : g.sink().take()) seen.push_back(std::move(m));
             if (auto r = test::SimGuest::open_result(seen, relid_)) return *r == 0;
-            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            test::SimGuest::nap();
         }
         return false;
     }

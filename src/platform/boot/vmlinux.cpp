@@ -187,8 +187,11 @@ Result<> decompress_payload(std::span<const uint8_t> payload, Compression c, uin
         total += piece.size();
         return sink(piece);
     };
-    std::unique_ptr<uint8_t[]> buf(new uint8_t[kChunk]);  // not zeroed: every byte handed on is written first
-    const std::span<uint8_t> scratch(buf.get(), kChunk);
+    // Not zeroed: every byte handed on is written first. No larger than the output (a kernel's
+    // is larger than kChunk, a fuzzer's inputs are not).
+    const size_t scratch_size = std::clamp<uint64_t>(size, 4096, kChunk);
+    std::unique_ptr<uint8_t[]> buf(new uint8_t[scratch_size]);
+    const std::span<uint8_t> scratch(buf.get(), scratch_size);
     Result<> done = [&]() -> Result<> {
         switch (c) {
             case Compression::Lz4: return unlz4_legacy(in, scratch, counted);

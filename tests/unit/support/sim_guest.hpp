@@ -12,10 +12,14 @@
 #define ENL_SIM_CHECK(cond) EXPECT_TRUE(cond)
 #endif
 
+#include <sys/prctl.h>
+
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <optional>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "common/event_loop.hpp"
@@ -220,6 +224,15 @@ public:
     EventLoop& loop() { return *loop_; }
     GuestMemory& memory() { return mem_; }
     std::span<uint8_t> ram() { return ram_; }
+
+    // A short wait while a device's worker thread catches up, for loops that poll its
+    // progress: 10 µs, with this thread's timer slack cut to 1 µs (Linux's default 50 µs slack
+    // made each poll of the fuzzers' device harnesses cost ~175 µs here instead of ~30).
+    static void nap() {
+        thread_local const bool slack_set = ::prctl(PR_SET_TIMERSLACK, 1000UL) == 0;
+        (void)slack_set;
+        std::this_thread::sleep_for(std::chrono::microseconds(10));
+    }
 
     // Runs the loop until it has nothing left to do.
     void pump() {
