@@ -288,8 +288,20 @@ E2E_LOCK=$(mktemp -d)/lock
 # 127, so it costs next to nothing), records where the guest was; run_item prints it after
 # the run (E2E-KVM-SHUTDOWN lines; the report puts them in the retry's NOTE).
 E2E_TRACE=/sys/kernel/tracing
+# A second instance is a flight recorder of KVM's last events on each of the test host's
+# CPUs (every exit, nested page faults, injected interrupts and exceptions, and the MMU
+# notifier's invalidations of guest RAM); run_item prints it only after a shutdown exit
+# (E2E-KVM-RECENT lines).
+E2E_RECENT=$E2E_TRACE/instances/enl_recent
 if mount -t tracefs tracefs $E2E_TRACE 2>/dev/null && [ -d $E2E_TRACE/events/kvm/kvm_exit ]; then
     echo 'exit_reason == 127' >$E2E_TRACE/events/kvm/kvm_exit/filter && echo 1 >$E2E_TRACE/events/kvm/kvm_exit/enable
+    if mkdir $E2E_RECENT 2>/dev/null; then
+        echo 256 >$E2E_RECENT/buffer_size_kb
+        for e in kvm_exit kvm_page_fault kvm_inj_virq kvm_inj_exception kvm_unmap_hva_range kvm_set_spte_hva \
+                 kvm_age_hva kvm_mmu_invalidate_zap_all_pages kvm_entry; do
+            [ -d $E2E_RECENT/events/kvm/$e ] && echo 1 >$E2E_RECENT/events/kvm/$e/enable
+        done
+    fi
 fi
 # run_item KEY TIMEOUT SCRIPT
 run_item() {
@@ -317,8 +329,14 @@ run_item() {
     until mkdir "$E2E_LOCK" 2>/dev/null; do sleep 0.1; done
     # shutdown exits during this run (with parallel lanes: of any run then)
     if [ -r $E2E_TRACE/trace ]; then
-        grep -v '^#' $E2E_TRACE/trace 2>/dev/null | sed 's/^/E2E-KVM-SHUTDOWN /' >>"$d/out"
+        grep -v '^#' $E2E_TRACE/trace 2>/dev/null | sed 's/^/E2E-KVM-SHUTDOWN /' >"$d/shutdown"
         : >$E2E_TRACE/trace 2>/dev/null
+        cat "$d/shutdown" >>"$d/out"
+        if [ -s "$d/shutdown" ] && [ -r $E2E_RECENT/trace ]; then
+            grep -v '^#' $E2E_RECENT/trace | tail -n 400 | sed 's/^/E2E-KVM-RECENT /' >>"$d/out"
+            echo "E2E-THP $(cat /sys/kernel/mm/transparent_hugepage/enabled) collapsed=$(cat /sys/kernel/mm/transparent_hugepage/khugepaged/pages_collapsed)" >>"$d/out"
+        fi
+        [ -w $E2E_RECENT/trace ] && : >$E2E_RECENT/trace
     fi
     echo "E2E-BEGIN $key"
     cat "$d/out"
@@ -551,6 +569,19 @@ def shutdown_trace(output: str) -> str:
              for m in _SHUTDOWN_RE.finditer(output)]
     return ("; KVM saw: " + "; ".join(found)) if found else "; KVM's shutdown tracepoint recorded nothing"
 
+def save_recent_kvm_events(output: str, name: str) -> str:
+    """Keeps run_item's flight recorder of KVM's last events before a shutdown exit
+    (E2E-KVM-RECENT lines) in build/e2e/kvm-recent-NAME-<time>.txt; says where."""
+    lines = [line[len("E2E-KVM-RECENT "):] for line in output.splitlines() if line.startswith("E2E-KVM-RECENT ")]
+    lines += [line for line in output.splitlines() if line.startswith("E2E-THP ")]
+    if not lines:
+        return ""
+    out = REPO / "build" / "e2e" / f"kvm-recent-{name}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return f"; KVM's last events: {out.relative_to(REPO)}"
+
+
 _ITEM_RE = re.compile(r"^E2E-BEGIN (\S+)\n(.*?)^E2E-END \1 rc=(\d+) seconds=([0-9.e+-]+) timeout=([01])$",
                       re.M | re.S)
 # Runs of a session at the same time (ENLIGHTEN_E2E_LANES, default 1: one after another), as
@@ -774,7 +805,8 @@ class Session:
                 m = _TRIPLE_FAULT_RE.search(self.results[r.key].output)
                 self.notes.append(f"run {r.key}: the guest triple-faulted ({m.group(0) if m else '?'}) after "
                                   f"{self.results[r.key].duration:.0f} s; it runs again in a fresh test host"
-                                  + shutdown_trace(self.results[r.key].output))
+                                  + shutdown_trace(self.results[r.key].output)
+                                  + save_recent_kvm_events(self.results[r.key].output, f"{self.name}-{r.key}"))
                 faulted_once.add(r.key)
                 del self.results[r.key]
                 self.failures.pop(r.key, None)
