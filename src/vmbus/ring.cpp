@@ -77,7 +77,7 @@ void RingMemory::write(uint32_t pos, std::span<const uint8_t> in) {
 Result<std::optional<InRing::Peeked>> InRing::peek(std::vector<uint64_t>& buf, uint32_t max_len) {
     const uint32_t size = mem_.data_size();
     const uint32_t w = mem_.load(kRingWriteIndex);
-    if (w >= size || w % 8 != 0) return fail(Errc::Invalid, "guest write index {:#x} is outside the ring ({:#x} bytes)", w, size);
+    if (w >= size || w % 8 != 0) return fail(Errc::Invalid, "guest write index {:#x} is outside the ring ({:#x} bytes) or not 8-byte aligned", w, size);
     if (w == read_) return std::optional<Peeked>{};
     const uint32_t avail = used_bytes(w, read_, size);
     if (avail < sizeof(PacketDescriptor) + kPacketTrailerSize)
@@ -149,7 +149,7 @@ OutRing::OutRing(RingMemory mem) : mem_(std::move(mem)) {
 Result<uint32_t> OutRing::free_bytes() const {
     const uint32_t size = mem_.data_size();
     const uint32_t r = mem_.load(kRingReadIndex);
-    if (r >= size || r % 8 != 0) return fail(Errc::Invalid, "guest read index {:#x} is outside the ring ({:#x} bytes)", r, size);
+    if (r >= size || r % 8 != 0) return fail(Errc::Invalid, "guest read index {:#x} is outside the ring ({:#x} bytes) or not 8-byte aligned", r, size);
     return size - used_bytes(write_, r, size);
 }
 

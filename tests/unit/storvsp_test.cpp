@@ -573,6 +573,66 @@ TEST(Storvsp, ACloseWaitsForReadsInFlightAndRequestsAfterItGetNothing) {
     EXPECT_GE(s.ch.to_host.used(), used);
 }
 
+// The hostile guest's own-storvsc attack (tests/hostile/enl_hostile.c, own_ring_lies): the
+// guest opens the channel, writes a packet, sets one of the ring header's fields to a lie,
+// writes another, rings, and closes. Whatever the lie, the VMM answers the close and then the
+// ring GPADL's teardown (Linux's vmbus_close waits for GPADL_TORNDOWN without a timeout), and
+// the channel opens and works again afterwards.
+TEST(Storvsp, EveryRingIndexLieEndsInAnAnsweredCloseAndTeardown) {
+    TempImage img;
+    StorGuest s(scsi_controller({img.path}));
+    s.init();
+    for (int variant = 0; variant < 7; ++variant) {
+        SCOPED_TRACE(variant);
+        SimChannel& c = s.ch;
+        const uint32_t dsize = c.to_host.size();
+        const auto lie = [&] {
+            switch (variant) {
+                case 0: c.to_host.store(kRingWriteIndex, dsize + 8); break;  // beyond the ring
+                case 1: c.to_host.store(kRingWriteIndex, c.to_host.load(kRingWriteIndex) + 3); break;  // unaligned
+                case 2: c.to_host.store(kRingWriteIndex, 0xfffffff8); break;
+                case 3: c.to_guest.store(kRingReadIndex, c.to_guest.size() + 4096); break;  // the host->guest ring
+                case 4:
+                    c.to_guest.store(kRingReadIndex, 5);
+                    c.to_guest.store(kRingPendingSendSize, 0xffffffff);
+                    break;
+                case 5:
+                    c.to_host.store(kRingPendingSendSize, dsize * 2);
+                    c.to_host.store(kRingInterruptMask, 0xffffffff);
+                    c.to_host.store(kRingFeatureBits, 0xffffffff);
+                    break;
+                case 6: c.to_host.store(kRingReadIndex, dsize - 8); break;  // the host's own index
+            }
+        };
+        auto p = op(kOpQueryProperties);
+        (void)s.g.send(c, vmbus::kPacketDataInband, 0xffff0001, as_bytes(p), {}, true);
+        lie();
+        s.g.doorbell(c);
+        (void)s.g.send(c, vmbus::kPacketDataInband, 0xffff0001, as_bytes(p), {}, true);  // may not fit a lie
+        const auto settle = std::chrono::steady_clock::now() + 100ms;
+        while (std::chrono::steady_clock::now() < settle) {
+            s.g.pump();
+            std::this_thread::sleep_for(1ms);
+        }
+        s.g.sink().take();
+        s.g.simple(vmbus::MsgType::CloseChannel, s.relid);
+        s.g.teardown(s.relid, c.gpadl);
+        bool torn = false;
+        const auto deadline = std::chrono::steady_clock::now() + 5s;
+        while (!torn && std::chrono::steady_clock::now() < deadline) {
+            s.g.pump();
+            for (const auto& m : s.g.sink().take())
+                torn = torn || (m.type() == vmbus::MsgType::GpadlTorndown && m.as<vmbus::GpadlTorndown>().gpadl == c.gpadl);
+            std::this_thread::sleep_for(1ms);
+        }
+        ASSERT_TRUE(torn) << "the ring GPADL's teardown was never answered";
+        // Open again with fresh rings: the handshake works.
+        s.ch = s.g.open_channel(s.relid, 31, 31);
+        ASSERT_EQ(s.open_result(s.relid).value_or(1), 0u);
+        s.init();
+    }
+}
+
 // Checkpoints switch a disk's image under the guest: pause() holds new requests in the ring
 // until resume(), and replace_image() puts the disk on another image with the same geometry.
 TEST(Storvsp, APausedControllerHoldsRequestsWhileTheImageIsReplaced) {
