@@ -290,15 +290,15 @@ E2E_LOCK=$(mktemp -d)/lock
 E2E_TRACE=/sys/kernel/tracing
 # A second instance is a flight recorder of KVM's last events on each of the test host's
 # CPUs (every exit, nested page faults, injected interrupts and exceptions, and the MMU
-# notifier's invalidations of guest RAM); run_item prints it only after a shutdown exit
-# (E2E-KVM-RECENT lines).
+# notifier's invalidations of guest RAM; not kvm_entry, which would double the cost on every
+# exit); run_item prints it only after a shutdown exit (E2E-KVM-RECENT lines).
 E2E_RECENT=$E2E_TRACE/instances/enl_recent
 if mount -t tracefs tracefs $E2E_TRACE 2>/dev/null && [ -d $E2E_TRACE/events/kvm/kvm_exit ]; then
     echo 'exit_reason == 127' >$E2E_TRACE/events/kvm/kvm_exit/filter && echo 1 >$E2E_TRACE/events/kvm/kvm_exit/enable
     if mkdir $E2E_RECENT 2>/dev/null; then
         echo 256 >$E2E_RECENT/buffer_size_kb
         for e in kvm_exit kvm_page_fault kvm_inj_virq kvm_inj_exception kvm_unmap_hva_range kvm_set_spte_hva \
-                 kvm_age_hva kvm_mmu_invalidate_zap_all_pages kvm_entry; do
+                 kvm_age_hva kvm_mmu_invalidate_zap_all_pages; do
             [ -d $E2E_RECENT/events/kvm/$e ] && echo 1 >$E2E_RECENT/events/kvm/$e/enable
         done
     fi
@@ -568,6 +568,7 @@ def shutdown_trace(output: str) -> str:
     found = [f"vCPU {m.group(1) or '?'} reason {m.group(2)} rip {m.group(3)}{m.group(4).rstrip()}"
              for m in _SHUTDOWN_RE.finditer(output)]
     return ("; KVM saw: " + "; ".join(found)) if found else "; KVM's shutdown tracepoint recorded nothing"
+
 
 def save_recent_kvm_events(output: str, name: str) -> str:
     """Keeps run_item's flight recorder of KVM's last events before a shutdown exit
