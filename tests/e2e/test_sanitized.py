@@ -76,6 +76,8 @@ register_hostile(SANITIZED, "asan-hostile", seed=2, scale=50, binary=ASAN_BINARY
 # stops of 2026-12-06 and -07 were in 2-vCPU guests, which this test host loses now and then
 # under a storm of exits (docs/hostile-guest.md, "Open"); 3 of 3 runs passed in a 1-vCPU guest.
 register_hostile(SANITIZED, "asan-own", seed=4, scale=50, binary=ASAN_BINARY, kinds=("own",), cpus=1)
+# And the three reply floods at half the counts, in a 1-vCPU guest as test_hostile's `floods`.
+register_hostile(SANITIZED, "asan-floods", seed=5, scale=50, binary=ASAN_BINARY, floods=True, cpus=1)
 
 
 class SanitizedTests(unittest.TestCase):
@@ -115,6 +117,9 @@ class SanitizedTests(unittest.TestCase):
 
     def test_asan_build_survives_the_guest_taking_its_devices_over(self) -> None:
         check_hostile_run(self, SANITIZED, "asan-own")
+
+    def test_asan_build_survives_the_guest_flooding_it_with_answers(self) -> None:
+        check_hostile_run(self, SANITIZED, "asan-floods")
 
 
 if __name__ == "__main__":
