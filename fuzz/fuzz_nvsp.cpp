@@ -188,15 +188,7 @@ public:
         g.teardown(relid, ch.gpadl);
         g.teardown(relid, kRecvGpadl);
         g.teardown(relid, kSendGpadl);
-        int torn = 0;
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        while (torn < 3 && std::chrono::steady_clock::now() < deadline) {
-            g.pump();
-            for (auto& m : g.sink().take())
-                if (m.type() == vmbus::MsgType::GpadlTorndown) ++torn;
-            test::SimGuest::nap();
-        }
-        CHECK(torn == 3);
+        CHECK(g.await_torndown({ch.gpadl, kRecvGpadl, kSendGpadl}).size() == 3);
     }
 
     test::SimGuest g;

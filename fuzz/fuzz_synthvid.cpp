@@ -115,8 +115,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 break;
             }
             case 4: {  // the host takes a screenshot (the first few times: a capture converts every pixel)
-                const bool take = captures++ < 3;
-                const auto f = take ? vdev->capture() : Result<video::Frame>(std::unexpected(Error{"not taken"}));
+                const auto f = captures++ < 3 ? vdev->capture() : fail("not taken");
                 const auto st = vdev->status();
                 if (f) {
                     CHECK(st.mode && st.vram_gpa);

@@ -1302,13 +1302,7 @@ TEST(Netvsp, RxThreadDuringTrafficAndDetach) {
     n.g.teardown(n.ch.relid, n.ch.gpadl);
     n.g.teardown(n.relid, n.recv_gpadl);
     n.g.teardown(n.relid, n.send_gpadl);
-    std::set<uint32_t> torn;
-    for (int i = 0; i < 3000 && torn.size() < 4; ++i) {
-        n.g.pump();
-        for (auto& m : n.g.sink().take())
-            if (m.type() == vmbus::MsgType::GpadlTorndown) torn.insert(m.as<vmbus::GpadlTorndown>().gpadl);
-        std::this_thread::sleep_for(1ms);
-    }
+    const auto torn = n.g.await_torndown({subs[0].gpadl, n.ch.gpadl, n.recv_gpadl, n.send_gpadl}, 3s);
     stop = true;
     backend_thread.join();
     EXPECT_EQ(torn.size(), 4u);

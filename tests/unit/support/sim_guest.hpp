@@ -18,6 +18,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <thread>
 #include <vector>
@@ -232,6 +233,22 @@ public:
         thread_local const bool slack_set = ::prctl(PR_SET_TIMERSLACK, 1000UL) == 0;
         (void)slack_set;
         std::this_thread::sleep_for(std::chrono::microseconds(10));
+    }
+
+    // Pumps until every GPADL of `gpadls` was answered with GPADL_TORNDOWN, or `timeout`
+    // passed; returns those answered. Other messages taken meanwhile are dropped.
+    std::set<uint32_t> await_torndown(const std::set<uint32_t>& gpadls,
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+        std::set<uint32_t> torn;
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (torn.size() < gpadls.size() && std::chrono::steady_clock::now() < deadline) {
+            pump();
+            for (const auto& m : sink_.take())
+                if (m.type() == MsgType::GpadlTorndown && gpadls.count(m.as<GpadlTorndown>().gpadl))
+                    torn.insert(m.as<GpadlTorndown>().gpadl);
+            nap();
+        }
+        return torn;
     }
 
     // Runs the loop until it has nothing left to do.
