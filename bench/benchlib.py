@@ -106,13 +106,17 @@ def machine_name() -> str:
 
 
 def results_path(out_dir: Path, prefix: str, date: str) -> Path:
-    """<out_dir>/<prefix>-<date>.md, or -2, -3, ... when that exists."""
-    p = out_dir / f"{prefix}-{date}.md"
-    n = 2
-    while p.exists():
-        p = out_dir / f"{prefix}-{date}-{n}.md"
-        n += 1
-    return p
+    """<out_dir>/<prefix>-<date>.md, or -2, -3, ... when that exists. The file is created
+    (empty) here, so that two benchmarks started together never pick the same name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        p = out_dir / (f"{prefix}-{date}.md" if n == 1 else f"{prefix}-{date}-{n}.md")
+        try:
+            with open(p, "x"):
+                return p
+        except FileExistsError:
+            n += 1
 
 
 def save_results(out_dir: str | Path, prefix: str, date: str, text: str) -> Path:

@@ -799,21 +799,16 @@ Result<> ApiServer::start() {
     s.io = std::move(*io);
     s.stopping.store(false);
     s.running = true;
-    if (s.listen_fd.valid()) {
-        auto watch = s.loop().watch(s.listen_fd.get(), EPOLLIN, [&s](uint32_t) { s.on_listen(false); });
+    // The API socket and the web listener: the same accept path, told apart by `web`.
+    for (const bool web : {false, true}) {
+        const UniqueFd& fd = web ? s.web_fd : s.listen_fd;
+        if (!fd.valid()) continue;
+        auto watch = s.loop().watch(fd.get(), EPOLLIN, [&s, web](uint32_t) { s.on_listen(web); });
         if (!watch) {
             stop();
-            return std::unexpected(watch.error().context("api"));
+            return std::unexpected(watch.error().context(web ? "web" : "api"));
         }
-        s.listen_watch = *watch;
-    }
-    if (s.web_fd.valid()) {
-        auto watch = s.loop().watch(s.web_fd.get(), EPOLLIN, [&s](uint32_t) { s.on_listen(true); });
-        if (!watch) {
-            stop();
-            return std::unexpected(watch.error().context("web"));
-        }
-        s.web_watch = *watch;
+        (web ? s.web_watch : s.listen_watch) = *watch;
     }
     auto run = [&s](Job& job) { s.run_call(job); };
     if (auto ok = s.quick.start(s.options.threads, "enl-api-", run); !ok) {

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
-#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -70,7 +69,7 @@ __attribute__((format(printf, 1, 2))) void log_from_library(const char* format, 
         while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
         log::debug("vnc: {}", line);
     }
-    g_library_logging.fetch_sub(1);
+    if (g_library_logging.fetch_sub(1) == 1) g_library_logging.notify_all();
 }
 
 template <typename F>
@@ -276,8 +275,9 @@ struct Server::Impl {
             screen = nullptr;
         }
         g_library_log = false;
-        for (int i = 0; i < 1000 && g_library_logging.load() != 0; ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        // The calls in progress end (a vsnprintf into a stack buffer and our logger, neither
+        // of which blocks), and the last one wakes us.
+        for (int n = g_library_logging.load(); n != 0; n = g_library_logging.load()) g_library_logging.wait(n);
     }
 };
 
