@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -199,10 +199,15 @@ def round_robin(cases: list[Case], rounds: int, argv_of: Callable[[Case, int], l
     return lines
 
 
-def add_session_args(ap: argparse.ArgumentParser, results_dir: Path, host_memory: int) -> None:
-    """The options every test-host benchmark has: test-host size, build, results, raw output."""
-    ap.add_argument("--host-cpus", type=int, default=0, help="test-host vCPUs (default: max(2, largest --cpus))")
-    ap.add_argument("--host-memory", type=int, default=host_memory, help=f"test-host MiB (default {host_memory})")
+def add_session_args(ap: argparse.ArgumentParser, results_dir: Path, host_memory: int, host_cpus: int = 0,
+                     host_memory_help: str = "") -> None:
+    """The options every test-host benchmark has: test-host size, build, results, raw output.
+    host_cpus 0: the benchmark picks max(2, largest --cpus); host_memory 0: it picks, as
+    host_memory_help says."""
+    ap.add_argument("--host-cpus", type=int, default=host_cpus,
+                    help=f"test-host vCPUs (default {host_cpus or 'max(2, largest --cpus)'})")
+    ap.add_argument("--host-memory", type=int, default=host_memory,
+                    help=f"test-host MiB (default {host_memory_help or host_memory})")
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--results-dir", default=str(results_dir))
@@ -210,3 +215,21 @@ def add_session_args(ap: argparse.ArgumentParser, results_dir: Path, host_memory
     ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
     ap.add_argument("--save-raw", metavar="FILE")
     ap.add_argument("--from-raw", metavar="FILE", help="render a report from a --save-raw file")
+
+
+def pick(ap: argparse.ArgumentParser, text: str, known: Iterable[str], what: str = "variant") -> list[str]:
+    """The comma-separated names of an option, in its order; one not in `known` is a usage error."""
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    known = set(known)
+    for k in names:
+        if k not in known:
+            ap.error(f"unknown {what} {k!r}")
+    return names
+
+
+def cpu_counts(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """--cpus: comma-separated guest vCPU counts, sorted, without repeats."""
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        ap.error("--cpus: comma-separated integers")

@@ -665,29 +665,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", choices=("default", "minimal"), default="default",
                     help="the default guest's /init (its summary, then power-off), or a minimal one "
                          "that prints the marker and powers off at once")
-    ap.add_argument("--host-cpus", type=int, default=2, help="test host vCPUs (default 2)")
-    ap.add_argument("--host-memory", type=int, default=3072, help="test host MiB (default 3072)")
     ap.add_argument("--timeout", type=int, default=1500, help="whole test-host session, s")
-    ap.add_argument("--build-dir", default=str(REPO / "build"))
-    ap.add_argument("--no-build", action="store_true", help="use the binaries as they are")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
-    ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
-    ap.add_argument("--save-raw", metavar="FILE", help="also save the test host's raw output")
-    ap.add_argument("--from-raw", metavar="FILE",
-                    help="do not run anything: render the report from a --save-raw file "
-                         "(with the same --variants/--cpus/--rounds)")
+    # --from-raw renders with the same --variants/--cpus/--rounds as the run.
+    benchlib.add_session_args(ap, HERE / "results", host_memory=3072, host_cpus=2)
     a = ap.parse_args(argv)
 
-    try:
-        cpus = sorted({int(x) for x in a.cpus.split(",") if x.strip()})
-    except ValueError:
-        ap.error("--cpus: comma-separated integers")
+    cpus = benchlib.cpu_counts(ap, a.cpus)
     known = {v.key: v for v in VARIANTS}
-    keys = [k.strip() for k in a.variants.split(",") if k.strip()]
-    for k in keys:
-        if k not in known:
-            ap.error(f"unknown variant {k!r}")
+    keys = benchlib.pick(ap, a.variants, known)
     if a.rounds < 1 or not cpus or min(cpus) < 1:
         ap.error("--rounds and --cpus must be >= 1")
     cases = [Case(known[k], n) for n in cpus for k in keys]

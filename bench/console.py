@@ -622,10 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.add_session_args(ap, HERE / "results", host_memory=3072)
     a = ap.parse_args(argv)
     known = {v.key: v for v in VARIANTS}
-    keys = [k.strip() for k in a.variants.split(",") if k.strip()]
-    for k in keys:
-        if k not in known:
-            ap.error(f"unknown variant {k!r}")
+    keys = benchlib.pick(ap, a.variants, known)
     m = re.fullmatch(r"(\d+)x(\d+)", a.resolution)
     if not m:
         ap.error("--resolution WxH")

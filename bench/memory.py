@@ -725,14 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     known = {v.key: v for v in VARIANTS}
-    keys = [k.strip() for k in a.variants.split(",") if k.strip()]
-    for k in keys:
-        if k not in known:
-            ap.error(f"unknown variant {k!r}")
-    try:
-        cpus = sorted({int(x) for x in a.cpus.split(",") if x.strip()})
-    except ValueError:
-        ap.error("--cpus: comma-separated integers")
+    keys = benchlib.pick(ap, a.variants, known)
+    cpus = benchlib.cpu_counts(ap, a.cpus)
     if a.rounds < 1 or not cpus or min(cpus) < 1:
         ap.error("--rounds and --cpus must be >= 1")
     z = Sizes(a.startup_mib, a.target_mib, a.hotadd_mib, a.max_mib, a.fill_mib, a.pressure_startup_mib,

@@ -463,31 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", type=int, default=10, help="seconds per iperf3 run (default 10)")
     # A 4-vCPU guest in a 2-vCPU test host crashed the test host now and then (see
     # bench/storage.py): by default the test host has as many vCPUs as the largest guest.
-    ap.add_argument("--host-cpus", type=int, default=0, help="test-host vCPUs (default: max(2, largest --cpus))")
-    ap.add_argument("--host-memory", type=int, default=3072, help="test-host MiB (default 3072)")
-    ap.add_argument("--build-dir", default=str(benchlib.REPO / "build"))
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
-    ap.add_argument("--save-raw", metavar="FILE")
-    ap.add_argument("--from-raw", metavar="FILE", help="render a report from a --save-raw file")
+    benchlib.add_session_args(ap, HERE / "results", host_memory=3072)
     a = ap.parse_args(argv)
 
     known = {v.key: v for v in VARIANTS}
-    keys = [k.strip() for k in a.variants.split(",") if k.strip()]
+    keys = benchlib.pick(ap, a.variants, known)
     wl = {w.name: w for w in WORKLOADS}
-    wnames = [k.strip() for k in a.workloads.split(",") if k.strip()]
-    for k in keys:
-        if k not in known:
-            ap.error(f"unknown variant {k!r}")
-    for k in wnames:
-        if k not in wl:
-            ap.error(f"unknown workload {k!r}")
-    try:
-        cpus = sorted({int(x) for x in a.cpus.split(",") if x.strip()})
-    except ValueError:
-        ap.error("--cpus: comma-separated integers")
+    wnames = benchlib.pick(ap, a.workloads, wl, "workload")
+    cpus = benchlib.cpu_counts(ap, a.cpus)
     if a.rounds < 1 or not cpus or min(cpus) < 1 or a.runtime < 1:
         ap.error("--rounds, --cpus and --runtime must be >= 1")
     cases = [Case(known[k], n) for n in cpus for k in keys]

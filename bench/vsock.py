@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the test-host script and stop")
     ap.add_argument("--save-raw", metavar="FILE")
     a = ap.parse_args(argv)
-    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in VARIANTS:
-            ap.error(f"unknown variant {v!r}")
+    variants = benchlib.pick(ap, a.variants, VARIANTS)
     if a.rounds < 1 or a.mib < 1 or a.connects < 1:
         ap.error("--rounds, --mib and --connects must be >= 1")
     try:
