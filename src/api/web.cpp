@@ -17,9 +17,14 @@
 
 namespace enlighten::api {
 
-// The page's text, generated from api/web/index.html by the build (web_page.cpp).
+// The page, its code and its look, generated from api/web/ by the build (web_page.cpp,
+// web_app.cpp, web_style.cpp).
 extern const unsigned char kWebPageText[];
 extern const size_t kWebPageTextSize;
+extern const unsigned char kWebAppText[];
+extern const size_t kWebAppTextSize;
+extern const unsigned char kWebStyleText[];
+extern const size_t kWebStyleTextSize;
 
 namespace {
 
@@ -220,6 +225,8 @@ Result<std::string> make_web_token() {
 std::string web_url(const WebOptions& web) { return fmt::format("http://{}:{}/?token={}", web.host, web.port, web.token); }
 
 std::string_view web_page() { return std::string_view(reinterpret_cast<const char*>(kWebPageText), kWebPageTextSize); }
+std::string_view web_script() { return std::string_view(reinterpret_cast<const char*>(kWebAppText), kWebAppTextSize); }
+std::string_view web_style() { return std::string_view(reinterpret_cast<const char*>(kWebStyleText), kWebStyleTextSize); }
 
 WebRoute route_web(const WebOptions& web, const ApiCall& call) {
     std::string_view target = call.target;
@@ -254,11 +261,17 @@ WebRoute route_web(const WebOptions& web, const ApiCall& call) {
     if (path == "/" || path == "/index.html") {
         if (!reading) return reply_route(error_reply(405, "the page is read with GET"));
         HttpReply r = text_reply(200, "text/html; charset=utf-8", std::string(web_page()));
+        // No inline script or style: the page's own are /app.js and /style.css.
         r.headers.emplace_back("Content-Security-Policy",
-                               "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
-                               "'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; "
-                               "frame-ancestors 'none'");
+                               "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self' ws: wss:; frame-ancestors 'none'");
         return reply_route(std::move(r));
+    }
+    if (path == "/app.js" || path == "/style.css") {
+        if (!reading) return reply_route(error_reply(405, "the page's files are read with GET"));
+        const bool script = path == "/app.js";
+        return reply_route(text_reply(200, script ? "text/javascript; charset=utf-8" : "text/css; charset=utf-8",
+                                      std::string(script ? web_script() : web_style())));
     }
     if (path.starts_with("/novnc/")) {
         if (!reading) return reply_route(error_reply(405, "files are read with GET"));

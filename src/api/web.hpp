@@ -4,6 +4,7 @@
 //   /?token=T       sets the access cookie and redirects to / (the address printed at start)
 //   /               the page (api/web/index.html, built into the binary): the console in
 //                   Debian's noVNC and a live dashboard that reads the public API
+//   /app.js, /style.css   the page's code and look (api/web/, built in too)
 //   /novnc/...      noVNC's files, from the directory of Debian's package novnc
 //   /api/v1/...     the management API, the same as on the Unix socket
 //   /websockify     a WebSocket carrying the console's RFB stream (to the VM's VNC server)
@@ -55,7 +56,9 @@ HttpReply read_web_file(const std::string& path);
 // The 101 answer that opens the WebSocket.
 std::string websocket_accept_answer(const WebRoute& route);
 
-// The page, for tests.
+// The page, its code (/app.js) and its look (/style.css), for tests.
 std::string_view web_page();
+std::string_view web_script();
+std::string_view web_style();
 
 }  // namespace enlighten::api

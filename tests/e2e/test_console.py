@@ -976,6 +976,14 @@ class WebTests(ConsoleCase):
     def test_the_dashboard_follows_the_heartbeat_service(self) -> None:
         self.check("heartbeat")
 
+    def test_the_page_keeps_to_its_content_security_policy(self) -> None:
+        # The policy allows no inline script or style: Chromium refuses (and logs) any the
+        # page or noVNC would use, which might break the page in ways the checks miss.
+        res, value = self.run_of(), self.hook()
+        log = value["info"].get("browser_log", "")
+        refused = [line for line in log.splitlines() if "Content Security Policy" in line or "Refused to" in line]
+        self.assertEqual(refused, [], "the browser refused some of the page" + self.logs(res, value["info"]))
+
     def test_the_shutdown_button_shuts_the_guest_down(self) -> None:
         res, h = self.run_of(), self.host()
         info = self.check("shutdown")

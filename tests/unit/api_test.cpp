@@ -1855,8 +1855,8 @@ TEST(WebRoutes, TheTokenBecomesACookieAndNothingOpensWithoutIt) {
     EXPECT_EQ(header_of(r.reply, "Location"), "/");
     EXPECT_EQ(header_of(r.reply, "Set-Cookie"), "enlighten_token=" + kToken + "; Path=/; HttpOnly; SameSite=Strict");
 
-    for (const char* target : {"/", "/index.html", "/api/v1/vm.info", "/novnc/core/rfb.js", "/websockify", "/?token=x",
-                               "/?token=0123456789abcdef0123456789abcdee"}) {
+    for (const char* target : {"/", "/index.html", "/app.js", "/style.css", "/api/v1/vm.info", "/novnc/core/rfb.js",
+                               "/websockify", "/?token=x", "/?token=0123456789abcdef0123456789abcdee"}) {
         r = route_web(w, web_call("GET", target));
         ASSERT_EQ(r.kind, WebRoute::Kind::Reply) << target;
         EXPECT_EQ(r.reply.status, 401) << target;
@@ -1871,7 +1871,27 @@ TEST(WebRoutes, TheTokenBecomesACookieAndNothingOpensWithoutIt) {
     EXPECT_EQ(r.reply.status, 200);
     EXPECT_EQ(r.reply.content_type, "text/html; charset=utf-8");
     EXPECT_EQ(r.reply.body, std::string(web_page()));
-    EXPECT_FALSE(header_of(r.reply, "Content-Security-Policy").empty());
+    // No inline script or style is allowed, and the page has none: its own are files.
+    const std::string csp = header_of(r.reply, "Content-Security-Policy");
+    EXPECT_NE(csp.find("script-src 'self';"), std::string::npos) << csp;
+    EXPECT_NE(csp.find("style-src 'self';"), std::string::npos) << csp;
+    EXPECT_EQ(csp.find("unsafe-inline"), std::string::npos) << csp;
+    const std::string page(web_page());
+    EXPECT_EQ(page.find("<script>"), std::string::npos);
+    EXPECT_EQ(page.find("<style"), std::string::npos);
+    EXPECT_EQ(page.find("style="), std::string::npos);
+    EXPECT_NE(page.find("<script type=\"module\" src=\"/app.js\"></script>"), std::string::npos);
+    EXPECT_NE(page.find("href=\"/style.css\""), std::string::npos);
+    r = route_web(w, web_call("GET", "/app.js", cookie));
+    EXPECT_EQ(r.reply.status, 200);
+    EXPECT_EQ(r.reply.content_type, "text/javascript; charset=utf-8");
+    EXPECT_EQ(r.reply.body, std::string(web_script()));
+    EXPECT_NE(r.reply.body.find("const API = '/api/v1/';"), std::string::npos);
+    r = route_web(w, web_call("GET", "/style.css", cookie));
+    EXPECT_EQ(r.reply.status, 200);
+    EXPECT_EQ(r.reply.content_type, "text/css; charset=utf-8");
+    EXPECT_EQ(r.reply.body, std::string(web_style()));
+    EXPECT_EQ(route_web(w, web_call("PUT", "/app.js", cookie)).reply.status, 405);
 
     RequestHeaders bearer;
     bearer.authorization = "Bearer " + kToken;
