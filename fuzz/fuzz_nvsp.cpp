@@ -80,6 +80,9 @@ public:
         g.connect();
         g.sink().take();
         ch = g.open_channel(relid, 8, 8);
+        // The guest asks to be told when the VMM has taken all it wrote (as Linux does when its
+        // ring is full), so that settle() sleeps until then instead of polling.
+        ch.to_host.store(vmbus::kRingPendingSendSize, ch.to_host.size() - 1);
         ctl_page = g.alloc_pages(2);
         data_page = g.alloc_pages(20);
         recv_page = g.alloc_pages(kRecvPages);
@@ -92,7 +95,7 @@ public:
             g.pump();
             for (auto& m : g.sink().take()) seen.push_back(std::move(m));
             if (auto r = test::SimGuest::open_result(seen, relid)) return *r == 0;
-            test::SimGuest::nap();
+            g.wait();
         }
         return false;
     }
@@ -118,7 +121,7 @@ public:
             g.pump();
             read_all();
             if (ch.to_host.used() == 0 || std::chrono::steady_clock::now() >= deadline) break;
-            test::SimGuest::nap();
+            g.wait();
         }
         read_all();
     }

@@ -144,7 +144,7 @@ private:
             g.pump();
             for (auto& m : g.sink().take()) seen.push_back(std::move(m));
             if (auto r = test::SimGuest::open_result(seen, relid_)) return *r == 0;
-            test::SimGuest::nap();
+            g.wait();
         }
         return false;
     }

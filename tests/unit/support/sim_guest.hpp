@@ -12,7 +12,10 @@
 #define ENL_SIM_CHECK(cond) EXPECT_TRUE(cond)
 #endif
 
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "common/event_loop.hpp"
+#include "common/fd.hpp"
 #include "common/thread_annotations.hpp"
 #include "vmbus/server.hpp"
 
@@ -31,7 +35,8 @@ namespace enlighten::test {
 
 using namespace vmbus;
 
-// Messages and signals the server sent to the guest.
+// Messages and signals the server sent to the guest. Each also wakes `wake` (an eventfd the
+// SimGuest's loop watches), so that a test can sleep until the VMM does something.
 struct SimSink final : MessageSink {
     struct Msg {
         uint32_t vp, sint;
@@ -47,15 +52,25 @@ struct SimSink final : MessageSink {
         }
     };
     bool send(uint32_t vp, uint32_t sint, std::span<const uint8_t> m) override {
-        LockGuard lock(mu);
-        msgs.push_back({vp, sint, {m.begin(), m.end()}});
+        {
+            LockGuard lock(mu);
+            msgs.push_back({vp, sint, {m.begin(), m.end()}});
+        }
+        poke();
         return true;
     }
     bool signal(uint32_t vp, uint32_t, uint32_t flag) override {
-        LockGuard lock(mu);
-        signals.push_back(flag);
-        signal_vps.push_back(vp);
+        {
+            LockGuard lock(mu);
+            signals.push_back(flag);
+            signal_vps.push_back(vp);
+        }
+        poke();
         return true;
+    }
+    void poke() const {
+        const uint64_t one = 1;
+        [[maybe_unused]] const auto n = ::write(wake.get(), &one, sizeof(one));
     }
     std::vector<Msg> take() {
         LockGuard lock(mu);
@@ -66,6 +81,7 @@ struct SimSink final : MessageSink {
         signal_vps.clear();
         return std::exchange(signals, {});
     }
+    const UniqueFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
     Mutex mu;
     std::vector<Msg> msgs ENL_GUARDED_BY(mu);
     std::vector<uint32_t> signals ENL_GUARDED_BY(mu);
@@ -207,8 +223,17 @@ public:
           ram_(ram_store_.span()),
           mem_(GuestMemory::borrow({{0, ram_.size(), ram_.data()}})),
           loop_(EventLoop::create().value()),
-          server_(std::make_unique<Server>(sink_, mem_, vps, *loop_, loop_.get())) {}
-    ~SimGuest() { stop(); }
+          server_(std::make_unique<Server>(sink_, mem_, vps, *loop_, loop_.get())) {
+        ENL_SIM_CHECK(sink_.wake.valid());
+        wake_watch_ = loop_->watch(sink_.wake.get(), EPOLLIN, [this](uint32_t) {
+                              uint64_t v;
+                              [[maybe_unused]] const auto n = ::read(sink_.wake.get(), &v, sizeof(v));
+                          }).value();
+    }
+    ~SimGuest() {
+        stop();
+        loop_->unwatch(wake_watch_);
+    }
 
     // Orderly: every device closes and detaches, as at machine teardown; after it nothing
     // touches the guest's RAM any more (fuzzers then check what changed). Idempotent.
@@ -235,6 +260,11 @@ public:
         std::this_thread::sleep_for(std::chrono::microseconds(10));
     }
 
+    // Sleeps until the VMM sends the guest a message or a signal, or posts work to the control
+    // loop (which it then runs), or `most` passed: for loops that wait on a device's worker
+    // thread, where nap()'s polls cost a context switch each.
+    void wait(std::chrono::milliseconds most = std::chrono::milliseconds(1)) { loop_->run_once(most); }
+
     // Pumps until every GPADL of `gpadls` was answered with GPADL_TORNDOWN, or `timeout`
     // passed; returns those answered. Other messages taken meanwhile are dropped.
     std::set<uint32_t> await_torndown(const std::set<uint32_t>& gpadls,
@@ -246,7 +276,7 @@ public:
             for (const auto& m : sink_.take())
                 if (m.type() == MsgType::GpadlTorndown && gpadls.count(m.as<GpadlTorndown>().gpadl))
                     torn.insert(m.as<GpadlTorndown>().gpadl);
-            nap();
+            if (torn.size() < gpadls.size()) wait();
         }
         return torn;
     }
@@ -421,6 +451,7 @@ private:
     SimSink sink_;
     GuestMemory mem_;
     std::unique_ptr<EventLoop> loop_;
+    EventLoop::WatchId wake_watch_ = 0;
     std::unique_ptr<Server> server_;
     uint64_t next_page_ = 16;
     uint32_t next_gpadl_ = 0xe1e10;
