@@ -1,6 +1,8 @@
 // `enlighten remote --api-socket PATH <command> [args]`: a client for the management API
 // (docs/api.md). Prints the JSON of GET-like commands; exits 0 on success, 1 with one line
 // `enlighten: error: ...` otherwise.
+// Threads: the CLI's main thread only; each call blocks on the API socket (with the timeout
+// given), no locks.
 #pragma once
 
 #include <cstdint>

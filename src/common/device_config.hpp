@@ -1,6 +1,7 @@
 // One device of the VM as the configuration names it; the factory of its kind builds it
 // (vmm/devices.hpp). Plain data, below every layer that makes devices, and the checks every
 // factory makes of its parameters.
+// Threads: plain values and pure checks, any thread; no locks.
 #pragma once
 
 #include <algorithm>

@@ -1,4 +1,5 @@
 // Owning file descriptor.
+// Threads: like any value, one owner at a time; no locks.
 #pragma once
 
 #include <unistd.h>

@@ -4,6 +4,7 @@
 // An Error is a code that callers branch on (a KVP timeout is not a missing key; a backend
 // errno becomes SCSI sense), the errno behind it if there is one, and one human-readable
 // line for logs and API messages.
+// Threads: values, any thread; no locks.
 #pragma once
 
 #include <cerrno>

@@ -1,4 +1,5 @@
 // Parsing of human-written sizes ("512M", "2G", "1048576").
+// Threads: pure functions, any thread; no locks.
 #pragma once
 
 #include <cstdint>

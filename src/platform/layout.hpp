@@ -1,5 +1,6 @@
 // The guest physical address map of an Enlighten VM. One place, so that the e820 map, the
 // ACPI tables and the devices cannot disagree.
+// Threads: constants and pure functions, any thread; no locks.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // The library side of `enlighten image` (src/cli/main.cpp): create, inspect, check, merge and
 // convert disk images (raw and VHDX). Synchronous (pread/pwrite), for the command line and
 // tests; nothing here runs inside a VM.
+// Threads: any one thread per image (no shared state, no locks); every call blocks on file I/O.
 #pragma once
 
 #include <cstdint>

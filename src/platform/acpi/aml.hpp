@@ -17,6 +17,8 @@
 //           }),
 //       }),
 //   });
+//
+// Threads: values and a pure encode(), any thread; no locks, nothing blocks.
 #pragma once
 
 #include <cstddef>

@@ -1,5 +1,6 @@
 // The Linux x86 boot protocol structures.
 // Layout from Linux arch/x86/include/uapi/asm/bootparam.h and Documentation/x86/boot.rst.
+// Threads: layouts only, filled by the thread that loads the kernel; no locks.
 #pragma once
 
 #include <cstddef>

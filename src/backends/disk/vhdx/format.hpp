@@ -2,6 +2,7 @@
 // Source: [MS-VHDX] (Microsoft Open Specifications) v1.0; the facts and their sources are in
 // docs/vhdx.md. Structures are read and written as byte arrays through get/put at the
 // documented offsets (no packed structs): every field offset below is the spec's.
+// Threads: pure functions and constants, any thread; nothing blocks, no locks.
 #pragma once
 
 #include <array>
