@@ -241,10 +241,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 range.offset = in.take<uint16_t>() % 4200;
                 const uint8_t npfn = in.take<uint8_t>() % (kBufferPages + 2);
                 const bool wild = in.take<uint8_t>() == 0xff;
-                for (uint8_t i = 0; i < npfn; ++i) {
+                for (uint8_t i = 0; i < npfn; ++i)
                     range.pfns.push_back(wild ? in.take<uint64_t>() : kBufferPage + (i + range.offset) % kBufferPages);
-                    named.insert(range.pfns.back());
-                }
                 ranges.push_back(std::move(range));
             }
             // The packet type: mostly what storvsc sends.
@@ -254,6 +252,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             std::vector<uint8_t> payload(bytes_of(p).begin(), bytes_of(p).end());
             if ((what & 0x18) == 0x18) payload.resize(in.take<uint8_t>() % 96);
             const auto ext = ranges.empty() ? std::vector<uint8_t>{} : test::SimGuest::gpa_direct_ext(ranges);
+            // A range whose count says more pages than the PFNs put after it names what follows
+            // (the next range's header, other ranges' PFNs): the VMM reads the packet so.
+            for (const uint64_t pfn : test::SimGuest::gpa_direct_pfns(ext)) named.insert(pfn);
             guest.send(type, trans++, payload, ext, !(what & 0x10) || (what & 0x08));
         }
         guest.drain(std::chrono::milliseconds(200));

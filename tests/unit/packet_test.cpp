@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/wire.hpp"
+#include "support/sim_guest.hpp"
 #include "vmbus/packet.hpp"
 
 using namespace enlighten;
@@ -133,4 +134,29 @@ TEST(Packets, TransferPagePacketWithNoRanges) {
     ASSERT_TRUE(v);
     EXPECT_EQ(v->xfer_set_id, 7);
     EXPECT_TRUE(v->xfer_ranges.empty());
+}
+
+// A range's page count follows from its offset and byte count, whatever its writer put after
+// it: a range that says more pages than the PFNs behind it takes the next range's header and
+// PFNs as its own (the packet fuzz_storvsp found, whose reply went to "page 0", the 8 zero
+// bytes of the empty range after it). The simulated guest's stray-write check reads the
+// extension the same way (SimGuest::gpa_direct_pfns); both must agree.
+TEST(Packets, ARangeThatSaysMorePagesThanItListsTakesWhatFollows) {
+    std::vector<test::SimGuest::Range> ranges = {{139906, 130, {}}, {0, 0, {}}, {253952, 0, {}}};
+    for (uint64_t p = 0xc8; p < 0xf8; ++p) ranges[2].pfns.push_back(p);
+    const auto ext = test::SimGuest::gpa_direct_ext(ranges);
+    const auto words = packet(kPacketDataUsingGpaDirect, ext, 64);
+    PacketScratch scratch;
+    auto v = parse_packet(words, scratch);
+    ASSERT_TRUE(v) << v.error().message();
+    ASSERT_EQ(v->gpa_ranges.size(), 3u);
+    ASSERT_EQ(v->gpa_ranges[0].pfns.size(), 35u);  // ceil((130 + 139906) / 4096)
+    EXPECT_EQ(v->gpa_ranges[0].pfns[0], 0u);        // the empty range's header
+    EXPECT_EQ(v->gpa_ranges[0].pfns[1], 253952u);   // the third range's header: count, offset 0
+    EXPECT_EQ(v->gpa_ranges[0].pfns[2], 0xc8u);
+    EXPECT_EQ(v->gpa_ranges[0].gpa_of(0), 130u);    // byte 130 of page 0
+
+    std::vector<uint64_t> parsed;
+    for (const auto& r : v->gpa_ranges) parsed.insert(parsed.end(), r.pfns.begin(), r.pfns.end());
+    EXPECT_EQ(test::SimGuest::gpa_direct_pfns(ext), parsed);
 }

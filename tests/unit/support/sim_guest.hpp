@@ -435,6 +435,32 @@ public:
         return w.take();
     }
 
+    // Every page number a GPA-direct extension names as the wire format reads it: a range's
+    // page count follows from its offset and byte count (DIV_ROUND_UP, as the guest's
+    // vmbus_sendpacket_mpb_desc callers compute it), not from how many PFNs its writer put
+    // after it, so ranges that lie about their size name what follows them. For stray-write
+    // checks: a VMM may write where the packet, so read, points.
+    static std::vector<uint64_t> gpa_direct_pfns(std::span<const uint8_t> ext) {
+        std::vector<uint64_t> out;
+        if (ext.size() < 8) return out;
+        uint32_t ranges;
+        std::memcpy(&ranges, ext.data() + 4, 4);
+        size_t pos = 8;
+        for (uint32_t i = 0; i < ranges && ext.size() - pos >= 8; ++i) {
+            uint32_t count, offset;
+            std::memcpy(&count, ext.data() + pos, 4);
+            std::memcpy(&offset, ext.data() + pos + 4, 4);
+            pos += 8;
+            const uint64_t pages = (uint64_t{offset} + count + kPageSize - 1) / kPageSize;
+            for (uint64_t k = 0; k < pages && ext.size() - pos >= 8; ++k, pos += 8) {
+                uint64_t pfn;
+                std::memcpy(&pfn, ext.data() + pos, 8);
+                out.push_back(pfn);
+            }
+        }
+        return out;
+    }
+
     void simple(MsgType t, uint32_t relid) {
         CloseChannel c{{static_cast<uint32_t>(t), 0}, relid};
         post(c);
