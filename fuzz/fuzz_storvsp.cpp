@@ -111,10 +111,11 @@ public:
         drain();
     }
 
-    // Reads completions until `want` of them came or a little time has passed.
+    // Reads completions until none is outstanding or `wait` has passed, sleeping in between
+    // until the VMM signals (SimGuest::wait).
     void drain(std::chrono::milliseconds wait = std::chrono::milliseconds(0)) {
         const auto deadline = std::chrono::steady_clock::now() + wait;
-        do {
+        for (;;) {
             g.pump();
             while (auto p = ch_.to_guest.read()) {
                 CHECK(p->desc.type == vmbus::kPacketCompletion);
@@ -123,9 +124,9 @@ public:
                 CHECK(sent_.count(p->desc.trans_id) == 1);
                 if (outstanding_) --outstanding_;
             }
-            if (std::chrono::steady_clock::now() >= deadline) break;
-            test::SimGuest::nap();
-        } while (outstanding_);
+            if (outstanding_ == 0 || std::chrono::steady_clock::now() >= deadline) break;
+            g.wait();
+        }
     }
 
     void close() {
