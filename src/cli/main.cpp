@@ -303,7 +303,7 @@ struct ImageCommand {
     CLI::App* check = nullptr;
     CLI::App* merge = nullptr;
     CLI::App* convert = nullptr;
-    std::string file, out, size, format = "vhdx", type = "dynamic", parent, block_size;
+    std::string file, out, size, format = "vhdx", type = "dynamic", parent, block_size, guid_seed;
     uint32_t sector_size = 512;
     bool json = false, repair = false;
 };
@@ -317,6 +317,9 @@ void add_image_command(CLI::App& app, ImageCommand& c) {
             ->capture_default_str();
         a->add_option("--block-size", c.block_size, "vhdx block size, 1M to 256M, a power of two (default 32M; 2M differencing)");
         a->add_option("--sector-size", c.sector_size, "vhdx logical sector size")->check(CLI::IsMember({512, 4096}))->capture_default_str();
+        a->add_option("--guid-seed", c.guid_seed,
+                      "vhdx: derive the new image's GUIDs from this text, not random numbers, so that the same inputs "
+                      "make the same file (reproducible builds; never one seed for two different disks)");
     };
     c.create = image->add_subcommand("create", "Create an image");
     c.create->add_option("FILE", c.file, "The new image")->required();
@@ -345,6 +348,7 @@ int run_image(const ImageCommand& c) {
     p.fixed = c.type == "fixed";
     p.parent = c.parent;
     p.sector_size = c.sector_size;
+    p.guid_seed = c.guid_seed;
     if (!c.size.empty()) {
         auto s = parse_size(c.size);
         if (!s) return error(s.error().context("--size"));

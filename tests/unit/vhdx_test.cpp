@@ -600,6 +600,47 @@ TEST(Vhdx, ConvertBothWays) {
     EXPECT_NE(j.find("\"block_size\": 2097152"), std::string::npos) << j;
 }
 
+// Reproducible builds: a seeded create or convert makes the same bytes every time, and other
+// seeds (or none) other GUIDs; the seeded file is as valid as any (our check, qemu-img's).
+TEST(Vhdx, ASeededConvertMakesTheSameFileEveryTime) {
+    REQUIRE_QEMU_IMG();
+    TempDir dir;
+    const std::string raw = dir.file("in.raw");
+    {
+        auto data = pattern(3 * MiB, 12);
+        FILE* f = std::fopen(raw.c_str(), "wb");
+        ASSERT_TRUE(f);
+        std::fseek(f, static_cast<long>(2 * MiB), SEEK_SET);
+        std::fwrite(data.data(), 1, data.size(), f);
+        std::fclose(f);
+        std::filesystem::resize_file(raw, 16 * MiB);
+    }
+    auto convert = [&](const std::string& name, const std::string& seed) {
+        const std::string out = dir.file(name);
+        EXPECT_TRUE(image_convert(raw, out, {.format = "vhdx", .parent = {}, .block_size = 1u << 20, .guid_seed = seed}));
+        return read_file(out);
+    };
+    const auto a = convert("a.vhdx", "debian-disk 1234"), b = convert("b.vhdx", "debian-disk 1234");
+    const auto other = convert("c.vhdx", "debian-disk 1235"), random1 = convert("d.vhdx", ""),
+               random2 = convert("e.vhdx", "");
+    EXPECT_EQ(a, b);
+    EXPECT_NE(a, other);
+    EXPECT_NE(random1, random2);
+    EXPECT_EQ(a.size(), other.size());  // only the GUIDs (and what they seal) differ
+    auto r = image_check(dir.file("a.vhdx"), false);
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->problems.empty());
+    auto [rc, out] = sh("qemu-img check " + dir.file("a.vhdx") + " && qemu-img compare " + raw + " " + dir.file("a.vhdx"));
+    EXPECT_EQ(rc, 0) << out;
+
+    // A seeded source gives distinct GUIDs in a row, the same row for the same seed.
+    vhdx::GuidSource s1("x"), s2("x"), s3("y");
+    const auto g1 = s1.next(), g2 = s1.next();
+    EXPECT_NE(g1, g2);
+    EXPECT_EQ(g1, s2.next());
+    EXPECT_NE(g1, s3.next());
+}
+
 // ---- Hostile images ----
 
 struct Patcher {

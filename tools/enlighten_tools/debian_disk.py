@@ -25,9 +25,15 @@ root filesystem except the apt sources):
 3. A raw disk: an MBR partition table by sfdisk (fixed label-id), partition 1 at 1 MiB =
    the ext4 image (copied sparsely). Then `enlighten image convert disk.raw debian.vhdx
    --format vhdx --block-size 1M`: a dynamic VHDX holds only the MiBs that are not zero.
-   Meant to be reproducible (SOURCE_DATE_EPOCH, fixed ids, ctimes), but two builds of the
-   same inputs still gave different raw disks (sha256 in disk.raw.sha256): not found yet
-   what differs. The VHDX also differs by the GUIDs Enlighten generates for a new image.
+   The convert takes `--guid-seed` = the cache key below, so the VHDX's GUIDs (file, data
+   and log write GUIDs, the disk's Page83 id) are the same for the same inputs.
+   Reproducible: two builds of the same inputs give the same rootfs tarball, ext4 image,
+   raw disk, VHDX and initrd, byte for byte (`debian.sha256` lists the outputs'). What it
+   took: SOURCE_DATE_EPOCH for mmdebstrap; a fixed filesystem UUID, hash seed, label-id and
+   E2FSPROGS_FAKE_TIME for mke2fs; the debugfs pass setting every inode's ctime *and atime*
+   (mke2fs -d copies the atime the files got when they were read) under
+   E2FSPROGS_FAKE_TIME too (else its close stamps the superblock's last write time with the
+   clock); the seeded VHDX GUIDs.
 
 The cache key is a hash of PACKAGES, this file (scripts, hooks, sizes), the kernel .deb,
 the apt sources used and SOURCE_DATE_EPOCH; the image is rebuilt only when it changes (or
@@ -306,7 +312,9 @@ def _run(cmd: list[str], what: str, logf, **kw) -> None:
 
 
 def _fix_ctimes(part: Path, tar: Path, sde: int, logf) -> None:
-    """mke2fs -d copied each file's ctime (when tar -x made it): set them all to sde."""
+    """mke2fs -d copied each file's ctime (when tar -x made it) and atime (when it was last
+    read): set them all to sde. debugfs runs with E2FSPROGS_FAKE_TIME too, or its close
+    stamps the superblock's last write time with the clock."""
     names = subprocess.run(["tar", "--quoting-style=literal", "-tf", str(tar)], check=True, text=True, errors="surrogateescape",
                            stdout=subprocess.PIPE).stdout.splitlines()
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(sde))
@@ -316,11 +324,11 @@ def _fix_ctimes(part: Path, tar: Path, sde: int, logf) -> None:
         p = "/" + n
         if '"' in p:
             raise ToolError(f"unexpected file name in the rootfs: {p!r}")
-        cmds.append(f'sif "{p}" ctime {stamp}\n')
+        cmds.append(f'sif "{p}" ctime {stamp}\nsif "{p}" atime {stamp}\n')
     cmdfile = part.with_suffix(".debugfs")
     cmdfile.write_text("".join(dict.fromkeys(cmds)), errors="surrogateescape")
-    _run(["debugfs", "-w", "-f", str(cmdfile), str(part)], "debugfs: ctimes to SOURCE_DATE_EPOCH",
-         open(os.devnull, "w"))
+    _run(["debugfs", "-w", "-f", str(cmdfile), str(part)], "debugfs: ctimes and atimes to SOURCE_DATE_EPOCH",
+         open(os.devnull, "w"), env=dict(os.environ, E2FSPROGS_FAKE_TIME=str(sde)))
     cmdfile.unlink()
 
 
@@ -415,10 +423,15 @@ def build(force: bool = False, enlighten_binary: Path | None = None) -> DebianDi
         raw_sha = sha256_file(raw)
         vhdx = work / "debian.vhdx"
         _run([str(enlighten), "image", "convert", str(raw), str(vhdx), "--format", "vhdx",
-              "--block-size", VHDX_BLOCK_SIZE], "enlighten image convert", logf)
+              "--block-size", VHDX_BLOCK_SIZE, "--guid-seed", f"enlighten debian-disk {key}"],
+             "enlighten image convert", logf)
         raw.unlink()
         (out / "disk.raw.sha256").write_text(f"{raw_sha}  disk.raw\n")
-        for name in ("packages.txt", "disk.raw.sha256"):
+        # What two builds of the same inputs must agree on, byte for byte.
+        (out / "debian.sha256").write_text(f"{sha256_file(vhdx)}  debian.vhdx\n"
+                                           f"{sha256_file(out / 'initrd.img')}  initrd.img\n"
+                                           f"{raw_sha}  disk.raw\n")
+        for name in ("packages.txt", "disk.raw.sha256", "debian.sha256"):
             os.replace(out / name, d / name)
         os.replace(out / "initrd.img", disk.initrd)
         os.replace(vhdx, disk.vhdx)

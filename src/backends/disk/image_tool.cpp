@@ -106,7 +106,8 @@ Result<> image_create(const std::string& path, const ImageCreate& c) {
                                .logical_sector = c.sector_size,
                                .physical_sector = std::max<uint32_t>(c.sector_size, 4096),
                                .fixed = c.fixed,
-                               .parent = c.parent});
+                               .parent = c.parent,
+                               .guid_seed = c.guid_seed});
 }
 
 Result<ImageInfo> image_info(const std::string& path) {
@@ -241,7 +242,9 @@ Result<> image_convert(const std::string& in, const std::string& out, const Imag
     std::unique_ptr<vhdx::Image> dst;
     UniqueFd raw;
     if (c.format == "vhdx") {
-        ENL_TRY(dst, vhdx::Image::open(out, {.writable = true, .replay_in_memory = false}));
+        ENL_TRY(dst, vhdx::Image::open(out, {.writable = true,
+                                             .replay_in_memory = false,
+                                             .guid_seed = c.guid_seed.empty() ? "" : c.guid_seed + ":convert"}));
     } else {
         raw.reset(::open(out.c_str(), O_RDWR | O_CLOEXEC));
         if (!raw.valid()) return fail_errno(fmt::format("{}: open", out));

@@ -19,6 +19,11 @@ struct ImageCreate {
     std::string parent;          // vhdx: a differencing disk on this parent
     uint32_t block_size = 0;     // vhdx: 0 = the default (32 MiB; 2 MiB differencing)
     uint32_t sector_size = 512;  // vhdx: logical sector size, 512 or 4096
+    // vhdx: derive the image's GUIDs from this text instead of random numbers, so that the
+    // same inputs make the same file (reproducible builds). Only for making an image (create,
+    // convert); a disk whose GUIDs equal another's confuses differencing chains, so never give
+    // two different disks one seed.
+    std::string guid_seed{};
 };
 Result<> image_create(const std::string& path, const ImageCreate& c);
 

@@ -84,6 +84,39 @@ Guid Guid::random() {
     return g;
 }
 
+namespace {
+// FNV-1a (64 bit) from a given basis, and SplitMix64's finaliser: a seed's bits spread over
+// two keys, and each GUID from a key and a counter. Not cryptographic: a seed is no secret.
+uint64_t fnv1a(std::string_view s, uint64_t h) {
+    for (const char c : s) {
+        h ^= static_cast<uint8_t>(c);
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+}  // namespace
+
+GuidSource::GuidSource(std::string_view seed)
+    : seeded_(true), key_{fnv1a(seed, 0xcbf29ce484222325ULL), mix(fnv1a(seed, 0x84222325cbf29ce4ULL))} {}
+
+Guid GuidSource::next() {
+    if (!seeded_) return Guid::random();
+    ++count_;
+    const uint64_t lo = mix(key_[0] + count_ * 0x9e3779b97f4a7c15ULL);
+    const uint64_t hi = mix(key_[1] ^ mix(count_));
+    Guid g;
+    std::memcpy(g.b.data(), &lo, 8);
+    std::memcpy(g.b.data() + 8, &hi, 8);
+    g.b[7] = static_cast<uint8_t>((g.b[7] & 0x0F) | 0x40);  // the layout of a version 4 GUID
+    g.b[8] = static_cast<uint8_t>((g.b[8] & 0x3F) | 0x80);
+    return g;
+}
+
 Guid guid(std::string_view canonical) {
     Guid g;
     if (!Guid::parse(canonical, g)) std::abort();

@@ -107,6 +107,23 @@ struct Guid {
 };
 [[nodiscard]] Guid guid(std::string_view canonical);  // for constants; aborts if malformed
 
+// Where an image's new GUIDs (FileWriteGuid, DataWriteGuid, LogGuid, the disk's Page83 id)
+// come from: random numbers (the default), or a seed, for reproducible builds: the same seed
+// and the same steps give the same GUIDs, so the same file. Two different disks must never
+// share a seed (their ids would be equal). Not thread-safe: one per Image.
+class GuidSource {
+public:
+    GuidSource() = default;  // random
+    explicit GuidSource(std::string_view seed);
+    [[nodiscard]] Guid next();
+    [[nodiscard]] bool seeded() const { return seeded_; }
+
+private:
+    bool seeded_ = false;
+    uint64_t key_[2] = {0, 0};
+    uint64_t count_ = 0;
+};
+
 // Region and metadata item GUIDs [S 2.2.3.2], [S 2.6.2].
 extern const Guid kBatRegion, kMetadataRegion;
 extern const Guid kFileParameters, kVirtualDiskSize, kPage83, kLogicalSectorSize, kPhysicalSectorSize,

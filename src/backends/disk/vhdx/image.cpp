@@ -152,6 +152,7 @@ Result<std::unique_ptr<Image>> Image::open_impl(UniqueFd fd, const std::string& 
     img->path_ = path;
     img->fd_ = std::move(fd);
     img->writable_ = p.writable;
+    if (!p.guid_seed.empty()) img->guids_ = GuidSource(p.guid_seed);
     struct stat st {};
     if (::fstat(img->fd_.get(), &st) < 0) return sys(path, "fstat");
     if (!S_ISREG(st.st_mode)) return bad(path, "not a regular file");
@@ -403,8 +404,8 @@ Result<> Image::parse_log() {
 Result<> Image::write_headers(const Guid& log_guid, bool new_guids) {
     std::vector<uint8_t> h = header_;
     if (new_guids) {
-        Guid::random().write(h, hdr::kFileWriteGuid);
-        header_data_write_guid_ = Guid::random();
+        guids_.next().write(h, hdr::kFileWriteGuid);
+        header_data_write_guid_ = guids_.next();
         header_data_write_guid_.write(h, hdr::kDataWriteGuid);
     }
     log_guid.write(h, hdr::kLogGuid);
@@ -815,7 +816,7 @@ void Image::set_bat(uint64_t index, uint64_t entry) {
 Result<> Image::begin_modify() {
     if (modified_) return {};
     if (!writable_) return bad(path_, "not opened for writing");
-    ENL_TRY_VOID(write_headers(Guid::random(), true));
+    ENL_TRY_VOID(write_headers(guids_.next(), true));
     modified_ = true;
     return {};
 }
@@ -1069,6 +1070,7 @@ Result<> Image::write(uint64_t off, std::span<const uint8_t> data) {
 
 Result<> create(const std::string& path, const CreateParams& p0) {
     CreateParams p = p0;
+    GuidSource guids = p.guid_seed.empty() ? GuidSource() : GuidSource(p.guid_seed + ":create");
     std::string linkage, relative, absolute;
     if (!p.parent.empty()) {
         ENL_TRY(auto parent, Image::open(p.parent, {.writable = false, .replay_in_memory = false}));
@@ -1138,8 +1140,8 @@ Result<> create(const std::string& path, const CreateParams& p0) {
         // Headers: sequence 1 and 2, the same GUIDs, no log GUID.
         std::vector<uint8_t> h(kHeaderSize);
         put_sig(h, 0, "head");
-        Guid::random().write(h, hdr::kFileWriteGuid);
-        Guid::random().write(h, hdr::kDataWriteGuid);
+        guids.next().write(h, hdr::kFileWriteGuid);
+        guids.next().write(h, hdr::kDataWriteGuid);
         put<uint16_t>(h, hdr::kVersion, 1);
         put<uint32_t>(h, hdr::kLogLength, static_cast<uint32_t>(log_len));
         put<uint64_t>(h, hdr::kLogOffset, log_off);
@@ -1186,7 +1188,7 @@ Result<> create(const std::string& path, const CreateParams& p0) {
         put<uint64_t>(sz, 0, p.size);
         add(kVirtualDiskSize, sz, kRequired | kVirtualDisk);
         std::array<uint8_t, 16> p83{};
-        Guid::random().write(p83, 0);
+        guids.next().write(p83, 0);
         add(kPage83, p83, kRequired | kVirtualDisk);
         std::array<uint8_t, 4> ls{}, ps{};
         put<uint32_t>(ls, 0, p.logical_sector);

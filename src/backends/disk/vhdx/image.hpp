@@ -74,6 +74,7 @@ struct CreateParams {
     uint32_t physical_sector = 4096;
     bool fixed = false;             // every block allocated up front (LeaveBlockAllocated)
     std::string parent;             // differencing: the parent image
+    std::string guid_seed{};        // empty: random GUIDs; else derived from it (GuidSource)
 };
 
 // Creates a new image (refuses to overwrite an existing file).
@@ -90,6 +91,9 @@ struct OpenParams {
     // into it (partly): the disk's sectors lie over their own copies, so it still reads right.
     // Applies to the immediate parent only.
     bool accept_changed_parent = false;
+    // The GUIDs a writable open stamps (FileWriteGuid, DataWriteGuid, LogGuid): random when
+    // empty, else derived from this seed (GuidSource; reproducible image builds).
+    std::string guid_seed{};
 };
 
 class Image {
@@ -216,6 +220,7 @@ private:
     uint64_t header_seq_ = 0;
     int current_slot_ = 0;  // 0: header 1, 1: header 2
     Guid header_data_write_guid_, log_guid_;
+    GuidSource guids_;
     uint64_t log_offset_ = 0, log_length_ = 0;
 
     std::vector<Overlay> overlay_;
