@@ -641,6 +641,66 @@ TEST(Vhdx, ASeededConvertMakesTheSameFileEveryTime) {
     EXPECT_NE(g1, s3.next());
 }
 
+// Blocks allocated before a crash whose BAT entries never reached the log leak: `check`
+// says how much, `check --repair` frees it (here: the file's end), and the image stays valid
+// with every flushed byte.
+TEST(Vhdx, CheckFindsBlocksLeakedByACrashAndRepairFreesThem) {
+    REQUIRE_QEMU_IMG();
+    TempDir dir;
+    const std::string img = dir.file("leak.vhdx");
+    ASSERT_TRUE(image_create(img, {.size = 64 * MiB, .format = "vhdx", .fixed = false, .parent = {}, .block_size = 1u << 20}));
+    const auto kept = pattern(2 * MiB, 21);
+    {
+        auto i = vx::Image::open(img, {.writable = true});
+        ASSERT_TRUE(i);
+        ASSERT_TRUE((*i)->write(4 * MiB, kept));
+        ASSERT_TRUE((*i)->close());
+    }
+    const auto size_before = std::filesystem::file_size(img);
+    // A process that writes 5 MiB into new blocks and dies before any flush.
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        auto i = vx::Image::open(img, {.writable = true});
+        const auto lost = pattern(5 * MiB, 22);
+        if (!i || !(*i)->write(32 * MiB, lost)) ::_exit(1);
+        ::_exit(0);  // no close(), no flush: the new BAT entries are only in its memory
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT_GE(std::filesystem::file_size(img), size_before + 5 * MiB);
+
+    auto r = image_check(img, false);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_TRUE(r->problems.empty());
+    std::string notes;
+    for (const auto& n : r->notes) notes += n + "\n";
+    EXPECT_NE(notes.find("5.0 MiB of the file is allocated but holds nothing the disk uses"), std::string::npos) << notes;
+
+    r = image_check(img, true);
+    ASSERT_TRUE(r) << r.error().message();
+    notes.clear();
+    for (const auto& n : r->notes) notes += n + "\n";
+    EXPECT_NE(notes.find("freed 5.0 MiB"), std::string::npos) << notes;
+    EXPECT_EQ(std::filesystem::file_size(img), size_before);
+
+    r = image_check(img, false);
+    ASSERT_TRUE(r);
+    EXPECT_TRUE(r->problems.empty());
+    for (const auto& n : r->notes) EXPECT_EQ(n.find("allocated but"), std::string::npos) << n;
+    std::vector<uint8_t> back(kept.size());
+    auto i = vx::Image::open(img, {});
+    ASSERT_TRUE(i);
+    ASSERT_TRUE((*i)->read(4 * MiB, back));
+    EXPECT_EQ(back, kept);
+    std::vector<uint8_t> zeros(5 * MiB), lost(5 * MiB, 1);
+    ASSERT_TRUE((*i)->read(32 * MiB, lost));
+    EXPECT_EQ(lost, zeros);
+    auto [rc, out] = sh("qemu-img check " + img);
+    EXPECT_EQ(rc, 0) << out;
+}
+
 // ---- Hostile images ----
 
 struct Patcher {

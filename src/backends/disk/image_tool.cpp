@@ -189,6 +189,29 @@ std::string image_info_json(const ImageInfo& info) {
     return j.dump(2) + "\n";
 }
 
+namespace {
+
+// Bytes of [off, off+len) that hold data on the host (SEEK_DATA/SEEK_HOLE); all of it if the
+// file system cannot say.
+uint64_t data_bytes(int fd, uint64_t off, uint64_t len) {
+    uint64_t n = 0;
+    const uint64_t end = off + len;
+    while (off < end) {
+        const off_t d = ::lseek(fd, static_cast<off_t>(off), SEEK_DATA);
+        if (d < 0) return errno == ENXIO ? n : n + (end - off);
+        if (static_cast<uint64_t>(d) >= end) break;
+        const off_t h = ::lseek(fd, d, SEEK_HOLE);
+        const uint64_t stop = h < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(h), end);
+        n += stop - static_cast<uint64_t>(d);
+        off = stop;
+    }
+    return n;
+}
+
+std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+
+}  // namespace
+
 Result<CheckReport> image_check(const std::string& path, bool repair) {
     CheckReport r;
     ENL_TRY(const std::string f, format_of(path));
@@ -206,9 +229,43 @@ Result<CheckReport> image_check(const std::string& path, bool repair) {
         r.notes.push_back(repair ? "log replayed into the file" : "log has pending entries (replayed in memory; --repair writes them)");
     for (const vhdx::Image* i : (*img)->chain())
         for (const auto& n : i->notes()) r.notes.push_back(fmt::format("{}: {}", i->path(), n));
-    if (repair) {
-        if (auto c = (*img)->close(); !c) return std::unexpected(c.error());
+    // Space nothing uses: blocks allocated before a crash whose BAT entries never reached the
+    // log, or a discard's punched blocks at the end. Computed after the log's replay (into
+    // the file with --repair, in memory without), so a block a pending entry names counts as
+    // used. Not corruption: a note, and --repair gives it back.
+    ENL_TRY(const auto gaps, (*img)->unreferenced());
+    uint64_t held = 0;
+    for (const auto& [off, len] : gaps) held += data_bytes((*img)->fd(), off, len);
+    const bool tail = !gaps.empty() && gaps.back().first + gaps.back().second == [&] {
+        struct stat st {};
+        return ::fstat((*img)->fd(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    }();
+    if (!repair) {
+        if (held != 0)
+            r.notes.push_back(fmt::format("{} of the file is allocated but holds nothing the disk uses (blocks "
+                                          "allocated before a crash, most likely); --repair frees it",
+                                          mib(held)));
+        return r;
     }
+    if (auto c = (*img)->close(); !c) return std::unexpected(c.error());
+    if (held == 0) return r;  // nothing holds host space: a file that is fine stays as it is
+    // The image is closed (its log empty): what is unreferenced now stays so, and freeing it
+    // is safe at any point, even if this is killed halfway.
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return fail_errno(fmt::format("{}: open", path));
+    for (const auto& [off, len] : gaps)
+        if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                        static_cast<off_t>(len)) < 0 && errno != EOPNOTSUPP)
+            return fail_errno(fmt::format("{}: freeing {} bytes at {:#x}", path, len, off));
+    uint64_t cut = 0;
+    if (tail) {
+        cut = gaps.back().second;
+        if (::ftruncate(fd.get(), static_cast<off_t>(gaps.back().first)) < 0)
+            return fail_errno(fmt::format("{}: truncating the unused end", path));
+    }
+    if (::fsync(fd.get()) < 0) return fail_errno(fmt::format("{}: fsync", path));
+    r.notes.push_back(fmt::format("freed {} that held nothing the disk uses{}", mib(held),
+                                  cut ? fmt::format(" (the file is {} shorter)", mib(cut)) : std::string()));
     return r;
 }
 

@@ -727,6 +727,37 @@ bool Image::block_has_data(uint64_t n) const {
     return s == kFullyPresent || s == kPartiallyPresent;
 }
 
+Result<std::vector<std::pair<uint64_t, uint64_t>>> Image::unreferenced() const {
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) < 0) return sys(path_, "fstat");
+    const auto file_end = static_cast<uint64_t>(st.st_size);
+    std::vector<std::pair<uint64_t, uint64_t>> used = {{0, kMiB}};
+    for (const auto& r : regions_) used.emplace_back(r.offset, r.length);
+    {
+        LockGuard g(mu_);
+        for (uint64_t n = 0; n < blocks_; ++n) {
+            const uint64_t e = bat_[payload_index(n)];
+            const uint8_t s = bat_state(e);
+            if (s == kFullyPresent || s == kPartiallyPresent) used.emplace_back(bat_offset(e), block_size_);
+        }
+        if (has_parent_)
+            for (uint64_t c = 0; c < chunks_; ++c) {
+                const uint64_t e = bat_[bitmap_index(c)];
+                if (bat_state(e) == kSbPresent) used.emplace_back(bat_offset(e), kSectorBitmapBlock);
+            }
+    }
+    std::sort(used.begin(), used.end());
+    std::vector<std::pair<uint64_t, uint64_t>> gaps;
+    uint64_t at = 0;
+    for (const auto& [off, len] : used) {
+        if (off >= file_end) break;
+        if (off > at) gaps.emplace_back(at, off - at);
+        at = std::max(at, off + len);
+    }
+    if (at < file_end) gaps.emplace_back(at, file_end - at);
+    return gaps;
+}
+
 bool Image::needs_commit() const {
     LockGuard g(mu_);
     return durable_gen_ != dirty_gen_;

@@ -137,6 +137,12 @@ public:
     [[nodiscard]] Counts counts() const ENL_EXCLUDES(mu_);
     // Whether block n holds data in this file (fully or partly).
     [[nodiscard]] bool block_has_data(uint64_t n) const ENL_EXCLUDES(mu_);
+    // The ranges (offset, length) of this file (level 0), up to its current size, that
+    // neither the format nor the disk uses: not the header section, a region (log, BAT,
+    // metadata, unknown ones) or a present block or sector bitmap. Blocks allocated before a
+    // crash whose BAT entries were never committed end up here (they leak until freed), and
+    // so does the punched space of discarded blocks. Sorted, not overlapping.
+    [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> unreferenced() const ENL_EXCLUDES(mu_);
 
     // Where [off, off+len) of the virtual disk is, through the chain. Appends to `out`.
     Result<> map_read(uint64_t off, uint64_t len, std::vector<Extent>& out) ENL_EXCLUDES(mu_);
