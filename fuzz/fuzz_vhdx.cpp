@@ -71,6 +71,7 @@ void exercise(vhdx::Image& img, bool write) {
         CHECK(total == img.size());
     }
     if (write) {
+        (void)img.repair_region_tables();
         std::vector<uint8_t> data(img.logical_sector(), 0x5A);
         (void)img.write(0, data);
         (void)img.flush();

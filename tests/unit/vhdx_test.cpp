@@ -994,6 +994,59 @@ TEST(Vhdx, HostileImages) {
 // blocks that have their space keep working (test_storage.FullHostDiskTests). Seen in the
 // file's allocated blocks (SEEK_HOLE would not do: ext4 reports reserved, unwritten space as
 // a hole).
+// A region table copy that is bad (QEMU then refuses the file) or, the second, not the same
+// as the first: check says so, check --repair rewrites it from the good one, and the file is
+// then clean for both tools.
+TEST(Vhdx, CheckRepairRewritesABadRegionTable) {
+    REQUIRE_QEMU_IMG();
+    for (const int bad : {0, 1}) {
+        TempDir dir;
+        const std::string img = dir.file("r.vhdx");
+        ASSERT_TRUE(image_create(img, {.size = 32 * MiB, .format = "vhdx", .fixed = false, .parent = {}}));
+        const auto data = pattern(MiB, 31);
+        {
+            auto i = vx::Image::open(img, {.writable = true});
+            ASSERT_TRUE(i);
+            ASSERT_TRUE((*i)->write(3 * MiB, data));
+            ASSERT_TRUE((*i)->close());
+        }
+        {
+            Patcher p(img);
+            p.b[(bad == 0 ? vx::kRegion1 : vx::kRegion2) + 40] ^= 1;  // its checksum no longer holds
+            p.save();
+        }
+        auto r = image_check(img, false);
+        ASSERT_TRUE(r) << r.error().message();
+        EXPECT_TRUE(r->problems.empty());
+        std::string notes;
+        for (const auto& n : r->notes) notes += n + "\n";
+        EXPECT_NE(notes.find(bad == 0 ? "region table 1 is not valid" : "region table 2 differs"), std::string::npos)
+            << notes;
+        if (bad == 0) {
+            EXPECT_NE(sh("qemu-img check " + img).first, 0) << "QEMU takes a bad first region table";
+        }
+
+        r = image_check(img, true);
+        ASSERT_TRUE(r) << r.error().message();
+        notes.clear();
+        for (const auto& n : r->notes) notes += n + "\n";
+        EXPECT_NE(notes.find("rewrote the bad region table"), std::string::npos) << notes;
+
+        r = image_check(img, false);
+        ASSERT_TRUE(r);
+        EXPECT_TRUE(r->notes.empty()) << r->notes.front();
+        const auto b = read_file(img);
+        EXPECT_TRUE(std::equal(b.begin() + vx::kRegion1, b.begin() + vx::kRegion1 + vx::kRegionSize, b.begin() + vx::kRegion2));
+        auto [rc, out] = sh("qemu-img check " + img);
+        EXPECT_EQ(rc, 0) << out;
+        auto i = vx::Image::open(img, {});
+        ASSERT_TRUE(i);
+        std::vector<uint8_t> back(data.size());
+        ASSERT_TRUE((*i)->read(3 * MiB, back));
+        EXPECT_EQ(back, data);
+    }
+}
+
 TEST(Vhdx, AWritableOpenReservesTheLog) {
     TempDir dir;
     const auto img = dir.file("reserve.vhdx");

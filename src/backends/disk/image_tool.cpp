@@ -240,6 +240,10 @@ Result<CheckReport> image_check(const std::string& path, bool repair) {
         struct stat st {};
         return ::fstat((*img)->fd(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
     }();
+    if (repair) {
+        ENL_TRY(const bool fixed, (*img)->repair_region_tables());
+        if (fixed) r.notes.push_back("rewrote the bad region table from the good one");
+    }
     if (!repair) {
         if (held != 0)
             r.notes.push_back(fmt::format("{} of the file is allocated but holds nothing the disk uses (blocks "

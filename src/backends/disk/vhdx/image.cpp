@@ -477,7 +477,21 @@ Result<> Image::parse_regions() {
         };
         auto r = check();
         if (r) {
-            if (copy == 1) notes_.push_back(fmt::format("region table 1 is not valid ({}); using table 2", first_error));
+            region_good_ = t;
+            if (copy == 1) {
+                notes_.push_back(
+                    fmt::format("region table 1 is not valid ({}); using table 2 (check --repair rewrites 1)", first_error));
+                region_bad_copy_ = 0;
+                return {};
+            }
+            // Both copies must be the same [S 2.3]; a second one that is not is rewritten by
+            // check --repair (QEMU and Hyper-V read the first).
+            std::vector<uint8_t> second(kRegionSize);
+            ENL_TRY_VOID(read_meta(kRegion2, second, "region table 2"));
+            if (second != t) {
+                notes_.push_back("region table 2 differs from table 1 (check --repair rewrites 2)");
+                region_bad_copy_ = 1;
+            }
             return {};
         }
         if (r.error().code() != Errc::Invalid) return r;
@@ -725,6 +739,16 @@ bool Image::block_has_data(uint64_t n) const {
     LockGuard g(mu_);
     const uint8_t s = bat_state(bat_[payload_index(n)]);
     return s == kFullyPresent || s == kPartiallyPresent;
+}
+
+Result<bool> Image::repair_region_tables() {
+    if (region_bad_copy_ < 0) return false;
+    if (!writable_) return bad(path_, "not opened for writing");
+    // The good copy stays as it is: a crash here leaves the bad one bad, torn or right.
+    ENL_TRY_VOID(pwrite_all(region_bad_copy_ == 0 ? kRegion1 : kRegion2, region_good_));
+    ENL_TRY_VOID(sync());
+    region_bad_copy_ = -1;
+    return true;
 }
 
 Result<std::vector<std::pair<uint64_t, uint64_t>>> Image::unreferenced() const {

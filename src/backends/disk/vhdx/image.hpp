@@ -143,6 +143,9 @@ public:
     // crash whose BAT entries were never committed end up here (they leak until freed), and
     // so does the punched space of discarded blocks. Sorted, not overlapping.
     [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> unreferenced() const ENL_EXCLUDES(mu_);
+    // A region table copy that was not valid, or (the second) not the same as the first, is
+    // rewritten from the good one (a writable open; before any other change). True: one was.
+    Result<bool> repair_region_tables();
 
     // Where [off, off+len) of the virtual disk is, through the chain. Appends to `out`.
     Result<> map_read(uint64_t off, uint64_t len, std::vector<Extent>& out) ENL_EXCLUDES(mu_);
@@ -233,6 +236,8 @@ private:
     bool replayed_ = false;
     std::vector<std::string> notes_;
     std::vector<Region> regions_;  // log, BAT, metadata region (and unknown regions): for overlap checks
+    std::vector<uint8_t> region_good_;  // the region table in use, as read
+    int region_bad_copy_ = -1;          // 0 or 1: that copy is bad or differs (see repair_region_tables)
     uint64_t bat_offset_ = 0, bat_length_ = 0, meta_offset_ = 0, meta_length_ = 0;
 
     uint64_t size_ = 0;
