@@ -129,14 +129,23 @@ Json to_json(const ConsoleInfo& c) {
 
 Json to_json(const VmInfo& info) {
     Json channels = Json::array();
+    auto ring = [](const std::optional<ChannelInfo::Ring>& r) -> Json {
+        if (!r) return nullptr;
+        return {{"write_index", r->write_index},
+                {"read_index", r->read_index},
+                {"interrupt_mask", r->interrupt_mask},
+                {"pending_send_size", r->pending_send_size},
+                {"size", r->size}};
+    };
     for (const auto& c : info.channels) {
-        channels.push_back({{"relid", c.relid},
-                            {"index", c.index},
-                            {"name", c.name},
-                            {"class_id", c.class_id},
-                            {"instance_id", c.instance_id},
-                            {"state", c.state},
-                            {"target_vp", c.target_vp}});
+        Json j = {{"relid", c.relid},         {"index", c.index}, {"name", c.name},          {"class_id", c.class_id},
+                  {"instance_id", c.instance_id}, {"state", c.state}, {"target_vp", c.target_vp}};
+        if (c.to_host || c.to_guest) {
+            j["rings"] = {{"to_host", ring(c.to_host)},
+                          {"to_guest", ring(c.to_guest)},
+                          {"waiting_for_room", c.waiting_for_room}};
+        }
+        channels.push_back(std::move(j));
     }
     Json disks = Json::array();
     for (const auto& d : info.disks) disks.push_back(to_json(d));

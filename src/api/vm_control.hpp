@@ -49,6 +49,14 @@ struct ChannelInfo {
     std::string instance_id;
     std::string state;       // "offered", "opening", "open", "closing", "closed", "failed", "rescinded", "released"
     uint32_t target_vp = 0;
+    // While the host uses the channel's rings: each ring's header as it is now (the guest's
+    // fields as the guest wrote them), and whether the host waits for room in the ring to the
+    // guest. For diagnosing a channel that stopped: who has not read what.
+    struct Ring {
+        uint32_t write_index = 0, read_index = 0, interrupt_mask = 0, pending_send_size = 0, size = 0;
+    };
+    std::optional<Ring> to_host{}, to_guest{};
+    bool waiting_for_room = false;
 };
 
 // A device of the VM (it outlives guest reboots; the API addresses it by id).

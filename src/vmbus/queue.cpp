@@ -142,6 +142,17 @@ Result<std::optional<PacketView>> ChannelQueue::peek() {
     return fail(Errc::Invalid, "{}", broken->message());
 }
 
+ChannelQueue::RingStates ChannelQueue::ring_states() const {
+    RingStates s;
+    {
+        LockGuard lock(in_mu_);
+        if (in_) s.to_host = in_->header_state();
+    }
+    LockGuard lock(out_mu_);
+    if (out_) s.to_guest = out_->header_state();
+    return s;
+}
+
 void ChannelQueue::consume() {
     bool signal = false;
     {

@@ -129,6 +129,11 @@ public:
     [[nodiscard]] bool failed() const { return failed_.load(std::memory_order_acquire); }
     // True after a send or reserve found no room, until one succeeds.
     [[nodiscard]] bool waiting_for_room() const { return waiting_for_room_.load(std::memory_order_acquire); }
+    // Both rings' headers now (nullopt once the queue stopped using that ring), for vm.info.
+    struct RingStates {
+        std::optional<RingHeaderState> to_host, to_guest;
+    };
+    [[nodiscard]] RingStates ring_states() const ENL_EXCLUDES(in_mu_, out_mu_);
 
     // --- for the server ---
     void set_target_vp(uint32_t vp) { target_vp_.store(vp, std::memory_order_relaxed); }

@@ -133,6 +133,16 @@ bool InRing::commit() {
     return free_before <= pending && free_after > pending;
 }
 
+namespace {
+RingHeaderState header_of(const RingMemory& m) {
+    return {m.load(kRingWriteIndex), m.load(kRingReadIndex), m.load(kRingInterruptMask), m.load(kRingPendingSendSize),
+            m.data_size()};
+}
+}  // namespace
+
+RingHeaderState InRing::header_state() const { return header_of(mem_); }
+RingHeaderState OutRing::header_state() const { return header_of(mem_); }
+
 void InRing::set_interrupt_mask(bool masked) { mem_.store(kRingInterruptMask, masked ? 1 : 0); }
 
 bool InRing::has_data() const {

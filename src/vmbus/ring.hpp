@@ -62,6 +62,13 @@ private:
     uint32_t size_ = 0;
 };
 
+// A ring's header as it is now, for diagnostics (vm.info): the indices, the interrupt mask
+// and pending_send_sz as the two sides left them (the guest's fields are its own: read,
+// never trusted), and the data area's size.
+struct RingHeaderState {
+    uint32_t write_index = 0, read_index = 0, interrupt_mask = 0, pending_send_size = 0, data_size = 0;
+};
+
 // The ring the guest writes and we read.
 class InRing {
 public:
@@ -90,6 +97,7 @@ public:
     void set_interrupt_mask(bool masked);
     // After clearing the mask: is there data we have not read? (full barrier first)
     [[nodiscard]] bool has_data() const;
+    [[nodiscard]] RingHeaderState header_state() const;
 
 private:
     RingMemory mem_;
@@ -119,6 +127,7 @@ public:
     // that read one packet per interrupt), not only on empty -> non-empty.
     Result<WriteResult> write(const OutPacket& packet, bool signal_always);
     [[nodiscard]] uint32_t data_size() const { return mem_.data_size(); }
+    [[nodiscard]] RingHeaderState header_state() const;
 
     // Largest packet (without the trailer) that can ever fit.
     [[nodiscard]] uint32_t max_packet() const { return mem_.data_size() - kPacketTrailerSize - 8; }

@@ -904,7 +904,12 @@ std::vector<ChannelSnapshot> Server::channels() const {
         }
         if (ch->rescinded) st = ChannelState::Rescinded;
         else if (ch->released && ch->open == Channel::Open::Closed) st = ChannelState::Released;
-        out.push_back({relid, ch->index, p.name, p.class_id, p.instance_id, st, ch->target_vp});
+        ChannelSnapshot snap{relid, ch->index, p.name, p.class_id, p.instance_id, st, ch->target_vp, {}, false};
+        if (ch->queue && (ch->open == Channel::Open::Open || ch->open == Channel::Open::Closing)) {
+            snap.rings = ch->queue->ring_states();  // the queue's locks come after ours
+            snap.waiting_for_room = ch->queue->waiting_for_room();
+        }
+        out.push_back(std::move(snap));
     }
     return out;
 }

@@ -96,6 +96,10 @@ struct ChannelSnapshot {
     Guid instance_id;
     ChannelState state = ChannelState::Offered;
     uint32_t target_vp = 0;
+    // While the host uses the channel's rings: their headers now, and whether the host waits
+    // for the guest to make room in the ring to it.
+    std::optional<ChannelQueue::RingStates> rings;
+    bool waiting_for_room = false;
 };
 
 // Told about every channel's doorbell eventfd while the channel exists (the VMM registers

@@ -264,9 +264,20 @@ api::VmInfo MachineControl::info() {
     if (auto* bus = m->vmbus()) {
         if (const uint32_t v = bus->version()) info.vmbus_version = vmbus::version_string(v);
         info.gpadls = bus->gpadl_count();
-        for (const auto& c : bus->channels())
-            info.channels.push_back({c.relid, c.index, c.name, c.class_id.to_string(), c.instance_id.to_string(),
-                                     vmbus::to_string(c.state), c.target_vp});
+        auto ring = [](const std::optional<vmbus::RingHeaderState>& r) -> std::optional<api::ChannelInfo::Ring> {
+            if (!r) return std::nullopt;
+            return api::ChannelInfo::Ring{r->write_index, r->read_index, r->interrupt_mask, r->pending_send_size,
+                                          r->data_size};
+        };
+        for (const auto& c : bus->channels()) {
+            api::ChannelInfo ch{c.relid, c.index, c.name, c.class_id.to_string(), c.instance_id.to_string(),
+                                vmbus::to_string(c.state), c.target_vp, {}, {}, c.waiting_for_room};
+            if (c.rings) {
+                ch.to_host = ring(c.rings->to_host);
+                ch.to_guest = ring(c.rings->to_guest);
+            }
+            info.channels.push_back(std::move(ch));
+        }
     }
     return info;
 }

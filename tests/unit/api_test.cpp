@@ -78,7 +78,8 @@ public:
         i.devices.push_back({"heartbeat", "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
                              "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"});
         i.channels.push_back({1, 0, "heartbeat", "57164f39-9115-4e78-ab55-382f3bd5422d",
-                              "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0", "open", 1});
+                              "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0", "open", 1, ChannelInfo::Ring{64, 32, 1, 0, 8192},
+                              ChannelInfo::Ring{16, 16, 0, 4096, 8192}, true});
         i.channels.push_back({2, 0, "kvp", "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
                               "242ff919-07db-4180-9c2e-b86cb68c8c55", "offered", 0});
         NicInfo nic;
@@ -532,7 +533,11 @@ TEST_F(ApiServerTest, Info) {
     ASSERT_EQ(j["channels"].size(), 2U);
     EXPECT_EQ(j["channels"][0], Json::parse(R"({"relid":1,"index":0,"name":"heartbeat",
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0",
-        "state":"open","target_vp":1})"));
+        "state":"open","target_vp":1,"rings":{
+        "to_host":{"write_index":64,"read_index":32,"interrupt_mask":1,"pending_send_size":0,"size":8192},
+        "to_guest":{"write_index":16,"read_index":16,"interrupt_mask":0,"pending_send_size":4096,"size":8192},
+        "waiting_for_room":true}})"));
+    EXPECT_FALSE(j["channels"][1].contains("rings"));  // not open: the host holds no rings
     ASSERT_EQ(j["devices"].size(), 1U);
     EXPECT_EQ(j["devices"][0], Json::parse(R"({"id":"heartbeat","kind":"heartbeat",
         "class_id":"57164f39-9115-4e78-ab55-382f3bd5422d","instance_id":"fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"})"));

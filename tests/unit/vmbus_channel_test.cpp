@@ -250,6 +250,35 @@ TEST(VmbusChannels, GpadlsOfMoreThan8190PagesAreMade) {
     EXPECT_NE(g.sink().take().back().as<GpadlCreated>().creation_status, 0u);
 }
 
+// vm.info's view of a channel's rings: both headers as they are, while the host uses them.
+TEST(VmbusChannels, TheSnapshotShowsBothRingsWhileTheChannelIsOpen) {
+    SimGuest g;
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    auto snap = [&] {
+        for (const auto& c : g.server().channels())
+            if (c.relid == relid) return c;
+        ADD_FAILURE() << "no channel " << relid;
+        return ChannelSnapshot{};
+    };
+    EXPECT_FALSE(snap().rings);  // offered: no rings yet
+    auto ch = g.open_channel(relid, 3, 2);
+    ASSERT_EQ(SimGuest::open_result(g.sink().take(), relid), 0u);
+    ASSERT_TRUE(g.send(ch, kPacketDataInband, 7, bytes(24, 1)));  // 16 + 24 bytes, and the trailer
+    auto s = snap();
+    ASSERT_TRUE(s.rings && s.rings->to_host && s.rings->to_guest);
+    EXPECT_EQ(s.rings->to_host->data_size, 3u * 4096);
+    EXPECT_EQ(s.rings->to_guest->data_size, 2u * 4096);
+    EXPECT_EQ(s.rings->to_host->write_index, 48u);
+    EXPECT_EQ(s.rings->to_host->read_index, 0u);  // the device has not taken it
+    EXPECT_EQ(dev->drain().size(), 1u);
+    EXPECT_EQ(snap().rings->to_host->read_index, 48u);
+    EXPECT_FALSE(snap().waiting_for_room);
+    g.simple(MsgType::CloseChannel, relid);
+    g.pump();
+    EXPECT_FALSE(snap().rings);  // closed: the host let the rings go
+}
+
 TEST(VmbusChannels, OpenPacketsBothWaysCloseAndReopen) {
     SimGuest g;
     std::shared_ptr<TestDevice> dev;
