@@ -24,6 +24,7 @@ VHDX the guest's disk lives on must pass `enlighten image check` at the end."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unittest
@@ -208,7 +209,12 @@ if wait_serial ENLIGHTEN-SERVICES-READY 200; then
     # (the library's wait_* helpers use $n: the step number is $k)
     k=1
     while [ $k -le $STEPS ]; do
-        wait_serial "HOSTILE-STEP $k " 400 || break
+        if ! wait_serial "HOSTILE-STEP $k " 400; then
+            # A step that never ended: the VMM's view of every channel's rings says which side
+            # stopped reading (vm.info "rings"), for the failure message.
+            echo "HOSTILE-STALL $k"; echo "STALL-INFO-BEGIN"; api info; echo "STALL-INFO-END"
+            break
+        fi
         kill -0 $VM_PID 2>/dev/null && echo "RESULT step${k}_alive=yes"
         wait_api 30 '"state": "healthy"' heartbeat && echo "RESULT step${k}_heartbeat=healthy"
         api kvp-list auto >"$WORK/kvp.json" 2>&1 && grep -q FullyQualifiedDomainName "$WORK/kvp.json" \
@@ -290,7 +296,16 @@ def check_hostile_run(test: unittest.TestCase, session: Session, key: str) -> No
     for n, (name, kind, _target, _shape) in enumerate(RUN_STEPS[key], start=1):
         m = steps.get(n)
         if not m:
-            problems.append(f"{name}: the guest never finished this attack")
+            stall = re.search(r"^STALL-INFO-BEGIN\n(.*?)^STALL-INFO-END$", out, re.S | re.M)
+            rings = ""
+            if stall:
+                try:
+                    rings = "; channels: " + ", ".join(
+                        f"{c.get('name')}#{c.get('index')} {c.get('state')} {json.dumps(c.get('rings'))}"
+                        for c in json.loads(stall.group(1)).get("channels", []) if c.get("rings"))
+                except ValueError:
+                    rings = "; vm.info unreadable: " + stall.group(1)[:500]
+            problems.append(f"{name}: the guest never finished this attack{rings}")
             table.append(f"  {n:2} {name:15} NOT RUN")
             continue
         bad = []
