@@ -63,11 +63,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const uint8_t op = in.take<uint8_t>();
         auto& ch = channels[which];
         if (op == 0xff) {
-            // Close and reopen, as a driver rebind does.
-            g.simple(vmbus::MsgType::CloseChannel, ch.relid);
-            g.pump();
-            g.teardown(ch.relid, ch.gpadl);
-            ch = g.open_channel(ch.relid, 4, 4);
+            // Close and reopen, as a driver rebind does (every ring teardown must be answered).
+            ENL_SIM_CHECK(g.reopen_channel(ch));
             continue;
         }
         // Something for the host to answer: the last request it sent, or none.

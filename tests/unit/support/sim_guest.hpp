@@ -389,11 +389,32 @@ public:
     // What __vmbus_open does: one allocation for both rings (header + data pages each), a
     // GPADL over it, OPENCHANNEL; then the test pumps the loop for the device's open.
     SimChannel open_channel(uint32_t relid, uint32_t to_host_data = 3, uint32_t to_guest_data = 3, uint32_t vp = 0) {
+        return open_channel_at(relid, alloc_pages(2 + to_host_data + to_guest_data), to_host_data, to_guest_data, vp);
+    }
+
+    // Closes a channel and opens it again on the same ring pages, as a driver rebind does:
+    // close, tear the ring GPADL down and wait for GPADL_TORNDOWN (Linux frees ring pages only
+    // then: pages reused earlier could take the VMM's last writes to the old rings), then a
+    // new GPADL over the zeroed pages and an open. False (the channel closed) if the teardown
+    // was never answered, which a VMM must always do. Messages taken meanwhile are dropped.
+    bool reopen_channel(SimChannel& ch, uint32_t vp = 0) {
+        simple(MsgType::CloseChannel, ch.relid);
+        pump();
+        teardown(ch.relid, ch.gpadl);
+        if (await_torndown({ch.gpadl}).empty()) return false;
+        const auto to_host_data = static_cast<uint32_t>(ch.to_host.size() / kPageSize);
+        const auto to_guest_data = static_cast<uint32_t>(ch.to_guest.size() / kPageSize);
+        std::memset(ram_.data() + ch.first_page * kPageSize, 0, ch.page_count * kPageSize);
+        ch = open_channel_at(ch.relid, ch.first_page, to_host_data, to_guest_data, vp);
+        return true;
+    }
+
+    SimChannel open_channel_at(uint32_t relid, uint64_t first, uint32_t to_host_data, uint32_t to_guest_data,
+                               uint32_t vp = 0) {
         SimChannel ch;
         ch.relid = relid;
         ch.connection_id = kChannelConnectionBase + relid;
         ch.gpadl = next_gpadl_++;
-        const uint64_t first = alloc_pages(2 + to_host_data + to_guest_data);
         ch.first_page = first;
         ch.page_count = 2 + to_host_data + to_guest_data;
         ch.to_host = SimRing(ram_.data(), first, to_host_data);
