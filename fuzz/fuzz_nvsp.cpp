@@ -116,13 +116,12 @@ public:
 
     // Until the device took everything; reads what it wrote, completing type-7 packets.
     void settle(std::chrono::milliseconds wait = std::chrono::milliseconds(200)) {
-        const auto deadline = std::chrono::steady_clock::now() + wait;
-        for (;;) {
-            g.pump();
-            read_all();
-            if (ch.to_host.used() == 0 || std::chrono::steady_clock::now() >= deadline) break;
-            g.wait();
-        }
+        g.wait_until(
+            [&] {
+                read_all();
+                return ch.to_host.used() == 0;
+            },
+            wait);
         read_all();
     }
 

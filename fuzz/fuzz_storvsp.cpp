@@ -114,19 +114,18 @@ public:
     // Reads completions until none is outstanding or `wait` has passed, sleeping in between
     // until the VMM signals (SimGuest::wait).
     void drain(std::chrono::milliseconds wait = std::chrono::milliseconds(0)) {
-        const auto deadline = std::chrono::steady_clock::now() + wait;
-        for (;;) {
-            g.pump();
-            while (auto p = ch_.to_guest.read()) {
-                CHECK(p->desc.type == vmbus::kPacketCompletion);
-                CHECK(p->desc.len8 * 8u <= kMaxPacketToGuest);
-                CHECK(p->payload.size() == sizeof(VstorPacket));
-                CHECK(sent_.count(p->desc.trans_id) == 1);
-                if (outstanding_) --outstanding_;
-            }
-            if (outstanding_ == 0 || std::chrono::steady_clock::now() >= deadline) break;
-            g.wait();
-        }
+        g.wait_until(
+            [&] {
+                while (auto p = ch_.to_guest.read()) {
+                    CHECK(p->desc.type == vmbus::kPacketCompletion);
+                    CHECK(p->desc.len8 * 8u <= kMaxPacketToGuest);
+                    CHECK(p->payload.size() == sizeof(VstorPacket));
+                    CHECK(sent_.count(p->desc.trans_id) == 1);
+                    if (outstanding_) --outstanding_;
+                }
+                return outstanding_ == 0;
+            },
+            wait);
     }
 
     void close() {

@@ -53,9 +53,9 @@ void exercise(vhdx::Image& img, bool write) {
     CHECK(img.block_size() >= (1u << 20) && img.block_size() <= (256u << 20));
     (void)img.counts();
     // What `image check` calls leaked: sorted, disjoint, inside the file, never the header section.
-    if (auto gaps = img.unreferenced()) {
+    if (auto unused = img.unreferenced()) {
         uint64_t at = 0;
-        for (const auto& [off, len] : *gaps) {
+        for (const auto& [off, len] : unused->gaps) {
             CHECK(off >= at && len > 0 && off >= (1u << 20));
             at = off + len;
         }

@@ -233,13 +233,11 @@ Result<CheckReport> image_check(const std::string& path, bool repair) {
     // log, or a discard's punched blocks at the end. Computed after the log's replay (into
     // the file with --repair, in memory without), so a block a pending entry names counts as
     // used. Not corruption: a note, and --repair gives it back.
-    ENL_TRY(const auto gaps, (*img)->unreferenced());
+    ENL_TRY(const auto unused, (*img)->unreferenced());
+    const auto& gaps = unused.gaps;
     uint64_t held = 0;
     for (const auto& [off, len] : gaps) held += data_bytes((*img)->fd(), off, len);
-    const bool tail = !gaps.empty() && gaps.back().first + gaps.back().second == [&] {
-        struct stat st {};
-        return ::fstat((*img)->fd(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-    }();
+    const bool tail = !gaps.empty() && gaps.back().first + gaps.back().second == unused.file_end;
     if (repair) {
         ENL_TRY(const bool fixed, (*img)->repair_region_tables());
         if (fixed) r.notes.push_back("rewrote the bad region table from the good one");

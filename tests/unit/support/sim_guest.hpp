@@ -265,19 +265,32 @@ public:
     // thread, where nap()'s polls cost a context switch each.
     void wait(std::chrono::milliseconds most = std::chrono::milliseconds(1)) { loop_->run_once(most); }
 
+    // Pumps the loop and tests `done` until it holds (true) or `timeout` passed (false),
+    // sleeping in wait() between tries: the shape of every wait on a device's worker.
+    template <typename Pred>
+    bool wait_until(Pred done, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            pump();
+            if (done()) return true;
+            if (std::chrono::steady_clock::now() >= deadline) return false;
+            wait();
+        }
+    }
+
     // Pumps until every GPADL of `gpadls` was answered with GPADL_TORNDOWN, or `timeout`
     // passed; returns those answered. Other messages taken meanwhile are dropped.
     std::set<uint32_t> await_torndown(const std::set<uint32_t>& gpadls,
                                       std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
         std::set<uint32_t> torn;
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (torn.size() < gpadls.size() && std::chrono::steady_clock::now() < deadline) {
-            pump();
-            for (const auto& m : sink_.take())
-                if (m.type() == MsgType::GpadlTorndown && gpadls.count(m.as<GpadlTorndown>().gpadl))
-                    torn.insert(m.as<GpadlTorndown>().gpadl);
-            if (torn.size() < gpadls.size()) wait();
-        }
+        wait_until(
+            [&] {
+                for (const auto& m : sink_.take())
+                    if (m.type() == MsgType::GpadlTorndown && gpadls.count(m.as<GpadlTorndown>().gpadl))
+                        torn.insert(m.as<GpadlTorndown>().gpadl);
+                return torn.size() == gpadls.size();
+            },
+            timeout);
         return torn;
     }
 

@@ -751,7 +751,7 @@ Result<bool> Image::repair_region_tables() {
     return true;
 }
 
-Result<std::vector<std::pair<uint64_t, uint64_t>>> Image::unreferenced() const {
+Result<Image::Unreferenced> Image::unreferenced() const {
     struct stat st {};
     if (::fstat(fd_.get(), &st) < 0) return sys(path_, "fstat");
     const auto file_end = static_cast<uint64_t>(st.st_size);
@@ -779,7 +779,7 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> Image::unreferenced() const {
         at = std::max(at, off + len);
     }
     if (at < file_end) gaps.emplace_back(at, file_end - at);
-    return gaps;
+    return Unreferenced{std::move(gaps), file_end};
 }
 
 bool Image::needs_commit() const {

@@ -141,8 +141,13 @@ public:
     // neither the format nor the disk uses: not the header section, a region (log, BAT,
     // metadata, unknown ones) or a present block or sector bitmap. Blocks allocated before a
     // crash whose BAT entries were never committed end up here (they leak until freed), and
-    // so does the punched space of discarded blocks. Sorted, not overlapping.
-    [[nodiscard]] Result<std::vector<std::pair<uint64_t, uint64_t>>> unreferenced() const ENL_EXCLUDES(mu_);
+    // so does the punched space of discarded blocks. Sorted, not overlapping; with the file's
+    // size they were measured against.
+    struct Unreferenced {
+        std::vector<std::pair<uint64_t, uint64_t>> gaps;
+        uint64_t file_end = 0;
+    };
+    [[nodiscard]] Result<Unreferenced> unreferenced() const ENL_EXCLUDES(mu_);
     // A region table copy that was not valid, or (the second) not the same as the first, is
     // rewritten from the good one (a writable open; before any other change). True: one was.
     Result<bool> repair_region_tables();
