@@ -88,9 +88,26 @@ def image() -> guest_image.GuestImage:
 
 
 def describe(res: RunResult, limit: int = 4000) -> str:
-    tail = res.output[-limit:]
+    """What a failing test shows of its run: the command, and the end of the output. The test
+    host's flight recorder of KVM's events after a guest shutdown (E2E-KVM-RECENT, 400 lines
+    a CPU) would fill any tail: only its last lines stay, and KVM's record of the shutdown
+    itself comes first."""
+    lines = res.output.splitlines()
+    recent = [i for i, line in enumerate(lines) if line.startswith("E2E-KVM-RECENT ")]
+    shutdown = ""
+    if recent:
+        keep = set(recent[-8:])
+        kept: list[str] = []
+        for i, line in enumerate(lines):
+            if i == recent[0] and len(recent) > len(keep):
+                kept.append(f"({len(recent) - len(keep)} E2E-KVM-RECENT lines left out)")
+            if i in keep or not line.startswith("E2E-KVM-RECENT "):
+                kept.append(line)
+        lines = kept
+        shutdown = f"\n--- a guest shut down{shutdown_trace(res.output)}"
+    tail = "\n".join(lines)[-limit:]
     return (f"\n--- ran: {res.command}\n--- runner={res.runner} exit={res.returncode} after "
-            f"{res.duration:.1f} s; output (last {limit} chars) ---\n{tail}\n--- end ---")
+            f"{res.duration:.1f} s{shutdown}\n--- output (last {limit} chars) ---\n{tail}\n--- end ---")
 
 
 # Reading a scenario's output: the shapes its shell side prints (a `show NAME` of the guest
