@@ -199,12 +199,11 @@ def initrd_with_virtio_modules(job: str) -> Path:
     base = f"/lib/modules/{tree.version}"
     have = set(tree.load_order(guest_image.GUEST_MODULES))
     with tempfile.TemporaryDirectory() as td:
-        dep, alias = Path(td, "modules.dep"), Path(td, "modules.alias")
-        dep.write_text(tree.modules_dep(names))
-        alias.write_text(tree.modules_alias(names))
         files: list[tuple[str | Path, str]] = [(tree.path(m), f"{base}/{tree.rel(m)}")
                                                for m in tree.load_order(EXTRA_MODULES) if m not in have]
-        files += [(dep, f"{base}/modules.dep"), (alias, f"{base}/modules.alias")]
+        for name, data in tree.index_files(names).items():
+            Path(td, name).write_bytes(data)
+            files.append((Path(td, name), f"{base}/{name}"))
         return guest_image.make_run_initrd(job=job, files=files, base=img)
 
 

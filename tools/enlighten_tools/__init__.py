@@ -6,6 +6,6 @@ Modules:
     testhost     run commands/Enlighten directly or inside a QEMU-TCG "test host" with KVM
     qemu         carry this machine's QEMU (binary, libraries, firmware) into the test host
     cpio         reproducible newc cpio writer
-    kmod         .modinfo reader / modules.dep writer
+    kmod         module closures and index files through Debian's depmod/modprobe
 Run `python3 -m enlighten_tools --help` (with tools/ on sys.path) or tools/enlighten-tools.
 """

@@ -358,13 +358,13 @@ def add_base_dirs(arc: CpioArchive) -> None:
 
 
 def add_modules(arc: CpioArchive, tree: ModuleTree, names: list[str]) -> list[str]:
-    """Copy the closure of `names` to /lib/modules/<ver>/ with modules.dep etc."""
+    """Copy the closure of `names` to /lib/modules/<ver>/ with depmod's modules.dep etc."""
     base = f"/lib/modules/{tree.version}"
     order = tree.load_order(names)
     for m in order:
         arc.add_file(f"{base}/{tree.rel(m)}", tree.path(m), perm=0o644)
-    arc.add_bytes(f"{base}/modules.dep", tree.modules_dep(names))
-    arc.add_bytes(f"{base}/modules.alias", tree.modules_alias(names))
+    for name, data in tree.index_files(names).items():
+        arc.add_bytes(f"{base}/{name}", data, perm=0o644)
     for extra in ("modules.builtin", "modules.order"):
         if (tree.moddir / extra).is_file():
             arc.add_file(f"{base}/{extra}", tree.moddir / extra, perm=0o644)

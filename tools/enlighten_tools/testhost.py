@@ -273,8 +273,8 @@ def host_image(force: bool = False) -> HostImage:
     for m in tree.load_order(HOST_NET_MODULES):
         if m not in order:
             arc.add_file(f"/lib/modules/{tree.version}/{tree.rel(m)}", tree.path(m), perm=0o644)
-    arc.add_bytes(f"/lib/modules/{tree.version}/modules.dep",
-                  tree.modules_dep(HOST_MODULES + HOST_NET_MODULES))
+    for name, data in tree.index_files(HOST_MODULES + HOST_NET_MODULES).items():
+        arc.add_bytes(f"/lib/modules/{tree.version}/{name}", data, perm=0o644)
     arc.add_bytes("/init", HOST_INIT_TEMPLATE.replace("@MODULES@", " ".join(paths)), perm=0o755)
     arc.write(img.base_initrd, compress=True)
     atomic_write_bytes(stamp, (key + "\n").encode())
