@@ -189,6 +189,18 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]],
         "|| echo 'BENCH-ERROR could not make the tap'",
         "iperf3 -s -D -I /tmp/iperf3.pid || echo 'BENCH-ERROR iperf3 -s failed'",
         # vhost_ticks PID: utime+stime of the vhost-net worker threads of PID (kernel threads)
+        # kvm_stats PID: KVM's own counters of the VM that PID made (debugfs, summed over its
+        # vCPUs): every exit to the host, and every interrupt injected into the guest. The same
+        # measure for QEMU and for Enlighten.
+        "mount -t debugfs none /sys/kernel/debug 2>/dev/null",
+        "kvm_stats() {",
+        '    e=0; i=0',
+        '    for d in /sys/kernel/debug/kvm/$1-*; do',
+        '        [ -r "$d/exits" ] || continue',
+        '        e=$((e + $(cat "$d/exits"))); i=$((i + $(cat "$d/irq_injections")))',
+        '    done',
+        '    echo "exits=$e irqs=$i"',
+        "}",
         "vhost_ticks() {",
         '    t=0',
         '    for p in /proc/[0-9]*; do',
@@ -211,8 +223,8 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]],
         '        n=$(grep -c "^BENCH-MARK" "$ser")',
         '        if [ "$n" -gt "$seen" ]; then',
         '            t=$(awk \'{ print $14 + $15, $43 }\' "/proc/$pid/stat")',
-        '            vh=$(vhost_ticks $pid)',
-        '            while [ "$seen" -lt "$n" ]; do seen=$((seen + 1)); echo "BENCH-CPU id=$id round=$rnd mark=$seen ticks=${t% *} guest_ticks=${t#* } vhost_ticks=$vh"; done',
+        '            vh=$(vhost_ticks $pid); ks=$(kvm_stats $pid)',
+        '            while [ "$seen" -lt "$n" ]; do seen=$((seen + 1)); echo "BENCH-CPU id=$id round=$rnd mark=$seen ticks=${t% *} guest_ticks=${t#* } vhost_ticks=$vh $ks"; done',
         '        fi',
         '        polls=$((polls + 1))',
         f'        if [ $polls -gt {run_timeout * 20} ]; then echo "BENCH-TIMEOUT id=$id round=$rnd"; kill -KILL $pid; break; fi',
@@ -254,6 +266,8 @@ class Sample:
     retransmits: int | None = None    # TCP, sender side
     ticks: int | None = None          # utime + stime over the run (+ vhost workers)
     guest_ticks: int | None = None
+    exits: int | None = None          # KVM exits over the run (all vCPUs)
+    irqs: int | None = None           # interrupts KVM injected into the guest over the run
     rc: int = 0
     error: str = ""
 
@@ -262,6 +276,12 @@ class Sample:
             return None
         t = self.ticks - ((self.guest_ticks or 0) if vmm_only else 0)
         return t / CLK_TCK / (self.bytes / 1e9)
+
+    def per_unit(self, count: int | None, udp: bool) -> float | None:
+        """`count` per datagram that arrived (UDP) or per MB that arrived (TCP)."""
+        if count is None or not self.bytes:
+            return None
+        return count / (self.bytes / UDP_LEN) if udp else count / (self.bytes / 1e6)
 
 
 @dataclass
@@ -301,6 +321,7 @@ def parse(output: str, workloads: list[Workload]) -> Session:
     cur: tuple[str, int] | None = None
     marks: list[str] = []
     cpu: dict[int, tuple[int, int]] = {}
+    kvm: dict[int, tuple[int, int]] = {}
     out: dict[str, list[str]] = {}
     log_lines: list[str] | None = None
 
@@ -324,6 +345,9 @@ def parse(output: str, workloads: list[Workload]) -> Session:
                 if b in cpu and i in cpu:
                     smp.ticks = cpu[i][0] - cpu[b][0]
                     smp.guest_ticks = cpu[i][1] - cpu[b][1]
+                if b in kvm and i in kvm:
+                    smp.exits = kvm[i][0] - kvm[b][0]
+                    smp.irqs = kvm[i][1] - kvm[b][1]
                 s.samples.append(smp)
 
     for line in output.splitlines():
@@ -340,7 +364,7 @@ def parse(output: str, workloads: list[Workload]) -> Session:
             finish()
             kv = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
             cur = (kv["id"], int(kv["round"]))
-            marks, cpu, out = [], {}, {}
+            marks, cpu, kvm, out = [], {}, {}, {}
         elif line.startswith("BENCH-MARK "):
             marks.append(line[len("BENCH-MARK "):])
         elif line.startswith("BENCH-CPU "):
@@ -348,6 +372,8 @@ def parse(output: str, workloads: list[Workload]) -> Session:
             # vhost-net's work is in its kernel threads, not in QEMU's own times
             cpu[int(kv["mark"])] = (int(kv["ticks"]) + int(kv.get("vhost_ticks", "0") or 0),
                                     int(kv["guest_ticks"]))
+            if "exits" in kv and "irqs" in kv:
+                kvm[int(kv["mark"])] = (int(kv["exits"]), int(kv["irqs"]))
         elif line.startswith("BENCH-IPERF "):
             _, w, *rest = line.split(" ", 2)
             out.setdefault(w, []).append(rest[0] if rest else "")
@@ -400,7 +426,9 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
              "backend without vhost (same vCPUs; above 1 is faster); *x vhost*: that / QEMU with vhost-net "
              "(tap only); *CPU s/GB*: the VMM process's utime+stime (for vhost-net plus its vhost "
              "kernel threads) over the run / GB that arrived; *VMM only*: without the time its vCPU "
-             "threads spent in the guest (guest_time).")
+             "threads spent in the guest (guest_time); *exits* and *IRQs*: KVM's own counts of the VM's "
+             "exits to the host and of the interrupts it injected (debugfs, all vCPUs), per datagram that "
+             "arrived (UDP) or per MB (TCP).")
     by: dict[tuple[str, str], list[Sample]] = {}
     for smp in s.samples:
         if not smp.error and smp.rc == 0:
@@ -408,8 +436,9 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
     for ncpu in sorted({c.cpus for c in cases}):
         sub = [c for c in cases if c.cpus == ncpu]
         L += ["", f"## {ncpu} vCPU{'s' if ncpu > 1 else ''}", ""]
-        L.append("| workload | variant | n | Mbit/s or pkt/s | x virtio | x vhost | CPU s/GB | VMM only s/GB |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        L.append("| workload | variant | n | Mbit/s or pkt/s | x virtio | x vhost | CPU s/GB | VMM only s/GB "
+                 "| exits | IRQs |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for w in workloads:
             for c in sub:
                 xs = by.get((c.id, w.name), [])
@@ -423,7 +452,9 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
                 vmm = _med([v for x in xs if (v := x.cpu_s_per_gb(vmm_only=True)) is not None])
                 unit = " pkt/s" if w.udp else " Mbit/s"
                 L.append(f"| {w.name} | {c.variant.label} | {len(xs)} | {fmt(val)}{unit if val is not None else ''} "
-                         f"| {ratio} | {vratio} | {fmt(cpu, 1)} | {fmt(vmm, 1)} |")
+                         f"| {ratio} | {vratio} | {fmt(cpu, 1)} | {fmt(vmm, 1)} "
+                         f"| {fmt(_med([v for x in xs if (v := x.per_unit(x.exits, w.udp)) is not None]), 2)} "
+                         f"| {fmt(_med([v for x in xs if (v := x.per_unit(x.irqs, w.udp)) is not None]), 2)} |")
     if s.nics:
         L += ["", "## The NIC as each guest saw it", ""]
         L += [f"- `{cid}`: {d}" for cid, d in sorted(s.nics.items())]
@@ -445,7 +476,8 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
     for x in s.samples:
         L.append(f"{x.case_id} round={x.rnd} {x.workload} mbps={x.bps / 1e6:.1f} pps={x.pps:.0f} "
                  f"lost%={x.lost_percent:.1f} bytes={x.bytes} retr={x.retransmits} ticks={x.ticks} "
-                 f"guest_ticks={x.guest_ticks} rc={x.rc}{' error=' + x.error if x.error else ''}")
+                 f"guest_ticks={x.guest_ticks} exits={x.exits} irqs={x.irqs} rc={x.rc}"
+                 f"{' error=' + x.error if x.error else ''}")
     L.append("```")
     return "\n".join(L) + "\n"
 

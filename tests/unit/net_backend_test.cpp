@@ -739,6 +739,46 @@ TEST_F(SlirpFixture, TcpToTheHostLoopbackThroughTheGateway) {
     EXPECT_TRUE(data) << "the host's data did not reach the guest";
 }
 
+// UDP to 10.0.2.2 reaches the host's 127.0.0.1 and the host's answers come back: send()
+// hands a datagram to libslirp on the caller's thread, and the socket libslirp makes for the
+// flow must join the slirp thread's poll set at once (the first answer: without a wake it
+// would wait for the slirp thread's next round, up to a second), and stay in it (every later
+// one, with no new socket to wake the slirp thread for).
+TEST_F(SlirpFixture, UdpToTheHostLoopbackAndItsAnswersBack) {
+    start();
+    arp_gateway();
+    UniqueFd host(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(host.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    socklen_t alen = sizeof a;
+    ::getsockname(host.get(), reinterpret_cast<sockaddr*>(&a), &alen);
+    const uint16_t port = ntohs(a.sin_port), gport = 40002;
+    for (int i = 0; i < 50; ++i) {
+        const Bytes ask = str_bytes("ask-" + std::to_string(i));
+        ASSERT_TRUE(send_bytes(*backend, udp4(gw_mac, kGuestMac, kGuestIp, kGatewayIp, gport, port, ask)));
+        ASSERT_TRUE(readable(host.get(), 5000)) << "datagram " << i << " did not reach 127.0.0.1";
+        uint8_t buf[256];
+        sockaddr_in from{};
+        socklen_t flen = sizeof from;
+        const ssize_t n = ::recvfrom(host.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &flen);
+        ASSERT_EQ(Bytes(buf, buf + std::max<ssize_t>(n, 0)), ask);
+        const std::string answer = "answer-" + std::to_string(i);
+        ASSERT_EQ(::sendto(host.get(), answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&from), flen),
+                  static_cast<ssize_t>(answer.size()));
+        auto back = rx.wait_for(
+            [&](const Bytes& f) {
+                return f.size() >= 42 && get16(f, 12) == 0x0800 && f[23] == 17 && get16(f, 34) == port &&
+                       get16(f, 36) == gport && Bytes(f.begin() + 42, f.end()) == str_bytes(answer);
+            },
+            i == 0 ? 500ms : 5s);
+        ASSERT_TRUE(back) << "answer " << i << " did not reach the guest" << (i == 0 ? " within 500 ms" : "");
+        EXPECT_EQ(get32(*back, 26), kGatewayIp);
+        EXPECT_EQ(get32(*back, 30), kGuestIp);
+    }
+}
+
 TEST_F(SlirpFixture, HostForwardDeliversTheSynToTheGuest) {
     uint16_t port = 0;
     {

@@ -18,12 +18,14 @@
 // Threads:
 //   - send() is called from netvsp's channel workers, several at once (one per vRSS queue);
 //     it is thread-safe, never blocks and has copied (or written) the frame when it returns.
-//   - The Receiver's calls come from the backend's own thread(s), never from a vCPU;
-//     receive() and flush() may be called concurrently from different backend threads.
+//   - The Receiver's calls come from the backend's own thread(s), or from inside send() on
+//     its caller's thread (slirp answers some frames at once), never from a vCPU; receive()
+//     and flush() may be called concurrently from different threads.
 //   - set_receiver(), set_link(), set_mtu(), status() come from the control loop or API
 //     threads. set_receiver() blocks until no call into the previous receiver is running.
-// Lock order: a backend takes only its own leaf locks around send(); it calls the receiver
-// without holding them (receiver locks -> queue -> SynIC come after).
+// Lock order: send() is called with no device lock held; a backend takes its own locks
+// around it and may call the receiver under them (backend locks -> receiver locks -> queue
+// -> SynIC).
 #pragma once
 
 #include <sys/uio.h>

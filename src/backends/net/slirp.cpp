@@ -118,6 +118,27 @@ public:
                 return std::unexpected(r.error().context("slirp"));
             }
         }
+        if (slirp_mu_.try_lock()) {
+            // Nobody is inside libslirp: hand the frames over on this thread, after any that
+            // were queued before them (QEMU's user network does the same on its one thread).
+            // The slirp thread must look again only if its poll set or deadline may have
+            // changed: libslirp made a socket or moved a timer, or it took a frame that is not
+            // UDP (TCP queues data and ACKs for later; ARP, ICMP and the rest are rare).
+            drain_tx_locked();
+            poll_changed_ = false;
+            bool all_udp = true;
+            for (const auto& f : frames) {
+                all_udp = all_udp && is_ipv4_udp(f);
+                slirp_input(slirp_, f.data(), static_cast<int>(f.size()));
+            }
+            const bool look_again = poll_changed_ || !all_udp;
+            slirp_mu_.unlock();
+            if (look_again) wake();
+            flush_receiver();
+            tx_packets_.fetch_add(1, std::memory_order_relaxed);
+            tx_bytes_.fetch_add(total, std::memory_order_relaxed);
+            return {};
+        }
         bool was_empty = false;
         {
             LockGuard lock(tx_mu_);
@@ -167,6 +188,11 @@ private:
 
     explicit SlirpBackend(UniqueFd wake_fd) : wake_fd_(std::move(wake_fd)) {}
 
+    // An IPv4 UDP frame, untagged: what libslirp answers from a socket it polls already.
+    static bool is_ipv4_udp(const std::vector<uint8_t>& f) {
+        return f.size() >= 34 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 17;
+    }
+
     void wake() {
         const uint64_t one = 1;
         // EAGAIN: the counter is saturated, so the thread is woken anyway.
@@ -184,19 +210,27 @@ private:
         sigaddset(&set, SIGPIPE);
         ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-        auto r = init(forwards);
+        Result<> r;
+        {
+            LockGuard lock(slirp_mu_);
+            r = init(forwards);
+        }
         const bool ok = r.has_value();
         started.set_value(std::move(r));  // `started` is gone after this
         if (ok) run_loop();
+        LockGuard lock(slirp_mu_);
         if (slirp_) slirp_cleanup(slirp_);
         slirp_ = nullptr;
         timers_.clear();
     }
 
-    Result<> init(const std::vector<HostForward>& forwards) {
+    // libslirp's callbacks run inside slirp_* calls, so under slirp_mu_.
+    Result<> init(const std::vector<HostForward>& forwards) ENL_REQUIRES(slirp_mu_) {
         callbacks_ = SlirpCb{};
         callbacks_.send_packet = [](const void* buf, size_t len, void* opaque) -> ssize_t {
-            return static_cast<SlirpBackend*>(opaque)->on_packet(buf, len);
+            auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
+            return self->on_packet(buf, len);
         };
         callbacks_.guest_error = [](const char* msg, void*) {
             ENL_LOG_LIMITED(warn, "slirp: guest error: {}", msg ? msg : "");
@@ -204,6 +238,7 @@ private:
         callbacks_.clock_get_ns = [](void*) -> int64_t { return monotonic_ns(); };
         callbacks_.timer_new = [](SlirpTimerCb cb, void* cb_opaque, void* opaque) -> void* {
             auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
             auto& t = self->timers_.emplace_back(std::make_unique<Timer>());
             t->cb = cb;
             t->cb_opaque = cb_opaque;
@@ -211,23 +246,34 @@ private:
         };
         callbacks_.timer_new_opaque = [](SlirpTimerId id, void* cb_opaque, void* opaque) -> void* {
             auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
             auto& t = self->timers_.emplace_back(std::make_unique<Timer>());
             t->id = id;
             t->cb_opaque = cb_opaque;
             return t.get();
         };
         callbacks_.timer_free = [](void* timer, void* opaque) {
-            auto& timers = static_cast<SlirpBackend*>(opaque)->timers_;
-            std::erase_if(timers, [timer](const auto& t) { return t.get() == timer; });
+            auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
+            std::erase_if(self->timers_, [timer](const auto& t) { return t.get() == timer; });
         };
-        callbacks_.timer_mod = [](void* timer, int64_t expire_ms, void*) {
+        callbacks_.timer_mod = [](void* timer, int64_t expire_ms, void* opaque) {
+            auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
             static_cast<Timer*>(timer)->expire_ms = std::max<int64_t>(expire_ms, 0);
+            self->poll_changed_ = true;  // the slirp thread's poll deadline may be too late now
         };
-        callbacks_.register_poll_fd = [](int, void*) {};
+        callbacks_.register_poll_fd = [](int, void* opaque) {
+            auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
+            self->poll_changed_ = true;  // a new socket: the slirp thread must poll it too
+        };
         callbacks_.unregister_poll_fd = [](int, void*) {};
         callbacks_.notify = [](void* opaque) { static_cast<SlirpBackend*>(opaque)->wake(); };
         callbacks_.init_completed = [](Slirp* slirp, void* opaque) {
-            static_cast<SlirpBackend*>(opaque)->slirp_ = slirp;
+            auto* self = static_cast<SlirpBackend*>(opaque);
+            self->slirp_mu_.assert_held();
+            self->slirp_ = slirp;
         };
 
         SlirpConfig cfg{};
@@ -250,6 +296,11 @@ private:
         Slirp* s = slirp_new(&cfg, &callbacks_, this);
         if (!s) return fail(Errc::Failed, "slirp: slirp_new failed");
         slirp_ = s;  // init_completed set it already
+        // libslirp's clock (`curtime`, what a UDP socket's expiry counts from) moves only in
+        // slirp_pollfds_poll: move it now (a poll "error" looks at no socket), or a datagram
+        // that send() hands over before the slirp thread's first round makes a socket that
+        // expired long ago, and the next fill drops it.
+        slirp_pollfds_poll(slirp_, 1, [](int, void*) { return 0; }, nullptr);
 
         for (const HostForward& f : forwards) {
             const std::string what = fmt::format("slirp: hostfwd {}:{}:{}-{}:{}", f.udp ? "udp" : "tcp", f.host_addr,
@@ -274,12 +325,13 @@ private:
         return {};
     }
 
-    void run_loop() {
+    void run_loop() ENL_EXCLUDES(slirp_mu_) {
         while (!stop_.load()) {
-            drain_tx();
+            uint32_t timeout = UINT32_MAX;
+            UniqueLock lock(slirp_mu_);  // not held in poll(): send() may use libslirp meanwhile
+            drain_tx_locked();
             pollfds_.clear();
             pollfds_.push_back({.fd = wake_fd_.get(), .events = POLLIN, .revents = 0});
-            uint32_t timeout = UINT32_MAX;
             slirp_pollfds_fill(
                 slirp_, &timeout,
                 [](int fd, int events, void* opaque) -> int {
@@ -295,6 +347,7 @@ private:
                 },
                 this);
             timeout = std::min(timeout, timer_timeout_ms());
+            lock.unlock();
             flush_receiver();  // what this round received, before sleeping
             const int n = ::poll(pollfds_.data(), pollfds_.size(),
                                  timeout == UINT32_MAX ? -1 : static_cast<int>(std::min<uint32_t>(timeout, 60'000)));
@@ -303,6 +356,9 @@ private:
                 uint64_t v = 0;
                 [[maybe_unused]] ssize_t r = ::read(wake_fd_.get(), &v, sizeof v);
             }
+            // A socket that send() made meanwhile has no poll index (libslirp skips it); one it
+            // closed is gone from libslirp's lists: the revents below still fit.
+            lock.lock();
             slirp_pollfds_poll(
                 slirp_, n < 0 ? 1 : 0,
                 [](int idx, void* opaque) -> int {
@@ -323,7 +379,7 @@ private:
     }
 
     // Hands the queued guest frames to slirp (outside the queue's lock).
-    void drain_tx() ENL_EXCLUDES(tx_mu_) {
+    void drain_tx_locked() ENL_REQUIRES(slirp_mu_) ENL_EXCLUDES(tx_mu_) {
         std::deque<std::vector<uint8_t>> frames;
         {
             LockGuard lock(tx_mu_);
@@ -333,7 +389,7 @@ private:
         for (const auto& f : frames) slirp_input(slirp_, f.data(), static_cast<int>(f.size()));
     }
 
-    [[nodiscard]] uint32_t timer_timeout_ms() const {
+    [[nodiscard]] uint32_t timer_timeout_ms() const ENL_REQUIRES(slirp_mu_) {
         const int64_t now_ms = monotonic_ns() / 1'000'000;
         uint32_t timeout = UINT32_MAX;
         for (const auto& t : timers_) {
@@ -344,7 +400,7 @@ private:
         return timeout;
     }
 
-    void run_timers() {
+    void run_timers() ENL_REQUIRES(slirp_mu_) {
         const int64_t now_ms = monotonic_ns() / 1'000'000;
         std::vector<Timer*> due;
         for (const auto& t : timers_)
@@ -358,7 +414,7 @@ private:
         }
     }
 
-    ssize_t on_packet(const void* buf, size_t len) ENL_EXCLUDES(rx_mu_) {
+    ssize_t on_packet(const void* buf, size_t len) ENL_REQUIRES(slirp_mu_) ENL_EXCLUDES(rx_mu_) {
         LockGuard lock(rx_mu_);
         iovec iov{.iov_base = const_cast<void*>(buf), .iov_len = len};
         Offload o;
@@ -385,10 +441,14 @@ private:
     std::thread thread_;
     std::atomic<size_t> forward_count_{0};
 
-    // The slirp thread's own (no lock).
-    Slirp* slirp_ = nullptr;
+    // libslirp is not thread-safe: every call into it (and so every callback) holds
+    // slirp_mu_, the slirp thread's except in poll(), or a send() that found it free.
+    Mutex slirp_mu_ ENL_ACQUIRED_BEFORE(rx_mu_);
+    Slirp* slirp_ ENL_GUARDED_BY(slirp_mu_) = nullptr;
     SlirpCb callbacks_{};  // libslirp keeps a pointer to it
-    std::vector<std::unique_ptr<Timer>> timers_;
+    std::vector<std::unique_ptr<Timer>> timers_ ENL_GUARDED_BY(slirp_mu_);
+    bool poll_changed_ ENL_GUARDED_BY(slirp_mu_) = false;  // a socket made or a timer moved
+    // The slirp thread's own (no lock).
     std::vector<pollfd> pollfds_;  // [0] is wake_fd_, then what slirp_pollfds_fill adds
 
     Mutex tx_mu_;

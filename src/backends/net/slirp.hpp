@@ -6,30 +6,38 @@
 // IPv6 router advertisements, no fec0::/64). Port forwards from the host into the guest come
 // from BackendConfig::forwards (slirp_add_hostfwd); a port already in use is Errc::Io.
 //
-// libslirp is not thread-safe, so one thread ("net-slirp") owns the Slirp instance: it
-// creates it, makes every slirp_* call and runs the poll loop
-//     slirp_pollfds_fill -> poll(sockets, wake eventfd; timeout from slirp and its timers)
-//     -> slirp_pollfds_poll -> due timers (slirp_handle_timer) -> queued guest frames
-//     (slirp_input) -> Receiver::flush if anything was received.
+// libslirp is not thread-safe: every call into it holds slirp_mu_. One thread ("net-slirp")
+// owns the Slirp instance (it creates it, drops it, and runs the poll loop
+//     [slirp_mu_: queued guest frames (slirp_input) -> slirp_pollfds_fill; timeout from slirp
+//     and its timers] -> Receiver::flush if anything was received -> poll(sockets, wake
+//     eventfd) -> [slirp_mu_: slirp_pollfds_poll -> due timers (slirp_handle_timer)]),
+// and holds the lock except in poll() and the flush.
 // libslirp's timers live on the clock_get_ns timeline (CLOCK_MONOTONIC), in milliseconds.
 //
 // TX (send, any thread): slirp checks every checksum, so send() completes needs_csum frames and
-// cuts GSO frames into MSS-sized ones in software (offload.hpp), on the caller's thread, and
-// copies the resulting frames into a bounded queue (never blocking but for the queue's leaf
-// lock) (kMaxQueuedFrames frames, kMaxQueuedBytes
-// bytes; all the segments of one frame or none). A full queue drops the frame: Errc::Busy and
-// tx_dropped. Hence capabilities() says tx_csum and tx_tso.
-// RX (send_packet callback, on the slirp thread): each frame goes to Receiver::receive at once
-// (complete checksums, so csum_valid); no receiver or no room drops it (rx_dropped; TCP
-// retransmits); flush() ends each loop round that received anything.
+// cuts GSO frames into MSS-sized ones in software (offload.hpp), on the caller's thread. When
+// slirp_mu_ is free, the caller hands the frames to libslirp itself (after any queued ones),
+// as QEMU's one thread does: a datagram reaches its host socket with no thread switch, and the
+// slirp thread is woken only when its poll set or deadline may have changed (libslirp made a
+// socket or moved a timer, or the frame was not IPv4 UDP). Otherwise the frames are copied into
+// a bounded queue that the slirp thread drains (never blocking but for the queue's leaf lock)
+// (kMaxQueuedFrames frames, kMaxQueuedBytes bytes; all the segments of one frame or none). A
+// full queue drops the frame: Errc::Busy and tx_dropped. Hence capabilities() says tx_csum
+// and tx_tso.
+// RX (send_packet callback, inside a libslirp call): each frame goes to Receiver::receive at
+// once (complete checksums, so csum_valid); no receiver or no room drops it (rx_dropped; TCP
+// retransmits); flush() ends each loop round, and each send() that handed frames over, that
+// received anything. So the receiver is called from the slirp thread and, for libslirp's
+// immediate answers (ARP, DHCP, ICMP to the gateway, TCP ACKs), from send()'s caller.
 //
 // Threads and locks: send(), status(), capabilities() from any thread; set_receiver from any
-// thread but the slirp thread (not from inside Receiver calls). Locks, both leaves with
-// respect to each other: tx_mu_ (the queue) is held only to push or take frames; rx_mu_ is
-// held while the slirp thread calls the Receiver (so set_receiver, which takes it, waits
-// until no such call is running): rx_mu_ comes before the receiver's own locks. Blocking:
-// make_slirp_backend (waits for the thread to start), set_receiver (for a call into the
-// receiver to end) and the destructor (stops and joins the thread).
+// thread but the slirp thread (not from inside Receiver calls). Lock order: slirp_mu_ ->
+// rx_mu_ -> the receiver's own locks; tx_mu_ (the queue) is a leaf held only to push or take
+// frames. rx_mu_ is held while the Receiver is called (so set_receiver, which takes it, waits
+// until no such call is running). Blocking: make_slirp_backend (waits for the thread to
+// start), set_receiver (for a call into the receiver to end), send() only for the leaf locks
+// and the host socket calls libslirp makes (non-blocking sockets), and the destructor (stops
+// and joins the thread).
 #pragma once
 
 #include <memory>
