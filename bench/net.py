@@ -194,12 +194,13 @@ def host_script(cases: list[Case], rounds: int, argv_of: dict[str, list[str]],
         # measure for QEMU and for Enlighten.
         "mount -t debugfs none /sys/kernel/debug 2>/dev/null",
         "kvm_stats() {",
-        '    e=0; i=0',
+        '    e=0; i=0; io=0; hlt=0; ext=0',
         '    for d in /sys/kernel/debug/kvm/$1-*; do',
         '        [ -r "$d/exits" ] || continue',
         '        e=$((e + $(cat "$d/exits"))); i=$((i + $(cat "$d/irq_injections")))',
+        '        io=$((io + $(cat "$d/io_exits"))); hlt=$((hlt + $(cat "$d/halt_exits"))); ext=$((ext + $(cat "$d/irq_exits")))',
         '    done',
-        '    echo "exits=$e irqs=$i"',
+        '    echo "exits=$e irqs=$i io_exits=$io halt_exits=$hlt irq_exits=$ext"',
         "}",
         "vhost_ticks() {",
         '    t=0',
@@ -268,6 +269,7 @@ class Sample:
     guest_ticks: int | None = None
     exits: int | None = None          # KVM exits over the run (all vCPUs)
     irqs: int | None = None           # interrupts KVM injected into the guest over the run
+    exit_kinds: dict[str, int] = field(default_factory=dict)  # io, halt, ext(ernal interrupt) exits
     rc: int = 0
     error: str = ""
 
@@ -321,7 +323,7 @@ def parse(output: str, workloads: list[Workload]) -> Session:
     cur: tuple[str, int] | None = None
     marks: list[str] = []
     cpu: dict[int, tuple[int, int]] = {}
-    kvm: dict[int, tuple[int, int]] = {}
+    kvm: dict[int, tuple[int, ...]] = {}
     out: dict[str, list[str]] = {}
     log_lines: list[str] | None = None
 
@@ -348,6 +350,8 @@ def parse(output: str, workloads: list[Workload]) -> Session:
                 if b in kvm and i in kvm:
                     smp.exits = kvm[i][0] - kvm[b][0]
                     smp.irqs = kvm[i][1] - kvm[b][1]
+                    if len(kvm[i]) > 2 and len(kvm[b]) > 2:
+                        smp.exit_kinds = {k: kvm[i][j] - kvm[b][j] for j, k in ((2, "io"), (3, "halt"), (4, "ext"))}
                 s.samples.append(smp)
 
     for line in output.splitlines():
@@ -373,7 +377,9 @@ def parse(output: str, workloads: list[Workload]) -> Session:
             cpu[int(kv["mark"])] = (int(kv["ticks"]) + int(kv.get("vhost_ticks", "0") or 0),
                                     int(kv["guest_ticks"]))
             if "exits" in kv and "irqs" in kv:
-                kvm[int(kv["mark"])] = (int(kv["exits"]), int(kv["irqs"]))
+                kvm[int(kv["mark"])] = (int(kv["exits"]), int(kv["irqs"]),
+                                        *((int(kv["io_exits"]), int(kv["halt_exits"]), int(kv["irq_exits"]))
+                                          if "io_exits" in kv else ()))
         elif line.startswith("BENCH-IPERF "):
             _, w, *rest = line.split(" ", 2)
             out.setdefault(w, []).append(rest[0] if rest else "")
@@ -476,7 +482,8 @@ def report(cases: list[Case], workloads: list[Workload], s: Session, meta: dict[
     for x in s.samples:
         L.append(f"{x.case_id} round={x.rnd} {x.workload} mbps={x.bps / 1e6:.1f} pps={x.pps:.0f} "
                  f"lost%={x.lost_percent:.1f} bytes={x.bytes} retr={x.retransmits} ticks={x.ticks} "
-                 f"guest_ticks={x.guest_ticks} exits={x.exits} irqs={x.irqs} rc={x.rc}"
+                 f"guest_ticks={x.guest_ticks} exits={x.exits} irqs={x.irqs} "
+                 + "".join(f"{k}_exits={v} " for k, v in x.exit_kinds.items()) + f"rc={x.rc}"
                  f"{' error=' + x.error if x.error else ''}")
     L.append("```")
     return "\n".join(L) + "\n"

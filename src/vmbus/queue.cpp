@@ -217,7 +217,10 @@ Result<> ChannelQueue::send(const OutPacket& packet) {
         fail_channel(signal.error());
         return fail(Errc::Closed, "channel {} failed: {}", params_.relid, signal.error().message());
     }
-    if (*signal) signal_guest();
+    if (*signal) {
+        signal_owed_.store(false, std::memory_order_relaxed);  // this interrupt shows the guest everything
+        signal_guest();
+    }
     return {};
 }
 
@@ -245,7 +248,7 @@ void ChannelQueue::release(uint32_t bytes) {
     reserved_ -= std::min(reserved_, bytes);
 }
 
-Result<> ChannelQueue::commit(Reservation reservation, const OutPacket& packet) {
+Result<> ChannelQueue::commit(Reservation reservation, const OutPacket& packet, bool defer_signal) {
     if (reservation.queue_ != this) return fail(Errc::Invalid, "a reservation of another channel");
     const size_t len = packet.packet_bytes();
     if (len > params_.max_packet_to_guest || packet.ring_bytes() > reservation.bytes())
@@ -264,8 +267,17 @@ Result<> ChannelQueue::commit(Reservation reservation, const OutPacket& packet) 
         fail_channel(signal.error());
         return fail(Errc::Closed, "channel {} failed: {}", params_.relid, signal.error().message());
     }
-    if (*signal) signal_guest();
+    if (*signal && defer_signal) {
+        signal_owed_.store(true, std::memory_order_relaxed);
+    } else if (*signal) {
+        signal_owed_.store(false, std::memory_order_relaxed);
+        signal_guest();
+    }
     return {};
+}
+
+void ChannelQueue::flush_signal() {
+    if (signal_owed_.exchange(false, std::memory_order_relaxed)) signal_guest();
 }
 
 }  // namespace enlighten::vmbus

@@ -113,7 +113,12 @@ public:
     // the ring full. Errors as send().
     Result<Reservation> reserve(size_t bytes);
     // Writes the packet into reserved room (ring_bytes() <= reservation.bytes()).
-    Result<> commit(Reservation reservation, const OutPacket& packet);
+    // `defer_signal`: an interrupt the write owes the guest is not raised now but remembered
+    // until flush_signal() (or any later write that signals): a device batches completions
+    // the guest does not wait for (netvsp's TX), one interrupt per batch.
+    Result<> commit(Reservation reservation, const OutPacket& packet, bool defer_signal = false);
+    // Raises the interrupt that deferred commits owe, if any.
+    void flush_signal();
 
     // --- doorbell ---
     [[nodiscard]] int notify_fd() const { return notify_->get(); }
@@ -161,6 +166,7 @@ private:
     std::atomic<bool> closed_{false};
     std::atomic<bool> failed_{false};
     std::atomic<bool> waiting_for_room_{false};
+    std::atomic<bool> signal_owed_{false};  // a deferred commit owes the guest an interrupt
 
     // Lock order: in_mu_ before out_mu_.
     mutable Mutex in_mu_ ENL_ACQUIRED_BEFORE(out_mu_);

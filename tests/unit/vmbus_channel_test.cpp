@@ -705,6 +705,42 @@ TEST(VmbusChannels, AFullGuestRingIsBusyForSendsAndReservationsUntilTheGuestRead
     EXPECT_TRUE(too_long.error().is(Errc::Invalid));
 }
 
+// Deferred commits (netvsp's TX completions): a guest that reads every packet at once would
+// get one interrupt each; deferred, they share one, raised by flush_signal() or by the next
+// write that signals anyway; a flush with nothing owed raises none.
+TEST(VmbusChannels, DeferredCommitsShareOneInterrupt) {
+    SimGuest g;
+    std::shared_ptr<TestDevice> dev;
+    const uint32_t relid = offered(g, dev);
+    auto ch = g.open_channel(relid, 3, 3);
+    g.sink().take();
+    auto q = dev->queues[0];
+    const auto p = bytes(40, 9);
+    const iovec iov = iov_of(p);
+    for (uint64_t id = 1; id <= 10; ++id) {
+        auto r = q->reserve(OutPacket::completion(id, std::span(&iov, 1)).ring_bytes());
+        ASSERT_TRUE(r);
+        ASSERT_TRUE(q->commit(std::move(*r), OutPacket::completion(id, std::span(&iov, 1)), /*defer_signal=*/true));
+        auto got = ch.to_guest.read();  // the guest keeps its ring empty: each write would signal
+        ASSERT_TRUE(got);
+        EXPECT_EQ(got->desc.trans_id, id);
+    }
+    EXPECT_TRUE(g.sink().take_signals().empty());
+    q->flush_signal();
+    EXPECT_EQ(g.sink().take_signals(), std::vector<uint32_t>{relid});
+    q->flush_signal();  // nothing owed
+    EXPECT_TRUE(g.sink().take_signals().empty());
+    // A deferred write, then one that signals: that interrupt covers both; nothing is left owed.
+    auto r = q->reserve(OutPacket::completion(11, std::span(&iov, 1)).ring_bytes());
+    ASSERT_TRUE(r);
+    ASSERT_TRUE(q->commit(std::move(*r), OutPacket::completion(11, std::span(&iov, 1)), true));
+    ASSERT_TRUE(ch.to_guest.read());
+    ASSERT_TRUE(q->send(OutPacket::completion(12, std::span(&iov, 1))));
+    EXPECT_EQ(g.sink().take_signals(), std::vector<uint32_t>{relid});
+    q->flush_signal();
+    EXPECT_TRUE(g.sink().take_signals().empty());
+}
+
 TEST(VmbusChannels, GpaDirectAndTransferPagePacketsRoundTrip) {
     SimGuest g;
     std::shared_ptr<TestDevice> dev;

@@ -2,9 +2,11 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -33,6 +35,20 @@ constexpr size_t kMaxTxBytes = 65536 + 4096;     // LSO frame + RNDIS header and
 constexpr uint32_t kMaxMessagesPerPacket = 512;
 constexpr size_t kMaxControlMessage = 8192;
 constexpr uint32_t kDrainBudget = 256;           // packets per round before the worker yields
+// After a burst the worker looks at the ring again this much later, the guest's doorbell still
+// masked, and only unmasks it when that look finds nothing: a guest that keeps sending (small
+// packets, one per sendto) then writes without a doorbell exit, and its completions go back in
+// batches, one interrupt each. A lone packet (a ping, a request) still rings and is taken at
+// once; what follows it within the window waits at most this long. (QEMU's virtio-net gets the
+// same from its TX bottom half: about a tenth of an exit per 64-byte datagram.)
+constexpr long kTxPollWindowNs = 200'000;
+// The completions of the guest's sends (which hv_netvsc does not wait for: they free its send
+// sections and skbs) go back without an interrupt each: one interrupt for up to this many, or
+// this late after the first, or when the worker goes idle or finds the guest's ring full.
+// Under its socket's send buffer (212992 bytes, a few hundred small skbs) and TCP's
+// small-queue limit, so a sender never waits for them long.
+constexpr uint32_t kMaxDeferredCompletions = 32;
+constexpr std::chrono::microseconds kMaxCompletionDelay{1000};
 constexpr uint32_t kMaxSections = 1u << 20;
 constexpr uint16_t kMaxChannels = vmbus::kMaxSubchannels + 1;
 
@@ -176,6 +192,15 @@ public:
 
     void start(vmbus::OpenDone done) {
         thread_->loop().post([this, done = std::move(done)]() mutable {
+            poll_timer_ = UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+            if (!poll_timer_.valid()) return done(fail_errno("timerfd_create"));
+            auto t = thread_->loop().watch(poll_timer_.get(), EPOLLIN, [this](uint32_t) {
+                uint64_t expirations;
+                [[maybe_unused]] ssize_t r = ::read(poll_timer_.get(), &expirations, sizeof expirations);
+                drain();
+            });
+            if (!t) return done(std::unexpected(t.error()));
+            timer_watch_ = *t;
             auto w = thread_->loop().watch(q->notify_fd(), EPOLLIN, [this](uint32_t) { drain(); });
             if (!w) return done(std::unexpected(w.error()));
             watch_ = *w;
@@ -188,16 +213,25 @@ public:
         if (!thread_) return;
         thread_->stop();  // joins; pending tasks are dropped
         if (watch_) thread_->loop().unwatch(watch_);
-        watch_ = 0;
+        if (timer_watch_) thread_->loop().unwatch(timer_watch_);
+        watch_ = timer_watch_ = 0;
         thread_.reset();
     }
 
-    // Sends a completion into room reserved for it.
-    void complete(vmbus::Reservation room, uint64_t trans_id, std::span<const uint8_t> payload) {
+    // Sends a completion into room reserved for it; `batched`: its interrupt may wait
+    // (kMaxDeferredCompletions).
+    void complete(vmbus::Reservation room, uint64_t trans_id, std::span<const uint8_t> payload,
+                  bool batched = false) {
         const iovec iov = iov_of(payload);
         const auto pkt = vmbus::OutPacket::completion(trans_id, std::span(&iov, payload.empty() ? 0 : 1));
-        if (auto r = q->commit(std::move(room), pkt); !r)
+        if (auto r = q->commit(std::move(room), pkt, batched); !r) {
             ENL_LOG_LIMITED(debug, "{}-{}: a completion was not sent: {}", impl.opt.name, index, r.error().message());
+            return;
+        }
+        if (!batched) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (deferred_++ == 0) first_deferred_ = now;
+        if (deferred_ >= kMaxDeferredCompletions || now - first_deferred_ >= kMaxCompletionDelay) flush_completions();
     }
 
     Impl& impl;
@@ -210,6 +244,11 @@ public:
     std::vector<iovec> segs, frame_iov;
 
 private:
+    void flush_completions() {
+        deferred_ = 0;
+        q->flush_signal();
+    }
+
     void drain() {
         q->drain_notify();
         impl.on_room(index);
@@ -217,9 +256,17 @@ private:
             auto p = q->peek();
             if (!p) return;  // closed, or a broken ring (the server closes the channel)
             if (!*p) {
+                if (taken_ != 0) {
+                    // A burst just ended: look again in a moment, the doorbell still masked.
+                    taken_ = 0;
+                    const itimerspec in{.it_interval = {}, .it_value = {.tv_sec = 0, .tv_nsec = kTxPollWindowNs}};
+                    if (::timerfd_settime(poll_timer_.get(), 0, &in, nullptr) == 0) return;
+                }
+                flush_completions();  // going idle: the guest gets what it is owed
                 if (q->arm()) return;
                 continue;
             }
+            ++taken_;
             const vmbus::PacketView& v = **p;
             // RX completions need no answer: take them even when the guest's ring is full,
             // or RX deadlocks (§4.4).
@@ -229,7 +276,10 @@ private:
                 continue;
             }
             auto room = q->reserve(kCompletionRingBytes);
-            if (!room) return;  // Busy: the guest's room wakes us
+            if (!room) {  // Busy: the guest's room wakes us; it must see what fills its ring
+                flush_completions();
+                return;
+            }
             impl.handle(*this, v, std::move(*room));
             q->consume();
         }
@@ -237,7 +287,11 @@ private:
     }
 
     std::unique_ptr<EventLoopThread> thread_;
-    EventLoop::WatchId watch_ = 0;
+    EventLoop::WatchId watch_ = 0, timer_watch_ = 0;
+    UniqueFd poll_timer_;  // the poll window after a burst (timerfd)
+    uint32_t taken_ = 0;   // packets taken since the ring was last seen empty
+    uint32_t deferred_ = 0;  // batched completions whose interrupt has not been raised
+    std::chrono::steady_clock::time_point first_deferred_{};
 };
 
 // ---------------------------------------------------------------------------- lifecycle
@@ -537,7 +591,10 @@ void Nic::Impl::handle(Worker& w, const vmbus::PacketView& p, vmbus::Reservation
         case nvsp::kSendRndisPkt: {
             const auto r = read_padded<NvspRndisPacket>(p.payload);
             const uint32_t status = handle_rndis(w, p, r);
-            return reply(nvsp_of(NvspRndisComplete{nvsp::kSendRndisPktComplete, status}));
+            if (answer)
+                w.complete(std::move(room), p.trans_id, as_bytes(nvsp_of(NvspRndisComplete{nvsp::kSendRndisPktComplete, status})),
+                           /*batched=*/true);
+            return;
         }
         case nvsp::kSubchannel: {
             const auto s = read_padded<NvspSubchannel>(p.payload);

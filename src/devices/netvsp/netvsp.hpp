@@ -19,10 +19,13 @@
 // Threads: the vmbus::Device calls (attach, open, close, retarget, reset, detach) come on
 // the control loop; open starts a worker thread for the channel, close stops and joins it
 // (close blocks the control loop only for that: a worker never waits for anything). Each
-// worker drains its own ring; the backend calls the Receiver (receive, flush) from its own
-// thread(s), or from inside Backend::send on a worker (slirp's immediate answers); set_link
-// and status from API threads. Backend::set_receiver and set_mtu are called on the control
-// loop only (posted there by the workers), never under a Nic lock.
+// worker drains its own ring (after a burst it looks again 200 µs later with the guest's
+// doorbell still masked, and the burst's TX completions share one interrupt:
+// kTxPollWindowNs, kMaxDeferredCompletions); the backend calls the Receiver (receive,
+// flush) from its own thread(s), or from inside Backend::send on a worker (slirp's
+// immediate answers); set_link and status from API threads. Backend::set_receiver and
+// set_mtu are called on the control loop only (posted there by the workers), never under a
+// Nic lock.
 // Nothing here blocks but close's join; the backend's send never blocks.
 // Locks: one Nic mutex (protocol state, buffers, section allocator, per-channel RX state
 // and counters), a leaf except that ChannelQueue::send/commit, GpadlView and
