@@ -119,6 +119,11 @@ public:
             }
         }
         if (slirp_mu_.try_lock()) {
+            if (!slirp_) {  // the slirp thread has dropped the instance (the destructor runs)
+                slirp_mu_.unlock();
+                tx_dropped_.fetch_add(1, std::memory_order_relaxed);
+                return fail(Errc::Closed, "slirp: stopped");
+            }
             // Nobody is inside libslirp: hand the frames over on this thread, after any that
             // were queued before them (QEMU's user network does the same on its one thread).
             // The slirp thread must look again only if its poll set or deadline may have
