@@ -217,11 +217,18 @@ Result<> ChannelQueue::send(const OutPacket& packet) {
         fail_channel(signal.error());
         return fail(Errc::Closed, "channel {} failed: {}", params_.relid, signal.error().message());
     }
-    if (*signal) {
-        signal_owed_.store(false, std::memory_order_relaxed);  // this interrupt shows the guest everything
-        signal_guest();
-    }
+    after_write(*signal, false);
     return {};
+}
+
+void ChannelQueue::after_write(bool owed, bool defer) {
+    if (!owed) return;
+    if (defer) {
+        signal_owed_.store(true, std::memory_order_relaxed);
+        return;
+    }
+    signal_owed_.store(false, std::memory_order_relaxed);  // this interrupt shows the guest everything
+    signal_guest();
 }
 
 Result<Reservation> ChannelQueue::reserve(size_t bytes) {
@@ -267,12 +274,7 @@ Result<> ChannelQueue::commit(Reservation reservation, const OutPacket& packet, 
         fail_channel(signal.error());
         return fail(Errc::Closed, "channel {} failed: {}", params_.relid, signal.error().message());
     }
-    if (*signal && defer_signal) {
-        signal_owed_.store(true, std::memory_order_relaxed);
-    } else if (*signal) {
-        signal_owed_.store(false, std::memory_order_relaxed);
-        signal_guest();
-    }
+    after_write(*signal, defer_signal);
     return {};
 }
 

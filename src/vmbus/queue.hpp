@@ -153,6 +153,9 @@ private:
     friend class Reservation;
     void release(uint32_t bytes);
     void signal_guest() const;
+    // A write owed the guest an interrupt (`owed`): raise it, or with `defer` leave it to
+    // flush_signal().
+    void after_write(bool owed, bool defer);
     // Marks the queue failed and tells the server (call without the queue's locks).
     void fail_channel(const Error& e);
     // Room for `need` more bytes beyond what is reserved; Busy/Closed/Invalid otherwise.

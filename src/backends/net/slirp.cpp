@@ -140,8 +140,7 @@ public:
             slirp_mu_.unlock();
             if (look_again) wake();
             flush_receiver();
-            tx_packets_.fetch_add(1, std::memory_order_relaxed);
-            tx_bytes_.fetch_add(total, std::memory_order_relaxed);
+            count_sent(total);
             return {};
         }
         bool was_empty = false;
@@ -156,8 +155,7 @@ public:
             for (auto& f : frames) tx_queue_.push_back(std::move(f));
             tx_queue_bytes_ += bytes;
         }
-        tx_packets_.fetch_add(1, std::memory_order_relaxed);
-        tx_bytes_.fetch_add(total, std::memory_order_relaxed);
+        count_sent(total);
         if (was_empty) wake();
         return {};
     }
@@ -192,6 +190,11 @@ private:
     };
 
     explicit SlirpBackend(UniqueFd wake_fd) : wake_fd_(std::move(wake_fd)) {}
+
+    void count_sent(size_t bytes) {
+        tx_packets_.fetch_add(1, std::memory_order_relaxed);
+        tx_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+    }
 
     // An IPv4 UDP frame, untagged: what libslirp answers from a socket it polls already.
     static bool is_ipv4_udp(const std::vector<uint8_t>& f) {
